@@ -1,0 +1,3 @@
+from nstd.cli import main
+
+raise SystemExit(main())
