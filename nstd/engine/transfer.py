@@ -1,0 +1,243 @@
+"""A batch of same-size jobs in, stylized images and loss histories out."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from nstd.engine.losses import content_loss, gram, style_loss, tv_loss
+from nstd.engine.optim import make_optimizer
+from nstd.engine.vgg import VGGFeatures
+
+DEFAULT_STYLE_LAYERS = (("relu1_1", 0.2), ("relu2_1", 0.2), ("relu3_1", 0.2),
+                        ("relu4_1", 0.2), ("relu5_1", 0.2))
+DEFAULT_CONTENT_LAYERS = ("relu4_2",)
+INITS = ("content", "noise", "style")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every job of one batch must share: it shapes the model and the loop."""
+
+    iterations: int = 500
+    optimizer: str = "lbfgs"
+    lr: float | None = None  # None: 1.0 for L-BFGS, 0.02 for Adam
+    lbfgs_history: int = 100
+    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
+    style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
+    pooling: str = "max"
+    log_every: int = 50
+    snapshot_every: int = 0
+
+    @property
+    def layers(self) -> frozenset[str]:
+        return frozenset(self.content_layers) | {name for name, _ in self.style_layers}
+
+
+@dataclass(frozen=True)
+class StyleImage:
+    """One style of a job. `key` identifies the image (its file hash) for the Gram cache."""
+
+    image: torch.Tensor  # (3, h, w) RGB in [0, 1]
+    key: str | None = None
+    weight: float = 1.0
+    scale: float = 1.0  # style size relative to the content's long side
+
+
+@dataclass(frozen=True)
+class TransferJob:
+    content: torch.Tensor  # (3, H, W) RGB in [0, 1]
+    styles: tuple[StyleImage, ...]
+    content_weight: float = 1.0
+    style_weight: float = 1e4
+    tv_weight: float = 1e-3
+    init: str = "content"
+    seed: int = 0
+
+
+@dataclass
+class TransferResult:
+    image: torch.Tensor  # (3, H, W) on the CPU, clamped to [0, 1]
+    history: list[dict]
+    snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+
+Progress = Callable[[int, "list[dict] | None"], None]
+
+
+class GramCache:
+    """Style Gram targets by (style key, style size, model, pooling, layers), LRU-bounded."""
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        value = compute()
+        self._items[key] = value
+        if len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        return value
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """Resize (C, H, W) or (N, C, H, W) so the longer side is `long_side`, keeping aspect."""
+    batched = image.dim() == 4
+    x = image if batched else image[None]
+    h, w = x.shape[-2:]
+    scale = long_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size != (h, w):
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=scale < 1, align_corners=False)
+        x = x.clamp(0.0, 1.0)
+    return x if batched else x[0]
+
+
+def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings,
+              cache: GramCache | None = None, progress: Progress | None = None) -> list[TransferResult]:
+    """Optimise a batch of same-size jobs together; each image keeps its own state."""
+    _check(model, jobs, settings)
+    device = model.mean.device
+    cache = cache if cache is not None else GramCache()
+    content = torch.stack([j.content for j in jobs]).to(device, torch.float32)
+    style_names = [name for name, _ in settings.style_layers]
+    layer_w = torch.tensor([w for _, w in settings.style_layers], device=device)
+
+    with torch.no_grad():
+        feats = model(content)
+        content_targets = {n: feats[n].detach() for n in settings.content_layers}
+        del feats
+        style_targets = _style_targets(model, jobs, style_names, max(content.shape[-2:]), cache)
+
+    cw = torch.tensor([j.content_weight for j in jobs], device=device)
+    sw = torch.tensor([j.style_weight for j in jobs], device=device)
+    tw = torch.tensor([j.tv_weight for j in jobs], device=device)
+
+    def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = model(x)
+        c = sum(content_loss(f[n], content_targets[n]) for n in settings.content_layers)
+        s_layers = torch.stack([style_loss(f[n], style_targets[n]) for n in style_names], 1)
+        s = (s_layers * layer_w).sum(1)
+        tv = tv_loss(x)
+        total = cw * c + sw * s + tw * tv
+        # One row per image: total, content, style, tv, then each style layer (unweighted).
+        return total, torch.cat([torch.stack([total, c, s, tv], 1), s_layers], 1)
+
+    x = _init(jobs, content).requires_grad_(True)
+    opt = make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history)
+    records: list[tuple[int, torch.Tensor]] = []
+    snapshots: list[tuple[int, torch.Tensor]] = []
+
+    for it in range(settings.iterations):
+        x.grad = None
+        total, row = losses(x)
+        total.sum().backward()
+        logged = it % settings.log_every == 0
+        if logged:
+            records.append((it, row.detach()))
+        opt.step()
+        done = it + 1
+        if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.iterations:
+            snapshots.append((done, x.detach().clamp(0, 1).cpu()))
+        if progress is not None:
+            # Only a logged iteration pays for a copy of its losses to the host.
+            progress(done, _rows(records[-1], style_names) if logged else None)
+
+    with torch.no_grad():
+        _, row = losses(x)
+    records.append((settings.iterations, row))
+    images = x.detach().clamp(0, 1).cpu()
+    histories = _histories(records, style_names, len(jobs))
+    return [TransferResult(images[i], histories[i], [(k, s[i]) for k, s in snapshots])
+            for i in range(len(jobs))]
+
+
+def _check(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings) -> None:
+    if not jobs:
+        raise ValueError("a batch needs at least one job")
+    shapes = {tuple(j.content.shape) for j in jobs}
+    if len(shapes) != 1:
+        raise ValueError(f"a batch must be one size, got {sorted(shapes)}")
+    c, h, w = next(iter(shapes))
+    if c != 3 or min(h, w) < 16:
+        raise ValueError(f"content must be RGB and at least 16 px on each side, got {c}x{h}x{w}")
+    missing = settings.layers - model.layers
+    if missing:
+        raise ValueError(f"model lacks layer(s) {sorted(missing)}")
+    for j in jobs:
+        if not j.styles:
+            raise ValueError("every job needs at least one style")
+        if j.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
+    if settings.iterations < 0 or settings.log_every < 1:
+        raise ValueError("iterations must be >= 0 and log_every >= 1")
+
+
+def _style_targets(model: VGGFeatures, jobs: list[TransferJob], names: list[str], long_side: int,
+                   cache: GramCache) -> dict[str, torch.Tensor]:
+    """Per layer, an (N, C, C) stack of each job's (weighted, blended) Gram target."""
+    device = model.mean.device
+    per_job = []
+    for job in jobs:
+        total_w = sum(s.weight for s in job.styles)
+        blended: dict[str, torch.Tensor] = {}
+        for style in job.styles:
+            size = max(16, round(long_side * style.scale))
+            key = (style.key, size, model.model_id, model.pooling, tuple(names))
+
+            def compute(style=style, size=size):
+                img = resize_long_side(style.image.to(device, torch.float32), size)
+                f = model(img[None])
+                return {n: gram(f[n])[0] for n in names}
+
+            grams = cache.get(key, compute) if style.key is not None else compute()
+            # A weighted mean of Grams has the same gradient as the weighted sum of the
+            # per-style losses, so a blend costs no more than one style.
+            for n in names:
+                part = grams[n] * (style.weight / total_w)
+                blended[n] = part if n not in blended else blended[n] + part
+        per_job.append(blended)
+    return {n: torch.stack([b[n] for b in per_job]) for n in names}
+
+
+def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:
+    starts = []
+    _, h, w = content.shape[1:]
+    for i, job in enumerate(jobs):
+        if job.init == "content":
+            starts.append(content[i].clone())
+        elif job.init == "noise":
+            gen = torch.Generator().manual_seed(job.seed)
+            starts.append(torch.rand(content.shape[1:], generator=gen).to(content.device))
+        else:
+            style = job.styles[0].image.to(content.device, torch.float32)
+            starts.append(F.interpolate(style[None], size=(h, w), mode="bicubic",
+                                        align_corners=False)[0].clamp(0, 1))
+    return torch.stack(starts).contiguous()
+
+
+def _rows(record: tuple[int, torch.Tensor], style_names: list[str]) -> list[dict]:
+    it, row = record
+    return [_record(it, v, style_names) for v in row.tolist()]
+
+
+def _record(it: int, v: list[float], style_names: list[str]) -> dict:
+    return {"iteration": it, "total": v[0], "content": v[1], "style": v[2], "tv": v[3],
+            "style_by_layer": dict(zip(style_names, v[4:]))}
+
+
+def _histories(records, style_names, n) -> list[list[dict]]:
+    host = torch.stack([r for _, r in records]).cpu().tolist()  # one sync for the whole run
+    return [[_record(it, host[k][i], style_names) for k, (it, _) in enumerate(records)]
+            for i in range(n)]

@@ -1,0 +1,112 @@
+"""VGG19 feature extractor, truncated after the deepest layer in use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Configuration "E" of Simonyan & Zisserman: channel counts, "M" for a pooling layer.
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+             512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+def _layer_names() -> list[str]:
+    names, block, conv = [], 1, 1
+    for item in VGG19_CFG:
+        if item == "M":
+            names.append(f"pool{block}")
+            block, conv = block + 1, 1
+        else:
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+            conv += 1
+    return names
+
+
+# Names in the order of torchvision's `vgg19().features` indices.
+LAYER_NAMES: tuple[str, ...] = tuple(_layer_names())
+LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+CONV_INDICES = tuple(i for i, n in enumerate(LAYER_NAMES) if n.startswith("conv"))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a weight set expects its input: channel order, value range and normalisation."""
+
+    name: str
+    bgr: bool
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+PREPROCESSING = {
+    # Caffe VGG19 (Simonyan & Zisserman): BGR, 0-255, mean subtracted, no std.
+    "caffe": Preprocessing("caffe", True, 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
+    # torchvision IMAGENET1K_V1: RGB, 0-1, ImageNet mean and std.
+    "torchvision": Preprocessing("torchvision", False, 1.0,
+                                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG19 features that return the activations of the named layers.
+
+    Input is RGB in [0, 1]; the weight set's own preprocessing is applied inside.
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], preprocessing: str,
+                 layers: set[str] | frozenset[str], pooling: str = "max", model_id: str = "unknown"):
+        super().__init__()
+        self.model_id = model_id
+        unknown = sorted(set(layers) - set(LAYER_INDEX))
+        if unknown:
+            raise ValueError(f"unknown VGG19 layer(s): {', '.join(unknown)}")
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be max or avg, not {pooling!r}")
+        self.layers = frozenset(layers)
+        self.pooling = pooling
+        pre = PREPROCESSING[preprocessing]
+        self.preprocessing = pre.name
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) / pre.scale)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) / pre.scale)
+        self._bgr = pre.bgr
+        last = max(LAYER_INDEX[n] for n in self.layers)
+        self.features = _build(last, pooling, self.layers)
+        own = {k: v for k, v in state_dict.items() if int(k.split(".")[0]) <= last}
+        self.features.load_state_dict(own)
+        self.requires_grad_(False)
+        self.eval()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self._bgr:
+            x = x.flip(1)
+            return (x - self.mean.flip(1)) / self.std.flip(1)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        h = self.normalize(x)
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            name = LAYER_NAMES[i]
+            if name in self.layers:
+                out[name] = h
+        return out
+
+
+def _build(last: int, pooling: str, captured: frozenset[str]) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    channels = 3
+    for item in VGG19_CFG:
+        if item == "M":
+            mods.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
+        else:
+            # An in-place ReLU saves one activation per layer, but would overwrite
+            # a conv output that the caller asked to keep.
+            inplace = LAYER_NAMES[len(mods)] not in captured
+            mods += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=inplace)]
+            channels = item
+    return nn.Sequential(*mods[: last + 1])
+
