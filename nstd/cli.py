@@ -1,0 +1,181 @@
+"""Command line: `nstd run | stylize | check | status | weights`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nstd import __version__, images, weights
+from nstd.errors import NstdError
+from nstd.params import TransferParams, validate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NstdError as e:
+        print(f"nstd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nstd: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nstd", description="Neural style transfer daemon.")
+    p.add_argument("--version", action="version", version=f"nstd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_stylize(sub)
+    _add_weights(sub)
+    return p
+
+
+def _models_dir(args) -> Path:
+    return Path(args.models_dir).expanduser() if args.models_dir else weights.default_models_dir()
+
+
+def _add_models_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", help="folder for converted weights (default: $NSTD_MODELS_DIR "
+                                        "or ~/.cache/nstd)")
+
+
+# --- stylize ----------------------------------------------------------------------
+
+def _add_stylize(sub) -> None:
+    d = TransferParams()
+    p = sub.add_parser("stylize", help="stylize photos once and exit",
+                       description="Stylize each CONTENT with each --style; outputs and JSON loss "
+                                   "logs go to OUTDIR. Same-size photos run as one batch.")
+    p.add_argument("contents", nargs="+", type=Path, metavar="CONTENT")
+    p.add_argument("--style", "-s", action="append", required=True, type=Path,
+                   help="style image (repeat for several)")
+    p.add_argument("-o", "--outdir", type=Path, required=True)
+    p.add_argument("--size", type=int, default=d.size, help=f"long side in px (default {d.size})")
+    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--optimizer", choices=("lbfgs", "adam"), default=d.optimizer)
+    p.add_argument("--lr", type=float, default=None, help="step size (default 1 for lbfgs, 0.02 for adam)")
+    p.add_argument("--content-weight", type=float, default=d.content_weight)
+    p.add_argument("--style-weight", type=float, default=d.style_weight)
+    p.add_argument("--tv-weight", type=float, default=d.tv_weight)
+    p.add_argument("--style-scale", type=float, default=d.style_scale)
+    p.add_argument("--init", choices=("content", "noise", "style"), default=d.init)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--pooling", choices=("max", "avg"), default=d.pooling)
+    p.add_argument("--model", default=d.model, help="weights id (see: nstd weights list)")
+    p.add_argument("--snapshot-every", type=int, default=0, help="also save every K iterations")
+    p.add_argument("--format", default="jpeg", choices=("jpeg", "png", "tiff"))
+    p.add_argument("--quality", type=int, default=92, help="JPEG quality")
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
+                   help="refuse larger images (decompression-bomb guard)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_models_dir(p)
+    p.set_defaults(func=cmd_stylize)
+
+
+def cmd_stylize(args) -> int:
+    from nstd import stylize
+    from nstd.log import setup
+
+    setup()
+    params = validate(TransferParams(
+        size=args.size, iterations=args.iterations, optimizer=args.optimizer, lr=args.lr,
+        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+        style_scale=args.style_scale, init=args.init, seed=args.seed, pooling=args.pooling,
+        model=args.model, snapshot_every=args.snapshot_every), where="--")
+    if args.max_batch < 1:
+        raise NstdError("--max-batch must be at least 1")
+    req = stylize.Request(contents=args.contents, styles=args.style, outdir=args.outdir, params=params,
+                          device=args.device, fmt=images.output_format(args.format),
+                          quality=args.quality, max_batch=args.max_batch, max_pixels=args.max_pixels,
+                          models_dir=_models_dir(args))
+    try:
+        failures = stylize.run(req, on_error=lambda msg: print(f"nstd: error: {msg}", file=sys.stderr),
+                               make_progress=_tqdm_progress)
+    except ValueError as e:  # e.g. an unusable --device
+        raise NstdError(str(e)) from None
+    total = len(args.contents) * len(args.style)
+    print(f"nstd: {total - failures} of {total} written to {args.outdir}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _tqdm_progress(label: str, total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="it", leave=True, file=sys.stderr)
+
+    def update(iteration: int, losses: list | None) -> None:
+        bar.update(iteration - bar.n)
+        if losses:
+            bar.set_postfix(loss=f"{sum(r['total'] for r in losses) / len(losses):.4g}")
+        if iteration >= total:
+            bar.close()
+
+    return update
+
+
+# --- weights ----------------------------------------------------------------------
+
+def _add_weights(sub) -> None:
+    p = sub.add_parser("weights", help="fetch, import, verify or list VGG19 weights")
+    wsub = p.add_subparsers(dest="action", required=True)
+    f = wsub.add_parser("fetch", help="download, check and convert known weights")
+    f.add_argument("--model", default=weights.DEFAULT_MODEL, choices=("caffe", "torchvision"))
+    f.add_argument("--force", action="store_true", help="fetch again even if present and intact")
+    _add_models_dir(f)
+    f.set_defaults(func=cmd_weights_fetch)
+    i = wsub.add_parser("import", help="import a local .h5 or .pth (hosts with no network)")
+    i.add_argument("file", type=Path)
+    i.add_argument("--name", help="id to store it under (known files get theirs)")
+    i.add_argument("--preprocessing", choices=("caffe", "torchvision"))
+    _add_models_dir(i)
+    i.set_defaults(func=cmd_weights_import)
+    v = wsub.add_parser("verify", help="check stored weights against their sha256")
+    v.add_argument("--model", help="one id (default: all stored)")
+    _add_models_dir(v)
+    v.set_defaults(func=cmd_weights_verify)
+    ls = wsub.add_parser("list", help="list stored weights")
+    _add_models_dir(ls)
+    ls.set_defaults(func=cmd_weights_list)
+
+
+def cmd_weights_fetch(args) -> int:
+    info = weights.fetch(_models_dir(args), args.model, force=args.force)
+    print(f"{info.model_id}: ready in {_models_dir(args)} (sha256 {info.file_sha256[:12]}…, "
+          f"from {info.source})")
+    return 0
+
+
+def cmd_weights_import(args) -> int:
+    info = weights.import_file(_models_dir(args), args.file, args.name, args.preprocessing)
+    print(f"{info.model_id}: imported from {args.file} ({info.preprocessing} preprocessing)")
+    return 0
+
+
+def cmd_weights_verify(args) -> int:
+    models_dir = _models_dir(args)
+    ids = [args.model] if args.model else [i.model_id for i in weights.list_models(models_dir)]
+    if not ids:
+        raise NstdError(f"no weights in {models_dir}; run: nstd weights fetch")
+    bad = 0
+    for model_id in ids:
+        try:
+            weights.verify(models_dir, model_id)
+            print(f"{model_id}: ok")
+        except NstdError as e:
+            print(f"{model_id}: {e}")
+            bad += 1
+    return 1 if bad else 0
+
+
+def cmd_weights_list(args) -> int:
+    models_dir = _models_dir(args)
+    infos = weights.list_models(models_dir)
+    if not infos:
+        print(f"no weights in {models_dir}; run: nstd weights fetch")
+    for info in infos:
+        print(f"{info.model_id:12} {info.preprocessing:12} {info.file_sha256[:12]}  {info.source}")
+    return 0

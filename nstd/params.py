@@ -1,0 +1,141 @@
+"""Transfer parameters as users set them, and their mapping onto the engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+from nstd.engine.transfer import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings,
+                                  StyleImage, TransferJob)
+from nstd.engine.vgg import LAYER_INDEX
+from nstd.errors import ConfigError
+
+OPTIMIZERS = ("lbfgs", "adam")
+POOLINGS = ("max", "avg")
+
+
+@dataclass(frozen=True)
+class TransferParams:
+    size: int = 512
+    iterations: int = 500
+    optimizer: str = "lbfgs"
+    lr: float | None = None
+    lbfgs_history: int = 100
+    content_weight: float = 1.0
+    style_weight: float = 1e4
+    tv_weight: float = 1e-3
+    init: str = "content"
+    seed: int = 0
+    style_scale: float = 1.0
+    pooling: str = "max"
+    model: str = "caffe"
+    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
+    style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
+    log_every: int = 50
+    snapshot_every: int = 0
+
+    def settings(self) -> BatchSettings:
+        return BatchSettings(iterations=self.iterations, optimizer=self.optimizer, lr=self.lr,
+                             lbfgs_history=self.lbfgs_history, content_layers=self.content_layers,
+                             style_layers=self.style_layers, pooling=self.pooling,
+                             log_every=self.log_every, snapshot_every=self.snapshot_every)
+
+    def batch_key(self) -> tuple:
+        """Jobs may share a batch when these agree (and their images are the same size)."""
+        return (self.size, self.model, self.settings())
+
+    def job(self, content, styles: tuple[StyleImage, ...]) -> TransferJob:
+        return TransferJob(content=content, styles=styles, content_weight=self.content_weight,
+                           style_weight=self.style_weight, tv_weight=self.tv_weight,
+                           init=self.init, seed=self.seed)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["content_layers"] = list(self.content_layers)
+        d["style_layers"] = {name: w for name, w in self.style_layers}
+        return d
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TransferParams))
+
+
+def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
+    """Raise ConfigError naming the first bad key as `where.key`."""
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}.{key}: {why}")
+
+    if p.size < 16:
+        raise bad("size", f"must be at least 16 px, got {p.size}")
+    if p.iterations < 1:
+        raise bad("iterations", f"must be at least 1, got {p.iterations}")
+    if p.optimizer not in OPTIMIZERS:
+        raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {p.optimizer!r}")
+    if p.lr is not None and p.lr <= 0:
+        raise bad("lr", f"must be positive, got {p.lr}")
+    if p.lbfgs_history < 1:
+        raise bad("lbfgs_history", f"must be at least 1, got {p.lbfgs_history}")
+    for key in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(p, key) < 0:
+            raise bad(key, f"must not be negative, got {getattr(p, key)}")
+    if p.init not in INITS:
+        raise bad("init", f"must be one of {', '.join(INITS)}, got {p.init!r}")
+    if not 0.05 <= p.style_scale <= 4:
+        raise bad("style_scale", f"must be between 0.05 and 4, got {p.style_scale}")
+    if p.pooling not in POOLINGS:
+        raise bad("pooling", f"must be one of {', '.join(POOLINGS)}, got {p.pooling!r}")
+    if not p.content_layers:
+        raise bad("content_layers", "needs at least one layer")
+    if not p.style_layers:
+        raise bad("style_layers", "needs at least one layer")
+    for name in list(p.content_layers) + [n for n, _ in p.style_layers]:
+        if name not in LAYER_INDEX:
+            raise bad("content_layers" if name in p.content_layers else "style_layers",
+                      f"unknown VGG19 layer {name!r} (e.g. relu1_1 … relu5_4)")
+    if any(w < 0 for _, w in p.style_layers):
+        raise bad("style_layers", "layer weights must not be negative")
+    if p.log_every < 1:
+        raise bad("log_every", f"must be at least 1, got {p.log_every}")
+    if p.snapshot_every < 0:
+        raise bad("snapshot_every", f"must not be negative, got {p.snapshot_every}")
+    return p
+
+
+def with_overrides(base: TransferParams, overrides: dict, where: str) -> TransferParams:
+    """Apply a mapping of user overrides, coercing YAML values and naming bad keys."""
+    values = {}
+    for key, value in overrides.items():
+        if key not in FIELD_NAMES:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(FIELD_NAMES)})")
+        values[key] = _coerce(key, value, f"{where}.{key}")
+    return validate(replace(base, **values), where)
+
+
+def _coerce(key: str, value, where: str):
+    current = getattr(TransferParams(), key)
+    try:
+        if key == "lr":
+            return None if value is None else float(value)
+        if key == "content_layers":
+            items = [value] if isinstance(value, str) else list(value)
+            return tuple(str(v) for v in items)
+        if key == "style_layers":
+            if isinstance(value, dict):
+                return tuple((str(k), float(v)) for k, v in value.items())
+            names = [value] if isinstance(value, str) else list(value)
+            return tuple((str(n), 1.0 / len(names)) for n in names)
+        if isinstance(current, bool) or value is None or isinstance(value, (dict, list)):
+            raise TypeError
+        if isinstance(current, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise TypeError
+            return int(value)
+        if isinstance(current, float):
+            return float(value)  # YAML reads 1e4 as a string; float() takes it
+        return str(value)
+    except (TypeError, ValueError):
+        kind = type(current).__name__ if key != "style_layers" else "a list or a mapping of layer: weight"
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None

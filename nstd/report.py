@@ -1,0 +1,37 @@
+"""The JSON loss log written beside every output image."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+import nstd
+from nstd.params import TransferParams
+from nstd.weights import WeightInfo
+
+SCHEMA = 1
+
+
+def loss_log(*, input_path: str, input_sha256: str, styles: list[dict], params: TransferParams,
+             weights: WeightInfo, device: str, batch_id: str, batch_size: int, batch_index: int,
+             output: dict, timings: dict, history: list[dict], job_id: str | None = None) -> dict:
+    return {
+        "schema": SCHEMA,
+        "job_id": job_id,
+        "input": {"path": input_path, "sha256": input_sha256},
+        "styles": styles,
+        "params": params.as_dict(),
+        "weights": {"id": weights.model_id, "file_sha256": weights.file_sha256,
+                    "source_sha256": weights.source_sha256, "preprocessing": weights.preprocessing},
+        "device": device,
+        "batch": {"id": batch_id, "size": batch_size, "index": batch_index},
+        "output": output,
+        "timings": timings,
+        "versions": versions(),
+        "history": history,
+    }
+
+
+def versions() -> dict:
+    return {"nstd": nstd.__version__, "torch": torch.__version__, "python": platform.python_version()}

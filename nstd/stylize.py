@@ -1,0 +1,133 @@
+"""`nstd stylize`: a one-shot run of the engine over photos named on the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nstd import images, report, weights
+from nstd.engine.device import describe, resolve_device
+from nstd.engine.transfer import GramCache, StyleImage, TransferResult, resize_long_side, run_batch
+from nstd.engine.vgg import VGGFeatures
+from nstd.errors import ImageError
+from nstd.fsutil import atomic_write, atomic_write_json
+from nstd.params import TransferParams
+
+
+@dataclass(frozen=True)
+class Request:
+    contents: list[Path]
+    styles: list[Path]
+    outdir: Path
+    params: TransferParams
+    device: str = "auto"
+    fmt: str = "JPEG"
+    quality: int = 92
+    max_batch: int = 4
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    models_dir: Path = weights.default_models_dir()
+
+
+@dataclass
+class Photo:
+    path: Path
+    sha256: str
+    pixels: torch.Tensor  # already at the working size
+
+
+@dataclass
+class Style:
+    path: Path
+    sha256: str
+    image: StyleImage
+
+
+def read(path: Path, max_pixels: int) -> tuple[bytes, str, images.Decoded]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+    return data, hashlib.sha256(data).hexdigest(), images.decode(data, str(path), max_pixels)
+
+
+def run(req: Request, on_error: Callable[[str], None],
+        make_progress: Callable[[str, int], Callable[[int, list | None], None]] | None = None) -> int:
+    """Stylize every content with every style; returns how many outputs failed."""
+    sd, info = weights.load(req.models_dir, req.params.model)
+    device = resolve_device(req.device)
+    model = VGGFeatures(sd, info.preprocessing, req.params.settings().layers,
+                        req.params.pooling, info.model_id).to(device)
+    styles = []
+    for p in req.styles:
+        _, digest, dec = read(p, req.max_pixels)  # a bad style is fatal: every output needs it
+        styles.append(Style(p, digest, StyleImage(dec.pixels, digest, 1.0, req.params.style_scale)))
+
+    groups: dict[tuple, list[Photo]] = defaultdict(list)
+    failures = 0
+    for p in req.contents:
+        try:
+            _, digest, dec = read(p, req.max_pixels)
+            pixels = resize_long_side(dec.pixels, req.params.size)
+            if min(pixels.shape[-2:]) < 16:
+                raise ImageError(f"{p}: {dec.pixels.shape[2]}x{dec.pixels.shape[1]} is too narrow "
+                                 f"to stylize at size {req.params.size}")
+        except ImageError as e:
+            on_error(str(e))
+            failures += len(styles)
+            continue
+        groups[tuple(pixels.shape)].append(Photo(p, digest, pixels))
+
+    cache = GramCache()
+    batches = []
+    for group in groups.values():
+        pairs = [(photo, style) for style in styles for photo in group]
+        batches += [pairs[i:i + req.max_batch] for i in range(0, len(pairs), req.max_batch)]
+    for n, batch in enumerate(batches, 1):
+        shape = batch[0][0].pixels.shape
+        label = f"batch {n}/{len(batches)}: {len(batch)} × {shape[2]}x{shape[1]}"
+        progress = make_progress(label, req.params.iterations) if make_progress else None
+        started = time.time()
+        jobs = [req.params.job(photo.pixels, (style.image,)) for photo, style in batch]
+        results = run_batch(model, jobs, req.params.settings(), cache, progress)
+        finished = time.time()
+        batch_id = uuid.uuid4().hex[:12]
+        for i, ((photo, style), result) in enumerate(zip(batch, results)):
+            _write(req, photo, style, result, info, describe(device), batch_id, len(batch), i,
+                   {"started": _iso(started), "finished": _iso(finished),
+                    "seconds": round(finished - started, 3)})
+    return failures
+
+
+def output_stem(req: Request, photo: Photo, style: Style) -> str:
+    stem = f"{photo.path.stem}.{style.path.stem}"
+    same_stem = [p for p in req.contents if p.stem == photo.path.stem]
+    return stem if len(same_stem) <= 1 else f"{stem}.{photo.sha256[:8]}"
+
+
+def _write(req: Request, photo: Photo, style: Style, result: TransferResult, info, device: str,
+           batch_id: str, batch_size: int, index: int, timings: dict) -> None:
+    stem = output_stem(req, photo, style)
+    ext = images.EXTENSIONS[req.fmt]
+    out = req.outdir / f"{stem}.{ext}"
+    atomic_write(out, images.encode(result.image, req.fmt, req.quality))
+    for it, snap in result.snapshots:
+        atomic_write(req.outdir / f"{stem}.iter{it:05d}.{ext}", images.encode(snap, req.fmt, req.quality))
+    h, w = result.image.shape[-2:]
+    log = report.loss_log(
+        input_path=str(photo.path), input_sha256=photo.sha256,
+        styles=[{"name": style.path.stem, "path": str(style.path), "sha256": style.sha256, "weight": 1.0}],
+        params=req.params, weights=info, device=device, batch_id=batch_id, batch_size=batch_size,
+        batch_index=index, output={"path": out.name, "format": req.fmt.lower(), "width": w, "height": h},
+        timings=timings, history=result.history)
+    atomic_write_json(req.outdir / f"{stem}.json", log)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
