@@ -118,7 +118,12 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
         feats = model(content)
         content_targets = {n: feats[n].detach() for n in settings.content_layers}
         del feats
+        # Each layer's loss is divided by its target's mean square, so the weights mean the
+        # same for every weight set (Caffe's 0-255 input makes Grams ~1e4 times larger)
+        # and no layer dominates by the size of its activations alone.
+        content_norm = {n: _mean_square(t) for n, t in content_targets.items()}
         style_targets = _style_targets(model, jobs, style_names, max(content.shape[-2:]), cache)
+        style_norm = torch.stack([_mean_square(style_targets[n]) for n in style_names], 1)
 
     cw = torch.tensor([j.content_weight for j in jobs], device=device)
     sw = torch.tensor([j.style_weight for j in jobs], device=device)
@@ -126,8 +131,8 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
 
     def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = model(x)
-        c = sum(content_loss(f[n], content_targets[n]) for n in settings.content_layers)
-        s_layers = torch.stack([style_loss(f[n], style_targets[n]) for n in style_names], 1)
+        c = sum(content_loss(f[n], content_targets[n]) / content_norm[n] for n in settings.content_layers)
+        s_layers = torch.stack([style_loss(f[n], style_targets[n]) for n in style_names], 1) / style_norm
         s = (s_layers * layer_w).sum(1)
         tv = tv_loss(x)
         total = cw * c + sw * s + tw * tv
@@ -146,7 +151,7 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
         logged = it % settings.log_every == 0
         if logged:
             records.append((it, row.detach()))
-        opt.step()
+        opt.step(total.detach())
         done = it + 1
         if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.iterations:
             snapshots.append((done, x.detach().clamp(0, 1).cpu()))
@@ -209,6 +214,10 @@ def _style_targets(model: VGGFeatures, jobs: list[TransferJob], names: list[str]
                 blended[n] = part if n not in blended else blended[n] + part
         per_job.append(blended)
     return {n: torch.stack([b[n] for b in per_job]) for n in names}
+
+
+def _mean_square(t: torch.Tensor) -> torch.Tensor:
+    return t.float().pow(2).flatten(1).mean(1).clamp_min(1e-12)
 
 
 def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:

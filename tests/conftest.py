@@ -1,0 +1,42 @@
+import os
+
+import pytest
+import torch
+
+from nstd.engine.vgg import VGG19_CFG, VGGFeatures
+from nstd.engine.transfer import BatchSettings
+
+# Two cores: keep torch from oversubscribing them when pytest runs.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def random_vgg_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """He-initialised weights with VGG19's shapes, keyed like torchvision's features."""
+    gen = torch.Generator().manual_seed(seed)
+    sd, channels, idx = {}, 3, 0
+    for item in VGG19_CFG:
+        if item == "M":
+            idx += 1
+            continue
+        sd[f"{idx}.weight"] = torch.randn(item, channels, 3, 3, generator=gen) * (2.0 / (channels * 9)) ** 0.5
+        sd[f"{idx}.bias"] = torch.randn(item, generator=gen) * 0.01
+        channels, idx = item, idx + 2
+    return sd
+
+
+@pytest.fixture(scope="session")
+def vgg_sd():
+    return random_vgg_state_dict()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(vgg_sd):
+    # torchvision preprocessing keeps the random network's losses in a tame range.
+    return VGGFeatures(vgg_sd, "torchvision", BatchSettings().layers, model_id="random")
+
+
+def rand_image(h: int, w: int, seed: int) -> torch.Tensor:
+    """A smooth random image: noise, blurred by downsampling, so it has structure."""
+    gen = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, 3, max(2, h // 4), max(2, w // 4), generator=gen)
+    return torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]

@@ -1,0 +1,160 @@
+import io
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+from nstd import images
+from nstd.errors import ImageError
+
+
+def save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient_rgb(w=40, h=30) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+    arr = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                          np.full((h, w, 1), 128, np.float32)], 2)
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+def test_exif_orientation_is_applied():
+    im = gradient_rgb(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    dec = images.decode(save(im, "JPEG", exif=exif.tobytes(), quality=95), "rot.jpg")
+    assert dec.pixels.shape == (3, 40, 30)  # portrait now
+    # The left column of the stored image becomes the top row once displayed.
+    top = dec.pixels[0, 0, :]
+    assert top.max() - top.min() < 0.1  # red ramp runs along x: constant along the old left edge
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1", "I;16", "RGB"])
+def test_every_mode_becomes_rgb(mode):
+    base = gradient_rgb()
+    if mode == "I;16":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        im = Image.fromarray(arr)  # uint16 -> I;16
+        data = save(im, "PNG")
+    elif mode == "CMYK":
+        data = save(base.convert("CMYK"), "JPEG", quality=95)
+    else:
+        data = save(base.convert(mode), "PNG" if mode != "CMYK" else "TIFF")
+    dec = images.decode(data, f"x.{mode}")
+    assert dec.pixels.shape == (3, 30, 40) and dec.pixels.dtype == torch.float32
+    assert 0 <= dec.pixels.min() and dec.pixels.max() <= 1
+    if mode == "I;16":
+        assert dec.bits == 16
+        assert torch.allclose(dec.pixels[0], torch.from_numpy(np.asarray(base.convert("L")) / 255.0).float(),
+                              atol=1e-3)
+
+
+def test_transparency_goes_onto_white():
+    im = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    dec = images.decode(save(im, "PNG"), "clear.png")
+    assert torch.allclose(dec.pixels, torch.ones(3, 8, 8))
+
+
+def test_sixteen_bit_keeps_precision():
+    arr = np.full((4, 4), 1000, dtype=np.uint16)  # 1000/65535: between two 8-bit levels
+    dec = images.decode(save(Image.fromarray(arr), "PNG"), "deep.png")
+    assert dec.pixels[0, 0, 0].item() == pytest.approx(1000 / 65535, abs=1e-6)
+
+
+def linear_rgb_icc() -> bytes:
+    """A minimal ICC v2 matrix/TRC profile: sRGB primaries with a linear (gamma 1) curve."""
+    def s15(v):
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    text = b"linear sRGB\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4) + bytes(4) + bytes(2) + bytes(1) + bytes(67)
+    curv = b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0100) + bytes(2)
+    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+            (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)),
+            (b"rTRC", curv), (b"gTRC", curv), (b"bTRC", curv)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for sig, data in tags:
+        data += bytes(-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + bytes(4) + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + bytes(12) + b"acsp" + bytes(24) + struct.pack(">I", 0) + s15(0.9642) + s15(1.0)
+              + s15(0.8249) + bytes(48))
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def test_embedded_icc_profile_is_converted_to_srgb():
+    im = gradient_rgb()
+    icc = linear_rgb_icc()
+    tagged = images.decode(save(im, "PNG", icc_profile=icc), "linear.png")
+    plain = images.decode(save(im, "PNG"), "plain.png")
+    assert tagged.had_icc
+    linear = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    expected = ImageCms.profileToProfile(im, linear, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    want = torch.from_numpy(np.asarray(expected).copy()).permute(2, 0, 1).float() / 255
+    assert torch.allclose(tagged.pixels, want, atol=1 / 255)
+    assert not torch.allclose(tagged.pixels, plain.pixels, atol=0.05)
+
+
+def test_outputs_are_tagged_srgb_in_every_format():
+    px = torch.rand(3, 10, 12)
+    for fmt in ("JPEG", "PNG", "TIFF"):
+        with Image.open(io.BytesIO(images.encode(px, fmt))) as im:
+            assert im.format == fmt and im.size == (12, 10)
+            assert im.info.get("icc_profile") == images.SRGB_ICC
+    png = images.decode(images.encode(px, "PNG"), "x.png").pixels
+    assert torch.allclose(png, px, atol=0.5 / 255 + 1e-6)
+
+
+def test_jpeg_quality_is_settable():
+    px = torch.rand(3, 64, 64)
+    assert len(images.encode(px, "JPEG", quality=50)) < len(images.encode(px, "JPEG", quality=95))
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"", "not a usable image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot decode|not a usable"),
+    (bytes(range(256)) * 8, "not a usable image"),
+])
+def test_bad_bytes_give_a_clear_error_naming_the_file(data, why):
+    with pytest.raises(ImageError, match=f"^photo.jpg: ({why})"):
+        images.decode(data, "photo.jpg")
+
+
+def test_truncated_jpeg_is_an_error_not_a_grey_image():
+    data = save(gradient_rgb(200, 150), "JPEG", quality=95)
+    with pytest.raises(ImageError, match="^half.jpg: cannot decode"):
+        images.decode(data[: len(data) // 2], "half.jpg")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = save(Image.new("L", (3000, 3000)), "PNG")  # 9 Mpx in a few KB
+    with pytest.raises(ImageError, match="bomb.png: 3000x3000 is 9,000,000 pixels, over the limit"):
+        images.decode(data, "bomb.png", max_pixels=1_000_000)
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    dec = images.decode(buf.getvalue(), "anim.gif")
+    assert dec.pixels[0].mean() > 0.9 and dec.pixels[2].mean() < 0.1
+
+
+def test_linear_light_mid_grey_brightens_in_srgb():
+    grey = Image.new("RGB", (4, 4), (64, 64, 64))  # 0.25 linear is about 0.54 in sRGB
+    dec = images.decode(save(grey, "PNG", icc_profile=linear_rgb_icc()), "grey.png")
+    assert dec.pixels.mean().item() == pytest.approx(0.54, abs=0.03)
