@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nstd", description="Neural style transfer daemon.")
     p.add_argument("--version", action="version", version=f"nstd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_check(sub)
+    _add_status(sub)
     _add_stylize(sub)
     _add_weights(sub)
     return p
@@ -40,6 +43,120 @@ def _models_dir(args) -> Path:
 def _add_models_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", help="folder for converted weights (default: $NSTD_MODELS_DIR "
                                         "or ~/.cache/nstd)")
+
+
+# --- daemon -----------------------------------------------------------------------
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=Path("/etc/nstd/config.yaml"),
+                   help="YAML config (default /etc/nstd/config.yaml)")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run the daemon: watch the inbox, stylize, write the outbox")
+    _add_config(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="validate config, folders, weights and device; print the plan")
+    _add_config(p)
+    p.set_defaults(func=cmd_check)
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="queue counts, the running batch and recent failures")
+    _add_config(p)
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_run(args) -> int:
+    from nstd import config
+    from nstd.daemon.service import Service
+    from nstd.log import setup
+
+    cfg = config.load(args.config)
+    setup(cfg.log_level, None if cfg.log_format == "auto" else cfg.log_format == "json")
+    return Service(cfg).run()
+
+
+def cmd_check(args) -> int:
+    from nstd import config
+    from nstd.daemon import preflight
+    from nstd.daemon.service import model_ids
+    from nstd.daemon.styles import StyleBook
+    from nstd.engine.device import describe, resolve_device
+
+    cfg = config.load(args.config)
+    print(f"config: {cfg.path} ok")
+    findings = preflight.folders(cfg) + [preflight.watch_plan(cfg)]
+    models_dir = cfg.models_dir or weights.default_models_dir()
+    for model_id in sorted(model_ids(cfg)):
+        try:
+            info = weights.verify(models_dir, model_id)
+            findings.append(preflight.Finding(True, f"weights: {model_id} ({info.preprocessing}, "
+                                                    f"sha256 {info.file_sha256[:12]}…) in {models_dir}"))
+        except NstdError as e:
+            findings.append(preflight.Finding(False, f"weights: {e}"))
+    try:
+        findings.append(preflight.Finding(True, f"device: {describe(resolve_device(cfg.worker.device))}"))
+    except ValueError as e:
+        findings.append(preflight.Finding(False, f"worker.device: {e}"))
+    try:
+        book = StyleBook.load(cfg)
+        for name in book.names():
+            st = book.get(name)
+            p = st.params
+            findings.append(preflight.Finding(True, f"style {name}: {st.style.image.name} "
+                                                    f"({st.pixels.shape[2]}x{st.pixels.shape[1]}), "
+                                                    f"{p.size} px, {p.iterations} it, {p.optimizer}, "
+                                                    f"style weight {p.style_weight:g}"))
+    except NstdError as e:
+        findings.append(preflight.Finding(False, str(e)))
+    batch = "auto" if cfg.worker.max_batch is None else cfg.worker.max_batch
+    findings.append(preflight.Finding(True, f"plan: inbox/<photo> gets every style, inbox/<style>/<photo> "
+                                            f"one; outputs to {cfg.outbox}/<style>/; batches up to {batch}; "
+                                            f"on success inputs are {_on_success_text(cfg.on_success)}"))
+    for f in findings:
+        print(("ok    " if f.ok else "FAIL  ") + f.text)
+    failed = sum(not f.ok for f in findings)
+    print(f"{failed} problem(s)" if failed else "ready")
+    return 1 if failed else 0
+
+
+def _on_success_text(mode: str) -> str:
+    return {"move": "moved to processed/", "delete": "deleted", "keep": "left in the inbox"}[mode]
+
+
+def cmd_status(args) -> int:
+    import time
+
+    from nstd import config
+    from nstd.daemon.journal import Journal
+
+    cfg = config.load(args.config)
+    db = cfg.state_dir / "journal.sqlite3"
+    if not db.exists():
+        raise NstdError(f"no journal at {db}; has the daemon run with this config?")
+    journal = Journal(db, readonly=True)
+    try:
+        c = journal.counts()
+        print(f"jobs: {c['queued']} queued, {c['running']} running, {c['done']} done, {c['failed']} failed")
+        running = journal.running()
+        if running:
+            first = running[0]
+            print(f"running batch {first.batch_id}: {len(running)} × {first.width}x{first.height}")
+            for job in running:
+                print(f"  {job.id:>6}  {job.style:<14} {job.relpath}")
+        failures = journal.recent_failures(10)
+        if failures:
+            print("recent failures:")
+            for relpath, error, when in failures:
+                stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when or 0))
+                print(f"  {stamp}  {relpath}: {error}")
+    finally:
+        journal.close()
+    return 0
 
 
 # --- stylize ----------------------------------------------------------------------

@@ -56,7 +56,11 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
                 pixels, bits = _to_rgb(im, icc, label)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except UnidentifiedImageError:
+        size = len(data_or_path) if isinstance(data_or_path, bytes) else None
+        why = "an empty file" if size == 0 else "not a recognised image format"
+        raise ImageError(f"{label}: not a usable image ({why})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{label}: not a usable image ({_short(e)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageError(f"{label}: cannot decode ({_short(e)})") from None

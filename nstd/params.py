@@ -23,8 +23,8 @@ class TransferParams:
     lr: float | None = None
     lbfgs_history: int = 100
     content_weight: float = 1.0
-    style_weight: float = 1e4
-    tv_weight: float = 1e-3
+    style_weight: float = 10.0
+    tv_weight: float = 5.0
     init: str = "content"
     seed: int = 0
     style_scale: float = 1.0
@@ -64,9 +64,10 @@ FIELD_NAMES = tuple(f.name for f in fields(TransferParams))
 
 
 def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
-    """Raise ConfigError naming the first bad key as `where.key`."""
+    """Raise ConfigError naming the first bad key as `where.key`, or as `--key` for where="--"."""
     def bad(key: str, why: str) -> ConfigError:
-        return ConfigError(f"{where}.{key}: {why}")
+        name = "--" + key.replace("_", "-") if where == "--" else f"{where}.{key}"
+        return ConfigError(f"{name}: {why}")
 
     if p.size < 16:
         raise bad("size", f"must be at least 16 px, got {p.size}")
@@ -139,3 +140,18 @@ def _coerce(key: str, value, where: str):
     except (TypeError, ValueError):
         kind = type(current).__name__ if key != "style_layers" else "a list or a mapping of layer: weight"
         raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
+
+
+def from_dict(d: dict) -> TransferParams:
+    """The inverse of `TransferParams.as_dict`, for parameters stored in the journal."""
+    values = {k: d[k] for k in FIELD_NAMES if k in d}
+    values["content_layers"] = tuple(values.get("content_layers", DEFAULT_CONTENT_LAYERS))
+    layers = values.get("style_layers", dict(DEFAULT_STYLE_LAYERS))
+    values["style_layers"] = tuple((k, float(v)) for k, v in layers.items())
+    return TransferParams(**values)
+
+
+def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) after scaling the long side to `long_side`, as the engine resizes."""
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))

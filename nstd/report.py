@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import time
 
 import torch
 
@@ -35,3 +36,8 @@ def loss_log(*, input_path: str, input_sha256: str, styles: list[dict], params: 
 
 def versions() -> dict:
     return {"nstd": nstd.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def iso_time(t: float) -> str:
+    """UTC with milliseconds, as every timestamp in a loss log."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"

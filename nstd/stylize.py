@@ -100,7 +100,7 @@ def run(req: Request, on_error: Callable[[str], None],
         batch_id = uuid.uuid4().hex[:12]
         for i, ((photo, style), result) in enumerate(zip(batch, results)):
             _write(req, photo, style, result, info, describe(device), batch_id, len(batch), i,
-                   {"started": _iso(started), "finished": _iso(finished),
+                   {"started": report.iso_time(started), "finished": report.iso_time(finished),
                     "seconds": round(finished - started, 3)})
     return failures
 
@@ -128,6 +128,3 @@ def _write(req: Request, photo: Photo, style: Style, result: TransferResult, inf
         timings=timings, history=result.history)
     atomic_write_json(req.outdir / f"{stem}.json", log)
 
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"

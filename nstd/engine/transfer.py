@@ -53,8 +53,8 @@ class TransferJob:
     content: torch.Tensor  # (3, H, W) RGB in [0, 1]
     styles: tuple[StyleImage, ...]
     content_weight: float = 1.0
-    style_weight: float = 1e4
-    tv_weight: float = 1e-3
+    style_weight: float = 10.0
+    tv_weight: float = 5.0
     init: str = "content"
     seed: int = 0
 

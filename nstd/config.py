@@ -1,0 +1,230 @@
+"""The daemon's YAML config, read into frozen dataclasses; every error names its key path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nstd import images
+from nstd.errors import ConfigError
+from nstd.params import TransferParams, with_overrides
+
+STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+WATCH_MODES = ("auto", "native", "polling")
+ON_SUCCESS = ("move", "delete", "keep")
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    image: Path
+    params: TransferParams  # transfer settings with this style's overrides applied
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    mode: str = "auto"
+    settle_seconds: float = 5.0
+    rescan_interval: float = 300.0
+    poll_interval: float = 2.0
+    ignore: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    device: str = "auto"
+    max_batch: int | None = None  # None: sized from free memory
+    batch_window: float = 2.0
+    stop_timeout: float = 60.0
+    max_attempts: int = 3
+    retry_backoff: float = 30.0
+    memory_budget: float = 0.8  # share of free device memory a batch may plan to use
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    format: str = "JPEG"
+    quality: int = 92
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    inbox: Path
+    outbox: Path
+    failed: Path
+    processed: Path
+    state_dir: Path
+    models_dir: Path | None
+    on_success: str
+    max_pixels: int
+    styles: dict[str, Style]
+    transfer: TransferParams
+    output: OutputConfig = OutputConfig()
+    watch: WatchConfig = WatchConfig()
+    worker: WorkerConfig = WorkerConfig()
+    log_level: str = "info"
+    log_format: str = "auto"
+    health_interval: float = field(default=5.0)
+
+
+TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success",
+            "max_pixels", "styles", "transfer", "output", "watch", "worker", "log"}
+
+
+def load(path: Path) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    return parse(raw, Path(path))
+
+
+def parse(raw: Any, path: Path) -> Config:
+    root = path.resolve().parent
+    m = _mapping(raw, "", TOP_KEYS)
+    folders = {k: _path(m.get(k, f"./{k}" if k != "state_dir" else "./state"), k, root)
+               for k in ("inbox", "outbox", "failed", "processed", "state_dir")}
+    models_dir = _path(m["models_dir"], "models_dir", root) if m.get("models_dir") else None
+    transfer = with_overrides(TransferParams(), _mapping(m.get("transfer", {}), "transfer"), "transfer")
+    on_success = _choice(m.get("on_success", "move"), "on_success", ON_SUCCESS)
+    log = _mapping(m.get("log", {}), "log", {"level", "format"})
+    return Config(
+        path=path.resolve(), **folders, models_dir=models_dir, on_success=on_success,
+        max_pixels=_int(m.get("max_pixels", images.DEFAULT_MAX_PIXELS), "max_pixels", 1),
+        styles=_styles(m.get("styles"), transfer, root),
+        transfer=transfer,
+        output=_output(m.get("output", {})),
+        watch=_watch(m.get("watch", {})),
+        worker=_worker(m.get("worker", {})),
+        log_level=_choice(log.get("level", "info"), "log.level", ("debug", "info", "warning", "error")),
+        log_format=_choice(log.get("format", "auto"), "log.format", ("auto", "json", "console")),
+    )
+
+
+def _styles(raw: Any, transfer: TransferParams, root: Path) -> dict[str, Style]:
+    if not raw:
+        raise ConfigError("styles: at least one style is needed, e.g. styles: {starry: {image: starry.jpg}}")
+    m = _mapping(raw, "styles")
+    out = {}
+    for name, spec in m.items():
+        key = f"styles.{name}"
+        if not isinstance(name, str) or not STYLE_NAME.match(name):
+            raise ConfigError(f"{key}: a style name is a folder name: letters, digits, '.', '_' and '-'")
+        if isinstance(spec, str):
+            spec = {"image": spec}
+        spec = dict(_mapping(spec, key))
+        if "image" not in spec:
+            raise ConfigError(f"{key}.image: missing")
+        image = _path(spec.pop("image"), f"{key}.image", root)
+        params = with_overrides(transfer, spec, key)
+        out[name] = Style(name, image, params)
+    return out
+
+
+def _output(raw: Any) -> OutputConfig:
+    m = _mapping(raw, "output", {"format", "quality"})
+    try:
+        fmt = images.output_format(str(m.get("format", "jpeg")))
+    except ValueError as e:
+        raise ConfigError(f"output.format: {e}") from None
+    return OutputConfig(fmt, _int(m.get("quality", 92), "output.quality", 1, 100))
+
+
+def _watch(raw: Any) -> WatchConfig:
+    m = _mapping(raw, "watch", {"mode", "settle_seconds", "rescan_interval", "poll_interval", "ignore",
+                                "extensions"})
+    d = WatchConfig()
+    exts = m.get("extensions", list(d.extensions))
+    if not isinstance(exts, list) or not all(isinstance(e, str) and e for e in exts):
+        raise ConfigError("watch.extensions: expected a list such as [.jpg, .png]")
+    ignore = m.get("ignore", [])
+    if not isinstance(ignore, list) or not all(isinstance(p, str) and p for p in ignore):
+        raise ConfigError("watch.ignore: expected a list of glob patterns such as ['*.xmp']")
+    return WatchConfig(
+        mode=_choice(m.get("mode", d.mode), "watch.mode", WATCH_MODES),
+        settle_seconds=_float(m.get("settle_seconds", d.settle_seconds), "watch.settle_seconds", 0),
+        rescan_interval=_float(m.get("rescan_interval", d.rescan_interval), "watch.rescan_interval", 1),
+        poll_interval=_float(m.get("poll_interval", d.poll_interval), "watch.poll_interval", 0.1),
+        ignore=tuple(ignore),
+        extensions=tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in exts),
+    )
+
+
+def _worker(raw: Any) -> WorkerConfig:
+    m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
+                                 "retry_backoff", "memory_budget"})
+    d = WorkerConfig()
+    mb = m.get("max_batch", "auto")
+    return WorkerConfig(
+        device=str(m.get("device", d.device)),
+        max_batch=None if mb == "auto" else _int(mb, "worker.max_batch", 1),
+        batch_window=_float(m.get("batch_window", d.batch_window), "worker.batch_window", 0),
+        stop_timeout=_float(m.get("stop_timeout", d.stop_timeout), "worker.stop_timeout", 0),
+        max_attempts=_int(m.get("max_attempts", d.max_attempts), "worker.max_attempts", 1),
+        retry_backoff=_float(m.get("retry_backoff", d.retry_backoff), "worker.retry_backoff", 0),
+        memory_budget=_float(m.get("memory_budget", d.memory_budget), "worker.memory_budget", 0.05, 1.0),
+    )
+
+
+# --- typed readers that name the key --------------------------------------------------
+
+def _mapping(raw: Any, key: str, allowed: set[str] | None = None) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {type(raw).__name__}")
+    if allowed is not None:
+        for k in raw:
+            if k not in allowed:
+                name = f"{key}.{k}" if key else str(k)
+                raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(allowed))})")
+    return raw
+
+
+def _path(raw: Any, key: str, root: Path) -> Path:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{key}: expected a path, got {raw!r}")
+    p = Path(raw).expanduser()
+    return p if p.is_absolute() else (root / p).resolve()
+
+
+def _choice(raw: Any, key: str, options: tuple[str, ...]) -> str:
+    if raw not in options:
+        raise ConfigError(f"{key}: must be one of {', '.join(options)}, got {raw!r}")
+    return raw
+
+
+def _number(raw: Any, key: str, kind: type, lo: float | None, hi: float | None):
+    if isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected a number, got {raw!r}")
+    try:
+        value = kind(raw)
+        if kind is int and float(raw) != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ConfigError(f"{key}: must be {bounds}, got {raw!r}")
+    return value
+
+
+def _int(raw: Any, key: str, lo: int | None = None, hi: int | None = None) -> int:
+    return _number(raw, key, int, lo, hi)
+
+
+def _float(raw: Any, key: str, lo: float | None = None, hi: float | None = None) -> float:
+    return _number(raw, key, float, lo, hi)

@@ -1,0 +1,1 @@
+"""The daemon: inbox -> journal -> scheduler -> worker -> outbox."""

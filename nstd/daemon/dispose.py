@@ -1,0 +1,80 @@
+"""Moving inputs out of the inbox once their fate is known: processed/, failed/ or deleted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from nstd import report
+from nstd.fsutil import atomic_write_json, fsync_dir
+
+
+def free_name(folder: Path, relpath: str) -> Path:
+    """folder/relpath, or with -1, -2 … before the suffix if that name is taken."""
+    target = folder / relpath
+    n = 1
+    while os.path.lexists(target):
+        stem, ext = os.path.splitext(relpath)
+        target = folder / f"{stem}-{n}{ext}"
+        n += 1
+    return target
+
+
+def durable_move(src: Path, dst: Path) -> None:
+    """Rename when on one filesystem; otherwise copy, fsync, and only then unlink."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno != 18:  # EXDEV: another filesystem (a share and a local disk)
+            raise
+        tmp = dst.with_name(f".{dst.name}.nstd.tmp")
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), tmp)
+        else:
+            shutil.copy2(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+        os.unlink(src)
+    fsync_dir(dst.parent)
+
+
+def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str | None,
+              attempts: int = 0, moved_from: Path | None = None) -> Path | None:
+    """Move an input to failed/ beside `<name>.error.json`. Returns the new path, if moved."""
+    src = moved_from or inbox / relpath
+    target = free_name(failed, relpath)
+    record = {"input": relpath, "reason": reason, "attempts": attempts, "sha256": sha256,
+              "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "versions": report.versions()}
+    atomic_write_json(target.with_name(target.name + ".error.json"), record)
+    if os.path.lexists(src):
+        durable_move(src, target)
+        return target
+    return None
+
+
+def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | None:
+    src = inbox / relpath
+    if not os.path.lexists(src):
+        return None
+    if mode == "keep":
+        return src
+    if mode == "delete":
+        os.unlink(src)
+        return None
+    target = free_name(processed, relpath)
+    durable_move(src, target)
+    return target
+
+
+def read_error(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

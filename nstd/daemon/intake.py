@@ -1,0 +1,119 @@
+"""Turning a settled inbox file into queued jobs, or into a failed/ entry with a reason."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from nstd import images
+from nstd.config import Config
+from nstd.daemon import dispose
+from nstd.daemon.inbox import route
+from nstd.daemon.journal import JobSpec, Journal
+from nstd.daemon.styles import StyleBook
+from nstd.errors import ImageError
+from nstd.fsutil import atomic_write
+from nstd.log import get
+from nstd.params import working_size
+
+log = get("nstd.intake")
+
+
+class Changed(Exception):
+    """The file moved under us while reading: look again once it settles."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # queued | known | failed | changed | gone
+    detail: str = ""
+
+
+def read_settled(path: Path, key: tuple[int, int, int]) -> bytes:
+    """Read a regular file whose stat still matches `key`; never follow links or block on FIFOs."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{path.name}: not a regular file")
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != key:
+            raise Changed()
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise Changed()
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class Intake:
+    def __init__(self, cfg: Config, journal: Journal, styles: StyleBook):
+        self.cfg, self.journal, self.styles = cfg, journal, styles
+        self.spool_dir = cfg.state_dir / "spool"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+
+    def accept(self, relpath: str, key: tuple[int, int, int]) -> Outcome:
+        path = self.cfg.inbox / relpath
+        if key[0] < 0:
+            return self._refuse(relpath, None, "not a regular file (a link, FIFO or device); nstd follows no links")
+        try:
+            data = read_settled(path, key)
+        except Changed:
+            return Outcome("changed")
+        except FileNotFoundError:
+            return Outcome("gone")
+        except ImageError as e:
+            return self._refuse(relpath, None, str(e))
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return self._refuse(relpath, None, "a symbolic link; nstd follows no links")
+            if e.errno in (errno.EACCES, errno.EPERM):
+                return self._refuse(relpath, None, f"cannot read ({e.strerror})")
+            raise  # EIO and friends: the share may be back soon; the next scan retries
+        sha = hashlib.sha256(data).hexdigest()
+        known = self.journal.find_input(relpath, sha)
+        if known is not None and known.state != "seen":
+            return Outcome("known", known.state)
+
+        where = route(relpath, self.styles.names())
+        if where.error:
+            return self._refuse(relpath, sha, where.error)
+        try:
+            decoded = images.decode(data, relpath, self.cfg.max_pixels)
+        except ImageError as e:
+            return self._refuse(relpath, sha, str(e))
+        h, w = decoded.pixels.shape[-2:]
+        specs = []
+        for name in where.styles:
+            style = self.styles.get(name)
+            ww, hh = working_size(w, h, style.params.size)
+            if min(ww, hh) < 16:
+                return self._refuse(relpath, sha, f"{w}x{h} is too narrow to stylize at size "
+                                                  f"{style.params.size} (short side under 16 px)")
+            stored = self.styles.job_params(name, self.cfg.output)
+            specs.append(JobSpec(style=name, params_hash=_digest(stored), params=stored, width=ww,
+                                 height=hh, batch_key=_digest([ww, hh, repr(style.params.batch_key())])))
+        spool = self.spool_dir / f"{sha}{Path(relpath).suffix.lower()}"
+        if not spool.exists():
+            atomic_write(spool, data)
+        inp = self.journal.add_input(relpath, sha, str(spool), specs)
+        log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
+        return Outcome("queued", str(inp.id))
+
+    def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
+        self.journal.fail_input(relpath, sha or "", reason)
+        dispose.to_failed(self.cfg.inbox, self.cfg.failed, relpath, reason, sha)
+        log.warning("refused", input=relpath, reason=reason)
+        return Outcome("failed", reason)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]

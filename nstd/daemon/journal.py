@@ -1,0 +1,271 @@
+"""The SQLite job store. Every state change is a committed row before its side effect.
+
+An *input* is one version (sha256) of one file in the inbox. A *job* is one photo
+(by content) x one style x parameters; the same photo dropped twice links to the
+same jobs, so it is never computed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inputs (
+    id INTEGER PRIMARY KEY,
+    relpath TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    spool TEXT,
+    state TEXT NOT NULL,            -- seen | queued | done | failed
+    error TEXT,
+    created REAL NOT NULL,
+    finished REAL,
+    UNIQUE (relpath, sha256)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    input_sha256 TEXT NOT NULL,
+    style TEXT NOT NULL,
+    params_hash TEXT NOT NULL,
+    relpath TEXT NOT NULL,          -- of the input that first brought it: names the output
+    spool TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    batch_key TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,            -- queued | running | done | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    output TEXT,
+    batch_id TEXT,
+    created REAL NOT NULL,
+    queued REAL NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0,
+    started REAL,
+    finished REAL,
+    UNIQUE (input_sha256, style, params_hash)
+);
+CREATE TABLE IF NOT EXISTS input_jobs (
+    input_id INTEGER NOT NULL REFERENCES inputs(id),
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    PRIMARY KEY (input_id, job_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, batch_key, queued);
+CREATE INDEX IF NOT EXISTS inputs_state ON inputs (state);
+"""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    style: str
+    params_hash: str
+    params: dict
+    width: int
+    height: int
+    batch_key: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    input_sha256: str
+    style: str
+    params_hash: str
+    relpath: str
+    spool: str
+    width: int
+    height: int
+    batch_key: str
+    params: dict
+    state: str
+    attempts: int
+    queued: float
+    error: str | None = None
+    output: str | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Input:
+    id: int
+    relpath: str
+    sha256: str
+    spool: str | None
+    state: str
+    error: str | None
+
+
+_JOB_COLS = ("id, input_sha256, style, params_hash, relpath, spool, width, height, batch_key, params, "
+             "state, attempts, queued, error, output, batch_id")
+
+
+def _job(row) -> Job:
+    values = list(row)
+    values[9] = json.loads(values[9])
+    return Job(*values)
+
+
+class Journal:
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = path
+        if readonly:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        else:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives a power cut, not just a crash of nstd.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self):
+        return _Transaction(self.db)
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def find_input(self, relpath: str, sha256: str) -> Input | None:
+        row = self.db.execute("SELECT id, relpath, sha256, spool, state, error FROM inputs "
+                              "WHERE relpath = ? AND sha256 = ?", (relpath, sha256)).fetchone()
+        return Input(*row) if row else None
+
+    def add_input(self, relpath: str, sha256: str, spool: str | None, specs: list[JobSpec],
+                  now: float | None = None) -> Input:
+        """Record an accepted input and queue its jobs; jobs that exist are only linked."""
+        now = time.time() if now is None else now
+        with self._tx():
+            self.db.execute("INSERT OR IGNORE INTO inputs (relpath, sha256, spool, state, created) "
+                            "VALUES (?, ?, ?, 'queued', ?)", (relpath, sha256, spool, now))
+            input_id = self.db.execute("SELECT id FROM inputs WHERE relpath = ? AND sha256 = ?",
+                                       (relpath, sha256)).fetchone()[0]
+            for s in specs:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO jobs (input_sha256, style, params_hash, relpath, spool, width, "
+                    "height, batch_key, params, state, created, queued) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (sha256, s.style, s.params_hash, relpath, spool, s.width, s.height, s.batch_key,
+                     json.dumps(s.params, sort_keys=True), now, now))
+                job_id = self.db.execute("SELECT id FROM jobs WHERE input_sha256 = ? AND style = ? AND "
+                                         "params_hash = ?", (sha256, s.style, s.params_hash)).fetchone()[0]
+                self.db.execute("INSERT OR IGNORE INTO input_jobs VALUES (?, ?)", (input_id, job_id))
+        return self.find_input(relpath, sha256)
+
+    def fail_input(self, relpath: str, sha256: str, error: str, now: float | None = None) -> None:
+        """An input refused at intake (undecodable, unknown style folder): no jobs."""
+        now = time.time() if now is None else now
+        with self._tx():
+            self.db.execute("INSERT OR IGNORE INTO inputs (relpath, sha256, state, created) "
+                            "VALUES (?, ?, 'failed', ?)", (relpath, sha256, now))
+            self.db.execute("UPDATE inputs SET state = 'failed', error = ?, finished = ? "
+                            "WHERE relpath = ? AND sha256 = ?", (error, now, relpath, sha256))
+
+    def inputs_settled(self) -> list[tuple[Input, list[Job]]]:
+        """Queued inputs none of whose jobs is still queued or running."""
+        rows = self.db.execute(
+            "SELECT i.id, i.relpath, i.sha256, i.spool, i.state, i.error FROM inputs i WHERE i.state = "
+            "'queued' AND NOT EXISTS (SELECT 1 FROM input_jobs l JOIN jobs j ON j.id = l.job_id WHERE "
+            "l.input_id = i.id AND j.state IN ('queued', 'running'))").fetchall()
+        return [(Input(*r), self.jobs_of(r[0])) for r in rows]
+
+    def jobs_of(self, input_id: int) -> list[Job]:
+        rows = self.db.execute(f"SELECT {', '.join('j.' + c.strip() for c in _JOB_COLS.split(','))} "
+                               "FROM jobs j JOIN input_jobs l ON l.job_id = j.id WHERE l.input_id = ? "
+                               "ORDER BY j.id", (input_id,)).fetchall()
+        return [_job(r) for r in rows]
+
+    def close_input(self, input_id: int, state: str, error: str | None = None) -> None:
+        self.db.execute("UPDATE inputs SET state = ?, error = ?, finished = ? WHERE id = ?",
+                        (state, error, time.time(), input_id))
+
+    def spool_in_use(self, spool: str) -> bool:
+        return self.db.execute("SELECT 1 FROM jobs WHERE spool = ? AND state IN ('queued', 'running') "
+                               "LIMIT 1", (spool,)).fetchone() is not None
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """After a crash or stop: running jobs go back to the queue."""
+        with self._tx():
+            cur = self.db.execute("UPDATE jobs SET state = 'queued', batch_id = NULL WHERE state = 'running'")
+        return cur.rowcount
+
+    def oldest_queued(self, now: float) -> Job | None:
+        row = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'queued' AND not_before <= ? "
+                              "ORDER BY queued, id LIMIT 1", (now,)).fetchone()
+        return _job(row) if row else None
+
+    def count_queued(self, batch_key: str, now: float) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND batch_key = ? AND "
+                               "not_before <= ?", (batch_key, now)).fetchone()[0]
+
+    def claim(self, batch_key: str, limit: int, batch_id: str, now: float) -> list[Job]:
+        """Mark the oldest `limit` queued jobs of one batch key as running, atomically."""
+        with self._tx():
+            ids = [r[0] for r in self.db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' AND batch_key = ? AND not_before <= ? "
+                "ORDER BY queued, id LIMIT ?", (batch_key, now, limit))]
+            self.db.executemany("UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ?, "
+                                "batch_id = ? WHERE id = ?", [(now, batch_id, i) for i in ids])
+        return self.get_jobs(ids)
+
+    def get_jobs(self, ids: list[int]) -> list[Job]:
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id IN ({marks}) ORDER BY queued, id",
+                               ids).fetchall()
+        return [_job(r) for r in rows]
+
+    def queued_jobs(self) -> list[Job]:
+        rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'queued'").fetchall()
+        return [_job(r) for r in rows]
+
+    def finish(self, job_id: int, output: str) -> None:
+        self.db.execute("UPDATE jobs SET state = 'done', output = ?, error = NULL, finished = ? WHERE id = ?",
+                        (output, time.time(), job_id))
+
+    def fail(self, job_id: int, error: str) -> None:
+        self.db.execute("UPDATE jobs SET state = 'failed', error = ?, finished = ? WHERE id = ?",
+                        (error, time.time(), job_id))
+
+    def retry(self, job_id: int, error: str, delay: float) -> None:
+        self.db.execute("UPDATE jobs SET state = 'queued', error = ?, not_before = ?, batch_id = NULL "
+                        "WHERE id = ?", (error, time.time() + delay, job_id))
+
+    def requeue(self, job_ids: list[int]) -> None:
+        """Give jobs back untouched, as if never started (a stop, not a failure)."""
+        with self._tx():
+            self.db.executemany("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
+                                "batch_id = NULL WHERE id = ?", [(i,) for i in job_ids])
+
+    # --- reports ----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("queued", "running", "done", "failed")}
+        out.update(dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()))
+        return out
+
+    def running(self) -> list[Job]:
+        rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'running' ORDER BY id").fetchall()
+        return [_job(r) for r in rows]
+
+    def recent_failures(self, limit: int = 10) -> list[tuple[str, str, float]]:
+        """(relpath, reason, time) of failed inputs, newest first."""
+        return self.db.execute("SELECT relpath, error, finished FROM inputs WHERE state = 'failed' "
+                               "ORDER BY finished DESC LIMIT ?", (limit,)).fetchall()
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False

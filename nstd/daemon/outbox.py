@@ -1,0 +1,69 @@
+"""Writing results: the image, then the JSON log whose presence means the job is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+from nstd import images
+from nstd.daemon.journal import Job
+from nstd.fsutil import atomic_write, atomic_write_json
+
+
+def subpath(relpath: str, style: str) -> str:
+    """The path below the style folder: inbox/<style>/a/b.jpg and inbox/a/b.jpg name a/b.jpg."""
+    parts = PurePosixPath(relpath).parts
+    if len(parts) > 1 and parts[0] == style:
+        return "/".join(parts[1:])
+    return relpath
+
+
+def _read_log(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _owned_by(log: dict | None, job: Job) -> bool:
+    return bool(log) and log.get("input", {}).get("sha256") == job.input_sha256 \
+        and log.get("params_hash") == job.params_hash
+
+
+def targets(outbox: Path, job: Job) -> tuple[Path, Path]:
+    """(image, json) paths; a name already taken by another input gets a short-hash suffix."""
+    fmt = job.params["format"]
+    stem = PurePosixPath(subpath(job.relpath, job.style)).with_suffix("")
+    base = outbox / job.style / stem
+    js = base.with_name(base.name + ".json")
+    if js.exists() and not _owned_by(_read_log(js), job):
+        base = base.with_name(f"{base.name}-{job.input_sha256[:8]}")
+        js = base.with_name(base.name + ".json")
+    return base.with_name(base.name + "." + images.EXTENSIONS[fmt]), js
+
+
+def complete(outbox: Path, job: Job) -> Path | None:
+    """The image path if this job's outputs already exist in full."""
+    image, js = targets(outbox, job)
+    if _owned_by(_read_log(js), job) and image.exists():
+        return image
+    return None
+
+
+def write(outbox: Path, job: Job, pixels, log: dict, snapshots=()) -> Path:
+    image, js = targets(outbox, job)
+    fmt, quality = job.params["format"], job.params["quality"]
+    for iteration, snap in snapshots:
+        atomic_write(image.with_name(f"{image.stem}.iter{iteration:05d}{image.suffix}"),
+                     images.encode(snap, fmt, quality))
+    atomic_write(image, images.encode(pixels, fmt, quality))
+    log = log | {"params_hash": job.params_hash,
+                 "output": log.get("output", {}) | {"path": os.path.relpath(image, outbox)}}
+    atomic_write_json(js, log)
+    return image
+
+
+def stray_temp_files(outbox: Path) -> list[Path]:
+    """Temporary files an interrupted write left behind (names from fsutil.atomic_write)."""
+    return [p for p in outbox.rglob(".*.tmp") if p.is_file()]

@@ -1,0 +1,31 @@
+"""Queued jobs into same-size batches: oldest first, with a short wait for company."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable
+
+from nstd.daemon.journal import Job, Journal
+
+
+class Scheduler:
+    def __init__(self, journal: Journal, window: float, max_batch_for: Callable[[Job], int],
+                 clock: Callable[[], float] = time.time):
+        self.journal, self.window, self.max_batch_for, self.clock = journal, window, max_batch_for, clock
+
+    def next_batch(self) -> list[Job]:
+        """Claim the next batch, or return [] to be asked again shortly.
+
+        The oldest queued job always leads, so a lone odd-sized photo waits at most
+        `window` seconds for others of its size and is never starved by busier sizes.
+        """
+        now = self.clock()
+        head = self.journal.oldest_queued(now)
+        if head is None:
+            return []
+        limit = max(1, self.max_batch_for(head))
+        waiting = self.journal.count_queued(head.batch_key, now)
+        if waiting < limit and now - head.queued < self.window:
+            return []
+        return self.journal.claim(head.batch_key, limit, uuid.uuid4().hex[:12], now)

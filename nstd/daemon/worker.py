@@ -1,0 +1,220 @@
+"""One worker per device: claims batches, runs the engine, writes results, records the outcome."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from nstd import images, report
+from nstd.config import Config
+from nstd.daemon import outbox
+from nstd.daemon.journal import Job, Journal
+from nstd.daemon.scheduler import Scheduler
+from nstd.daemon.styles import StyleBook
+from nstd.engine.device import describe
+from nstd.engine.memory import auto_batch
+from nstd.engine.transfer import GramCache, StyleImage, run_batch
+from nstd.engine.vgg import VGGFeatures
+from nstd.errors import ImageError
+from nstd.log import get
+from nstd.params import from_dict
+from nstd.weights import WeightInfo
+
+log = get("nstd.worker")
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ESTALE, errno.ETIMEDOUT,
+                    errno.EAGAIN, errno.EHOSTDOWN, errno.ENOTCONN}
+
+
+class StopBatch(Exception):
+    """Raised from the progress callback when a stop's grace period has run out."""
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+class Worker(threading.Thread):
+    def __init__(self, cfg: Config, styles: Callable[[], StyleBook],
+                 load_weights: Callable[[str], tuple[dict, WeightInfo]], device: torch.device,
+                 stopping: threading.Event):
+        super().__init__(name=f"worker-{device}", daemon=True)
+        self.cfg, self.styles, self.device, self.stopping = cfg, styles, device, stopping
+        self.load_weights = load_weights
+        self.deadline: float | None = None  # set by a stop: finish the batch by then
+        self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
+        self.cache = GramCache()
+        self.current: list[Job] = []
+        self.error: BaseException | None = None
+
+    # --- thread -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        journal = Journal(self.cfg.state_dir / "journal.sqlite3")
+        scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for)
+        try:
+            while not self.stopping.is_set():
+                batch = scheduler.next_batch()
+                if not batch:
+                    self.stopping.wait(0.2)
+                    continue
+                self.process(journal, batch)
+        except BaseException as e:  # noqa: BLE001 - reported by the health loop, which restarts us
+            self.error = e
+            log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
+        finally:
+            journal.close()
+
+    def max_batch_for(self, job: Job) -> int:
+        if self.cfg.worker.max_batch is not None:
+            return self.cfg.worker.max_batch
+        p = from_dict(job.params)
+        return auto_batch(self.free_memory(), job.height, job.width, p.settings().layers, p.optimizer,
+                          p.lbfgs_history, self.cfg.worker.memory_budget, cap=16 if self.device.type == "cpu" else 64)
+
+    def free_memory(self) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return free
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return 2 << 30
+
+    # --- one batch --------------------------------------------------------------------
+
+    def process(self, journal: Journal, batch: list[Job]) -> None:
+        self.current = batch
+        try:
+            self._run(journal, batch)
+        finally:
+            self.current = []
+
+    def _run(self, journal: Journal, batch: list[Job]) -> None:
+        ready: list[tuple[Job, torch.Tensor]] = []
+        for job in batch:
+            try:
+                ready.append((job, self._content(job)))
+            except ImageError as e:
+                journal.fail(job.id, str(e))
+            except OSError as e:
+                self._transient(journal, job, f"cannot read spooled input: {e}")
+        if not ready:
+            return
+        queued_at = {job.id: job.queued for job, _ in ready}
+        try:
+            self._compute(journal, ready, queued_at)
+        except StopBatch:
+            journal.requeue([job.id for job, _ in ready])
+            log.info("batch_requeued", jobs=[job.id for job, _ in ready], reason="stopping")
+
+    def _compute(self, journal: Journal, ready: list[tuple[Job, torch.Tensor]], queued_at: dict) -> None:
+        book = self.styles()
+        for job, _ in ready:
+            if not book.has(job.style):
+                journal.fail(job.id, f"style '{job.style}' is no longer configured")
+        ready = [(j, c) for j, c in ready if book.has(j.style)]
+        if not ready:
+            return
+        jobs = [job for job, _ in ready]
+        params = [from_dict(job.params) for job in jobs]
+        model, info = self._model(params[0])
+        transfer_jobs = []
+        for (job, content), p in zip(ready, params):
+            style = book.get(job.style)
+            transfer_jobs.append(p.job(content, (StyleImage(style.pixels, style.sha256, 1.0, p.style_scale),)))
+        started = time.time()
+        try:
+            results = run_batch(model, transfer_jobs, params[0].settings(), self.cache,
+                                self._progress(jobs, params[0].iterations))
+        except StopBatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - sorted into OOM, transient and deterministic below
+            if is_oom(e):
+                self._empty_cache()
+                if len(ready) > 1:
+                    half = len(ready) // 2
+                    log.warning("out_of_memory_halving", jobs=[j.id for j in jobs], batch=len(ready))
+                    self._compute(journal, ready[:half], queued_at)
+                    self._compute(journal, ready[half:], queued_at)
+                else:
+                    self._transient(journal, jobs[0], "out of memory even alone", final=True)
+                return
+            for job in jobs:
+                journal.fail(job.id, f"{type(e).__name__}: {e}")
+            log.error("batch_failed", jobs=[j.id for j in jobs], error=f"{type(e).__name__}: {e}")
+            return
+        finished = time.time()
+        device = describe(self.device)
+        for i, (job, p, result) in enumerate(zip(jobs, params, results)):
+            style = book.get(job.style)
+            h, w = result.image.shape[-2:]
+            entry = report.loss_log(
+                job_id=str(job.id), input_path=job.relpath, input_sha256=job.input_sha256,
+                styles=[{"name": job.style, "path": str(style.style.image), "sha256": style.sha256,
+                         "weight": 1.0}],
+                params=p, weights=info, device=device, batch_id=job.batch_id or "",
+                batch_size=len(jobs), batch_index=i,
+                output={"format": job.params["format"].lower(), "width": w, "height": h},
+                timings={"queued": report.iso_time(queued_at[job.id]), "started": report.iso_time(started),
+                         "finished": report.iso_time(finished), "seconds": round(finished - started, 3)},
+                history=result.history)
+            try:
+                path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots)
+            except OSError as e:
+                if e.errno in TRANSIENT_ERRNOS:
+                    self._transient(journal, job, f"cannot write output: {e.strerror}")
+                    continue
+                journal.fail(job.id, f"cannot write output: {e}")
+                continue
+            journal.finish(job.id, str(path.relative_to(self.cfg.outbox)))
+            log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
+                     seconds=round(finished - started, 2), batch=len(jobs))
+
+    def _transient(self, journal: Journal, job: Job, error: str, final: bool = False) -> None:
+        fresh = journal.get_jobs([job.id])[0]
+        if final or fresh.attempts >= self.cfg.worker.max_attempts:
+            journal.fail(job.id, f"{error} (after {fresh.attempts} attempts)")
+            log.warning("failed", job=job.id, input=job.relpath, error=error, attempts=fresh.attempts)
+        else:
+            delay = self.cfg.worker.retry_backoff * 2 ** (fresh.attempts - 1)
+            journal.retry(job.id, error, delay)
+            log.warning("retry_later", job=job.id, input=job.relpath, error=error, in_seconds=delay)
+
+    def _progress(self, jobs: list[Job], total: int):
+        ids = [j.id for j in jobs]
+
+        def update(iteration: int, losses: list | None) -> None:
+            if self.deadline is not None and time.time() > self.deadline:
+                raise StopBatch()
+            if losses is not None:
+                log.info("progress", jobs=ids, iteration=iteration - 1, of=total,
+                         loss=[round(r["total"], 5) for r in losses])
+
+        return update
+
+    def _content(self, job: Job) -> torch.Tensor:
+        data = Path(job.spool).read_bytes()
+        pixels = images.decode(data, job.relpath, self.cfg.max_pixels).pixels
+        # Exactly the size intake recorded, so every job of a batch matches.
+        return F.interpolate(pixels[None], size=(job.height, job.width), mode="bicubic",
+                             antialias=True, align_corners=False)[0].clamp(0, 1)
+
+    def _model(self, p) -> tuple[VGGFeatures, WeightInfo]:
+        key = (p.model, p.pooling, p.settings().layers)
+        if key not in self._models:
+            sd, info = self.load_weights(p.model)
+            model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id)
+            self._models[key] = (model.to(self.device), info)
+        return self._models[key]
+
+    def _empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+

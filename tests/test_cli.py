@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from nstd.cli import main
+
+from conftest import rand_image
+
+
+@pytest.fixture
+def models(tmp_path, vgg_sd):
+    pth = tmp_path / "random.pth"
+    torch.save(vgg_sd, pth)
+    d = tmp_path / "models"
+    assert main(["weights", "import", str(pth), "--name", "random", "--preprocessing", "torchvision",
+                 "--models-dir", str(d)]) == 0
+    return d
+
+
+def write_photo(path, h, w, seed):
+    arr = (rand_image(h, w, seed).permute(1, 2, 0).numpy() * 255).astype("uint8")
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_stylize_writes_images_and_loss_logs(tmp_path, models, capsys):
+    a = write_photo(tmp_path / "a.png", 40, 60, 1)
+    b = write_photo(tmp_path / "b.png", 40, 60, 2)
+    c = write_photo(tmp_path / "c.png", 60, 40, 3)
+    style = write_photo(tmp_path / "style.png", 50, 50, 4)
+    out = tmp_path / "out"
+    rc = main(["stylize", str(a), str(b), str(c), "--style", str(style), "-o", str(out), "--size", "32",
+               "--iterations", "4", "--model", "random", "--models-dir", str(models), "--format", "png"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}.style.{e}" for s in "abc" for e in ("png", "json"))
+    log = json.loads((out / "a.style.json").read_text())
+    assert log["input"]["path"] == str(a) and len(log["input"]["sha256"]) == 64
+    assert log["styles"][0]["name"] == "style"
+    assert log["params"]["iterations"] == 4 and log["params"]["size"] == 32
+    assert log["weights"]["id"] == "random" and log["device"] == "cpu"
+    # a and b share a size, so they ran as one batch; c ran alone.
+    assert log["batch"]["size"] == 2
+    assert json.loads((out / "c.style.json").read_text())["batch"]["size"] == 1
+    assert log["history"][-1]["iteration"] == 4
+    assert set(log["history"][0]) == {"iteration", "total", "content", "style", "style_by_layer", "tv"}
+    assert {"started", "finished", "seconds"} <= set(log["timings"])
+    with Image.open(out / "a.style.png") as im:
+        assert im.size == (32, 21)
+
+
+def test_a_bad_photo_is_one_line_and_the_rest_still_come_out(tmp_path, models, capsys):
+    good = write_photo(tmp_path / "good.png", 40, 40, 1)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    style = write_photo(tmp_path / "s.png", 40, 40, 2)
+    rc = main(["stylize", str(bad), str(good), "-s", str(style), "-o", str(tmp_path / "o"), "--size", "32",
+               "--iterations", "2", "--model", "random", "--models-dir", str(models)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"nstd: error: {bad}: not a usable image" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "o" / "good.s.jpg").exists()
+
+
+def test_missing_weights_is_one_line(tmp_path):
+    photo = write_photo(tmp_path / "p.png", 40, 40, 1)
+    proc = subprocess.run([sys.executable, "-m", "nstd", "stylize", str(photo), "-s", str(photo),
+                           "-o", str(tmp_path / "o"), "--models-dir", str(tmp_path / "empty")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"nstd: error: VGG19 weights 'caffe' are not in {tmp_path / 'empty'}; run: nstd weights fetch --model caffe"]
+
+
+def test_bad_parameter_names_the_flag(tmp_path, models, capsys):
+    photo = write_photo(tmp_path / "p.png", 40, 40, 1)
+    rc = main(["stylize", str(photo), "-s", str(photo), "-o", str(tmp_path / "o"), "--size", "8",
+               "--models-dir", str(models)])
+    assert rc == 1
+    assert "nstd: error: --size: must be at least 16 px" in capsys.readouterr().err
