@@ -1,0 +1,127 @@
+"""Running the real daemon as a subprocess on temporary folders, with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from conftest import rand_image
+
+FOLDERS = ("inbox", "outbox", "failed", "processed", "state")
+
+
+def photo_bytes(h: int, w: int, seed: int, fmt: str = "JPEG") -> bytes:
+    import io
+    arr = (rand_image(h, w, seed).permute(1, 2, 0).numpy() * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, quality=90)
+    return buf.getvalue()
+
+
+def write_config(root: Path, models: Path, **overrides) -> Path:
+    for f in FOLDERS:
+        (root / f).mkdir(exist_ok=True)
+    style = root / "style.png"
+    if not style.exists():
+        style.write_bytes(photo_bytes(48, 48, 1234, "PNG"))
+    cfg = {
+        "inbox": "inbox", "outbox": "outbox", "failed": "failed", "processed": "processed",
+        "state_dir": "state", "models_dir": str(models),
+        "styles": {"ink": {"image": "style.png"}, "wash": {"image": "style.png", "style_weight": 50}},
+        "transfer": {"size": 32, "iterations": 4, "model": "random", "log_every": 2},
+        "watch": {"settle_seconds": 0.5, "rescan_interval": 3, "poll_interval": 0.2},
+        "worker": {"batch_window": 0.3, "stop_timeout": 5, "retry_backoff": 0.5},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = cfg[key] | value
+        else:
+            cfg[key] = value
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class Daemon:
+    def __init__(self, config: Path):
+        self.config = config
+        self.root = config.parent
+        self.log = self.root / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("NOTIFY_SOCKET", None)
+        self._out = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "nstd", "run", "--config", str(self.config)],
+                                     stdout=self._out, stderr=subprocess.STDOUT, env=env)
+        self.wait_log("started", timeout=60)
+        return self
+
+    def events(self) -> list[dict]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "raw", "text": line})
+        return out
+
+    def wait_log(self, event: str, timeout: float = 30, count: int = 1) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if sum(e.get("event") == event for e in self.events()) >= count:
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log.read_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {event!r} in the log after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        self._out.close()
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def jobs(root: Path) -> list[tuple]:
+    db = sqlite3.connect(root / "state" / "journal.sqlite3")
+    try:
+        return db.execute("SELECT relpath, style, state, attempts FROM jobs ORDER BY relpath, style").fetchall()
+    finally:
+        db.close()

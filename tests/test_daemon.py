@@ -1,0 +1,190 @@
+"""The real daemon, as a process, on temporary folders."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from nstd.cli import main
+
+from conftest import random_vgg_state_dict
+from daemon_harness import Daemon, files, jobs, photo_bytes, wait_for, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    torch.save(random_vgg_state_dict(), d / "random.pth")
+    assert main(["weights", "import", str(d / "random.pth"), "--name", "random", "--preprocessing",
+                 "torchvision", "--models-dir", str(d)]) == 0
+    return d
+
+
+@pytest.fixture
+def daemon(tmp_path, models):
+    started = []
+
+    def make(**overrides) -> Daemon:
+        d = Daemon(write_config(tmp_path, models, **overrides)).start()
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.alive():
+            d.stop()
+
+
+def outputs_done(root, names, styles=("ink", "wash")):
+    want = {f"{s}/{n}.{ext}" for s in styles for n in names for ext in ("jpg", "json")}
+    return want <= set(files(root / "outbox"))
+
+
+def test_plain_slow_and_renamed_drops_are_each_processed_once(tmp_path, daemon):
+    d = daemon()
+    inbox = tmp_path / "inbox"
+    (inbox / "plain.jpg").write_bytes(photo_bytes(40, 60, 1))
+    # A network copy: the file grows in chunks with pauses longer than a poll.
+    slow = photo_bytes(60, 40, 2)
+    with open(inbox / "slow.jpg", "wb") as f:
+        for i in range(0, len(slow), len(slow) // 4 + 1):
+            f.write(slow[i:i + len(slow) // 4 + 1])
+            f.flush()
+            time.sleep(0.3)
+    # rsync and browsers: a temporary name, then a rename.
+    (inbox / ".renamed.jpg.x1y2").write_bytes(photo_bytes(40, 40, 3))
+    os.rename(inbox / ".renamed.jpg.x1y2", inbox / "renamed.jpg")
+
+    wait_for(lambda: outputs_done(tmp_path, ["plain", "slow", "renamed"]), 60, "outputs")
+    wait_for(lambda: files(tmp_path / "processed") == ["plain.jpg", "renamed.jpg", "slow.jpg"], 20, "processed")
+    assert [(r, s, st, a) for r, s, st, a in jobs(tmp_path)] == [
+        (name, style, "done", 1) for name in ("plain.jpg", "renamed.jpg", "slow.jpg") for style in ("ink", "wash")]
+    log = json.loads((tmp_path / "outbox" / "ink" / "slow.json").read_text())
+    import hashlib
+    assert log["input"]["sha256"] == hashlib.sha256(slow).hexdigest()  # never read half-written
+    assert log["params"]["style_weight"] == 10.0
+    assert json.loads((tmp_path / "outbox" / "wash" / "slow.json").read_text())["params"]["style_weight"] == 50
+    assert files(tmp_path / "inbox") == []
+    assert files(tmp_path / "failed") == []
+
+
+def test_polling_mode_and_style_subfolders(tmp_path, daemon):
+    d = daemon(watch={"mode": "polling"})
+    assert any(e.get("watch") == "polling" for e in d.events())
+    (tmp_path / "inbox" / "wash" / "trip").mkdir(parents=True)
+    (tmp_path / "inbox" / "wash" / "trip" / "p.png").write_bytes(photo_bytes(40, 40, 4, "PNG"))
+    wait_for(lambda: {"wash/trip/p.jpg", "wash/trip/p.json"} <= set(files(tmp_path / "outbox")), 60, "output")
+    wait_for(lambda: files(tmp_path / "processed") == ["wash/trip/p.png"], 20, "processed")
+    assert not (tmp_path / "outbox" / "ink").exists()
+
+
+def test_kill9_mid_batch_then_restart_loses_nothing(tmp_path, daemon):
+    d = daemon(transfer={"iterations": 300, "size": 48, "log_every": 10})
+    names = [f"p{i}" for i in range(3)]
+    for i, n in enumerate(names):
+        (tmp_path / "inbox" / f"{n}.jpg").write_bytes(photo_bytes(48, 48, 10 + i))
+    d.wait_log("progress", timeout=60)
+    d.kill()
+    assert any(state == "running" for _, _, state, _ in jobs(tmp_path))
+    d2 = Daemon(d.config).start()
+    try:
+        d2.wait_log("recovered", timeout=30)
+        wait_for(lambda: outputs_done(tmp_path, names), 180, "outputs after restart")
+        wait_for(lambda: len(files(tmp_path / "processed")) == 3, 20, "inputs processed")
+    finally:
+        assert d2.stop() == 0
+    out = files(tmp_path / "outbox")
+    assert out == sorted(f"{s}/{n}.{e}" for s in ("ink", "wash") for n in names for e in ("jpg", "json"))
+    assert not [p for p in (tmp_path / "outbox").rglob(".*")]  # no temporary or partial files
+    assert files(tmp_path / "processed") == [f"{n}.jpg" for n in names]
+    assert all(state == "done" for _, _, state, _ in jobs(tmp_path))
+
+
+def test_bad_inputs_land_in_failed_and_the_daemon_keeps_going(tmp_path, daemon):
+    d = daemon()
+    inbox = tmp_path / "inbox"
+    good = photo_bytes(64, 64, 5)
+    (inbox / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (inbox / "empty.jpg").write_bytes(b"")
+    (inbox / "notes.jpg").write_bytes(b"these are not pixels\n" * 20)
+    (inbox / "mystery").mkdir()
+    (inbox / "mystery" / "m.jpg").write_bytes(good)
+    reasons = {
+        "truncated.jpg": "cannot decode",
+        "empty.jpg": "an empty file",
+        "notes.jpg": "not a recognised image format",
+        "mystery/m.jpg": "folder 'mystery' names no style (known styles: ink, wash)",
+    }
+    for name in reasons:
+        wait_for(lambda: (tmp_path / "failed" / f"{name}.error.json").exists(), 30, name)
+    for name, why in reasons.items():
+        record = json.loads((tmp_path / "failed" / f"{name}.error.json").read_text())
+        assert why in record["reason"] and record["input"] == name
+        assert (tmp_path / "failed" / name).exists()  # the input itself is kept, not lost
+    assert d.alive()
+    (inbox / "fine.jpg").write_bytes(good)
+    wait_for(lambda: outputs_done(tmp_path, ["fine"]), 60, "a good photo after bad ones")
+    assert not any(e.get("event") == "raw" and "Traceback" in e.get("text", "") for e in d.events())
+
+
+def test_the_same_photo_twice_is_not_processed_twice(tmp_path, daemon):
+    daemon()
+    data = photo_bytes(40, 40, 6)
+    (tmp_path / "inbox" / "one.jpg").write_bytes(data)
+    wait_for(lambda: files(tmp_path / "processed") == ["one.jpg"], 60, "first")
+    (tmp_path / "inbox" / "copy.jpg").write_bytes(data)
+    wait_for(lambda: files(tmp_path / "processed") == ["copy.jpg", "one.jpg"], 60, "second")
+    assert len(jobs(tmp_path)) == 2  # one per style, shared by both files
+    # An edited photo is new work.
+    (tmp_path / "inbox" / "one.jpg").write_bytes(photo_bytes(40, 40, 7))
+    wait_for(lambda: len(jobs(tmp_path)) == 4 and all(j[2] == "done" for j in jobs(tmp_path)), 60, "edit")
+
+
+def test_sigterm_exits_cleanly_within_the_timeout(tmp_path, daemon):
+    d = daemon(transfer={"iterations": 5000, "size": 48, "log_every": 10}, worker={"stop_timeout": 1})
+    (tmp_path / "inbox" / "long.jpg").write_bytes(photo_bytes(48, 48, 8))
+    d.wait_log("progress", timeout=60)
+    t = time.time()
+    d.signal(signal.SIGTERM)
+    d.proc.wait(20)
+    assert d.proc.returncode == 0
+    assert time.time() - t < 10
+    assert {state for _, _, state, _ in jobs(tmp_path)} == {"queued"}  # handed back, not lost
+    assert files(tmp_path / "inbox") == ["long.jpg"]
+
+
+def test_config_error_is_one_line_with_its_key_path(tmp_path, models):
+    cfg = write_config(tmp_path, models, transfer={"iteratons": 5})
+    proc = subprocess.run([sys.executable, "-m", "nstd", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("nstd: error: transfer.iteratons: unknown key")
+
+
+def test_refuses_to_start_with_outbox_inside_inbox(tmp_path, models):
+    (tmp_path / "inbox" / "out").mkdir(parents=True)
+    cfg = write_config(tmp_path, models, outbox="inbox/out")
+    proc = subprocess.run([sys.executable, "-m", "nstd", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "outbox:" in proc.stderr and "is inside the inbox" in proc.stderr
+
+
+def test_status_reads_the_journal(tmp_path, daemon, capsys):
+    d = daemon()
+    (tmp_path / "inbox" / "s.jpg").write_bytes(photo_bytes(40, 40, 9))
+    (tmp_path / "inbox" / "bad.jpg").write_bytes(b"nope")
+    wait_for(lambda: files(tmp_path / "processed") == ["s.jpg"], 60, "done")
+    wait_for(lambda: (tmp_path / "failed" / "bad.jpg").exists(), 30, "failed")
+    assert main(["status", "--config", str(d.config)]) == 0
+    out = capsys.readouterr().out
+    assert "0 queued, 0 running, 2 done, 0 failed" in out
+    assert "bad.jpg: bad.jpg: not a usable image" in out
