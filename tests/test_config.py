@@ -1,0 +1,77 @@
+import pytest
+import yaml
+
+from nstd import config
+from nstd.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = "styles: {a: {image: a.jpg}}\n"
+
+
+def test_example_config_loads_and_documents_every_key():
+    cfg = config.load(config.Path("config.example.yaml"))
+    assert set(cfg.styles) == {"starry", "scream"}
+    assert cfg.styles["scream"].params.style_weight == 20
+    assert cfg.styles["starry"].params.style_weight == cfg.transfer.style_weight
+    text = open("config.example.yaml").read()
+    for key in ("content_weight", "tv_weight", "lbfgs_history", "settle_seconds", "rescan_interval",
+                "max_batch", "batch_window", "stop_timeout", "on_success", "max_pixels", "snapshot_every"):
+        assert f"{key}:" in text
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    cfg = config.load(write(tmp_path, BASE + "inbox: in\n"))
+    assert cfg.inbox == tmp_path / "in"
+    assert cfg.styles["a"].image == tmp_path / "a.jpg"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("inbx: x\n", "inbx: unknown key"),
+    ("transfer: {iterations: many}\n", "transfer.iterations: expected int"),
+    ("transfer: {optimizer: sgd}\n", "transfer.optimizer: must be one of lbfgs, adam"),
+    ("transfer: {style_layers: {relu9_1: 1}}\n", "transfer.style_layers: unknown VGG19 layer 'relu9_1'"),
+    ("watch: {mode: inotify}\n", "watch.mode: must be one of auto, native, polling"),
+    ("watch: {settle_seconds: -1}\n", "watch.settle_seconds: must be at least 0"),
+    ("worker: {max_batch: 0}\n", "worker.max_batch: must be at least 1"),
+    ("worker: {turbo: true}\n", "worker.turbo: unknown key"),
+    ("output: {format: gif}\n", "output.format:"),
+    ("output: {quality: 101}\n", "output.quality: must be between 1 and 100"),
+    ("on_success: shred\n", "on_success: must be one of move, delete, keep"),
+])
+def test_bad_values_name_their_key_path(tmp_path, text, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        config.load(write(tmp_path, BASE + text))
+
+
+def test_style_errors_name_the_style(tmp_path):
+    with pytest.raises(ConfigError, match="^styles.b.style_wieght: unknown key"):
+        config.load(write(tmp_path, "styles: {b: {image: b.jpg, style_wieght: 3}}\n"))
+    with pytest.raises(ConfigError, match="^styles.c.image: missing"):
+        config.load(write(tmp_path, "styles: {c: {style_weight: 3}}\n"))
+    with pytest.raises(ConfigError, match="^styles.bad/name: a style name is a folder name"):
+        config.load(write(tmp_path, "styles: {'bad/name': {image: x.jpg}}\n"))
+    with pytest.raises(ConfigError, match="^styles: at least one style"):
+        config.load(write(tmp_path, "inbox: x\n"))
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml: line [23] not valid YAML"):
+        config.load(write(tmp_path, "styles:\n  a: [unclosed\n"))
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    with pytest.raises(ConfigError):
+        config.load(write(tmp_path, "styles: !!python/object/apply:os.system ['true']\n"))
+
+
+def test_style_shorthand_and_overrides(tmp_path):
+    cfg = config.load(write(tmp_path, "styles: {a: a.jpg, b: {image: b.jpg, iterations: 7}}\n"
+                                      "transfer: {iterations: 9, style_weight: 1e2}\n"))
+    assert cfg.styles["a"].params.iterations == 9 and cfg.styles["b"].params.iterations == 7
+    assert cfg.transfer.style_weight == 100.0

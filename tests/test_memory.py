@@ -1,0 +1,33 @@
+from nstd.engine.memory import auto_batch, bytes_per_image, flops_per_iteration
+from nstd.engine.transfer import BatchSettings
+
+LAYERS = BatchSettings().layers
+
+
+def test_flops_match_a_hand_count_at_32px():
+    # conv1_1..relu5_1 at 32x32: (cin, cout, side) of each conv before relu5_1.
+    convs = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16),
+             (128, 256, 8), (256, 256, 8), (256, 256, 8), (256, 256, 8),
+             (256, 512, 4), (512, 512, 4), (512, 512, 4), (512, 512, 4), (512, 512, 2)]
+    forward = sum(2 * 9 * cin * cout * s * s for cin, cout, s in convs)
+    assert flops_per_iteration(32, 32, LAYERS) == 2 * forward
+
+
+def test_flops_per_pixel_is_about_what_the_literature_says():
+    per_pixel = flops_per_iteration(384, 512, LAYERS) / (384 * 512)
+    assert 1.0e6 < per_pixel < 2.0e6
+
+
+def test_auto_batch_never_exceeds_the_budget():
+    for free in (1 << 28, 1 << 30, 8 << 30, 80 << 30):
+        for h, w in ((64, 64), (384, 512), (768, 1024)):
+            for opt in ("lbfgs", "adam"):
+                n = auto_batch(free, h, w, LAYERS, opt, 100, budget=0.8, cap=1000)
+                per = bytes_per_image(h, w, LAYERS, opt, 100)
+                assert n == 1 or n * per <= 0.8 * free
+                assert (n + 1) * per > 0.8 * free or n == 1000
+
+
+def test_bigger_images_and_history_cost_more():
+    assert bytes_per_image(768, 1024, LAYERS, "lbfgs", 100) > 3.9 * bytes_per_image(384, 512, LAYERS, "lbfgs", 100)
+    assert bytes_per_image(384, 512, LAYERS, "lbfgs", 100) > bytes_per_image(384, 512, LAYERS, "adam", 100)
