@@ -42,7 +42,7 @@ def write_config(root: Path, models: Path, **overrides) -> Path:
         "worker": {"batch_window": 0.3, "stop_timeout": 5, "retry_backoff": 0.5},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+        if key in ("transfer", "watch", "worker"):
             cfg[key] = cfg[key] | value
         else:
             cfg[key] = value
@@ -58,9 +58,10 @@ class Daemon:
         self.log = self.root / "daemon.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Daemon":
+    def start(self, **extra_env) -> "Daemon":
         env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         env.pop("NOTIFY_SOCKET", None)
+        env.update(extra_env)
         self._out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "nstd", "run", "--config", str(self.config)],
                                      stdout=self._out, stderr=subprocess.STDOUT, env=env)

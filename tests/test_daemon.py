@@ -188,3 +188,52 @@ def test_status_reads_the_journal(tmp_path, daemon, capsys):
     out = capsys.readouterr().out
     assert "0 queued, 0 running, 2 done, 0 failed" in out
     assert "bad.jpg: bad.jpg: not a usable image" in out
+
+
+def test_sd_notify_ready_status_and_watchdog(tmp_path, models):
+    import socket
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    d = Daemon(write_config(tmp_path, models)).start(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000")
+    try:
+        seen = []
+        deadline = time.time() + 30
+        while time.time() < deadline and not (any("READY=1" in m for m in seen)
+                                               and any("WATCHDOG=1" in m for m in seen)):
+            seen.append(sock.recv(4096).decode())
+        assert any(m == "READY=1" for m in seen)
+        status = next(m for m in seen if m.startswith("STATUS="))
+        assert "queued 0, running 0, done 0, failed 0" in status and "WATCHDOG=1" in status
+    finally:
+        assert d.stop() == 0
+        sock.close()
+
+
+def test_inbox_deleted_and_recreated_like_a_remount(tmp_path, daemon):
+    import shutil
+    d = daemon(watch={"rescan_interval": 600})  # only the restarted watch can see the new file
+    shutil.rmtree(tmp_path / "inbox")
+    (tmp_path / "inbox").mkdir()
+    d.wait_log("watch_restarted", timeout=30)
+    (tmp_path / "inbox" / "after.jpg").write_bytes(photo_bytes(40, 40, 11))
+    wait_for(lambda: outputs_done(tmp_path, ["after"]), 60, "output after remount")
+
+
+def test_sighup_reloads_the_style_set(tmp_path, daemon):
+    import yaml
+    d = daemon()
+    cfg = yaml.safe_load(d.config.read_text())
+    cfg["styles"]["third"] = {"image": "style.png", "style_weight": 3}
+    d.config.write_text(yaml.safe_dump(cfg))
+    d.signal(signal.SIGHUP)
+    d.wait_log("reloaded", timeout=30)
+    (tmp_path / "inbox" / "third").mkdir()
+    (tmp_path / "inbox" / "third" / "t.jpg").write_bytes(photo_bytes(40, 40, 12))
+    wait_for(lambda: (tmp_path / "outbox" / "third" / "t.json").exists(), 60, "new style output")
+    # A broken config on reload keeps the old style set and the daemon running.
+    d.config.write_text("styles: {broken: {}}\n")
+    d.signal(signal.SIGHUP)
+    d.wait_log("reload_failed", timeout=30)
+    assert d.alive()

@@ -1,0 +1,147 @@
+"""The worker's error handling, in-process, with the engine or the disk made to fail."""
+
+import errno
+import threading
+
+import pytest
+import torch
+
+from nstd import config
+from nstd.daemon import outbox, worker as worker_mod
+from nstd.daemon.intake import Intake
+from nstd.daemon.service import Service
+from nstd.daemon.worker import Worker
+from nstd.cli import main
+
+from conftest import random_vgg_state_dict
+from daemon_harness import photo_bytes, write_config
+
+
+@pytest.fixture
+def service(tmp_path):
+    models = tmp_path / "models"
+    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
+    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
+                 "torchvision", "--models-dir", str(models)]) == 0
+    cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"}},
+                                   worker={"max_attempts": 2, "retry_backoff": 0, "max_batch": 4,
+                                           "batch_window": 0}))
+    svc = Service(cfg)
+    svc.prepare()
+    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.device, threading.Event())
+    yield svc
+    svc.journal.close()
+
+
+def take(svc, *names, seed=100):
+    for i, name in enumerate(names):
+        path = svc.cfg.inbox / name
+        path.write_bytes(photo_bytes(40, 40, seed + i))
+        st = path.stat()
+        assert svc.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino)).kind == "queued"
+
+
+def run_once(svc):
+    batch = svc.journal.claim(svc.journal.oldest_queued(1e12).batch_key, 4, "b", 1e12)
+    svc.worker.process(svc.journal, batch)
+    return batch
+
+
+def states(svc):
+    return [(j.relpath, j.state, j.attempts) for j in svc.journal.get_jobs(list(range(1, 20)))]
+
+
+def test_disk_full_is_retried_then_succeeds(service, monkeypatch):
+    take(service, "a.jpg")
+    real_write = outbox.write
+    calls = []
+
+    def flaky(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args, **kw)
+
+    monkeypatch.setattr(worker_mod.outbox, "write", flaky)
+    run_once(service)
+    [job] = service.journal.get_jobs([1])
+    assert (job.state, job.attempts) == ("queued", 1) and "No space left" in job.error
+    run_once(service)
+    assert states(service) == [("a.jpg", "done", 2)]
+
+
+def test_transient_errors_give_up_after_max_attempts(service, monkeypatch):
+    take(service, "a.jpg")
+
+    def broken(*args, **kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(worker_mod.outbox, "write", broken)
+    run_once(service)
+    run_once(service)
+    [job] = service.journal.get_jobs([1])
+    assert job.state == "failed" and "after 2 attempts" in job.error
+
+
+def test_out_of_memory_halves_the_batch(service, monkeypatch):
+    take(service, "a.jpg", "b.jpg", "c.jpg")
+    real = worker_mod.run_batch
+    sizes = []
+
+    def tight(model, jobs, *args, **kw):
+        sizes.append(len(jobs))
+        if len(jobs) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, jobs, *args, **kw)
+
+    monkeypatch.setattr(worker_mod, "run_batch", tight)
+    run_once(service)
+    assert sizes == [3, 1, 2, 1, 1]
+    assert [s for _, s, _ in states(service)] == ["done"] * 3
+
+
+def test_out_of_memory_alone_fails_the_job(service, monkeypatch):
+    take(service, "a.jpg")
+
+    def never(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(worker_mod, "run_batch", never)
+    run_once(service)
+    [job] = service.journal.get_jobs([1])
+    assert job.state == "failed" and "out of memory even alone" in job.error
+
+
+def test_an_undecodable_spool_fails_at_once(service):
+    take(service, "a.jpg")
+    [job] = service.journal.get_jobs([1])
+    with open(job.spool, "r+b") as f:
+        f.truncate(100)
+    run_once(service)
+    [job] = service.journal.get_jobs([1])
+    assert job.state == "failed" and job.attempts == 1 and "cannot decode" in job.error
+
+
+def test_restart_adopts_complete_outputs_without_recomputing(service, monkeypatch):
+    take(service, "a.jpg")
+    run_once(service)
+    # As if the daemon died after writing the outputs but before recording them.
+    service.journal.db.execute("UPDATE jobs SET state = 'running'")
+    (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").write_bytes(b"partial")
+    monkeypatch.setattr(worker_mod, "run_batch", lambda *a, **k: pytest.fail("recomputed"))
+    service.recover()
+    assert states(service) == [("a.jpg", "done", 1)]
+    assert not (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").exists()
+    assert outbox.complete(service.cfg.outbox, service.journal.get_jobs([1])[0]) is not None
+
+
+def test_a_name_taken_by_another_photo_gets_a_hash_suffix(service):
+    take(service, "a.jpg")
+    run_once(service)
+    (service.cfg.inbox / "a.jpg").unlink()
+    take(service, "a.jpg", seed=7)  # different content, same name
+    run_once(service)
+    names = sorted(p.name for p in (service.cfg.outbox / "ink").iterdir())
+    [second] = service.journal.get_jobs([2])
+    assert names == sorted(["a.jpg", "a.json", f"a-{second.input_sha256[:8]}.jpg",
+                            f"a-{second.input_sha256[:8]}.json"])
