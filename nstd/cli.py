@@ -85,7 +85,7 @@ def cmd_check(args) -> int:
     from nstd.daemon import preflight
     from nstd.daemon.service import model_ids
     from nstd.daemon.styles import StyleBook
-    from nstd.engine.device import describe, resolve_device
+    from nstd.engine.device import describe, resolve_devices
 
     cfg = config.load(args.config)
     print(f"config: {cfg.path} ok")
@@ -99,7 +99,8 @@ def cmd_check(args) -> int:
         except NstdError as e:
             findings.append(preflight.Finding(False, f"weights: {e}"))
     try:
-        findings.append(preflight.Finding(True, f"device: {describe(resolve_device(cfg.worker.device))}"))
+        devices = resolve_devices(cfg.worker.device)
+        findings.append(preflight.Finding(True, f"workers: one per device: {', '.join(map(describe, devices))}"))
     except ValueError as e:
         findings.append(preflight.Finding(False, f"worker.device: {e}"))
     try:

@@ -28,7 +28,7 @@ def service(tmp_path):
                                            "batch_window": 0}))
     svc = Service(cfg)
     svc.prepare()
-    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.device, threading.Event())
+    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
     yield svc
     svc.journal.close()
 

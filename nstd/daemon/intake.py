@@ -80,7 +80,7 @@ class Intake:
             raise  # EIO and friends: the share may be back soon; the next scan retries
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
-        if known is not None and known.state != "seen":
+        if known is not None:
             return Outcome("known", known.state)
 
         where = route(relpath, self.styles.names())

@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS inputs (
     relpath TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     spool TEXT,
-    state TEXT NOT NULL,            -- seen | queued | done | failed
+    state TEXT NOT NULL,            -- queued | done | failed
     error TEXT,
     created REAL NOT NULL,
     finished REAL,

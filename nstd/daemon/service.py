@@ -19,7 +19,7 @@ from nstd.daemon.journal import Journal
 from nstd.daemon.notify import notify, watchdog_interval
 from nstd.daemon.styles import StyleBook
 from nstd.daemon.worker import Worker
-from nstd.engine.device import describe, resolve_device
+from nstd.engine.device import describe, resolve_devices
 from nstd.errors import ConfigError, NstdError
 from nstd.log import get
 
@@ -53,7 +53,7 @@ class Service:
         for model_id in sorted(model_ids(self.cfg)):
             weights.verify(models_dir, model_id)
         try:
-            self.device = resolve_device(self.cfg.worker.device)
+            self.devices = resolve_devices(self.cfg.worker.device)
         except ValueError as e:
             raise ConfigError(f"worker.device: {e}") from None
         self.styles = StyleBook.load(self.cfg)
@@ -90,8 +90,9 @@ class Service:
         mode, fs = choose_mode(self.cfg.watch.mode, self.cfg.inbox)
         self.watcher = Watcher(self.cfg.inbox, mode, self.cfg.watch.poll_interval, self.hints)
         self.watcher.start()
-        self.worker = self._start_worker()
-        log.info("started", inbox=str(self.cfg.inbox), watch=mode, filesystem=fs, device=describe(self.device),
+        self.workers = [self._start_worker(dev) for dev in self.devices]
+        log.info("started", inbox=str(self.cfg.inbox), watch=mode, filesystem=fs,
+                 devices=[describe(d) for d in self.devices],
                  styles=self.styles.names(), pid=os.getpid())
         self.rescan()
         notify("READY=1")
@@ -125,8 +126,8 @@ class Service:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.hints.event.set()))
 
-    def _start_worker(self) -> Worker:
-        w = Worker(self.cfg, lambda: self.styles, self.load_weights, self.device, self.worker_stop)
+    def _start_worker(self, device) -> Worker:
+        w = Worker(self.cfg, lambda: self.styles, self.load_weights, device, self.worker_stop)
         w.start()
         return w
 
@@ -221,10 +222,11 @@ class Service:
                 self.rescan()
             else:
                 log.warning("inbox_unavailable", inbox=str(self.cfg.inbox))
-        if not self.worker.is_alive() and not self.worker_stop.is_set():
-            log.error("worker_restarted", error=repr(self.worker.error))
-            self.journal.recover()
-            self.worker = self._start_worker()
+        for i, w in enumerate(self.workers):
+            if not w.is_alive() and not self.worker_stop.is_set():
+                log.error("worker_restarted", device=str(w.device), error=repr(w.error))
+                self.journal.requeue([job.id for job in w.current])
+                self.workers[i] = self._start_worker(w.device)
         c = self.journal.counts()
         notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, "
                f"failed {c['failed']}\nWATCHDOG=1")
@@ -246,9 +248,12 @@ class Service:
 
     def shutdown(self) -> int:
         notify("STOPPING=1")
-        self.worker.deadline = time.time() + self.cfg.worker.stop_timeout
+        deadline = time.time() + self.cfg.worker.stop_timeout
+        for w in self.workers:
+            w.deadline = deadline
         self.worker_stop.set()
-        self.worker.join(self.cfg.worker.stop_timeout + 10)
+        for w in self.workers:
+            w.join(max(0.0, deadline - time.time()) + 10)
         self.watcher.stop()
         self.journal.recover()  # anything the worker could not hand back cleanly
         self.journal.close()

@@ -91,10 +91,8 @@ class Worker(threading.Thread):
 
     def process(self, journal: Journal, batch: list[Job]) -> None:
         self.current = batch
-        try:
-            self._run(journal, batch)
-        finally:
-            self.current = []
+        self._run(journal, batch)
+        self.current = []  # left set if the thread dies, so the health loop can requeue them
 
     def _run(self, journal: Journal, batch: list[Job]) -> None:
         ready: list[tuple[Job, torch.Tensor]] = []

@@ -26,3 +26,10 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def resolve_devices(name: str = "auto") -> list[torch.device]:
+    """The devices to run workers on: every CUDA GPU for 'auto' or 'cuda', else one device."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [resolve_device(name)]
