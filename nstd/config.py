@@ -29,7 +29,7 @@ class Style:
 @dataclass(frozen=True)
 class WatchConfig:
     mode: str = "auto"
-    settle_seconds: float = 5.0
+    settle_seconds: float | None = None  # None: 5 s on local disks, 15 s on network filesystems
     rescan_interval: float = 300.0
     poll_interval: float = 2.0
     ignore: tuple[str, ...] = ()
@@ -155,7 +155,8 @@ def _watch(raw: Any) -> WatchConfig:
         raise ConfigError("watch.ignore: expected a list of glob patterns such as ['*.xmp']")
     return WatchConfig(
         mode=_choice(m.get("mode", d.mode), "watch.mode", WATCH_MODES),
-        settle_seconds=_float(m.get("settle_seconds", d.settle_seconds), "watch.settle_seconds", 0),
+        settle_seconds=(None if m.get("settle_seconds") in (None, "auto")
+                        else _float(m["settle_seconds"], "watch.settle_seconds", 0)),
         rescan_interval=_float(m.get("rescan_interval", d.rescan_interval), "watch.rescan_interval", 1),
         poll_interval=_float(m.get("poll_interval", d.poll_interval), "watch.poll_interval", 0.1),
         ignore=tuple(ignore),

@@ -90,3 +90,12 @@ def test_scan_follows_no_links_and_skips_ignored(tmp_path):
     (outside / "secret.jpg").write_bytes(b"x")
     (tmp_path / "link").symlink_to(outside)
     assert sorted(scan(tmp_path, RULES)) == ["a.jpg", "s/b.png"]
+
+
+def test_settle_defaults_longer_on_shares(monkeypatch, tmp_path):
+    import nstd.daemon.inbox as inbox
+    monkeypatch.setattr(inbox, "mount_fs_type", lambda p: "cifs")
+    assert inbox.settle_seconds(None, tmp_path) == 15.0
+    assert inbox.settle_seconds(2.0, tmp_path) == 2.0
+    monkeypatch.setattr(inbox, "mount_fs_type", lambda p: "ext4")
+    assert inbox.settle_seconds(None, tmp_path) == 5.0

@@ -67,12 +67,27 @@ def mount_fs_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | 
     return best_type
 
 
+LOCAL_SETTLE_SECONDS = 5.0
+# Shares report sizes and mtimes late and coarsely (SMB servers round mtimes to 1-2 s).
+NETWORK_SETTLE_SECONDS = 15.0
+
+
+def is_network_fs(fs: str | None) -> bool:
+    return bool(fs) and (fs in NETWORK_FS or fs.startswith("fuse"))
+
+
+def settle_seconds(configured: float | None, path: Path) -> float:
+    if configured is not None:
+        return configured
+    return NETWORK_SETTLE_SECONDS if is_network_fs(mount_fs_type(path)) else LOCAL_SETTLE_SECONDS
+
+
 def choose_mode(mode: str, path: Path) -> tuple[str, str | None]:
     """'native' or 'polling' for a watch root, and the filesystem type that decided it."""
     fs = mount_fs_type(path)
     if mode != "auto":
         return mode, fs
-    if fs and (fs in NETWORK_FS or fs.startswith("fuse")):
+    if is_network_fs(fs):
         return "polling", fs
     return "native", fs
 

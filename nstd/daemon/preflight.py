@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nstd.config import Config
-from nstd.daemon.inbox import NETWORK_FS, choose_mode, mount_fs_type
+from nstd.daemon.inbox import choose_mode, is_network_fs, mount_fs_type, settle_seconds
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def folders(cfg: Config) -> list[Finding]:
             out.append(Finding(False, f"inbox: {cfg.inbox} is inside {key} {named[key]}"))
     if cfg.state_dir.exists():
         fs = mount_fs_type(cfg.state_dir)
-        if fs and (fs in NETWORK_FS or fs.startswith("fuse")):
+        if is_network_fs(fs):
             out.append(Finding(False, f"state_dir: {cfg.state_dir} is on {fs}; the journal needs a local "
                                       "disk (SQLite locking is unreliable on network filesystems)"))
     return out
@@ -53,6 +53,6 @@ def folders(cfg: Config) -> list[Finding]:
 def watch_plan(cfg: Config) -> Finding:
     mode, fs = choose_mode(cfg.watch.mode, cfg.inbox)
     why = f"{fs or 'unknown'} filesystem" + (", auto" if cfg.watch.mode == "auto" else ", configured")
-    settle = cfg.watch.settle_seconds
+    settle = settle_seconds(cfg.watch.settle_seconds, cfg.inbox)
     return Finding(True, f"watch: {mode} ({why}); settle {settle:g} s, full rescan every "
                          f"{cfg.watch.rescan_interval:g} s")

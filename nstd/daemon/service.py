@@ -13,7 +13,8 @@ from nstd import config as config_mod
 from nstd import weights
 from nstd.config import Config
 from nstd.daemon import dispose, outbox, preflight
-from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, Watcher, choose_mode, relative, scan
+from nstd.daemon.inbox import (Hints, IgnoreRules, SettleTracker, Watcher, choose_mode, relative, scan,
+                               settle_seconds)
 from nstd.daemon.intake import Intake
 from nstd.daemon.journal import Journal
 from nstd.daemon.notify import notify, watchdog_interval
@@ -38,7 +39,7 @@ class Service:
         self.reload_requested = threading.Event()
         self.hints = Hints()
         self.rules = IgnoreRules(cfg.watch.extensions, cfg.watch.ignore)
-        self.settle = SettleTracker(cfg.watch.settle_seconds)
+        self.settle = SettleTracker(settle_seconds(cfg.watch.settle_seconds, cfg.inbox))
         self.accepted: dict[str, tuple[int, int, int]] = {}  # relpath -> stat key when taken in
         self._weights: dict[str, tuple] = {}
         self._weights_lock = threading.Lock()
