@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,9 @@ from nstd.errors import ImageError
 
 # A half-written file must fail to decode, never decode as a grey-padded image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# nstd checks the header's dimensions against its own, configurable `max_pixels` before
+# decoding anything; Pillow's fixed limit would pre-empt it with a different number.
+Image.MAX_IMAGE_PIXELS = None
 
 DEFAULT_MAX_PIXELS = 50_000_000
 FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "tiff": "TIFF", "tif": "TIFF"}
@@ -40,28 +42,24 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
     label = name or str(data_or_path) if not isinstance(data_or_path, bytes) else (name or "<bytes>")
     src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(src) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of "
-                                     f"{max_pixels:,} (max_pixels)")
-                fmt = im.format
-                im.seek(0)  # the first frame of an animation
-                im.load()
-                exif = im.info.get("exif")
-                icc = im.info.get("icc_profile")
-                im = ImageOps.exif_transpose(im)
-                pixels, bits = _to_rgb(im, icc, label)
+        with Image.open(src) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of "
+                                 f"{max_pixels:,} (max_pixels)")
+            fmt = im.format
+            im.seek(0)  # the first frame of an animation
+            im.load()
+            exif = im.info.get("exif")
+            icc = im.info.get("icc_profile")
+            im = ImageOps.exif_transpose(im)
+            pixels, bits = _to_rgb(im, icc, label)
     except ImageError:
         raise
     except UnidentifiedImageError:
         size = len(data_or_path) if isinstance(data_or_path, bytes) else None
         why = "an empty file" if size == 0 else "not a recognised image format"
         raise ImageError(f"{label}: not a usable image ({why})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{label}: not a usable image ({_short(e)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageError(f"{label}: cannot decode ({_short(e)})") from None
     return Decoded(pixels, fmt, bits, exif, icc is not None)

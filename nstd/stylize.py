@@ -75,9 +75,9 @@ def run(req: Request, on_error: Callable[[str], None],
         try:
             _, digest, dec = read(p, req.max_pixels)
             pixels = resize_long_side(dec.pixels, req.params.size)
-            if min(pixels.shape[-2:]) < 16:
-                raise ImageError(f"{p}: {dec.pixels.shape[2]}x{dec.pixels.shape[1]} is too narrow "
-                                 f"to stylize at size {req.params.size}")
+            if min(pixels.shape[-2:]) < 16 or min(dec.pixels.shape[-2:]) < 16:
+                raise ImageError(f"{p}: {dec.pixels.shape[2]}x{dec.pixels.shape[1]} is too small "
+                                 f"or narrow to stylize at size {req.params.size}")
         except ImageError as e:
             on_error(str(e))
             failures += len(styles)

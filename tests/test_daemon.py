@@ -237,3 +237,39 @@ def test_sighup_reloads_the_style_set(tmp_path, daemon):
     d.signal(signal.SIGHUP)
     d.wait_log("reload_failed", timeout=30)
     assert d.alive()
+
+
+def test_bad_input_corpus(tmp_path, daemon, models):
+    """Every awkward or hostile file is stylized or refused with a reason; nothing escapes."""
+    from corpus import build
+
+    d = daemon(styles={"ink": {"image": "style.png"}}, transfer={"iterations": 2})
+    staging = tmp_path / "staging"
+    outside = tmp_path / "outside"
+    expect = build(staging, outside)
+    secret_before = (outside / "secret.jpg").read_bytes()
+    for name in sorted(expect):
+        os.rename(staging / name, tmp_path / "inbox" / name)
+
+    def settled():
+        failed = set(files(tmp_path / "failed"))
+        done = set(files(tmp_path / "processed"))
+        return all((f"{n}.error.json" in failed) if o == "failed" else (n in done)
+                   for n, (o, _) in expect.items() if o != "ignored")
+
+    wait_for(settled, 120, "every corpus file to be stylized or refused")
+    assert d.alive()
+    for name, (outcome, why) in expect.items():
+        if outcome == "failed":
+            reason = json.loads((tmp_path / "failed" / f"{name}.error.json").read_text())["reason"]
+            assert why in reason, (name, reason)
+            assert os.path.lexists(tmp_path / "failed" / name), name  # kept, not lost
+        elif outcome == "ok":
+            stem = name.rsplit(".", 1)[0]
+            assert (tmp_path / "outbox" / "ink" / f"{stem}.json").exists(), name
+    # The symlink was moved as a link; what it pointed at was neither read nor touched.
+    assert os.path.islink(tmp_path / "failed" / "link-out.jpg")
+    assert (outside / "secret.jpg").read_bytes() == secret_before
+    assert not any("secret" in p for p in files(tmp_path / "outbox"))
+    assert (tmp_path / "inbox" / "folder.jpg").is_dir()
+    assert not any(e.get("event") == "raw" and "Traceback" in e.get("text", "") for e in d.events())

@@ -158,3 +158,10 @@ def test_linear_light_mid_grey_brightens_in_srgb():
     grey = Image.new("RGB", (4, 4), (64, 64, 64))  # 0.25 linear is about 0.54 in sRGB
     dec = images.decode(save(grey, "PNG", icc_profile=linear_rgb_icc()), "grey.png")
     assert dec.pixels.mean().item() == pytest.approx(0.54, abs=0.03)
+
+
+def test_a_header_claiming_giant_dimensions_is_refused_by_nstds_own_limit():
+    from corpus import png_bomb
+    with pytest.raises(ImageError, match=r"bomb.png: 40000x40000 is 1,600,000,000 pixels, over the limit "
+                                         r"of 50,000,000 \(max_pixels\)"):
+        images.decode(png_bomb(40000, 40000), "bomb.png")

@@ -22,6 +22,7 @@ from nstd.log import get
 from nstd.params import working_size
 
 log = get("nstd.intake")
+MIN_SIDE = 16  # VGG19 pools four times before relu5_1
 
 
 class Changed(Exception):
@@ -91,12 +92,15 @@ class Intake:
         except ImageError as e:
             return self._refuse(relpath, sha, str(e))
         h, w = decoded.pixels.shape[-2:]
+        if min(w, h) < MIN_SIDE:
+            return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too small to stylize "
+                                              f"(under {MIN_SIDE} px on a side)")
         specs = []
         for name in where.styles:
             style = self.styles.get(name)
             ww, hh = working_size(w, h, style.params.size)
-            if min(ww, hh) < 16:
-                return self._refuse(relpath, sha, f"{w}x{h} is too narrow to stylize at size "
+            if min(ww, hh) < MIN_SIDE:
+                return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too narrow to stylize at size "
                                                   f"{style.params.size} (short side under 16 px)")
             stored = self.styles.job_params(name, self.cfg.output)
             specs.append(JobSpec(style=name, params_hash=_digest(stored), params=stored, width=ww,
