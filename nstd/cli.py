@@ -154,7 +154,8 @@ def cmd_status(args) -> int:
             print("recent failures:")
             for relpath, error, when in failures:
                 stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when or 0))
-                print(f"  {stamp}  {relpath}: {error}")
+                reason = (error or "").removeprefix(f"{relpath}: ")  # most reasons name the file already
+                print(f"  {stamp}  {relpath}: {reason}")
     finally:
         journal.close()
     return 0

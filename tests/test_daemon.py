@@ -187,7 +187,7 @@ def test_status_reads_the_journal(tmp_path, daemon, capsys):
     assert main(["status", "--config", str(d.config)]) == 0
     out = capsys.readouterr().out
     assert "0 queued, 0 running, 2 done, 0 failed" in out
-    assert "bad.jpg: bad.jpg: not a usable image" in out
+    assert "  bad.jpg: not a usable image (not a recognised image format)" in out
 
 
 def test_sd_notify_ready_status_and_watchdog(tmp_path, models):

@@ -101,19 +101,23 @@ class Service:
         next_health = 0.0
         dog = watchdog_interval()
         while not self.stop_requested.is_set():
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload()
             now = time.monotonic()
-            if now >= next_rescan:
-                self.rescan()
-                next_rescan = now + self.cfg.watch.rescan_interval
-            self.take_hints()
-            self.take_settled()
-            self.finalize()
-            if now >= next_health:
-                self.health()
-                next_health = now + min(self.cfg.health_interval, dog or self.cfg.health_interval)
+            try:
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
+                if now >= next_rescan:
+                    next_rescan = now + self.cfg.watch.rescan_interval
+                    self.rescan()
+                self.take_hints()
+                self.take_settled()
+                self.finalize()
+                if now >= next_health:
+                    next_health = now + min(self.cfg.health_interval, dog or self.cfg.health_interval)
+                    self.health()
+            except Exception as e:  # noqa: BLE001 - months unattended: log, back off, carry on
+                log.error("loop_error", error=f"{type(e).__name__}: {e}")
+                self.stop_requested.wait(1.0)
             self.hints.event.wait(0.25)
         return self.shutdown()
 
