@@ -1,6 +1,7 @@
 """The worker's error handling, in-process, with the engine or the disk made to fail."""
 
 import errno
+import os
 import threading
 
 import pytest
@@ -145,3 +146,18 @@ def test_a_name_taken_by_another_photo_gets_a_hash_suffix(service):
     [second] = service.journal.get_jobs([2])
     assert names == sorted(["a.jpg", "a.json", f"a-{second.input_sha256[:8]}.jpg",
                             f"a-{second.input_sha256[:8]}.json"])
+
+
+def test_recovery_sweeps_litter_but_keeps_queued_spools(service):
+    take(service, "a.jpg")
+    [queued] = service.journal.get_jobs([1])
+    orphan = service.intake.spool_dir / ("0" * 64 + ".jpg")
+    orphan.write_bytes(b"left by a crash after its input was closed")
+    half_move = service.cfg.processed / "sub" / ".b.jpg.nstd.tmp"
+    half_move.parent.mkdir()
+    half_move.write_bytes(b"half")
+    keep = service.cfg.processed / "sub" / "c.jpg"
+    keep.write_bytes(b"a finished move")
+    service.recover()
+    assert not orphan.exists() and not half_move.exists()
+    assert keep.exists() and os.path.exists(queued.spool)

@@ -12,6 +12,14 @@ from nstd import report
 from nstd.fsutil import atomic_write_json, fsync_dir
 
 
+MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
+
+
+def stray_moves(folder: Path) -> list[Path]:
+    """Half-copied files an interrupted cross-filesystem move left behind."""
+    return [p for p in folder.rglob(f".*{MOVE_SUFFIX}") if p.is_file()] if folder.is_dir() else []
+
+
 def free_name(folder: Path, relpath: str) -> Path:
     """folder/relpath, or with -1, -2 … before the suffix if that name is taken."""
     target = folder / relpath
@@ -31,7 +39,7 @@ def durable_move(src: Path, dst: Path) -> None:
     except OSError as e:
         if e.errno != 18:  # EXDEV: another filesystem (a share and a local disk)
             raise
-        tmp = dst.with_name(f".{dst.name}.nstd.tmp")
+        tmp = dst.with_name(f".{dst.name}{MOVE_SUFFIX}")
         if os.path.islink(src):
             os.symlink(os.readlink(src), tmp)
         else:

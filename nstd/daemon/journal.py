@@ -181,6 +181,10 @@ class Journal:
         self.db.execute("UPDATE inputs SET state = ?, error = ?, finished = ? WHERE id = ?",
                         (state, error, time.time(), input_id))
 
+    def spools_in_use(self) -> set[str]:
+        rows = self.db.execute("SELECT DISTINCT spool FROM jobs WHERE state IN ('queued', 'running')")
+        return {r[0] for r in rows}
+
     def spool_in_use(self, spool: str) -> bool:
         return self.db.execute("SELECT 1 FROM jobs WHERE spool = ? AND state IN ('queued', 'running') "
                                "LIMIT 1", (spool,)).fetchone() is not None

@@ -77,10 +77,15 @@ class Service:
             if image is not None:
                 self.journal.finish(job.id, str(image.relative_to(self.cfg.outbox)))
                 adopted += 1
-        for tmp in outbox.stray_temp_files(self.cfg.outbox):
-            tmp.unlink(missing_ok=True)
-        if requeued or adopted:
-            log.info("recovered", requeued=requeued, already_complete=adopted)
+        # Litter from writes and moves a crash interrupted; the originals are intact.
+        litter = outbox.stray_temp_files(self.cfg.outbox)
+        litter += dispose.stray_moves(self.cfg.processed) + dispose.stray_moves(self.cfg.failed)
+        in_use = self.journal.spools_in_use()
+        litter += [p for p in self.intake.spool_dir.iterdir() if str(p) not in in_use]
+        for path in litter:
+            path.unlink(missing_ok=True)
+        if requeued or adopted or litter:
+            log.info("recovered", requeued=requeued, already_complete=adopted, removed=len(litter))
 
     # --- the loop ---------------------------------------------------------------------
 
