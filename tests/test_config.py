@@ -1,5 +1,4 @@
 import pytest
-import yaml
 
 from nstd import config
 from nstd.errors import ConfigError

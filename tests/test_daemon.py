@@ -48,7 +48,7 @@ def outputs_done(root, names, styles=("ink", "wash")):
 
 
 def test_plain_slow_and_renamed_drops_are_each_processed_once(tmp_path, daemon):
-    d = daemon()
+    daemon()
     inbox = tmp_path / "inbox"
     (inbox / "plain.jpg").write_bytes(photo_bytes(40, 60, 1))
     # A network copy: the file grows in chunks with pauses longer than a poll.
@@ -123,7 +123,7 @@ def test_bad_inputs_land_in_failed_and_the_daemon_keeps_going(tmp_path, daemon):
         "mystery/m.jpg": "folder 'mystery' names no style (known styles: ink, wash)",
     }
     for name in reasons:
-        wait_for(lambda: (tmp_path / "failed" / f"{name}.error.json").exists(), 30, name)
+        wait_for(lambda name=name: (tmp_path / "failed" / f"{name}.error.json").exists(), 30, name)
     for name, why in reasons.items():
         record = json.loads((tmp_path / "failed" / f"{name}.error.json").read_text())
         assert why in record["reason"] and record["input"] == name

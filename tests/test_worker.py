@@ -9,7 +9,6 @@ import torch
 
 from nstd import config
 from nstd.daemon import outbox, worker as worker_mod
-from nstd.daemon.intake import Intake
 from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
 from nstd.cli import main
