@@ -1,0 +1,281 @@
+"""Soak harness: the real daemon under faults, then a full audit of what came out.
+
+    python benchmarks/soak.py --photos 200 --kills 10      # the full run (minutes, CPU)
+    python benchmarks/soak.py --photos 20 --kills 2        # what the test suite runs
+
+Tiny model settings on the CPU; random VGG19 weights (the engine is not under test).
+Faults, at random moments: SIGKILL and restart; the inbox swapped for a fresh folder
+and its files moved back (as a share remount looks); the outbox filled to ENOSPC for a
+while (a small tmpfs, where this machine allows mounting one); a file replaced while it
+is being processed; a file deleted before it settles. Exit status 0 when nothing is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
+
+STYLES = ("ink", "wash")
+
+
+@dataclass
+class Tally:
+    versions: dict[str, set[str]] = field(default_factory=dict)  # name -> sha256s dropped
+    kills: int = 0
+    remounts: int = 0
+    enospc_seconds: float = 0.0
+    enospc_mode: str = "not tried"
+    replaced: int = 0
+    deleted_before_read: int = 0
+    rss_kib: list[int] = field(default_factory=list)
+
+    def drop(self, inbox: Path, name: str, data: bytes) -> None:
+        tmp = inbox / f".{name}.part"
+        tmp.write_bytes(data)
+        os.rename(tmp, inbox / name)  # as rsync does: a hidden name, then a rename
+        self.versions.setdefault(name, set()).add(hashlib.sha256(data).hexdigest())
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def try_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def models_dir(work: Path) -> Path:
+    import torch
+    from conftest import random_vgg_state_dict
+    from nstd.cli import main as nstd_main
+
+    d = work / "models"
+    torch.save(random_vgg_state_dict(), work / "random.pth")
+    with open(os.devnull, "w") as devnull:
+        old, sys.stdout = sys.stdout, devnull
+        try:
+            nstd_main(["weights", "import", str(work / "random.pth"), "--name", "random",
+                       "--preprocessing", "torchvision", "--models-dir", str(d)])
+        finally:
+            sys.stdout = old
+    return d
+
+
+def soak(work: Path, photos: int, kills: int, seed: int, log=print) -> dict:
+    rng = random.Random(seed)
+    tally = Tally()
+    outbox_tmpfs = try_tmpfs(work / "outbox", "32m")
+    cfg = write_config(work, models_dir(work), transfer={"iterations": 20, "size": 40, "log_every": 10},
+                       watch={"settle_seconds": 0.4, "rescan_interval": 3},
+                       worker={"max_attempts": 50, "retry_backoff": 0.5, "stop_timeout": 2})
+    inbox = work / "inbox"
+    daemon = Daemon(cfg).start()
+    started = time.time()
+
+    # A plan of actions spread over the dropping phase.
+    bursts, left = [], photos
+    while left:
+        n = min(left, rng.randint(5, 25))
+        bursts.append(n)
+        left -= n
+    plan = [("burst", n) for n in bursts] + [("kill", None)] * kills + \
+           [("remount", None), ("enospc", None), ("replace", None), ("delete", None)]
+    rng.shuffle(plan)
+    count = 0
+    for action, arg in plan:
+        tally.rss_kib.append(rss_kib(daemon.proc.pid))
+        if action == "burst":
+            for _ in range(arg):
+                tally.drop(inbox, f"p{count:04d}.jpg", photo_bytes(40, 40 + 8 * (count % 3), seed * 100000 + count))
+                count += 1
+        elif action == "kill":
+            time.sleep(rng.uniform(0.2, 2.0))
+            daemon.kill()
+            tally.kills += 1
+            daemon = Daemon(cfg).start()
+        elif action == "remount":
+            gone = work / "inbox-unmounted"
+            os.rename(inbox, gone)
+            time.sleep(1.0)
+            inbox.mkdir()
+            for p in gone.iterdir():
+                os.rename(p, inbox / p.name)
+            gone.rmdir()
+            tally.remounts += 1
+        elif action == "enospc" and outbox_tmpfs:
+            filler = work / "outbox" / "filler.bin"
+            retries_before = _retries(work)
+            tally.drop(inbox, "during-enospc.jpg", photo_bytes(40, 40, seed * 100000 + 88888))
+            t0 = time.time()
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                except OSError:
+                    pass
+            # Hold the disk full until a write has actually failed and been put off.
+            until = time.time() + 20
+            while time.time() < until and _retries(work) == retries_before:
+                time.sleep(0.2)
+            filler.unlink()
+            tally.enospc_seconds += time.time() - t0
+            tally.enospc_mode = "tmpfs outbox filled"
+        elif action == "enospc":
+            tally.enospc_mode = "skipped: this machine refuses to mount a tmpfs"
+        elif action == "replace":
+            # Overwrite a file while its jobs are running.
+            name = "replaced.jpg"
+            tally.drop(inbox, name, photo_bytes(40, 40, seed * 100000 + 99998))
+            until = time.time() + 30
+            while time.time() < until and _running_input(work) != name:
+                time.sleep(0.05)
+            tally.drop(inbox, name, photo_bytes(40, 40, seed * 100000 + 99999))
+            tally.replaced += 1
+        elif action == "delete":
+            (inbox / "fleeting.jpg").write_bytes(photo_bytes(40, 40, 7))
+            time.sleep(0.1)
+            (inbox / "fleeting.jpg").unlink()
+            tally.deleted_before_read += 1
+        time.sleep(rng.uniform(0.1, 1.0))
+
+    deadline = time.time() + 60 + photos * 6
+    while time.time() < deadline and not _quiet(work):
+        tally.rss_kib.append(rss_kib(daemon.proc.pid))
+        time.sleep(1.0)
+    tally.rss_kib.append(rss_kib(daemon.proc.pid))
+    rc = daemon.stop()
+    report = audit(work, tally)
+    report.update(seconds=round(time.time() - started, 1), exit_code=rc, photos=photos,
+                  kills=tally.kills, remounts=tally.remounts, replaced=tally.replaced,
+                  deleted_before_read=tally.deleted_before_read, enospc=tally.enospc_mode,
+                  enospc_seconds=round(tally.enospc_seconds, 1),
+                  rss_mib={"first": round(tally.rss_kib[0] / 1024, 1),
+                           "max": round(max(tally.rss_kib) / 1024, 1),
+                           "last": round(tally.rss_kib[-1] / 1024, 1)},
+                  retries=_retries(work))
+    if outbox_tmpfs:
+        subprocess.run(["umount", "-l", str(work / "outbox")], capture_output=True)
+    return report
+
+
+def _running_input(work: Path) -> str | None:
+    try:
+        db = sqlite3.connect(f"file:{work / 'state' / 'journal.sqlite3'}?mode=ro", uri=True, timeout=5)
+        rows = db.execute("SELECT relpath FROM jobs WHERE state = 'running'").fetchall()
+        db.close()
+    except sqlite3.Error:
+        return None
+    names = [r[0] for r in rows]
+    return "replaced.jpg" if "replaced.jpg" in names else (names[0] if names else None)
+
+
+def _quiet(work: Path) -> bool:
+    inbox_empty = not any(p for p in (work / "inbox").rglob("*") if p.is_file())
+    try:
+        db = sqlite3.connect(f"file:{work / 'state' / 'journal.sqlite3'}?mode=ro", uri=True, timeout=5)
+        busy = db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
+        db.close()
+    except sqlite3.Error:
+        return False
+    return inbox_empty and busy == 0
+
+
+def _retries(work: Path) -> int:
+    n = 0
+    for line in (work / "daemon.log").read_text(errors="replace").splitlines():
+        n += '"retry_later"' in line
+    return n
+
+
+def audit(work: Path, tally: Tally) -> dict:
+    """Every dropped version has exactly one complete output per style, or a failed/ entry."""
+    outputs: dict[tuple[str, str], int] = {}
+    incomplete = []
+    for style in STYLES:
+        for js in (work / "outbox" / style).rglob("*.json") if (work / "outbox" / style).exists() else []:
+            log = json.loads(js.read_text())
+            image = work / "outbox" / log["output"]["path"]
+            if not image.exists():
+                incomplete.append(str(js))
+            key = (style, log["input"]["sha256"])
+            outputs[key] = outputs.get(key, 0) + 1
+    failed = {}
+    for ej in (work / "failed").rglob("*.error.json"):
+        rec = json.loads(ej.read_text())
+        failed[rec.get("sha256")] = rec.get("reason")
+    versions = [(n, s) for n, shas in tally.versions.items() for s in shas]
+    missing, duplicated = [], []
+    for name, sha in versions:
+        for style in STYLES:
+            k = outputs.get((style, sha), 0)
+            if k == 0 and sha not in failed:
+                missing.append(f"{name} ({sha[:8]}) in {style}")
+            if k > 1:
+                duplicated.append(f"{name} ({sha[:8]}) in {style}: {k}")
+    stray = [str(p) for p in (work / "outbox").rglob(".*")]
+    final_names = set(tally.versions)
+    kept = {p.name for p in (work / "processed").rglob("*") if p.is_file()} | \
+           {p.name for p in (work / "failed").rglob("*") if p.is_file() and not p.name.endswith(".error.json")}
+    lost = sorted(n for n in final_names if n not in kept)
+    left = sorted(str(p.relative_to(work)) for p in (work / "inbox").rglob("*") if p.is_file())
+    db = sqlite3.connect(work / "state" / "journal.sqlite3")
+    done = db.execute("SELECT input_sha256, style, output FROM jobs WHERE state = 'done'").fetchall()
+    states = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    db.close()
+    disagree = [f"{sha[:8]} {style}: {out}" for sha, style, out in done
+                if not (work / "outbox" / out).exists() or outputs.get((style, sha), 0) != 1]
+    disagree += [f"{s[:8]} {st}: output without a done job" for (st, s) in outputs
+                 if (s, st) not in {(d[0], d[1]) for d in done}]
+    ok = not (missing or duplicated or stray or lost or left or incomplete or disagree)
+    return {"ok": ok, "versions": len(versions), "outputs": sum(outputs.values()),
+            "failed_inputs": len(failed), "missing": missing, "duplicated": duplicated,
+            "partial_or_temp_in_outbox": stray, "incomplete_outputs": incomplete, "lost_inputs": lost,
+            "left_in_inbox": left, "journal_disagrees": disagree, "journal_states": states}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", type=int, default=200)
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--json", type=Path, help="also write the report here")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="nstd-soak-"))
+    report = soak(work, args.photos, args.kills, args.seed)
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    if report["ok"] and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
