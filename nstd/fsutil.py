@@ -37,3 +37,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def contained(root: Path, relpath: str) -> Path:
+    """root/relpath, refusing any path that would land outside root, or on root itself."""
+    target = (root / relpath).resolve()
+    base = root.resolve()
+    if base not in target.parents:
+        raise ValueError(f"{relpath!r} would leave {root}")
+    return root / relpath

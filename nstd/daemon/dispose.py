@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from nstd import report
-from nstd.fsutil import atomic_write_json, fsync_dir
+from nstd.fsutil import atomic_write_json, contained, fsync_dir
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
@@ -22,7 +22,7 @@ def stray_moves(folder: Path) -> list[Path]:
 
 def free_name(folder: Path, relpath: str) -> Path:
     """folder/relpath, or with -1, -2 … before the suffix if that name is taken."""
-    target = folder / relpath
+    target = contained(folder, relpath)
     n = 1
     while os.path.lexists(target):
         stem, ext = os.path.splitext(relpath)

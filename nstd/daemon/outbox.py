@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from nstd import images
 from nstd.daemon.journal import Job
-from nstd.fsutil import atomic_write, atomic_write_json
+from nstd.fsutil import atomic_write, atomic_write_json, contained
 
 
 def subpath(relpath: str, style: str) -> str:
@@ -34,8 +34,10 @@ def _owned_by(log: dict | None, job: Job) -> bool:
 def targets(outbox: Path, job: Job) -> tuple[Path, Path]:
     """(image, json) paths; a name already taken by another input gets a short-hash suffix."""
     fmt = job.params["format"]
-    stem = PurePosixPath(subpath(job.relpath, job.style)).with_suffix("")
-    base = outbox / job.style / stem
+    sub = PurePosixPath(subpath(job.relpath, job.style))
+    stem = sub.stem if sub.stem not in ("", ".", "..") else f"_{sub.name}"
+    # Each style's outputs stay inside its own folder, whatever the names.
+    base = contained(contained(outbox, job.style), str(sub.parent / stem))
     js = base.with_name(base.name + ".json")
     if js.exists() and not _owned_by(_read_log(js), job):
         base = base.with_name(f"{base.name}-{job.input_sha256[:8]}")
@@ -45,7 +47,10 @@ def targets(outbox: Path, job: Job) -> tuple[Path, Path]:
 
 def complete(outbox: Path, job: Job) -> Path | None:
     """The image path if this job's outputs already exist in full."""
-    image, js = targets(outbox, job)
+    try:
+        image, js = targets(outbox, job)
+    except ValueError:
+        return None
     if _owned_by(_read_log(js), job) and image.exists():
         return image
     return None

@@ -211,6 +211,10 @@ class Service:
             except OSError as e:
                 log.warning("dispose_deferred", input=inp.relpath, error=str(e))
                 continue
+            except ValueError as e:  # a name that would leave processed/ or failed/
+                self.journal.close_input(inp.id, "failed", str(e))
+                log.error("dispose_refused", input=inp.relpath, error=str(e))
+                continue
             self.accepted.pop(inp.relpath, None)
             if inp.spool and not self.journal.spool_in_use(inp.spool):
                 Path(inp.spool).unlink(missing_ok=True)

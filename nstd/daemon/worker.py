@@ -165,6 +165,9 @@ class Worker(threading.Thread):
                 history=result.history)
             try:
                 path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots)
+            except ValueError as e:  # a name that would leave the outbox
+                journal.fail(job.id, f"refused output path: {e}")
+                continue
             except OSError as e:
                 if e.errno in TRANSIENT_ERRNOS:
                     self._transient(journal, job, f"cannot write output: {e.strerror}")

@@ -1,0 +1,138 @@
+"""Load: many files at once, a burst beyond the inotify queue, polling over 10,000 entries.
+
+    python benchmarks/load.py [--files 2000] [--entries 10000]
+
+Reports the time from drop to every file queued in the journal, and the daemon's
+memory (RSS) and CPU time. Tiny model settings on the CPU: this measures the inbox,
+the intake and the journal, not the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
+from soak import models_dir, rss_kib  # noqa: E402
+
+QUEUE_SYSCTL = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def inputs_seen(work: Path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{work / 'state' / 'journal.sqlite3'}?mode=ro", uri=True, timeout=5)
+        n = db.execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
+        db.close()
+        return n
+    except sqlite3.Error:
+        return 0
+
+
+def drop_many(work: Path, models: Path, n: int, mode: str, rescan: float) -> dict:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # No worker competition: a batch window long enough that the queue only fills.
+    cfg = write_config(work, models, transfer={"iterations": 1, "size": 32},
+                       watch={"mode": mode, "settle_seconds": 0.5, "rescan_interval": rescan},
+                       worker={"device": "cpu", "batch_window": 3600, "max_batch": 10**6})
+    staging = work / "staging"
+    staging.mkdir()
+    data = [photo_bytes(32, 32, i) for i in range(50)]
+    for i in range(n):
+        (staging / f"f{i:05d}.jpg").write_bytes(data[i % 50] + i.to_bytes(4, "big"))  # distinct hashes
+    d = Daemon(cfg).start()
+    rss0 = rss_kib(d.proc.pid)
+    t0 = time.time()
+    for p in staging.iterdir():
+        os.rename(p, work / "inbox" / p.name)
+    peak = rss0
+    while inputs_seen(work) < n and time.time() - t0 < 600:
+        peak = max(peak, rss_kib(d.proc.pid))
+        time.sleep(0.2)
+    elapsed = time.time() - t0
+    result = {"files": n, "mode": mode, "queued": inputs_seen(work), "seconds_to_queue_all": round(elapsed, 1),
+              "per_second": round(n / elapsed, 1), "rss_mib_start": round(rss0 / 1024, 1),
+              "rss_mib_peak": round(peak / 1024, 1), "daemon_cpu_seconds": round(cpu_seconds(d.proc.pid), 1)}
+    d.stop()
+    return result
+
+
+def overflow(work: Path, models: Path, n: int) -> dict:
+    try:
+        old = QUEUE_SYSCTL.read_text().strip()
+        QUEUE_SYSCTL.write_text("64\n")  # read when the inotify instance is created
+    except OSError as e:
+        return {"skipped": f"cannot shrink the inotify queue here ({e.strerror})"}
+    try:
+        result = drop_many(work, models, n, "native", rescan=10)
+    finally:
+        QUEUE_SYSCTL.write_text(old + "\n")
+    result["inotify_max_queued_events"] = 64
+    return result
+
+
+def polling_entries(work: Path, models: Path, entries: int) -> dict:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cfg = write_config(work, models, transfer={"iterations": 1, "size": 32},
+                       watch={"mode": "polling", "settle_seconds": 0.5, "rescan_interval": 300,
+                              "poll_interval": 2})
+    # A studio folder full of things that are not work: sidecars and notes, in subfolders.
+    for i in range(entries):
+        sub = work / "inbox" / f"shoot{i // 1000:02d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"IMG_{i:05d}.xmp").write_bytes(b"<x:xmpmeta/>")
+    d = Daemon(cfg).start()
+    cpu0, t_idle = cpu_seconds(d.proc.pid), time.time()
+    time.sleep(20)
+    idle_cpu = (cpu_seconds(d.proc.pid) - cpu0) / (time.time() - t_idle)
+    t0 = time.time()
+    (work / "inbox" / "new.jpg").write_bytes(photo_bytes(32, 32, 1))
+    while inputs_seen(work) < 1 and time.time() - t0 < 120:
+        time.sleep(0.05)
+    latency = time.time() - t0
+    rss = rss_kib(d.proc.pid)
+    d.stop()
+    return {"entries": entries, "poll_interval": 2, "settle_seconds": 0.5,
+            "seconds_new_photo_to_queued": round(latency, 2),
+            "idle_cpu_share_of_one_core": round(idle_cpu, 3), "rss_mib": round(rss / 1024, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--entries", type=int, default=10000)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="nstd-load-"))
+    models = models_dir(base)
+    report = {
+        "drop_at_once": drop_many(base / "drop", models, args.files, "native", rescan=300),
+        "beyond_inotify_queue": overflow(base / "overflow", models, args.files),
+        "polling_10k_entries": polling_entries(base / "polling", models, args.entries),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
