@@ -126,3 +126,27 @@ def jobs(root: Path) -> list[tuple]:
         return db.execute("SELECT relpath, style, state, attempts FROM jobs ORDER BY relpath, style").fetchall()
     finally:
         db.close()
+
+
+def listening_sockets(pid: int) -> list[str]:
+    """TCP sockets in LISTEN and bound UDP sockets that belong to the process."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            listening = cols[3] == "0A" if table.startswith("tcp") else cols[3] == "07"
+            if listening and cols[9] in inodes:
+                found.append(f"{table} {cols[1]}")
+    return found

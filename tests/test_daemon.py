@@ -13,7 +13,7 @@ import torch
 from nstd.cli import main
 
 from conftest import random_vgg_state_dict
-from daemon_harness import Daemon, files, jobs, photo_bytes, wait_for, write_config
+from daemon_harness import Daemon, files, jobs, listening_sockets, photo_bytes, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -206,6 +206,7 @@ def test_sd_notify_ready_status_and_watchdog(tmp_path, models):
         assert any(m == "READY=1" for m in seen)
         status = next(m for m in seen if m.startswith("STATUS="))
         assert "queued 0, running 0, done 0, failed 0" in status and "WATCHDOG=1" in status
+        assert listening_sockets(d.proc.pid) == []  # no network listener
     finally:
         assert d.stop() == 0
         sock.close()
