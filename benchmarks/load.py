@@ -1,9 +1,9 @@
 """Load: many files at once, a burst beyond the inotify queue, polling over 10,000 entries.
 
-    python benchmarks/load.py [--files 2000] [--entries 10000]
+    python benchmarks/load.py [--files 2000] [--entries 10000] [--minutes 5]
 
 Reports the time from drop to every file queued in the journal, and the daemon's
-memory (RSS) and CPU time. Tiny model settings on the CPU: this measures the inbox,
+memory (RSS) and CPU time, and the RSS over a steady stream of photos. Tiny model settings on the CPU: this measures the inbox,
 the intake and the journal, not the engine.
 """
 
@@ -113,10 +113,35 @@ def polling_entries(work: Path, models: Path, entries: int) -> dict:
             "idle_cpu_share_of_one_core": round(idle_cpu, 3), "rss_mib": round(rss / 1024, 1)}
 
 
+def steady(work: Path, models: Path, minutes: float) -> dict:
+    """Photos arriving without pause for `minutes`: is the daemon's memory flat?"""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cfg = write_config(work, models, transfer={"iterations": 10, "size": 40},
+                       watch={"settle_seconds": 0.3, "rescan_interval": 30})
+    d = Daemon(cfg).start()
+    samples, t0, i = [], time.time(), 0
+    next_sample = t0
+    while time.time() - t0 < minutes * 60:
+        (work / "inbox" / f"s{i:05d}.jpg").write_bytes(photo_bytes(40, 40, 500000 + i))
+        i += 1
+        if time.time() >= next_sample:
+            samples.append((round(time.time() - t0), round(rss_kib(d.proc.pid) / 1024, 1)))
+            next_sample += 15
+        time.sleep(0.5)
+    done = sum(1 for _ in (work / "processed").iterdir())
+    d.stop()
+    warm = [m for t, m in samples if t >= 60] or [m for _, m in samples]
+    return {"minutes": minutes, "photos_dropped": i, "photos_done": done,
+            "rss_mib_samples_every_15s": [m for _, m in samples],
+            "rss_mib_after_first_minute": {"min": min(warm), "max": max(warm), "last": warm[-1]}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--entries", type=int, default=10000)
+    ap.add_argument("--minutes", type=float, default=5.0, help="length of the steady-load run")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="nstd-load-"))
@@ -125,6 +150,7 @@ def main() -> int:
         "drop_at_once": drop_many(base / "drop", models, args.files, "native", rescan=300),
         "beyond_inotify_queue": overflow(base / "overflow", models, args.files),
         "polling_10k_entries": polling_entries(base / "polling", models, args.entries),
+        "steady_memory": steady(base / "steady", models, args.minutes),
     }
     text = json.dumps(report, indent=2)
     print(text)
