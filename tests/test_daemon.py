@@ -274,3 +274,18 @@ def test_bad_input_corpus(tmp_path, daemon, models):
     assert not any("secret" in p for p in files(tmp_path / "outbox"))
     assert (tmp_path / "inbox" / "folder.jpg").is_dir()
     assert not any(e.get("event") == "raw" and "Traceback" in e.get("text", "") for e in d.events())
+
+
+def test_folders_moved_in_whole_are_taken_unless_ignored(tmp_path, daemon):
+    d = daemon(watch={"rescan_interval": 600})  # events alone must find them
+    for folder in ("ink", ".sync-temp", "@eaDir"):
+        src = tmp_path / f"staging-{folder}"
+        (src / "deeper").mkdir(parents=True)
+        (src / "deeper" / "m.jpg").write_bytes(photo_bytes(40, 40, 20 + len(folder)))
+        os.rename(src, tmp_path / "inbox" / folder)
+    wait_for(lambda: (tmp_path / "outbox" / "ink" / "deeper" / "m.json").exists(), 60, "moved-in folder")
+    time.sleep(2)
+    assert files(tmp_path / "processed") == ["ink/deeper/m.jpg"]
+    assert (tmp_path / "inbox" / ".sync-temp" / "deeper" / "m.jpg").exists()
+    assert (tmp_path / "inbox" / "@eaDir" / "deeper" / "m.jpg").exists()
+    assert d.alive()

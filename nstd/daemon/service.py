@@ -155,7 +155,8 @@ class Service:
                 continue
             if os.path.isdir(path) and not os.path.islink(path):
                 for sub in scan(Path(path), self.rules):  # a folder moved in at once
-                    self.settle.watch(f"{rel}/{sub}")
+                    if not self.rules.ignored(f"{rel}/{sub}"):  # its own name may be ignored
+                        self.settle.watch(f"{rel}/{sub}")
             elif not self.rules.ignored(rel):
                 self.settle.watch(rel)
 
