@@ -21,6 +21,7 @@ import torch
 
 from nstd.engine.vgg import CONV_INDICES, VGG19_CFG, PREPROCESSING
 from nstd.errors import WeightsError
+from nstd.fsutil import sha256_file
 
 DEFAULT_MODEL = "caffe"
 
@@ -54,14 +55,6 @@ def default_models_dir() -> Path:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "nstd"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- conversion -------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -80,9 +79,3 @@ def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | 
     durable_move(src, target)
     return target
 
-
-def read_error(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import threading
@@ -22,6 +21,7 @@ from nstd.daemon.styles import StyleBook
 from nstd.daemon.worker import Worker
 from nstd.engine.device import describe, resolve_devices
 from nstd.errors import ConfigError, NstdError
+from nstd.fsutil import sha256_file
 from nstd.log import get
 
 log = get("nstd.service")
@@ -281,12 +281,9 @@ def _with_styles(cfg: Config, fresh: Config) -> Config:
     return replace(cfg, styles=fresh.styles, transfer=fresh.transfer, output=fresh.output)
 
 
+
 def _sha256(path: Path) -> str | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
