@@ -149,9 +149,3 @@ def from_dict(d: dict) -> TransferParams:
     layers = values.get("style_layers", dict(DEFAULT_STYLE_LAYERS))
     values["style_layers"] = tuple((k, float(v)) for k, v in layers.items())
     return TransferParams(**values)
-
-
-def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(width, height) after scaling the long side to `long_side`, as the engine resizes."""
-    scale = long_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))

@@ -6,7 +6,7 @@ import hashlib
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +32,7 @@ class Request:
     quality: int = 92
     max_batch: int = 4
     max_pixels: int = images.DEFAULT_MAX_PIXELS
-    models_dir: Path = weights.default_models_dir()
+    models_dir: Path = field(default_factory=weights.default_models_dir)
 
 
 @dataclass
@@ -45,16 +45,16 @@ class Photo:
 @dataclass
 class Style:
     path: Path
-    sha256: str
-    image: StyleImage
+    image: StyleImage  # its key is the file's sha256
 
 
-def read(path: Path, max_pixels: int) -> tuple[bytes, str, images.Decoded]:
+def read(path: Path, max_pixels: int) -> tuple[str, images.Decoded]:
+    """The file's sha256 and its decoded pixels, or an ImageError naming it."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror})") from None
-    return data, hashlib.sha256(data).hexdigest(), images.decode(data, str(path), max_pixels)
+    return hashlib.sha256(data).hexdigest(), images.decode(data, str(path), max_pixels)
 
 
 def run(req: Request, on_error: Callable[[str], None],
@@ -66,14 +66,14 @@ def run(req: Request, on_error: Callable[[str], None],
                         req.params.pooling, info.model_id).to(device)
     styles = []
     for p in req.styles:
-        _, digest, dec = read(p, req.max_pixels)  # a bad style is fatal: every output needs it
-        styles.append(Style(p, digest, StyleImage(dec.pixels, digest, 1.0, req.params.style_scale)))
+        digest, dec = read(p, req.max_pixels)  # a bad style is fatal: every output needs it
+        styles.append(Style(p, StyleImage(dec.pixels, digest, 1.0, req.params.style_scale)))
 
     groups: dict[tuple, list[Photo]] = defaultdict(list)
     failures = 0
     for p in req.contents:
         try:
-            _, digest, dec = read(p, req.max_pixels)
+            digest, dec = read(p, req.max_pixels)
             pixels = resize_long_side(dec.pixels, req.params.size)
             if min(pixels.shape[-2:]) < 16 or min(dec.pixels.shape[-2:]) < 16:
                 raise ImageError(f"{p}: {dec.pixels.shape[2]}x{dec.pixels.shape[1]} is too small "
@@ -122,7 +122,7 @@ def _write(req: Request, photo: Photo, style: Style, result: TransferResult, inf
     h, w = result.image.shape[-2:]
     log = report.loss_log(
         input_path=str(photo.path), input_sha256=photo.sha256,
-        styles=[{"name": style.path.stem, "path": str(style.path), "sha256": style.sha256, "weight": 1.0}],
+        styles=[{"name": style.path.stem, "path": str(style.path), "sha256": style.image.key, "weight": 1.0}],
         params=req.params, weights=info, device=device, batch_id=batch_id, batch_size=batch_size,
         batch_index=index, output={"path": out.name, "format": req.fmt.lower(), "width": w, "height": h},
         timings=timings, history=result.history)

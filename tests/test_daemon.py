@@ -142,6 +142,10 @@ def test_the_same_photo_twice_is_not_processed_twice(tmp_path, daemon):
     (tmp_path / "inbox" / "copy.jpg").write_bytes(data)
     wait_for(lambda: files(tmp_path / "processed") == ["copy.jpg", "one.jpg"], 60, "second")
     assert len(jobs(tmp_path)) == 2  # one per style, shared by both files
+    # The very same file again, under its first name: recognised, moved on, not recomputed.
+    (tmp_path / "inbox" / "one.jpg").write_bytes(data)
+    wait_for(lambda: files(tmp_path / "processed") == ["copy.jpg", "one-1.jpg", "one.jpg"], 60, "third")
+    assert len(jobs(tmp_path)) == 2 and all(a == 1 for _, _, _, a in jobs(tmp_path))
     # An edited photo is new work.
     (tmp_path / "inbox" / "one.jpg").write_bytes(photo_bytes(40, 40, 7))
     wait_for(lambda: len(jobs(tmp_path)) == 4 and all(j[2] == "done" for j in jobs(tmp_path)), 60, "edit")

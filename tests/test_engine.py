@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from nstd.engine.transfer import (BatchSettings, GramCache, StyleImage, TransferJob, resize_long_side,
-                                  run_batch)
+from nstd.engine.transfer import (BatchSettings, GramCache, StyleImage, TransferJob, long_side_size,
+                                  resize_long_side, run_batch)
 from nstd.engine.vgg import LAYER_NAMES, VGGFeatures
 
 from conftest import rand_image
@@ -155,4 +155,5 @@ def test_batch_must_be_one_size(tiny_model):
 def test_resize_long_side_keeps_aspect():
     img = torch.rand(3, 300, 400)
     assert resize_long_side(img, 100).shape == (3, 75, 100)
-    assert resize_long_side(img, 400) is img or resize_long_side(img, 400).shape == (3, 300, 400)
+    assert resize_long_side(img, 400).shape == (3, 300, 400)
+    assert long_side_size(300, 400, 100) == (75, 100) and long_side_size(400, 300, 100) == (100, 75)

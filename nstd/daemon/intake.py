@@ -14,12 +14,12 @@ from nstd import images
 from nstd.config import Config
 from nstd.daemon import dispose
 from nstd.daemon.inbox import route
-from nstd.daemon.journal import JobSpec, Journal
+from nstd.daemon.journal import Input, JobSpec, Journal
 from nstd.daemon.styles import StyleBook
+from nstd.engine.transfer import long_side_size
 from nstd.errors import ImageError
 from nstd.fsutil import atomic_write
 from nstd.log import get
-from nstd.params import working_size
 
 log = get("nstd.intake")
 MIN_SIDE = 16  # VGG19 pools four times before relu5_1
@@ -33,6 +33,7 @@ class Changed(Exception):
 class Outcome:
     kind: str  # queued | known | failed | changed | gone
     detail: str = ""
+    known: Input | None = None  # for "known": the journal's record of this very file
 
 
 def read_settled(path: Path, key: tuple[int, int, int]) -> bytes:
@@ -82,7 +83,7 @@ class Intake:
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
         if known is not None:
-            return Outcome("known", known.state)
+            return Outcome("known", known.state, known)
 
         where = route(relpath, self.styles.names())
         if where.error:
@@ -98,7 +99,7 @@ class Intake:
         specs = []
         for name in where.styles:
             style = self.styles.get(name)
-            ww, hh = working_size(w, h, style.params.size)
+            hh, ww = long_side_size(h, w, style.params.size)
             if min(ww, hh) < MIN_SIDE:
                 return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too narrow to stylize at size "
                                                   f"{style.params.size} (short side under 16 px)")

@@ -100,6 +100,7 @@ class Input:
 
 _JOB_COLS = ("id, input_sha256, style, params_hash, relpath, spool, width, height, batch_key, params, "
              "state, attempts, queued, error, output, batch_id")
+_JOB_COLS_J = ", ".join("j." + c.strip() for c in _JOB_COLS.split(","))  # for joins
 
 
 def _job(row) -> Job:
@@ -172,7 +173,7 @@ class Journal:
         return [(Input(*r), self.jobs_of(r[0])) for r in rows]
 
     def jobs_of(self, input_id: int) -> list[Job]:
-        rows = self.db.execute(f"SELECT {', '.join('j.' + c.strip() for c in _JOB_COLS.split(','))} "
+        rows = self.db.execute(f"SELECT {_JOB_COLS_J} "
                                "FROM jobs j JOIN input_jobs l ON l.job_id = j.id WHERE l.input_id = ? "
                                "ORDER BY j.id", (input_id,)).fetchall()
         return [_job(r) for r in rows]

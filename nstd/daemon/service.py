@@ -15,7 +15,7 @@ from nstd.daemon import dispose, outbox, preflight
 from nstd.daemon.inbox import (Hints, IgnoreRules, SettleTracker, Watcher, choose_mode, relative, scan,
                                settle_seconds)
 from nstd.daemon.intake import Intake
-from nstd.daemon.journal import Journal
+from nstd.daemon.journal import Input, Journal
 from nstd.daemon.notify import notify, watchdog_interval
 from nstd.daemon.styles import StyleBook
 from nstd.daemon.worker import Worker
@@ -174,20 +174,18 @@ class Service:
             elif outcome.kind in ("queued", "known"):
                 self.accepted[rel] = key
                 if outcome.kind == "known":
-                    self._redispose(rel, key, outcome.detail)
+                    self._redispose(rel, outcome.known)
 
-    def _redispose(self, rel: str, key, state: str) -> None:
+    def _redispose(self, rel: str, known: Input) -> None:
         """A file whose fate was decided before (a re-drop, or a crash before it was moved)."""
-        sha = _sha256(self.cfg.inbox / rel)
-        known = self.journal.find_input(rel, sha) if sha else None
-        if known is None or state == "queued":
+        if known.state == "queued":
             return
         self.accepted.pop(rel, None)
-        if state == "done":
+        if known.state == "done":
             dispose.on_success(self.cfg.inbox, self.cfg.processed, rel, self.cfg.on_success)
             log.info("already_done", input=rel)
-        elif state == "failed":
-            dispose.to_failed(self.cfg.inbox, self.cfg.failed, rel, known.error or "failed before", sha)
+        elif known.state == "failed":
+            dispose.to_failed(self.cfg.inbox, self.cfg.failed, rel, known.error or "failed before", known.sha256)
 
     def finalize(self) -> None:
         """Inputs whose jobs have all ended leave the inbox; never before outputs are durable."""

@@ -105,14 +105,13 @@ class Worker(threading.Thread):
                 self._transient(journal, job, f"cannot read spooled input: {e}")
         if not ready:
             return
-        queued_at = {job.id: job.queued for job, _ in ready}
         try:
-            self._compute(journal, ready, queued_at)
+            self._compute(journal, ready)
         except StopBatch:
             journal.requeue([job.id for job, _ in ready])
             log.info("batch_requeued", jobs=[job.id for job, _ in ready], reason="stopping")
 
-    def _compute(self, journal: Journal, ready: list[tuple[Job, torch.Tensor]], queued_at: dict) -> None:
+    def _compute(self, journal: Journal, ready: list[tuple[Job, torch.Tensor]]) -> None:
         book = self.styles()
         for job, _ in ready:
             if not book.has(job.style):
@@ -139,8 +138,8 @@ class Worker(threading.Thread):
                 if len(ready) > 1:
                     half = len(ready) // 2
                     log.warning("out_of_memory_halving", jobs=[j.id for j in jobs], batch=len(ready))
-                    self._compute(journal, ready[:half], queued_at)
-                    self._compute(journal, ready[half:], queued_at)
+                    self._compute(journal, ready[:half])
+                    self._compute(journal, ready[half:])
                 else:
                     self._transient(journal, jobs[0], "out of memory even alone", final=True)
                 return
@@ -160,7 +159,7 @@ class Worker(threading.Thread):
                 params=p, weights=info, device=device, batch_id=job.batch_id or "",
                 batch_size=len(jobs), batch_index=i,
                 output={"format": job.params["format"].lower(), "width": w, "height": h},
-                timings={"queued": report.iso_time(queued_at[job.id]), "started": report.iso_time(started),
+                timings={"queued": report.iso_time(job.queued), "started": report.iso_time(started),
                          "finished": report.iso_time(finished), "seconds": round(finished - started, 3)},
                 history=result.history)
             try:

@@ -91,13 +91,19 @@ class GramCache:
         return value
 
 
+def long_side_size(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(height, width) scaled so the longer side is `long_side`, keeping aspect."""
+    scale = long_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     """Resize (C, H, W) or (N, C, H, W) so the longer side is `long_side`, keeping aspect."""
     batched = image.dim() == 4
     x = image if batched else image[None]
     h, w = x.shape[-2:]
+    size = long_side_size(h, w, long_side)
     scale = long_side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
     if size != (h, w):
         x = F.interpolate(x, size=size, mode="bicubic", antialias=scale < 1, align_corners=False)
         x = x.clamp(0.0, 1.0)
