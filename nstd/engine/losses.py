@@ -11,6 +11,10 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     Computed in fp32 whatever the activations' dtype: half-precision Grams overflow.
     """
     n, c, h, w = features.shape
+    if c > 1 and features.is_contiguous(memory_format=torch.channels_last):
+        # Read channels-last activations as (N, HW, C) in place rather than copying them.
+        f = features.permute(0, 2, 3, 1).reshape(n, h * w, c).float()
+        return torch.bmm(f.transpose(1, 2), f) / (h * w)
     f = features.reshape(n, c, h * w).float()
     return torch.bmm(f, f.transpose(1, 2)) / (h * w)
 

@@ -6,9 +6,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
+from nstd.engine.fastpath import FastPath, Resolved, autocast, resolve, running
 from nstd.engine.losses import content_loss, gram, style_loss, tv_loss
 from nstd.engine.optim import make_optimizer
 from nstd.engine.vgg import VGGFeatures
@@ -17,6 +20,7 @@ DEFAULT_STYLE_LAYERS = (("relu1_1", 0.2), ("relu2_1", 0.2), ("relu3_1", 0.2),
                         ("relu4_1", 0.2), ("relu5_1", 0.2))
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 INITS = ("content", "noise", "style")
+_log = logging.getLogger("nstd.engine")
 
 
 @dataclass(frozen=True)
@@ -111,24 +115,39 @@ def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
 
 
 def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings,
-              cache: GramCache | None = None, progress: Progress | None = None) -> list[TransferResult]:
+              cache: GramCache | None = None, progress: Progress | None = None,
+              fast: FastPath | None = None) -> list[TransferResult]:
     """Optimise a batch of same-size jobs together; each image keeps its own state."""
     _check(model, jobs, settings)
-    device = model.mean.device
-    cache = cache if cache is not None else GramCache()
+    r = resolve(fast, model.mean.device)
+    with running(r):
+        return _run(model, jobs, settings, cache if cache is not None else GramCache(), progress, r)
+
+
+def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
+         progress: Progress | None, r: Resolved) -> list[TransferResult]:
+    device = r.device
+    if r.channels_last:
+        model.to(memory_format=torch.channels_last)  # once per model; a no-op after
+
+    def features(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(r):
+            return model(x, channels_last=r.channels_last, checkpoint=r.checkpoint)
+
     content = torch.stack([j.content for j in jobs]).to(device, torch.float32)
     style_names = [name for name, _ in settings.style_layers]
     layer_w = torch.tensor([w for _, w in settings.style_layers], device=device)
 
     with torch.no_grad():
-        feats = model(content)
+        feats = features(content)
         content_targets = {n: feats[n].detach() for n in settings.content_layers}
         del feats
         # Each layer's loss is divided by its target's mean square, so the weights mean the
         # same for every weight set (Caffe's 0-255 input makes Grams ~1e4 times larger)
         # and no layer dominates by the size of its activations alone.
         content_norm = {n: _mean_square(t) for n, t in content_targets.items()}
-        style_targets = _style_targets(model, jobs, style_names, max(content.shape[-2:]), cache)
+        style_targets = _style_targets(model, features, jobs, style_names, max(content.shape[-2:]),
+                                       cache, r.precision)
         style_norm = torch.stack([_mean_square(style_targets[n]) for n in style_names], 1)
 
     cw = torch.tensor([j.content_weight for j in jobs], device=device)
@@ -136,9 +155,10 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
     tw = torch.tensor([j.tv_weight for j in jobs], device=device)
 
     def losses(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = model(x)
+        f = features(x)
         c = sum(content_loss(f[n], content_targets[n]) / content_norm[n] for n in settings.content_layers)
         s_layers = torch.stack([style_loss(f[n], style_targets[n]) for n in style_names], 1) / style_norm
+        del f
         s = (s_layers * layer_w).sum(1)
         tv = tv_loss(x)
         total = cw * c + sw * s + tw * tv
@@ -147,23 +167,29 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
 
     x = _init(jobs, content).requires_grad_(True)
     opt = make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history)
-    records: list[tuple[int, torch.Tensor]] = []
-    snapshots: list[tuple[int, torch.Tensor]] = []
 
-    for it in range(settings.iterations):
+    def iteration() -> torch.Tensor:
         x.grad = None
         total, row = losses(x)
         total.sum().backward()
-        logged = it % settings.log_every == 0
-        if logged:
-            records.append((it, row.detach()))
         opt.step(total.detach())
+        return row
+
+    step = _Stepper(iteration, r.cuda_graph)
+    records: list[tuple[int, torch.Tensor]] = []
+    snapshots: list[tuple[int, torch.Tensor]] = []
+    reporter = _LossReporter(style_names, device)
+    for it in range(settings.iterations):
+        row = step()
+        if it % settings.log_every == 0:
+            records.append((it, row.detach().clone()))
+            reporter.push(it, records[-1][1])
         done = it + 1
         if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.iterations:
             snapshots.append((done, x.detach().clamp(0, 1).cpu()))
         if progress is not None:
-            # Only a logged iteration pays for a copy of its losses to the host.
-            progress(done, _rows(records[-1], style_names) if logged else None)
+            progress(done, reporter.ready())
+    del step  # frees a captured graph's memory pool
 
     with torch.no_grad():
         _, row = losses(x)
@@ -172,6 +198,85 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
     histories = _histories(records, style_names, len(jobs))
     return [TransferResult(images[i], histories[i], [(k, s[i]) for k, s in snapshots])
             for i in range(len(jobs))]
+
+
+class _Stepper:
+    """Runs the iteration eagerly, or replays it as a CUDA graph once warm.
+
+    The graph removes the launch cost of several hundred small kernels per iteration,
+    which dominates at small batches. Capture needs a few eager iterations first (cuDNN
+    autotuning, the optimiser's first step); if capture fails, the loop stays eager.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, iteration: Callable[[], torch.Tensor], use_graph: bool):
+        self.iteration = iteration
+        self.use_graph = use_graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+        self.count = 0
+
+    def __call__(self) -> torch.Tensor:
+        self.count += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        if not self.use_graph or self.count <= self.WARMUP:
+            if self.use_graph:
+                # Warm-up on a side stream, as capture requires.
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = self.iteration()
+                torch.cuda.current_stream().wait_stream(side)
+                return out
+            return self.iteration()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.iteration()
+        except RuntimeError as e:
+            _log.warning("CUDA graph capture failed, running eagerly: %s", e)
+            self.use_graph = False
+            torch.cuda.synchronize()
+            return self.iteration()
+        self.graph, self.out = graph, out
+        graph.replay()  # capture records the work; the replay does it
+        return out
+
+
+class _LossReporter:
+    """Hands logged losses to the progress callback without stalling the device.
+
+    Each logged row is copied to pinned host memory asynchronously and delivered at
+    the next logged iteration, when the copy has long finished.
+    """
+
+    def __init__(self, style_names: list[str], device: torch.device):
+        self.style_names = style_names
+        self.async_copy = device.type == "cuda"
+        self.pending: tuple[int, torch.Tensor, object] | None = None
+        self.delivered: tuple[int, torch.Tensor, object] | None = None
+
+    def push(self, it: int, row: torch.Tensor) -> None:
+        if self.async_copy:
+            host = torch.empty(row.shape, dtype=row.dtype, pin_memory=True)
+            host.copy_(row, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.delivered, self.pending = self.pending, (it, host, event)
+        else:
+            self.delivered = (it, row, None)
+
+    def ready(self) -> list[dict] | None:
+        if self.delivered is None:
+            return None
+        it, host, event = self.delivered
+        self.delivered = None
+        if event is not None:
+            event.synchronize()  # long done: recorded one log interval ago
+        return [_record(it, v, self.style_names) for v in host.tolist()]
 
 
 def _check(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings) -> None:
@@ -195,8 +300,8 @@ def _check(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings)
         raise ValueError("iterations must be >= 0 and log_every >= 1")
 
 
-def _style_targets(model: VGGFeatures, jobs: list[TransferJob], names: list[str], long_side: int,
-                   cache: GramCache) -> dict[str, torch.Tensor]:
+def _style_targets(model: VGGFeatures, features, jobs: list[TransferJob], names: list[str],
+                   long_side: int, cache: GramCache, precision: str) -> dict[str, torch.Tensor]:
     """Per layer, an (N, C, C) stack of each job's (weighted, blended) Gram target."""
     device = model.mean.device
     per_job = []
@@ -205,11 +310,11 @@ def _style_targets(model: VGGFeatures, jobs: list[TransferJob], names: list[str]
         blended: dict[str, torch.Tensor] = {}
         for style in job.styles:
             size = max(16, round(long_side * style.scale))
-            key = (style.key, size, model.model_id, model.pooling, tuple(names))
+            key = (style.key, size, model.model_id, model.pooling, tuple(names), precision)
 
             def compute(style=style, size=size):
                 img = resize_long_side(style.image.to(device, torch.float32), size)
-                f = model(img[None])
+                f = features(img[None])
                 return {n: gram(f[n])[0] for n in names}
 
             grams = cache.get(key, compute) if style.key is not None else compute()
@@ -240,11 +345,6 @@ def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:
             starts.append(F.interpolate(style[None], size=(h, w), mode="bicubic",
                                         align_corners=False)[0].clamp(0, 1))
     return torch.stack(starts).contiguous()
-
-
-def _rows(record: tuple[int, torch.Tensor], style_names: list[str]) -> list[dict]:
-    it, row = record
-    return [_record(it, v, style_names) for v in row.tolist()]
 
 
 def _record(it: int, v: list[float], style_names: list[str]) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 # Configuration "E" of Simonyan & Zisserman: channel counts, "M" for a pooling layer.
@@ -76,6 +77,10 @@ class VGGFeatures(nn.Module):
         self.features = _build(last, pooling, self.layers)
         own = {k: v for k, v in state_dict.items() if int(k.split(".")[0]) <= last}
         self.features.load_state_dict(own)
+        # Blocks end after each pooling layer: the natural checkpoint boundaries.
+        ends = [i + 1 for i, n in enumerate(LAYER_NAMES[: last + 1]) if n.startswith("pool")]
+        ends = [e for e in ends if e <= last] + [last + 1]
+        self._blocks = list(zip([0] + ends[:-1], ends))
         self.requires_grad_(False)
         self.eval()
 
@@ -85,15 +90,30 @@ class VGGFeatures(nn.Module):
             return (x - self.mean.flip(1)) / self.std.flip(1)
         return (x - self.mean) / self.std
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
+    def forward(self, x: torch.Tensor, channels_last: bool = False,
+                checkpoint: bool = False) -> dict[str, torch.Tensor]:
+        """The named layers' activations. `checkpoint` keeps only each block's output for
+        the backward pass and recomputes the rest, trading one more forward pass for
+        most of the activation memory."""
         h = self.normalize(x)
-        for i, layer in enumerate(self.features):
-            h = layer(h)
-            name = LAYER_NAMES[i]
-            if name in self.layers:
-                out[name] = h
+        if channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        out: dict[str, torch.Tensor] = {}
+        for start, stop in self._blocks:
+            if checkpoint and torch.is_grad_enabled() and h.requires_grad:
+                h, part = torch.utils.checkpoint.checkpoint(self._block, h, start, stop, use_reentrant=False)
+            else:
+                h, part = self._block(h, start, stop)
+            out.update(part)
         return out
+
+    def _block(self, h: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        part = {}
+        for i in range(start, stop):
+            h = self.features[i](h)
+            if LAYER_NAMES[i] in self.layers:
+                part[LAYER_NAMES[i]] = h
+        return h, part
 
 
 def _build(last: int, pooling: str, captured: frozenset[str]) -> nn.Sequential:

@@ -1,0 +1,108 @@
+"""How a batch runs on its device: precision, memory layout, graphs and checkpointing.
+
+None of these change what is computed, only how fast and in how much memory. Gram
+matrices and losses are always fp32: the switches reach the convolutions alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Requested switches; `resolve` turns "auto" into what the device supports."""
+
+    precision: str = "auto"  # auto: bf16 where the device has fast bf16, else fp32
+    channels_last: bool | None = None  # None: on for CUDA
+    cuda_graph: bool | None = None  # None: on for CUDA
+    checkpoint: bool = False  # recompute each VGG block in the backward pass
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    device: torch.device
+    precision: str
+    channels_last: bool
+    cuda_graph: bool
+    checkpoint: bool
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    def describe(self) -> dict:
+        return {"precision": self.precision, "channels_last": self.channels_last,
+                "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint}
+
+
+def resolve(fast: FastPath | None, device: torch.device) -> Resolved:
+    fast = fast or FastPath()
+    cuda = device.type == "cuda"
+    precision = fast.precision
+    if precision == "auto":
+        precision = "bf16" if _fast_bf16(device) else "fp32"
+    if precision == "tf32" and not cuda:
+        precision = "fp32"  # TF32 is a CUDA tensor-core mode; the CPU computes fp32 anyway
+    channels_last = cuda if fast.channels_last is None else fast.channels_last
+    # A graph needs fixed addresses, which checkpointing's recomputation does not promise.
+    graph = (cuda if fast.cuda_graph is None else fast.cuda_graph) and cuda and not fast.checkpoint
+    return Resolved(device, precision, channels_last, graph, fast.checkpoint)
+
+
+def _fast_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False) and \
+            torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        # oneDNN runs bf16 convolutions natively only with AVX512-BF16 or AMX.
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+@contextlib.contextmanager
+def running(r: Resolved):
+    """Scoped backend flags for one batch: cuDNN autotuning, and TF32 only when asked.
+
+    In bf16 mode the Gram products also run on TF32 tensor cores: their inputs are bf16
+    activations, which TF32 holds exactly, and they still accumulate and store in fp32.
+    In full fp32 they are the single largest cost after the convolutions.
+    """
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = r.precision in ("tf32", "bf16")
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=r.device.type == "cuda",
+                                        deterministic=False, allow_tf32=r.precision == "tf32"):
+            yield
+    finally:
+        matmul.allow_tf32 = before
+
+
+@contextlib.contextmanager
+def exact_matmul():
+    """Full fp32 products, for the optimiser's dot products of fp32 state."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = before
+
+
+def autocast(r: Resolved):
+    """bf16 autocast for the convolutions; a no-op context at fp32 and TF32."""
+    if r.autocast_dtype is None:
+        return contextlib.nullcontext()
+    # No weight cache: a CUDA graph must not capture casts it will not redo.
+    return torch.autocast(r.device.type, dtype=r.autocast_dtype, cache_enabled=False)
