@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from nstd import images
+from nstd.engine.fastpath import PRECISIONS
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
 
@@ -45,6 +46,9 @@ class WorkerConfig:
     max_attempts: int = 3
     retry_backoff: float = 30.0
     memory_budget: float = 0.8  # share of free device memory a batch may plan to use
+    precision: str = "auto"  # auto | fp32 | tf32 | bf16: the convolutions' arithmetic
+    cuda_graphs: bool | None = None  # None: on for CUDA
+    checkpoint: bool | None = None  # None: only where a single image would not fit otherwise
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ def _watch(raw: Any) -> WatchConfig:
 
 def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
-                                 "retry_backoff", "memory_budget"})
+                                 "retry_backoff", "memory_budget", "precision", "cuda_graphs", "checkpoint"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -177,7 +181,18 @@ def _worker(raw: Any) -> WorkerConfig:
         max_attempts=_int(m.get("max_attempts", d.max_attempts), "worker.max_attempts", 1),
         retry_backoff=_float(m.get("retry_backoff", d.retry_backoff), "worker.retry_backoff", 0),
         memory_budget=_float(m.get("memory_budget", d.memory_budget), "worker.memory_budget", 0.05, 1.0),
+        precision=_choice(m.get("precision", d.precision), "worker.precision", PRECISIONS),
+        cuda_graphs=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
+        checkpoint=_auto_bool(m.get("checkpoint", "auto"), "worker.checkpoint"),
     )
+
+
+def _auto_bool(raw: Any, key: str) -> bool | None:
+    if raw == "auto":
+        return None
+    if isinstance(raw, bool):
+        return raw
+    raise ConfigError(f"{key}: must be auto, true or false, not {raw!r}")
 
 
 # --- typed readers that name the key --------------------------------------------------

@@ -20,8 +20,16 @@ def test_example_config_loads_and_documents_every_key():
     assert cfg.styles["starry"].params.style_weight == cfg.transfer.style_weight
     text = open("config.example.yaml").read()
     for key in ("content_weight", "tv_weight", "lbfgs_history", "settle_seconds", "rescan_interval",
-                "max_batch", "batch_window", "stop_timeout", "on_success", "max_pixels", "snapshot_every"):
+                "max_batch", "batch_window", "stop_timeout", "on_success", "max_pixels", "snapshot_every",
+                "precision", "cuda_graphs", "checkpoint"):
         assert f"{key}:" in text
+
+
+def test_fast_path_keys_default_to_auto_and_parse(tmp_path):
+    cfg = config.load(write(tmp_path, BASE))
+    assert (cfg.worker.precision, cfg.worker.cuda_graphs, cfg.worker.checkpoint) == ("auto", None, None)
+    cfg = config.load(write(tmp_path, BASE + "worker: {precision: fp32, cuda_graphs: false, checkpoint: true}\n"))
+    assert (cfg.worker.precision, cfg.worker.cuda_graphs, cfg.worker.checkpoint) == ("fp32", False, True)
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
@@ -39,6 +47,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ("watch: {settle_seconds: -1}\n", "watch.settle_seconds: must be at least 0"),
     ("worker: {max_batch: 0}\n", "worker.max_batch: must be at least 1"),
     ("worker: {turbo: true}\n", "worker.turbo: unknown key"),
+    ("worker: {precision: fp8}\n", "worker.precision: must be one of auto, fp32, tf32, bf16"),
+    ("worker: {cuda_graphs: maybe}\n", "worker.cuda_graphs: must be auto, true or false"),
     ("output: {format: gif}\n", "output.format:"),
     ("output: {quality: 101}\n", "output.quality: must be between 1 and 100"),
     ("on_success: shred\n", "on_success: must be one of move, delete, keep"),

@@ -19,7 +19,8 @@ from nstd.daemon.journal import Job, Journal
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
 from nstd.engine.device import describe
-from nstd.engine.memory import auto_batch
+from nstd.engine.fastpath import FastPath
+from nstd.engine.memory import auto_batch, bytes_per_image
 from nstd.engine.transfer import GramCache, StyleImage, run_batch
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
@@ -78,6 +79,17 @@ class Worker(threading.Thread):
         return auto_batch(self.free_memory(), job.height, job.width, p.settings().layers, p.optimizer,
                           p.lbfgs_history, self.cfg.worker.memory_budget, cap=16 if self.device.type == "cpu" else 64)
 
+    def fast_path(self, job: Job, batch: int) -> FastPath:
+        w = self.cfg.worker
+        checkpoint = w.checkpoint
+        if checkpoint is None:
+            # Recompute activations only when the batch would not fit without.
+            p = from_dict(job.params)
+            need = batch * bytes_per_image(job.height, job.width, p.settings().layers, p.optimizer,
+                                           p.lbfgs_history)
+            checkpoint = need > self.free_memory() * w.memory_budget
+        return FastPath(w.precision, cuda_graph=w.cuda_graphs, checkpoint=checkpoint)
+
     def free_memory(self) -> int:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
@@ -129,7 +141,7 @@ class Worker(threading.Thread):
         started = time.time()
         try:
             results = run_batch(model, transfer_jobs, params[0].settings(), self.cache,
-                                self._progress(jobs, params[0].iterations))
+                                self._progress(jobs, params[0].iterations), self.fast_path(jobs[0], len(jobs)))
         except StopBatch:
             raise
         except Exception as e:  # noqa: BLE001 - sorted into OOM, transient and deterministic below
@@ -194,7 +206,7 @@ class Worker(threading.Thread):
             if self.deadline is not None and time.time() > self.deadline:
                 raise StopBatch()
             if losses is not None:
-                log.info("progress", jobs=ids, iteration=iteration - 1, of=total,
+                log.info("progress", jobs=ids, iteration=losses[0]["iteration"], of=total,
                          loss=[round(r["total"], 5) for r in losses])
 
         return update
