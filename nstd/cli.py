@@ -1,4 +1,4 @@
-"""Command line: `nstd run | stylize | check | status | weights`."""
+"""Command line: `nstd run | stylize | check | status | weights | bench`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_stylize(sub)
     _add_weights(sub)
+    _add_bench(sub)
     return p
 
 
@@ -234,6 +235,86 @@ def _tqdm_progress(label: str, total: int):
             bar.close()
 
     return update
+
+
+# --- bench ------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "styles"
+
+
+def _int_list(least: int):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}") from None
+        if min(values) < least:
+            raise argparse.ArgumentTypeError(f"every value must be at least {least}")
+        return values
+    return parse
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure nstd against the tutorial loop, side by side")
+    p.add_argument("--content", type=Path, default=EXAMPLES / "shipwreck.jpg", help="photo to stylize")
+    p.add_argument("--style", type=Path, default=EXAMPLES / "starry_night.jpg", help="style image")
+    p.add_argument("--model", default=weights.DEFAULT_MODEL, help="weights id (see: nstd weights list)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--size", type=int, default=512, help="long side of the standard workload")
+    p.add_argument("--iterations", type=int, default=500)
+    p.add_argument("--sweep-iterations", type=int, help="iterations for the batch and scale sweeps "
+                                                        "(default: --iterations)")
+    p.add_argument("--batches", type=_int_list(1), help="batch sizes to sweep (default: 1, 2, 4, … up to what fits)")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch the sweep tries")
+    p.add_argument("--sizes", type=_int_list(16), default=(256, 512, 768, 1024), help="long sides to sweep")
+    p.add_argument("--no-baseline", action="store_true", help="skip the tutorial loop")
+    p.add_argument("--no-latency", action="store_true", help="skip the drop-to-output run of the daemon")
+    p.add_argument("--quick", action="store_true",
+                   help="a CPU-sized run: 256 px, 20 iterations, batches 1 and 2, sizes 128 and 256")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench.json and bench.md")
+    _add_models_dir(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from nstd.bench import measure, suite
+    from nstd.engine.device import resolve_device
+    from nstd.engine.vgg import VGGFeatures
+    from nstd.engine.transfer import BatchSettings
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise NstdError(str(e)) from None
+    if args.quick:
+        plan = suite.Plan(size=256, iterations=20, batches=(1, 2), sizes=(128, 256), latency=False,
+                          baseline=not args.no_baseline)
+    else:
+        plan = suite.Plan(size=args.size, iterations=args.iterations, batches=args.batches,
+                          max_batch=args.max_batch, sizes=args.sizes, sweep_iterations=args.sweep_iterations,
+                          baseline=not args.no_baseline, latency=not args.no_latency)
+    content = images.decode(_read(args.content), str(args.content), images.DEFAULT_MAX_PIXELS).pixels
+    style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
+    models_dir = _models_dir(args)
+    sd, info = weights.load(models_dir, args.model)
+    model = VGGFeatures(sd, info.preprocessing, BatchSettings().layers, model_id=info.model_id).to(device)
+
+    def latency():
+        return measure.drop_to_output(models_dir, args.model, args.content, args.style, str(device))
+
+    out = suite.run(model, content, style, plan, latency, say=lambda line: print(line, flush=True))
+    json_path, md_path = suite.write(out, args.out)
+    print()
+    print(md_path.read_text())
+    print(f"nstd: results in {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise NstdError(f"{path}: cannot read ({e.strerror})") from None
 
 
 # --- weights ----------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""The loop as the classic tutorials write it: the yardstick for `nstd bench`.
+
+One image at a time, fp32, the content and style features computed again inside every
+iteration, and `torch.optim.LBFGS` (one evaluation per step, so one iteration is one
+forward and backward pass, as in nstd) or `torch.optim.Adam`. The losses are nstd's own
+definitions, so both loops do the same work and reach comparable numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nstd.engine.losses import content_loss, gram, style_loss, tv_loss
+from nstd.engine.transfer import BatchSettings, TransferJob, resize_long_side
+from nstd.engine.vgg import VGGFeatures
+
+
+def run(model: VGGFeatures, job: TransferJob, settings: BatchSettings) -> torch.Tensor:
+    """Stylize one image; returns it (3, H, W) on the model's device."""
+    device = model.mean.device
+    content = job.content.to(device)[None]
+    style = resize_long_side(job.styles[0].image.to(device), max(content.shape[-2:]))[None]
+    names = [n for n, _ in settings.style_layers]
+    weights = dict(settings.style_layers)
+    x = content.clone().requires_grad_(True)
+    if settings.optimizer == "lbfgs":
+        opt = torch.optim.LBFGS([x], lr=settings.lr or 1.0, max_iter=1, history_size=settings.lbfgs_history,
+                                tolerance_grad=-1, tolerance_change=-1)
+    else:
+        opt = torch.optim.Adam([x], lr=settings.lr or 0.02)
+
+    def closure():
+        opt.zero_grad()
+        with torch.no_grad():
+            c_feats = model(content)
+            s_feats = model(style)
+            c_targets = {n: c_feats[n] for n in settings.content_layers}
+            s_targets = {n: gram(s_feats[n]) for n in names}
+        f = model(x)
+        c = sum(content_loss(f[n], t) / t.pow(2).mean() for n, t in c_targets.items())
+        s = sum(weights[n] * style_loss(f[n], s_targets[n]) / s_targets[n].pow(2).mean() for n in names)
+        loss = job.content_weight * c + job.style_weight * s + job.tv_weight * tv_loss(x)
+        loss.sum().backward()
+        return loss.sum()
+
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        for _ in range(settings.iterations):
+            opt.step(closure)
+            if settings.optimizer == "adam":
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+    return x.detach()[0].clamp(0, 1)

@@ -1,0 +1,217 @@
+"""The measurements of `nstd bench`: each a plain function returning plain data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from nstd.bench import baseline
+from nstd.engine.fastpath import FastPath
+from nstd.engine.losses import content_loss, gram, style_loss
+from nstd.engine.memory import flops_per_iteration
+from nstd.engine.transfer import (BatchSettings, GramCache, StyleImage, TransferJob, resize_long_side,
+                                  run_batch)
+from nstd.engine.vgg import VGGFeatures
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, in FLOP/s.
+DATASHEET_BF16 = (("H100 80GB HBM3", 989.4e12), ("H100 SXM", 989.4e12), ("H100 PCIe", 756.5e12),
+                  ("H100 NVL", 835.5e12), ("H200", 989.4e12), ("A100", 312e12))
+
+
+@dataclass
+class Workload:
+    content: torch.Tensor  # (3, H, W) in [0, 1], any size
+    style: torch.Tensor
+    size: int
+    iterations: int
+    settings: BatchSettings
+
+    def job(self) -> TransferJob:
+        return TransferJob(resize_long_side(self.content, self.size),
+                           (StyleImage(self.style, key="bench-style"),))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_nstd(model: VGGFeatures, w: Workload, batch: int, fast: FastPath,
+               per_run_iterations: int | None = None) -> dict:
+    """One full run_batch of `batch` copies of the job, with its Gram target already cached.
+
+    Images per hour are for runs of `per_run_iterations` (default: the timed count),
+    scaled from the timed rate when the two differ.
+    """
+    device = model.mean.device
+    settings = BatchSettings(**{**w.settings.__dict__, "iterations": w.iterations,
+                                "log_every": max(1, w.iterations)})
+    cache = GramCache()
+    jobs = [w.job()] * batch
+    # Warm: cuDNN autotuning and the Gram cache, as on a daemon that has run before.
+    run_batch(model, jobs, BatchSettings(**{**settings.__dict__, "iterations": 4}), cache, fast=fast)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    results = run_batch(model, jobs, settings, cache, fast=fast)
+    sync(device)
+    seconds = time.perf_counter() - start
+    h, wd = jobs[0].content.shape[-2:]
+    flops = flops_per_iteration(h, wd, settings.layers) * batch * w.iterations
+    per_run = per_run_iterations or w.iterations
+    out = {"batch": batch, "height": h, "width": wd, "iterations": w.iterations, "seconds": seconds,
+           "iterations_per_second_per_image": w.iterations / seconds,
+           "image_iterations_per_second": w.iterations * batch / seconds,
+           "images_per_hour": 3600 * batch / (seconds * per_run / w.iterations),
+           "images_per_hour_iterations": per_run, "flops_per_second": flops / seconds,
+           "image": results[0].image}
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+        out["peak_memory_bytes"] = peak
+        out["peak_memory_per_image_bytes"] = peak / batch
+    return out
+
+
+def timed_baseline(model: VGGFeatures, w: Workload) -> dict:
+    device = model.mean.device
+    job = w.job()
+    settings = BatchSettings(**{**w.settings.__dict__, "iterations": w.iterations})
+    baseline.run(model, job, BatchSettings(**{**settings.__dict__, "iterations": 2}))
+    sync(device)
+    start = time.perf_counter()
+    image = baseline.run(model, job, settings)
+    sync(device)
+    seconds = time.perf_counter() - start
+    h, wd = job.content.shape[-2:]
+    # Counted as useful work, like nstd's: the targets it recomputes are not credited.
+    flops = flops_per_iteration(h, wd, settings.layers) * w.iterations
+    return {"batch": 1, "height": h, "width": wd, "iterations": w.iterations, "seconds": seconds,
+            "flops_per_second": flops / seconds,
+            "iterations_per_second_per_image": w.iterations / seconds,
+            "image_iterations_per_second": w.iterations / seconds,
+            "images_per_hour": 3600 / seconds, "image": image.cpu()}
+
+
+@torch.no_grad()
+def final_losses(model: VGGFeatures, w: Workload, image: torch.Tensor) -> dict:
+    """Content and style loss of a finished image, in fp32, by nstd's definitions."""
+    device = model.mean.device
+    job = w.job()
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        content = job.content.to(device)[None]
+        style = resize_long_side(job.styles[0].image.to(device), max(content.shape[-2:]))[None]
+        fx, fc, fs = model(image.to(device)[None]), model(content), model(style)
+        c = sum(float(content_loss(fx[n], fc[n]) / fc[n].pow(2).mean()) for n in w.settings.content_layers)
+        s = 0.0
+        for n, weight in w.settings.style_layers:
+            target = gram(fs[n])
+            s += weight * float(style_loss(fx[n], target) / target.pow(2).mean())
+    return {"content": c, "style": s}
+
+
+def matmul_peak(device: torch.device, n: int = 8192, repeats: int = 20) -> float | None:
+    """Measured bf16 matrix-product rate, FLOP/s: the ceiling the convolutions aim at."""
+    if device.type != "cuda":
+        return None
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=gen)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    end.synchronize()
+    return 2 * n**3 * repeats / (start.elapsed_time(end) / 1000)
+
+
+def datasheet_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in DATASHEET_BF16 if key in name), None)
+
+
+def largest_batch(model: VGGFeatures, w: Workload, fast: FastPath, cap: int) -> int:
+    """The largest power-of-two batch up to `cap` that runs a few iterations without OOM."""
+    best, batch = 0, 1
+    short = Workload(w.content, w.style, w.size, 6, w.settings)
+    while batch <= cap:
+        try:
+            timed_nstd(model, short, batch, fast)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            if model.mean.device.type == "cuda":
+                torch.cuda.empty_cache()
+        best, batch = batch, batch * 2
+    return best
+
+
+def drop_to_output(weights_dir: Path, model_id: str, content: Path, style: Path, device: str,
+                   timeout: float = 600.0) -> dict:
+    """Start the real daemon on fresh folders, drop one photo once it is idle, time its output."""
+    root = Path(tempfile.mkdtemp(prefix="nstd-bench-"))
+    try:
+        for name in ("inbox", "outbox", "failed", "processed", "state"):
+            (root / name).mkdir()
+        shutil.copy(style, root / "style.jpg")
+        cfg = {"inbox": "inbox", "outbox": "outbox", "failed": "failed", "processed": "processed",
+               "state_dir": "state", "models_dir": str(weights_dir),
+               "styles": {"bench": {"image": "style.jpg"}},
+               "transfer": {"model": model_id}, "worker": {"device": device},
+               "log": {"format": "json"}}
+        (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+        log = (root / "daemon.log").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "nstd", "run", "--config", str(root / "config.yaml")],
+                                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            _wait(lambda: '"started"' in (root / "daemon.log").read_text(), timeout, proc)
+            time.sleep(3)  # idle: the start-up sweep and first rescan are behind it
+            tmp = root / "photo.jpg.part"
+            shutil.copy(content, tmp)
+            dropped = time.time()
+            os.replace(tmp, root / "inbox" / "photo.jpg")
+            outputs = root / "outbox" / "bench"
+            _wait(lambda: any(p.suffix == ".jpg" for p in outputs.glob("*")) if outputs.exists() else False,
+                  timeout, proc)
+            done = time.time()
+            # The loss log is written just after the image.
+            _wait(lambda: any(outputs.glob("*.json")), 30, proc)
+            entry = json.loads(next(outputs.glob("*.json")).read_text())
+            return {"seconds": done - dropped, "transfer_seconds": entry["timings"]["seconds"]}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait(cond, timeout: float, proc: subprocess.Popen) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with status {proc.returncode}")
+        time.sleep(0.02)
+    raise TimeoutError("timed out waiting for the daemon")

@@ -1,0 +1,27 @@
+import json
+
+from nstd.cli import main
+
+from test_cli import models, write_photo  # noqa: F401 - fixture and helper
+
+
+def test_bench_compares_with_the_baseline_and_writes_json_and_markdown(tmp_path, models, capsys):  # noqa: F811
+    write_photo(tmp_path / "c.png", 40, 48, 1)
+    write_photo(tmp_path / "s.png", 40, 40, 2)
+    out = tmp_path / "res"
+    assert main(["bench", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "s.png"),
+                 "--model", "random", "--models-dir", str(models), "--device", "cpu", "--size", "32",
+                 "--iterations", "3", "--batches", "1,2", "--sizes", "32", "--no-latency",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    std = data["standard"]
+    assert set(std) == {"baseline", "nstd_fp32", "nstd_fast"}
+    for row in std.values():
+        assert row["iterations"] == 3 and row["seconds"] > 0
+        assert row["final_losses"]["content"] >= 0 and row["final_losses"]["style"] > 0
+    assert [b["batch"] for b in data["batches"]] == [1, 2]
+    s = data["summary"]
+    assert s["speedup_batch1_fast"] == std["nstd_fast"]["images_per_hour"] / std["baseline"]["images_per_hour"]
+    md = (out / "bench.md").read_text()
+    assert "| baseline |" in md and "### Batch sweep" in md
+    assert "bench.md" in capsys.readouterr().err
