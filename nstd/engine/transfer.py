@@ -225,7 +225,7 @@ class _Stepper:
         if not self.use_graph or self.count <= self.WARMUP:
             if self.use_graph:
                 # Warm-up on a side stream, as capture requires.
-                side = torch.cuda.Stream()
+                side = self.side = getattr(self, "side", None) or torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     out = self.iteration()
