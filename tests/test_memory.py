@@ -1,4 +1,4 @@
-from nstd.engine.memory import auto_batch, bytes_per_image, flops_per_iteration
+from nstd.engine.memory import MeasuredMemory, auto_batch, bytes_per_image, flops_per_iteration
 from nstd.engine.transfer import BatchSettings
 
 LAYERS = BatchSettings().layers
@@ -40,3 +40,20 @@ def test_the_estimate_stays_above_peaks_measured_on_an_h100():
     measured_mib = {(384, 512): 808, (576, 768): 1816, (768, 1024): 3223}
     for (h, w), mib in measured_mib.items():
         assert bytes_per_image(h, w, LAYERS, "lbfgs", 100) > 1.2 * mib * 2**20
+
+
+def test_a_measured_peak_sizes_later_batches_of_any_size():
+    measured = MeasuredMemory()
+    key = ("lbfgs", "bf16")
+    # 4 images of 100x100 peaked at 400 MB: 10 kB a pixel, 115 kB with the margin.
+    measured.record(key, 400_000_000, 4, 100, 100)
+    per = measured.bytes_per_image(key, 200, 200)
+    assert per == int(10_000 * 200 * 200 * MeasuredMemory.MARGIN)
+    free = 10 * per
+    n = auto_batch(free, 200, 200, LAYERS, "lbfgs", 100, budget=0.8, measured=measured, key=key)
+    assert n == 8 and n * per <= 0.8 * free
+    # A smaller peak later does not lower the figure; another kind falls back to the estimate.
+    measured.record(key, 100_000_000, 4, 100, 100)
+    assert measured.bytes_per_image(key, 200, 200) == per
+    assert auto_batch(free, 200, 200, LAYERS, "lbfgs", 100, measured=measured, key=("adam",)) == \
+        auto_batch(free, 200, 200, LAYERS, "lbfgs", 100)

@@ -20,7 +20,7 @@ from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
 from nstd.engine.device import describe
 from nstd.engine.fastpath import FastPath
-from nstd.engine.memory import auto_batch, bytes_per_image
+from nstd.engine.memory import MeasuredMemory, auto_batch, bytes_per_image
 from nstd.engine.transfer import GramCache, StyleImage, run_batch
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
@@ -51,6 +51,7 @@ class Worker(threading.Thread):
         self.deadline: float | None = None  # set by a stop: finish the batch by then
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
         self.cache = GramCache()
+        self.measured = MeasuredMemory()
         self.current: list[Job] = []
         self.error: BaseException | None = None
 
@@ -77,7 +78,11 @@ class Worker(threading.Thread):
             return self.cfg.worker.max_batch
         p = from_dict(job.params)
         return auto_batch(self.free_memory(), job.height, job.width, p.settings().layers, p.optimizer,
-                          p.lbfgs_history, self.cfg.worker.memory_budget, cap=16 if self.device.type == "cpu" else 64)
+                          p.lbfgs_history, self.cfg.worker.memory_budget, cap=16 if self.device.type == "cpu" else 64,
+                          measured=self.measured, key=self._memory_key(p, False))
+
+    def _memory_key(self, p, checkpoint: bool) -> tuple:
+        return (p.settings().layers, p.optimizer, p.lbfgs_history, self.cfg.worker.precision, checkpoint)
 
     def fast_path(self, job: Job, batch: int) -> FastPath:
         w = self.cfg.worker
@@ -139,9 +144,14 @@ class Worker(threading.Thread):
             style = book.get(job.style)
             transfer_jobs.append(p.job(content, (StyleImage(style.pixels, style.sha256, 1.0, p.style_scale),)))
         started = time.time()
+        fast = self.fast_path(jobs[0], len(jobs))
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
         try:
             results = run_batch(model, transfer_jobs, params[0].settings(), self.cache,
-                                self._progress(jobs, params[0].iterations), self.fast_path(jobs[0], len(jobs)))
+                                self._progress(jobs, params[0].iterations), fast)
         except StopBatch:
             raise
         except Exception as e:  # noqa: BLE001 - sorted into OOM, transient and deterministic below
@@ -160,6 +170,10 @@ class Worker(threading.Thread):
             log.error("batch_failed", jobs=[j.id for j in jobs], error=f"{type(e).__name__}: {e}")
             return
         finished = time.time()
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+            self.measured.record(self._memory_key(params[0], fast.checkpoint), peak, len(jobs),
+                                 jobs[0].height, jobs[0].width)
         device = describe(self.device)
         for i, (job, p, result) in enumerate(zip(jobs, params, results)):
             style = book.get(job.style)

@@ -45,9 +45,37 @@ def bytes_per_image(h: int, w: int, layers: frozenset[str], optimizer: str, lbfg
 
 
 def auto_batch(free_bytes: int, h: int, w: int, layers: frozenset[str], optimizer: str,
-               lbfgs_history: int, budget: float = 0.8, cap: int = 64) -> int:
-    per = bytes_per_image(h, w, layers, optimizer, lbfgs_history)
+               lbfgs_history: int, budget: float = 0.8, cap: int = 64,
+               measured: MeasuredMemory | None = None, key: tuple = ()) -> int:
+    """Images of this size that fit in `budget` of the free memory: by the peak measured on
+    earlier batches of the same kind when there is one, else by the layer-shape estimate."""
+    per = measured.bytes_per_image(key, h, w) if measured is not None else None
+    if per is None:
+        per = bytes_per_image(h, w, layers, optimizer, lbfgs_history)
     return max(1, min(cap, int(free_bytes * budget // per)))
+
+
+class MeasuredMemory:
+    """Peak device memory per pixel, learned from finished batches, per kind of batch.
+
+    Memory grows linearly with pixels (4.3 KB per pixel from 256 to 1024 px on an H100,
+    benchmarks/RESULTS.md), so one batch of a kind sizes the next at any size. The
+    largest figure seen is kept, with a margin for allocator and workspace variation.
+    """
+
+    MARGIN = 1.15
+
+    def __init__(self):
+        self._per_pixel: dict[tuple, float] = {}
+
+    def record(self, key: tuple, peak_bytes: int, batch: int, h: int, w: int) -> None:
+        per_pixel = peak_bytes / (batch * h * w)
+        self._per_pixel[key] = max(self._per_pixel.get(key, 0.0), per_pixel)
+
+    def bytes_per_image(self, key: tuple, h: int, w: int) -> int | None:
+        if key not in self._per_pixel:
+            return None
+        return int(self._per_pixel[key] * h * w * self.MARGIN)
 
 
 def flops_per_iteration(h: int, w: int, layers: frozenset[str]) -> int:
