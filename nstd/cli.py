@@ -183,6 +183,8 @@ def _add_stylize(sub) -> None:
     p.add_argument("--style-scale", type=float, default=d.style_scale)
     p.add_argument("--init", choices=("content", "noise", "style"), default=d.init)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--preserve-color", choices=("none", "luminance", "histogram"), default=d.preserve_color,
+                   help="keep the photo's colours: transfer luminance only, or match the style's colours first")
     p.add_argument("--pooling", choices=("max", "avg"), default=d.pooling)
     p.add_argument("--model", default=d.model, help="weights id (see: nstd weights list)")
     p.add_argument("--snapshot-every", type=int, default=0, help="also save every K iterations")
@@ -205,6 +207,7 @@ def cmd_stylize(args) -> int:
         size=args.size, iterations=args.iterations, optimizer=args.optimizer, lr=args.lr,
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         style_scale=args.style_scale, init=args.init, seed=args.seed, pooling=args.pooling,
+        preserve_color=args.preserve_color,
         model=args.model, snapshot_every=args.snapshot_every), where="--")
     if args.max_batch < 1:
         raise NstdError("--max-batch must be at least 1")

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from nstd.engine.transfer import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings,
                                   StyleImage, TransferJob)
+from nstd.engine.color import MODES as COLOR_MODES
 from nstd.engine.vgg import LAYER_INDEX
 from nstd.errors import ConfigError
 
@@ -27,6 +28,7 @@ class TransferParams:
     tv_weight: float = 5.0
     init: str = "content"
     seed: int = 0
+    preserve_color: str = "none"
     style_scale: float = 1.0
     pooling: str = "max"
     model: str = "caffe"
@@ -48,7 +50,7 @@ class TransferParams:
     def job(self, content, styles: tuple[StyleImage, ...]) -> TransferJob:
         return TransferJob(content=content, styles=styles, content_weight=self.content_weight,
                            style_weight=self.style_weight, tv_weight=self.tv_weight,
-                           init=self.init, seed=self.seed)
+                           init=self.init, seed=self.seed, preserve_color=self.preserve_color)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -84,6 +86,8 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
             raise bad(key, f"must not be negative, got {getattr(p, key)}")
     if p.init not in INITS:
         raise bad("init", f"must be one of {', '.join(INITS)}, got {p.init!r}")
+    if p.preserve_color not in COLOR_MODES:
+        raise bad("preserve_color", f"must be one of {', '.join(COLOR_MODES)}, got {p.preserve_color!r}")
     if not 0.05 <= p.style_scale <= 4:
         raise bad("style_scale", f"must be between 0.05 and 4, got {p.style_scale}")
     if p.pooling not in POOLINGS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import logging
@@ -11,6 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from nstd.engine import color
 from nstd.engine.fastpath import FastPath, Resolved, autocast, resolve, running
 from nstd.engine.losses import content_loss, gram, style_loss, tv_loss
 from nstd.engine.optim import make_optimizer
@@ -61,6 +62,7 @@ class TransferJob:
     tv_weight: float = 5.0
     init: str = "content"
     seed: int = 0
+    preserve_color: str = "none"  # none | luminance | histogram
 
 
 @dataclass
@@ -121,7 +123,27 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
     _check(model, jobs, settings)
     r = resolve(fast, model.mean.device)
     with running(r):
-        return _run(model, jobs, settings, cache if cache is not None else GramCache(), progress, r)
+        results = _run(model, [_colour_in(j) for j in jobs], settings,
+                       cache if cache is not None else GramCache(), progress, r)
+    for job, result in zip(jobs, results):
+        if job.preserve_color == "luminance":
+            result.image = color.recombine(result.image, job.content.cpu().float())
+            result.snapshots = [(k, color.recombine(s, job.content.cpu().float())) for k, s in result.snapshots]
+    return results
+
+
+def _colour_in(job: TransferJob) -> TransferJob:
+    """The job as the optimiser sees it under colour preservation. Its style targets then
+    depend on the photo, so they bypass the Gram cache (key None)."""
+    if job.preserve_color == "luminance":
+        styles = tuple(StyleImage(color.gray(color.match_luminance(s.image, job.content)), None, s.weight, s.scale)
+                       for s in job.styles)
+        return replace(job, content=color.gray(color.luminance(job.content)), styles=styles)
+    if job.preserve_color == "histogram":
+        styles = tuple(StyleImage(color.match_histogram(s.image, job.content), None, s.weight, s.scale)
+                       for s in job.styles)
+        return replace(job, styles=styles)
+    return job
 
 
 def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
@@ -296,6 +318,8 @@ def _check(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings)
             raise ValueError("every job needs at least one style")
         if j.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
+        if j.preserve_color not in color.MODES:
+            raise ValueError(f"preserve_color must be one of {', '.join(color.MODES)}, not {j.preserve_color!r}")
     if settings.iterations < 0 or settings.log_every < 1:
         raise ValueError("iterations must be >= 0 and log_every >= 1")
 

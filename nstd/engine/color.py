@@ -1,0 +1,68 @@
+"""Colour preservation, after Gatys et al., "Preserving Color in Neural Artistic Style
+Transfer" (2016): transfer on luminance alone, or match the style's colours to the photo.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MODES = ("none", "luminance", "histogram")
+
+# NTSC YIQ: Y is luminance, I and Q carry the colour.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],
+                            [0.595716, -0.274453, -0.321263],
+                            [0.211456, -0.522591, 0.311135]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def rgb_to_yiq(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB to (3, H, W) YIQ."""
+    return torch.einsum("ij,jhw->ihw", _RGB_TO_YIQ.to(image), image)
+
+
+def yiq_to_rgb(image: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,jhw->ihw", _YIQ_TO_RGB.to(image), image)
+
+
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """(1, H, W) luminance of an RGB image."""
+    return rgb_to_yiq(image)[:1]
+
+
+def gray(y: torch.Tensor) -> torch.Tensor:
+    """A one-channel luminance as an RGB image that VGG can read."""
+    return y.expand(3, *y.shape[-2:]).clamp(0, 1)
+
+
+def match_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The style's luminance, shifted and scaled to the photo's mean and deviation."""
+    ys, yc = luminance(style), luminance(content)
+    scale = yc.std() / ys.std().clamp_min(1e-6)
+    return (ys - ys.mean()) * scale + yc.mean()
+
+
+def recombine(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The stylized image's luminance with the photo's colour (I and Q)."""
+    yiq = rgb_to_yiq(content)
+    yiq[0] = luminance(stylized)[0]
+    return yiq_to_rgb(yiq).clamp(0, 1)
+
+
+def match_histogram(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The style with its colour distribution moved onto the photo's.
+
+    A linear map x -> A x + b that gives the style pixels the photo's mean and colour
+    covariance, with A = C_c^1/2 C_s^-1/2 (the paper's image-analogies variant).
+    """
+    s, c = style.reshape(3, -1).double(), content.reshape(3, -1).double()
+    mu_s, mu_c = s.mean(1, keepdim=True), c.mean(1, keepdim=True)
+    cov_s = torch.cov(s) + 1e-5 * torch.eye(3, dtype=s.dtype)
+    cov_c = torch.cov(c) + 1e-5 * torch.eye(3, dtype=s.dtype)
+    a = _sqrtm(cov_c) @ torch.linalg.inv(_sqrtm(cov_s))
+    out = a @ (s - mu_s) + mu_c
+    return out.reshape(style.shape).to(style.dtype).clamp(0, 1)
+
+
+def _sqrtm(m: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(m)
+    return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
