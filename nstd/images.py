@@ -113,6 +113,30 @@ def output_format(name: str) -> str:
     return fmt
 
 
+ORIENTATION, IMAGE_DESCRIPTION, SOFTWARE = 0x0112, 0x010E, 0x0131
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+
+
+def output_exif(source: bytes | None, software: str, description: str) -> bytes:
+    """The photo's EXIF for a stylized copy: capture date, camera, copyright and the rest
+    kept; orientation dropped (the pixels are already upright) and the thumbnail (IFD1,
+    which would show the unstyled photo) not carried; Software and ImageDescription set."""
+    exif = Image.Exif()
+    if source:
+        try:
+            exif.load(source)
+            # Sub-IFDs load lazily; reading them makes tobytes() write them back.
+            for tag in (_EXIF_IFD, _GPS_IFD):
+                if tag in exif:
+                    exif.get_ifd(tag)
+        except Exception:  # noqa: BLE001 - damaged EXIF is common; the output just gets fresh tags
+            exif = Image.Exif()
+    exif.pop(ORIENTATION, None)
+    exif[SOFTWARE] = software
+    exif[IMAGE_DESCRIPTION] = description
+    return exif.tobytes()
+
+
 def encode(pixels: torch.Tensor, fmt: str = "JPEG", quality: int = 92, exif: bytes | None = None) -> bytes:
     """Encode an RGB float image, tagged with the sRGB profile."""
     im = to_pil(pixels)
@@ -122,7 +146,7 @@ def encode(pixels: torch.Tensor, fmt: str = "JPEG", quality: int = 92, exif: byt
         kwargs["exif"] = exif
     if fmt == "JPEG":
         kwargs.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True)
-    elif fmt == "TIFF":
-        kwargs.update(compression="tiff_deflate")
+    # TIFF stays uncompressed: Pillow compresses TIFF through libtiff, which cannot write
+    # the EXIF sub-IFD that holds the capture date.
     im.save(buf, fmt, **kwargs)
     return buf.getvalue()

@@ -41,3 +41,13 @@ def versions() -> dict:
 def iso_time(t: float) -> str:
     """UTC with milliseconds, as every timestamp in a loss log."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def software() -> str:
+    """The EXIF Software field of an output."""
+    return f"nstd {nstd.__version__}"
+
+
+def description(styles: list[str]) -> str:
+    """The EXIF ImageDescription field of an output."""
+    return f"Stylized after {' + '.join(styles)} by nstd {nstd.__version__} (neural style transfer)"

@@ -40,6 +40,7 @@ class Photo:
     path: Path
     sha256: str
     pixels: torch.Tensor  # already at the working size
+    exif: bytes | None = None
 
 
 @dataclass
@@ -82,7 +83,7 @@ def run(req: Request, on_error: Callable[[str], None],
             on_error(str(e))
             failures += len(styles)
             continue
-        groups[tuple(pixels.shape)].append(Photo(p, digest, pixels))
+        groups[tuple(pixels.shape)].append(Photo(p, digest, pixels, dec.exif))
 
     cache = GramCache()
     batches = []
@@ -116,9 +117,10 @@ def _write(req: Request, photo: Photo, style: Style, result: TransferResult, inf
     stem = output_stem(req, photo, style)
     ext = images.EXTENSIONS[req.fmt]
     out = req.outdir / f"{stem}.{ext}"
-    atomic_write(out, images.encode(result.image, req.fmt, req.quality))
+    exif = images.output_exif(photo.exif, report.software(), report.description([style.path.stem]))
+    atomic_write(out, images.encode(result.image, req.fmt, req.quality, exif))
     for it, snap in result.snapshots:
-        atomic_write(req.outdir / f"{stem}.iter{it:05d}.{ext}", images.encode(snap, req.fmt, req.quality))
+        atomic_write(req.outdir / f"{stem}.iter{it:05d}.{ext}", images.encode(snap, req.fmt, req.quality, exif))
     h, w = result.image.shape[-2:]
     log = report.loss_log(
         input_path=str(photo.path), input_sha256=photo.sha256,

@@ -51,6 +51,7 @@ def test_stylize_writes_images_and_loss_logs(tmp_path, models, capsys):
     assert {"started", "finished", "seconds"} <= set(log["timings"])
     with Image.open(out / "a.style.png") as im:
         assert im.size == (32, 21)
+        assert im.getexif()[0x0131].startswith("nstd ")  # Software
 
 
 def test_a_bad_photo_is_one_line_and_the_rest_still_come_out(tmp_path, models, capsys):

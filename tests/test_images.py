@@ -165,3 +165,38 @@ def test_a_header_claiming_giant_dimensions_is_refused_by_nstds_own_limit():
     with pytest.raises(ImageError, match=r"bomb.png: 40000x40000 is 1,600,000,000 pixels, over the limit "
                                          r"of 50,000,000 \(max_pixels\)"):
         images.decode(png_bomb(40000, 40000), "bomb.png")
+
+
+def _photo_with_exif(h=40, w=60):
+    im = Image.fromarray((np.random.default_rng(0).random((h, w, 3)) * 255).astype("uint8"))
+    ex = Image.Exif()
+    ex[images.ORIENTATION] = 6  # rotate 90° on display
+    ex[0x010F], ex[0x0110], ex[0x8298] = "Canon", "EOS R5", "(c) Ann Example"
+    ex.get_ifd(0x8769)[0x9003] = "2024:05:01 10:11:12"  # DateTimeOriginal
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=ex.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_exif_round_trip_keeps_capture_data_and_drops_orientation(fmt):
+    decoded = images.decode(_photo_with_exif())
+    assert decoded.pixels.shape == (3, 60, 40)  # already turned upright
+    exif = images.output_exif(decoded.exif, "nstd 9.9", "Stylized after starry by nstd 9.9")
+    back = Image.open(io.BytesIO(images.encode(decoded.pixels, fmt, 90, exif)))
+    tags = back.getexif()
+    assert images.ORIENTATION not in tags
+    assert (tags[0x010F], tags[0x0110], tags[0x8298]) == ("Canon", "EOS R5", "(c) Ann Example")
+    assert tags.get_ifd(0x8769)[0x9003] == "2024:05:01 10:11:12"
+    assert tags[images.SOFTWARE] == "nstd 9.9"
+    assert tags[images.IMAGE_DESCRIPTION] == "Stylized after starry by nstd 9.9"
+    assert back.info.get("icc_profile") == images.SRGB_ICC
+    # Decoding the output again must not rotate it a second time.
+    assert images.decode(images.encode(decoded.pixels, fmt, 90, exif)).pixels.shape == (3, 60, 40)
+
+
+def test_damaged_or_missing_exif_still_gets_the_nstd_fields():
+    for source in (None, b"Exif\x00\x00garbage"):
+        tags = Image.Exif()
+        tags.load(images.output_exif(source, "nstd", "desc"))
+        assert tags[images.SOFTWARE] == "nstd" and images.ORIENTATION not in tags

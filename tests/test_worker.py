@@ -160,3 +160,22 @@ def test_recovery_sweeps_litter_but_keeps_queued_spools(service):
     service.recover()
     assert not orphan.exists() and not half_move.exists()
     assert keep.exists() and os.path.exists(queued.spool)
+
+
+def test_outputs_carry_the_photos_exif_and_say_what_made_them(service):
+    from PIL import Image
+
+    im = Image.new("RGB", (40, 30), (120, 90, 60))
+    ex = Image.Exif()
+    ex[0x0112], ex[0x010F], ex[0x8298] = 6, "Nikon", "(c) Studio"
+    ex.get_ifd(0x8769)[0x9003] = "2023:01:02 03:04:05"
+    im.save(service.cfg.inbox / "e.jpg", "JPEG", exif=ex.tobytes())
+    st = (service.cfg.inbox / "e.jpg").stat()
+    assert service.intake.accept("e.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind == "queued"
+    run_once(service)
+    with Image.open(service.cfg.outbox / "ink" / "e.jpg") as out:
+        tags = out.getexif()
+        assert out.size[0] < out.size[1]  # turned upright once, not twice
+    assert 0x0112 not in tags and tags[0x010F] == "Nikon" and tags[0x8298] == "(c) Studio"
+    assert tags.get_ifd(0x8769)[0x9003] == "2023:01:02 03:04:05"
+    assert tags[0x0131].startswith("nstd ") and "ink" in tags[0x010E]

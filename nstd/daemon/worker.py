@@ -52,6 +52,7 @@ class Worker(threading.Thread):
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
         self.cache = GramCache()
         self.measured = MeasuredMemory()
+        self._exif: dict[int, bytes | None] = {}
         self.current: list[Job] = []
         self.error: BaseException | None = None
 
@@ -189,7 +190,9 @@ class Worker(threading.Thread):
                          "finished": report.iso_time(finished), "seconds": round(finished - started, 3)},
                 history=result.history)
             try:
-                path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots)
+                exif = images.output_exif(self._exif.pop(job.id, None), report.software(),
+                                          report.description([job.style]))
+                path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots, exif)
             except ValueError as e:  # a name that would leave the outbox
                 journal.fail(job.id, f"refused output path: {e}")
                 continue
@@ -227,7 +230,9 @@ class Worker(threading.Thread):
 
     def _content(self, job: Job) -> torch.Tensor:
         data = Path(job.spool).read_bytes()
-        pixels = images.decode(data, job.relpath, self.cfg.max_pixels).pixels
+        decoded = images.decode(data, job.relpath, self.cfg.max_pixels)
+        pixels = decoded.pixels
+        self._exif[job.id] = decoded.exif  # for the output; popped when it is written
         # Exactly the size intake recorded, so every job of a batch matches.
         return F.interpolate(pixels[None], size=(job.height, job.width), mode="bicubic",
                              antialias=True, align_corners=False)[0].clamp(0, 1)
