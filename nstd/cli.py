@@ -173,7 +173,13 @@ def _add_stylize(sub) -> None:
     p.add_argument("--style", "-s", action="append", required=True, type=Path,
                    help="style image (repeat for several)")
     p.add_argument("-o", "--outdir", type=Path, required=True)
-    p.add_argument("--size", type=int, default=d.size, help=f"long side in px (default {d.size})")
+    p.add_argument("--size", type=_size, default=d.size,
+                   help=f"long side in px, or 'original' (default {d.size})")
+    p.add_argument("--multiscale-start", type=int, default=d.multiscale_start,
+                   help="above this size, optimise here first and grow by --multiscale-factor")
+    p.add_argument("--multiscale-factor", type=float, default=d.multiscale_factor)
+    p.add_argument("--multiscale-iterations", type=_int_list(1), default=d.multiscale_iterations,
+                   help="iterations at each later scale, comma-separated; the last repeats")
     p.add_argument("--iterations", type=int, default=d.iterations)
     p.add_argument("--optimizer", choices=("lbfgs", "adam"), default=d.optimizer)
     p.add_argument("--lr", type=float, default=None, help="step size (default 1 for lbfgs, 0.02 for adam)")
@@ -205,6 +211,8 @@ def cmd_stylize(args) -> int:
     setup()
     params = validate(TransferParams(
         size=args.size, iterations=args.iterations, optimizer=args.optimizer, lr=args.lr,
+        multiscale_start=args.multiscale_start, multiscale_factor=args.multiscale_factor,
+        multiscale_iterations=args.multiscale_iterations,
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         style_scale=args.style_scale, init=args.init, seed=args.seed, pooling=args.pooling,
         preserve_color=args.preserve_color,
@@ -255,6 +263,15 @@ def _int_list(least: int):
             raise argparse.ArgumentTypeError(f"every value must be at least {least}")
         return values
     return parse
+
+
+def _size(text: str) -> int | str:
+    if text == "original":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'original', not {text!r}") from None
 
 
 def _add_bench(sub) -> None:

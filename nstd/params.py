@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from nstd.engine.transfer import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings,
                                   StyleImage, TransferJob)
 from nstd.engine.color import MODES as COLOR_MODES
+from nstd.engine.multiscale import Scale, schedule
 from nstd.engine.vgg import LAYER_INDEX
 from nstd.errors import ConfigError
 
@@ -18,8 +19,11 @@ POOLINGS = ("max", "avg")
 
 @dataclass(frozen=True)
 class TransferParams:
-    size: int = 512
-    iterations: int = 500
+    size: int | str = 512  # long side in px, or "original"
+    iterations: int = 500  # at the first (or only) scale
+    multiscale_start: int = 512  # above this size, start here and grow by the factor
+    multiscale_factor: float = 2.0
+    multiscale_iterations: tuple[int, ...] = (200, 100)  # at each later scale; the last repeats
     optimizer: str = "lbfgs"
     lr: float | None = None
     lbfgs_history: int = 100
@@ -43,6 +47,17 @@ class TransferParams:
                              style_layers=self.style_layers, pooling=self.pooling,
                              log_every=self.log_every, snapshot_every=self.snapshot_every)
 
+    def long_side(self, h: int, w: int) -> int:
+        """The output's long side for a photo of h x w."""
+        return max(h, w) if self.size == "original" else int(self.size)
+
+    def scales(self, long_side: int) -> list[Scale]:
+        return schedule(long_side, self.multiscale_start, self.multiscale_factor, self.iterations,
+                        self.multiscale_iterations, self.lbfgs_history)
+
+    def total_iterations(self, long_side: int) -> int:
+        return sum(s.iterations for s in self.scales(long_side))
+
     def batch_key(self) -> tuple:
         """Jobs may share a batch when these agree (and their images are the same size)."""
         return (self.size, self.model, self.settings())
@@ -56,6 +71,7 @@ class TransferParams:
         d = asdict(self)
         d["content_layers"] = list(self.content_layers)
         d["style_layers"] = {name: w for name, w in self.style_layers}
+        d["multiscale_iterations"] = list(self.multiscale_iterations)
         return d
 
     def digest(self) -> str:
@@ -71,8 +87,14 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
         name = "--" + key.replace("_", "-") if where == "--" else f"{where}.{key}"
         return ConfigError(f"{name}: {why}")
 
-    if p.size < 16:
-        raise bad("size", f"must be at least 16 px, got {p.size}")
+    if p.size != "original" and (not isinstance(p.size, int) or p.size < 16):
+        raise bad("size", f"must be at least 16 px or 'original', got {p.size!r}")
+    if p.multiscale_start < 16:
+        raise bad("multiscale_start", f"must be at least 16 px, got {p.multiscale_start}")
+    if not 1.1 <= p.multiscale_factor <= 4:
+        raise bad("multiscale_factor", f"must be between 1.1 and 4, got {p.multiscale_factor}")
+    if not p.multiscale_iterations or min(p.multiscale_iterations) < 1:
+        raise bad("multiscale_iterations", "needs one or more iteration counts, each at least 1")
     if p.iterations < 1:
         raise bad("iterations", f"must be at least 1, got {p.iterations}")
     if p.optimizer not in OPTIMIZERS:
@@ -124,6 +146,13 @@ def _coerce(key: str, value, where: str):
     try:
         if key == "lr":
             return None if value is None else float(value)
+        if key == "size" and value == "original":
+            return value
+        if key == "multiscale_iterations":
+            items = [value] if isinstance(value, int) else list(value)
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+                raise TypeError
+            return tuple(items)
         if key == "content_layers":
             items = [value] if isinstance(value, str) else list(value)
             return tuple(str(v) for v in items)
@@ -142,7 +171,8 @@ def _coerce(key: str, value, where: str):
             return float(value)  # YAML reads 1e4 as a string; float() takes it
         return str(value)
     except (TypeError, ValueError):
-        kind = type(current).__name__ if key != "style_layers" else "a list or a mapping of layer: weight"
+        kind = {"style_layers": "a list or a mapping of layer: weight", "size": "int or 'original'",
+                "multiscale_iterations": "a list of ints"}.get(key, type(current).__name__)
         raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
 
 
@@ -152,4 +182,6 @@ def from_dict(d: dict) -> TransferParams:
     values["content_layers"] = tuple(values.get("content_layers", DEFAULT_CONTENT_LAYERS))
     layers = values.get("style_layers", dict(DEFAULT_STYLE_LAYERS))
     values["style_layers"] = tuple((k, float(v)) for k, v in layers.items())
+    if "multiscale_iterations" in values:
+        values["multiscale_iterations"] = tuple(values["multiscale_iterations"])
     return TransferParams(**values)

@@ -14,7 +14,8 @@ import torch
 
 from nstd import images, report, weights
 from nstd.engine.device import describe, resolve_device
-from nstd.engine.transfer import GramCache, StyleImage, TransferResult, resize_long_side, run_batch
+from nstd.engine.multiscale import run_scales
+from nstd.engine.transfer import GramCache, StyleImage, TransferResult, long_side_size, resize_long_side
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.fsutil import atomic_write, atomic_write_json
@@ -75,10 +76,12 @@ def run(req: Request, on_error: Callable[[str], None],
     for p in req.contents:
         try:
             digest, dec = read(p, req.max_pixels)
-            pixels = resize_long_side(dec.pixels, req.params.size)
-            if min(pixels.shape[-2:]) < 16 or min(dec.pixels.shape[-2:]) < 16:
-                raise ImageError(f"{p}: {dec.pixels.shape[2]}x{dec.pixels.shape[1]} is too small "
-                                 f"or narrow to stylize at size {req.params.size}")
+            h, w = dec.pixels.shape[-2:]
+            long_side = req.params.long_side(h, w)
+            pixels = resize_long_side(dec.pixels, long_side)
+            first = long_side_size(h, w, req.params.scales(long_side)[0].long_side)
+            if min(*pixels.shape[-2:], *first) < 16 or min(h, w) < 16:
+                raise ImageError(f"{p}: {w}x{h} is too small or narrow to stylize at size {req.params.size}")
         except ImageError as e:
             on_error(str(e))
             failures += len(styles)
@@ -93,10 +96,11 @@ def run(req: Request, on_error: Callable[[str], None],
     for n, batch in enumerate(batches, 1):
         shape = batch[0][0].pixels.shape
         label = f"batch {n}/{len(batches)}: {len(batch)} × {shape[2]}x{shape[1]}"
-        progress = make_progress(label, req.params.iterations) if make_progress else None
+        long_side = max(shape[1:])
+        progress = make_progress(label, req.params.total_iterations(long_side)) if make_progress else None
         started = time.time()
         jobs = [req.params.job(photo.pixels, (style.image,)) for photo, style in batch]
-        results = run_batch(model, jobs, req.params.settings(), cache, progress)
+        results = run_scales(model, jobs, req.params.scales(long_side), req.params.settings(), cache, progress)
         finished = time.time()
         batch_id = uuid.uuid4().hex[:12]
         for i, ((photo, style), result) in enumerate(zip(batch, results)):

@@ -47,7 +47,8 @@ def test_stylize_writes_images_and_loss_logs(tmp_path, models, capsys):
     assert log["batch"]["size"] == 2
     assert json.loads((out / "c.style.json").read_text())["batch"]["size"] == 1
     assert log["history"][-1]["iteration"] == 4
-    assert set(log["history"][0]) == {"iteration", "total", "content", "style", "style_by_layer", "tv"}
+    assert set(log["history"][0]) == {"iteration", "scale", "total", "content", "style", "style_by_layer", "tv"}
+    assert log["history"][0]["scale"] == 32
     assert {"started", "finished", "seconds"} <= set(log["timings"])
     with Image.open(out / "a.style.png") as im:
         assert im.size == (32, 21)
@@ -84,3 +85,26 @@ def test_bad_parameter_names_the_flag(tmp_path, models, capsys):
                "--models-dir", str(models)])
     assert rc == 1
     assert "nstd: error: --size: must be at least 16 px" in capsys.readouterr().err
+
+
+def test_stylize_multiscale_ends_at_the_requested_size(tmp_path, models):
+    a = write_photo(tmp_path / "a.png", 48, 64, 1)
+    style = write_photo(tmp_path / "style.png", 50, 50, 4)
+    out = tmp_path / "out"
+    assert main(["stylize", str(a), "--style", str(style), "-o", str(out), "--size", "64",
+                 "--multiscale-start", "32", "--iterations", "3", "--multiscale-iterations", "2",
+                 "--model", "random", "--models-dir", str(models), "--format", "png"]) == 0
+    log = json.loads((out / "a.style.json").read_text())
+    assert [(h["iteration"], h["scale"]) for h in log["history"]] == [(0, 32), (3, 32), (5, 64)]
+    with Image.open(out / "a.style.png") as im:
+        assert im.size == (64, 48)
+
+
+def test_size_original_keeps_the_photos_size(tmp_path, models):
+    a = write_photo(tmp_path / "a.png", 30, 44, 1)
+    style = write_photo(tmp_path / "style.png", 50, 50, 4)
+    out = tmp_path / "out"
+    assert main(["stylize", str(a), "--style", str(style), "-o", str(out), "--size", "original",
+                 "--iterations", "2", "--model", "random", "--models-dir", str(models), "--format", "png"]) == 0
+    with Image.open(out / "a.style.png") as im:
+        assert im.size == (44, 30)

@@ -21,8 +21,16 @@ def test_example_config_loads_and_documents_every_key():
     text = open("config.example.yaml").read()
     for key in ("content_weight", "tv_weight", "lbfgs_history", "settle_seconds", "rescan_interval",
                 "max_batch", "batch_window", "stop_timeout", "on_success", "max_pixels", "snapshot_every",
-                "precision", "cuda_graphs", "checkpoint"):
+                "precision", "cuda_graphs", "checkpoint", "multiscale_start", "multiscale_factor",
+                "multiscale_iterations", "preserve_color"):
         assert f"{key}:" in text
+
+
+def test_size_original_and_multiscale_parse(tmp_path):
+    cfg = config.load(write(tmp_path, BASE + "transfer: {size: original, multiscale_iterations: [300, 50]}\n"))
+    p = cfg.transfer
+    assert p.size == "original" and p.long_side(3000, 2000) == 3000
+    assert [(s.long_side, s.iterations) for s in p.scales(3000)] == [(512, 500), (1024, 300), (2048, 50), (3000, 50)]
 
 
 def test_fast_path_keys_default_to_auto_and_parse(tmp_path):
@@ -47,6 +55,9 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ("watch: {settle_seconds: -1}\n", "watch.settle_seconds: must be at least 0"),
     ("worker: {max_batch: 0}\n", "worker.max_batch: must be at least 1"),
     ("worker: {turbo: true}\n", "worker.turbo: unknown key"),
+    ("transfer: {size: huge}\n", "transfer.size: expected int or 'original'"),
+    ("transfer: {multiscale_iterations: [100, 0]}\n", "transfer.multiscale_iterations: needs one or more"),
+    ("transfer: {preserve_color: sepia}\n", "transfer.preserve_color: must be one of none, luminance, histogram"),
     ("worker: {precision: fp8}\n", "worker.precision: must be one of auto, fp32, tf32, bf16"),
     ("worker: {cuda_graphs: maybe}\n", "worker.cuda_graphs: must be auto, true or false"),
     ("output: {format: gif}\n", "output.format:"),

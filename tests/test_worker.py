@@ -85,7 +85,7 @@ def test_transient_errors_give_up_after_max_attempts(service, monkeypatch):
 
 def test_out_of_memory_halves_the_batch(service, monkeypatch):
     take(service, "a.jpg", "b.jpg", "c.jpg")
-    real = worker_mod.run_batch
+    real = worker_mod.run_scales
     sizes = []
 
     def tight(model, jobs, *args, **kw):
@@ -94,7 +94,7 @@ def test_out_of_memory_halves_the_batch(service, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, jobs, *args, **kw)
 
-    monkeypatch.setattr(worker_mod, "run_batch", tight)
+    monkeypatch.setattr(worker_mod, "run_scales", tight)
     run_once(service)
     assert sizes == [3, 1, 2, 1, 1]
     assert [s for _, s, _ in states(service)] == ["done"] * 3
@@ -106,7 +106,7 @@ def test_out_of_memory_alone_fails_the_job(service, monkeypatch):
     def never(*args, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(worker_mod, "run_batch", never)
+    monkeypatch.setattr(worker_mod, "run_scales", never)
     run_once(service)
     [job] = service.journal.get_jobs([1])
     assert job.state == "failed" and "out of memory even alone" in job.error
@@ -128,7 +128,7 @@ def test_restart_adopts_complete_outputs_without_recomputing(service, monkeypatc
     # As if the daemon died after writing the outputs but before recording them.
     service.journal.db.execute("UPDATE jobs SET state = 'running'")
     (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").write_bytes(b"partial")
-    monkeypatch.setattr(worker_mod, "run_batch", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(worker_mod, "run_scales", lambda *a, **k: pytest.fail("recomputed"))
     service.recover()
     assert states(service) == [("a.jpg", "done", 1)]
     assert not (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").exists()

@@ -99,8 +99,10 @@ class Intake:
         specs = []
         for name in where.styles:
             style = self.styles.get(name)
-            hh, ww = long_side_size(h, w, style.params.size)
-            if min(ww, hh) < MIN_SIDE:
+            long_side = style.params.long_side(h, w)
+            hh, ww = long_side_size(h, w, long_side)
+            first = long_side_size(h, w, style.params.scales(long_side)[0].long_side)
+            if min(ww, hh, *first) < MIN_SIDE:
                 return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too narrow to stylize at size "
                                                   f"{style.params.size} (short side under 16 px)")
             stored = self.styles.job_params(name, self.cfg.output)

@@ -21,7 +21,8 @@ from nstd.daemon.styles import StyleBook
 from nstd.engine.device import describe
 from nstd.engine.fastpath import FastPath
 from nstd.engine.memory import MeasuredMemory, auto_batch, bytes_per_image
-from nstd.engine.transfer import GramCache, StyleImage, run_batch
+from nstd.engine.multiscale import run_scales
+from nstd.engine.transfer import GramCache, StyleImage
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.log import get
@@ -151,8 +152,9 @@ class Worker(threading.Thread):
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
         try:
-            results = run_batch(model, transfer_jobs, params[0].settings(), self.cache,
-                                self._progress(jobs, params[0].iterations), fast)
+            long_side = max(jobs[0].height, jobs[0].width)
+            results = run_scales(model, transfer_jobs, params[0].scales(long_side), params[0].settings(),
+                                 self.cache, self._progress(jobs, params[0].total_iterations(long_side)), fast)
         except StopBatch:
             raise
         except Exception as e:  # noqa: BLE001 - sorted into OOM, transient and deterministic below

@@ -63,6 +63,7 @@ class TransferJob:
     init: str = "content"
     seed: int = 0
     preserve_color: str = "none"  # none | luminance | histogram
+    init_image: torch.Tensor | None = None  # (3, H, W): start here instead of `init`
 
 
 @dataclass
@@ -138,7 +139,8 @@ def _colour_in(job: TransferJob) -> TransferJob:
     if job.preserve_color == "luminance":
         styles = tuple(StyleImage(color.gray(color.match_luminance(s.image, job.content)), None, s.weight, s.scale)
                        for s in job.styles)
-        return replace(job, content=color.gray(color.luminance(job.content)), styles=styles)
+        init = None if job.init_image is None else color.gray(color.luminance(job.init_image))
+        return replace(job, content=color.gray(color.luminance(job.content)), styles=styles, init_image=init)
     if job.preserve_color == "histogram":
         styles = tuple(StyleImage(color.match_histogram(s.image, job.content), None, s.weight, s.scale)
                        for s in job.styles)
@@ -318,6 +320,8 @@ def _check(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings)
             raise ValueError("every job needs at least one style")
         if j.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
+        if j.init_image is not None and j.init_image.shape != j.content.shape:
+            raise ValueError(f"init_image must match the content's shape {tuple(j.content.shape)}")
         if j.preserve_color not in color.MODES:
             raise ValueError(f"preserve_color must be one of {', '.join(color.MODES)}, not {j.preserve_color!r}")
     if settings.iterations < 0 or settings.log_every < 1:
@@ -359,7 +363,9 @@ def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:
     starts = []
     _, h, w = content.shape[1:]
     for i, job in enumerate(jobs):
-        if job.init == "content":
+        if job.init_image is not None:
+            starts.append(job.init_image.to(content.device, torch.float32))
+        elif job.init == "content":
             starts.append(content[i].clone())
         elif job.init == "noise":
             gen = torch.Generator().manual_seed(job.seed)

@@ -1,0 +1,93 @@
+"""Coarse to fine: optimise small, upsample the result as the next scale's start.
+
+The style's texture is set where VGG's receptive fields see it at the scale the
+painting was made for; each finer scale then adds detail in far fewer iterations.
+Every scale is an ordinary batch, so same-size jobs stay batched throughout, and each
+scale's style targets are computed at that scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from nstd.engine.transfer import (BatchSettings, FastPath, GramCache, Progress, TransferJob, TransferResult,
+                                  long_side_size, resize_long_side, run_batch)
+from nstd.engine.vgg import VGGFeatures
+
+
+@dataclass(frozen=True)
+class Scale:
+    long_side: int
+    iterations: int
+    lbfgs_history: int
+
+
+def schedule(long_side: int, start: int, factor: float, iterations: int,
+             later: tuple[int, ...], lbfgs_history: int) -> list[Scale]:
+    """Scales from `start` up to `long_side`, each `factor` larger than the last.
+
+    The first runs `iterations`; the next ones take `later` in turn (its last value
+    repeating). L-BFGS history shrinks with the pixel count, so its memory stays that of
+    the first scale: at 6000 px a full history would need tens of gigabytes.
+    """
+    if long_side <= start or factor <= 1:
+        return [Scale(long_side, iterations, lbfgs_history)]
+    sides = [start]
+    while sides[-1] * factor < long_side:
+        sides.append(round(sides[-1] * factor))
+    sides.append(long_side)
+    out = [Scale(start, iterations, lbfgs_history)]
+    for k, side in enumerate(sides[1:]):
+        its = later[min(k, len(later) - 1)] if later else iterations
+        history = max(5, min(lbfgs_history, round(lbfgs_history * (start / side) ** 2)))
+        out.append(Scale(side, its, history))
+    return out
+
+
+def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
+               cache: GramCache | None = None, progress: Progress | None = None,
+               fast: FastPath | None = None) -> list[TransferResult]:
+    """Run every scale of `scales` on same-size jobs (contents at any one size).
+
+    Histories run on across scales: each record gains a "scale" (its long side) and
+    iterations count from the first scale's start. Progress counts the same way.
+    """
+    cache = cache if cache is not None else GramCache()
+    starts: list[torch.Tensor] | None = None
+    histories: list[list[dict]] = [[] for _ in jobs]
+    done = 0
+    results: list[TransferResult] = []
+    for scale in scales:
+        h, w = jobs[0].content.shape[-2:]
+        size = long_side_size(h, w, scale.long_side)
+        scaled = []
+        for i, job in enumerate(jobs):
+            content = resize_long_side(job.content, scale.long_side)
+            init_image = None if starts is None else _upsample(starts[i], size)
+            scaled.append(replace(job, content=content, init_image=init_image))
+        step_settings = replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
+        offset = done
+
+        def step_progress(it, rows, offset=offset):
+            if progress is not None:
+                progress(offset + it, None if rows is None else
+                         [r | {"iteration": offset + r["iteration"]} for r in rows])
+
+        results = run_batch(model, scaled, step_settings, cache, step_progress, fast)
+        for i, r in enumerate(results):
+            # The end of one scale and the start of the next are the same iteration.
+            skip = 1 if histories[i] else 0
+            histories[i] += [rec | {"iteration": offset + rec["iteration"], "scale": scale.long_side}
+                             for rec in r.history[skip:]]
+        starts = [r.image for r in results]
+        done += scale.iterations
+    for r, history in zip(results, histories):
+        r.history = history
+    return results
+
+
+def _upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from nstd.engine import multiscale
+from nstd.engine.multiscale import Scale, run_scales, schedule
+from nstd.engine.transfer import BatchSettings, StyleImage, TransferJob
+
+from conftest import rand_image
+
+
+def test_schedule_grows_by_the_factor_and_ends_at_the_target():
+    s = schedule(3000, 512, 2.0, 500, (200, 100), 100)
+    assert [x.long_side for x in s] == [512, 1024, 2048, 3000]
+    assert [x.iterations for x in s] == [500, 200, 100, 100]
+    # History memory stays that of the first scale (and never below 5 pairs).
+    assert [x.lbfgs_history for x in s] == [100, 25, 6, 5]
+    assert schedule(400, 512, 2.0, 500, (200,), 100) == [Scale(400, 500, 100)]
+
+
+def test_each_scale_starts_from_the_last_and_the_output_has_the_requested_size(tiny_model, monkeypatch):
+    calls = []
+    real = multiscale.run_batch
+
+    def spy(model, jobs, settings, cache, progress, fast):
+        calls.append((jobs[0].content.shape, None if jobs[0].init_image is None else jobs[0].init_image.clone(),
+                      settings.iterations))
+        out = real(model, jobs, settings, cache, progress, fast)
+        calls[-1] += (out[0].image.clone(),)
+        return out
+
+    monkeypatch.setattr(multiscale, "run_batch", spy)
+    photo = rand_image(90, 120, seed=1)
+    job = TransferJob(photo, (StyleImage(rand_image(40, 40, seed=2), key="s"),), style_weight=50.0)
+    scales = schedule(120, 30, 2.0, 6, (3,), 10)
+    assert [s.long_side for s in scales] == [30, 60, 120]
+    seen = []
+    [result] = run_scales(tiny_model, [job], scales, BatchSettings(log_every=2), progress=lambda i, r: seen.append(i))
+    assert [c[0] for c in calls] == [(3, 22, 30), (3, 45, 60), (3, 90, 120)]
+    assert calls[0][1] is None
+    for (_, _, _, prev_out), (shape, init, _, _) in zip(calls, calls[1:]):
+        # Initialised from the previous scale's result, upsampled.
+        expect = torch.nn.functional.interpolate(prev_out[None], size=shape[1:], mode="bicubic",
+                                                 align_corners=False)[0].clamp(0, 1)
+        assert torch.allclose(init, expect, atol=1e-6)
+    assert result.image.shape == (3, 90, 120)
+    its = [h["iteration"] for h in result.history]
+    assert its == sorted(set(its)) and its[-1] == 6 + 3 + 3
+    assert {h["scale"] for h in result.history} == {30, 60, 120}
+    assert seen[-1] == 12
+
+
+def test_a_mismatched_init_image_is_refused(tiny_model):
+    from nstd.engine.transfer import run_batch
+    job = TransferJob(rand_image(32, 32, 1), (StyleImage(rand_image(32, 32, 2)),), init_image=torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="init_image"):
+        run_batch(tiny_model, [job], BatchSettings(iterations=1))
