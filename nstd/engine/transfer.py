@@ -239,6 +239,7 @@ class _Stepper:
         self.use_graph = use_graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
+        self.side: torch.cuda.Stream | None = None  # one warm-up stream for the run
         self.count = 0
 
     def __call__(self) -> torch.Tensor:
@@ -249,7 +250,8 @@ class _Stepper:
         if not self.use_graph or self.count <= self.WARMUP:
             if self.use_graph:
                 # Warm-up on a side stream, as capture requires.
-                side = self.side = getattr(self, "side", None) or torch.cuda.Stream()
+                self.side = self.side or torch.cuda.Stream()
+                side = self.side
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     out = self.iteration()
