@@ -109,8 +109,10 @@ def cmd_check(args) -> int:
         for name in book.names():
             st = book.get(name)
             p = st.params
-            findings.append(preflight.Finding(True, f"style {name}: {st.style.image.name} "
-                                                    f"({st.pixels.shape[2]}x{st.pixels.shape[1]}), "
+            paintings = " + ".join(f"{part.path.name} ({part.pixels.shape[2]}x{part.pixels.shape[1]})"
+                                   + (f" x{part.weight:g}" if len(st.parts) > 1 else "") for part in st.parts)
+            findings.append(preflight.Finding(True, f"{'blend' if len(st.parts) > 1 else 'style'} {name}: "
+                                                    f"{paintings}, "
                                                     f"{p.size} px, {p.iterations} it, {p.optimizer}, "
                                                     f"style weight {p.style_weight:g}"))
     except NstdError as e:

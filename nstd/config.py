@@ -28,6 +28,22 @@ class Style:
 
 
 @dataclass(frozen=True)
+class BlendPart:
+    style: str  # a configured style's name
+    weight: float
+    scale: float | None = None  # None: that style's own style_scale
+
+
+@dataclass(frozen=True)
+class Blend:
+    """Several styles at once, weighted; used like a style (inbox folder, outbox folder)."""
+
+    name: str
+    parts: tuple[BlendPart, ...]
+    params: TransferParams
+
+
+@dataclass(frozen=True)
 class WatchConfig:
     mode: str = "auto"
     settle_seconds: float | None = None  # None: 5 s on local disks, 15 s on network filesystems
@@ -70,6 +86,7 @@ class Config:
     max_pixels: int
     styles: dict[str, Style]
     transfer: TransferParams
+    blends: dict[str, Blend] = field(default_factory=dict)
     output: OutputConfig = OutputConfig()
     watch: WatchConfig = WatchConfig()
     worker: WorkerConfig = WorkerConfig()
@@ -79,7 +96,7 @@ class Config:
 
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success",
-            "max_pixels", "styles", "transfer", "output", "watch", "worker", "log"}
+            "max_pixels", "styles", "blends", "transfer", "output", "watch", "worker", "log"}
 
 
 def load(path: Path) -> Config:
@@ -103,12 +120,14 @@ def parse(raw: Any, path: Path) -> Config:
                for k in ("inbox", "outbox", "failed", "processed", "state_dir")}
     models_dir = _path(m["models_dir"], "models_dir", root) if m.get("models_dir") else None
     transfer = with_overrides(TransferParams(), _mapping(m.get("transfer", {}), "transfer"), "transfer")
+    styles = _styles(m.get("styles"), transfer, root)
     on_success = _choice(m.get("on_success", "move"), "on_success", ON_SUCCESS)
     log = _mapping(m.get("log", {}), "log", {"level", "format"})
     return Config(
         path=path.resolve(), **folders, models_dir=models_dir, on_success=on_success,
         max_pixels=_int(m.get("max_pixels", images.DEFAULT_MAX_PIXELS), "max_pixels", 1),
-        styles=_styles(m.get("styles"), transfer, root),
+        styles=styles,
+        blends=_blends(m.get("blends"), styles, transfer),
         transfer=transfer,
         output=_output(m.get("output", {})),
         watch=_watch(m.get("watch", {})),
@@ -116,6 +135,35 @@ def parse(raw: Any, path: Path) -> Config:
         log_level=_choice(log.get("level", "info"), "log.level", ("debug", "info", "warning", "error")),
         log_format=_choice(log.get("format", "auto"), "log.format", ("auto", "json", "console")),
     )
+
+
+def _blends(raw: Any, styles: dict[str, Style], transfer: TransferParams) -> dict[str, Blend]:
+    out = {}
+    for name, spec in _mapping(raw or {}, "blends").items():
+        key = f"blends.{name}"
+        if not isinstance(name, str) or not STYLE_NAME.match(name):
+            raise ConfigError(f"{key}: a blend name is a folder name: letters, digits, '.', '_' and '-'")
+        if name in styles:
+            raise ConfigError(f"{key}: a style has this name already")
+        spec = dict(_mapping(spec, key))
+        if "styles" not in spec:
+            raise ConfigError(f"{key}.styles: missing (e.g. styles: {{starry: 0.7, scream: 0.3}})")
+        parts = []
+        for style, part in _mapping(spec.pop("styles"), f"{key}.styles").items():
+            where = f"{key}.styles.{style}"
+            if style not in styles:
+                raise ConfigError(f"{where}: no such style (known: {', '.join(sorted(styles))})")
+            part = {"weight": part} if not isinstance(part, dict) else _mapping(part, where, {"weight", "scale"})
+            weight = _float(part.get("weight", 1.0), f"{where}.weight", 0)
+            scale = part.get("scale")
+            scale = None if scale is None else _float(scale, f"{where}.scale", 0.05, 4)
+            parts.append(BlendPart(style, weight, scale))
+        if len(parts) < 2:
+            raise ConfigError(f"{key}.styles: a blend needs at least two styles")
+        if sum(p.weight for p in parts) <= 0:
+            raise ConfigError(f"{key}.styles: the weights must not all be zero")
+        out[name] = Blend(name, tuple(parts), with_overrides(transfer, spec, key))
+    return out
 
 
 def _styles(raw: Any, transfer: TransferParams, root: Path) -> dict[str, Style]:

@@ -1,6 +1,7 @@
 """The worker's error handling, in-process, with the engine or the disk made to fail."""
 
 import errno
+import json
 import os
 import threading
 
@@ -179,3 +180,29 @@ def test_outputs_carry_the_photos_exif_and_say_what_made_them(service):
     assert 0x0112 not in tags and tags[0x010F] == "Nikon" and tags[0x8298] == "(c) Studio"
     assert tags.get_ifd(0x8769)[0x9003] == "2023:01:02 03:04:05"
     assert tags[0x0131].startswith("nstd ") and "ink" in tags[0x010E]
+
+
+def test_a_blend_folder_gets_a_blended_output(tmp_path):
+    models = tmp_path / "models"
+    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
+    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
+                 "torchvision", "--models-dir", str(models)]) == 0
+    (tmp_path / "other.png").write_bytes(photo_bytes(48, 48, 77, "PNG"))
+    cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"},
+                                                             "wash": {"image": "other.png"}},
+                                   blends={"mix": {"styles": {"ink": 3, "wash": 1}}},
+                                   worker={"max_batch": 4, "batch_window": 0}))
+    svc = Service(cfg)
+    svc.prepare()
+    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
+    try:
+        (cfg.inbox / "mix").mkdir()
+        (cfg.inbox / "mix" / "p.jpg").write_bytes(photo_bytes(40, 40, 5))
+        st = (cfg.inbox / "mix" / "p.jpg").stat()
+        assert svc.intake.accept("mix/p.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind == "queued"
+        run_once(svc)
+        log = json.loads((cfg.outbox / "mix" / "p.json").read_text())
+        assert [(s["name"], s["weight"]) for s in log["styles"]] == [("ink", 3.0), ("wash", 1.0)]
+        assert (cfg.outbox / "mix" / "p.jpg").exists()
+    finally:
+        svc.journal.close()

@@ -28,7 +28,8 @@ log = get("nstd.service")
 
 
 def model_ids(cfg: Config) -> set[str]:
-    return {cfg.transfer.model} | {s.params.model for s in cfg.styles.values()}
+    return ({cfg.transfer.model} | {s.params.model for s in cfg.styles.values()}
+            | {b.params.model for b in cfg.blends.values()})
 
 
 class Service:
@@ -276,7 +277,7 @@ class Service:
 
 def _with_styles(cfg: Config, fresh: Config) -> Config:
     from dataclasses import replace
-    return replace(cfg, styles=fresh.styles, transfer=fresh.transfer, output=fresh.output)
+    return replace(cfg, styles=fresh.styles, blends=fresh.blends, transfer=fresh.transfer, output=fresh.output)
 
 
 

@@ -22,7 +22,7 @@ from nstd.engine.device import describe
 from nstd.engine.fastpath import FastPath
 from nstd.engine.memory import MeasuredMemory, auto_batch, bytes_per_image
 from nstd.engine.multiscale import run_scales
-from nstd.engine.transfer import GramCache, StyleImage
+from nstd.engine.transfer import GramCache
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.log import get
@@ -143,8 +143,7 @@ class Worker(threading.Thread):
         model, info = self._model(params[0])
         transfer_jobs = []
         for (job, content), p in zip(ready, params):
-            style = book.get(job.style)
-            transfer_jobs.append(p.job(content, (StyleImage(style.pixels, style.sha256, 1.0, p.style_scale),)))
+            transfer_jobs.append(p.job(content, book.get(job.style).style_images(p)))
         started = time.time()
         fast = self.fast_path(jobs[0], len(jobs))
         cuda = self.device.type == "cuda"
@@ -183,8 +182,8 @@ class Worker(threading.Thread):
             h, w = result.image.shape[-2:]
             entry = report.loss_log(
                 job_id=str(job.id), input_path=job.relpath, input_sha256=job.input_sha256,
-                styles=[{"name": job.style, "path": str(style.style.image), "sha256": style.sha256,
-                         "weight": 1.0}],
+                styles=[{"name": part.name, "path": str(part.path), "sha256": part.sha256,
+                         "weight": part.weight} for part in style.parts],
                 params=p, weights=info, device=device, batch_id=job.batch_id or "",
                 batch_size=len(jobs), batch_index=i,
                 output={"format": job.params["format"].lower(), "width": w, "height": h},
@@ -193,7 +192,7 @@ class Worker(threading.Thread):
                 history=result.history)
             try:
                 exif = images.output_exif(self._exif.pop(job.id, None), report.software(),
-                                          report.description([job.style]))
+                                          report.description([part.name for part in style.parts]))
                 path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots, exif)
             except ValueError as e:  # a name that would leave the outbox
                 journal.fail(job.id, f"refused output path: {e}")
