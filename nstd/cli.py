@@ -84,7 +84,6 @@ def cmd_run(args) -> int:
 def cmd_check(args) -> int:
     from nstd import config
     from nstd.daemon import preflight
-    from nstd.daemon.service import model_ids
     from nstd.daemon.styles import StyleBook
     from nstd.engine.device import describe, resolve_devices
 
@@ -92,7 +91,7 @@ def cmd_check(args) -> int:
     print(f"config: {cfg.path} ok")
     findings = preflight.folders(cfg) + [preflight.watch_plan(cfg)]
     models_dir = cfg.models_dir or weights.default_models_dir()
-    for model_id in sorted(model_ids(cfg)):
+    for model_id in sorted(cfg.model_ids()):
         try:
             info = weights.verify(models_dir, model_id)
             findings.append(preflight.Finding(True, f"weights: {model_id} ({info.preprocessing}, "

@@ -94,6 +94,11 @@ class Config:
     log_format: str = "auto"
     health_interval: float = field(default=5.0)
 
+    def model_ids(self) -> set[str]:
+        """Every weight set the config's styles and blends use."""
+        return ({self.transfer.model} | {s.params.model for s in self.styles.values()}
+                | {b.params.model for b in self.blends.values()})
+
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success",
             "max_pixels", "styles", "blends", "transfer", "output", "watch", "worker", "log"}

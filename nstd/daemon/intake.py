@@ -12,12 +12,12 @@ from pathlib import Path
 
 from nstd import images
 from nstd.config import Config
-from nstd.daemon import dispose
+from nstd.daemon import dispose, sidecar
 from nstd.daemon.inbox import route
 from nstd.daemon.journal import Input, JobSpec, Journal
 from nstd.daemon.styles import StyleBook
 from nstd.engine.transfer import long_side_size
-from nstd.errors import ImageError
+from nstd.errors import ConfigError, ImageError
 from nstd.fsutil import atomic_write
 from nstd.log import get
 
@@ -62,6 +62,10 @@ class Intake:
         self.spool_dir = cfg.state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def models(self) -> set[str]:
+        return self.cfg.model_ids()
+
     def accept(self, relpath: str, key: tuple[int, int, int]) -> Outcome:
         path = self.cfg.inbox / relpath
         if key[0] < 0:
@@ -96,18 +100,26 @@ class Intake:
         if min(w, h) < MIN_SIDE:
             return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too small to stylize "
                                               f"(under {MIN_SIDE} px on a side)")
+        try:
+            found = sidecar.overrides_for(self.cfg.inbox, relpath)
+        except ConfigError as e:
+            return self._refuse(relpath, sha, str(e))
         specs = []
         for name in where.styles:
             style = self.styles.get(name)
-            long_side = style.params.long_side(h, w)
+            try:
+                params = sidecar.apply(style.params, found, self.models)
+            except ConfigError as e:
+                return self._refuse(relpath, sha, str(e))
+            long_side = params.long_side(h, w)
             hh, ww = long_side_size(h, w, long_side)
-            first = long_side_size(h, w, style.params.scales(long_side)[0].long_side)
+            first = long_side_size(h, w, params.scales(long_side)[0].long_side)
             if min(ww, hh, *first) < MIN_SIDE:
                 return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too narrow to stylize at size "
-                                                  f"{style.params.size} (short side under 16 px)")
-            stored = self.styles.job_params(name, self.cfg.output)
+                                                  f"{params.size} (short side under 16 px)")
+            stored = self.styles.job_params(name, self.cfg.output, params)
             specs.append(JobSpec(style=name, params_hash=_digest(stored), params=stored, width=ww,
-                                 height=hh, batch_key=_digest([ww, hh, repr(style.params.batch_key())])))
+                                 height=hh, batch_key=_digest([ww, hh, repr(params.batch_key())])))
         spool = self.spool_dir / f"{sha}{Path(relpath).suffix.lower()}"
         if not spool.exists():
             atomic_write(spool, data)

@@ -27,11 +27,6 @@ from nstd.log import get
 log = get("nstd.service")
 
 
-def model_ids(cfg: Config) -> set[str]:
-    return ({cfg.transfer.model} | {s.params.model for s in cfg.styles.values()}
-            | {b.params.model for b in cfg.blends.values()})
-
-
 class Service:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -52,7 +47,7 @@ class Service:
         if bad:
             raise ConfigError(bad[0])
         models_dir = self.cfg.models_dir or weights.default_models_dir()
-        for model_id in sorted(model_ids(self.cfg)):
+        for model_id in sorted(self.cfg.model_ids()):
             weights.verify(models_dir, model_id)
         try:
             self.devices = resolve_devices(self.cfg.worker.device)
@@ -249,7 +244,7 @@ class Service:
         try:
             fresh = config_mod.load(self.cfg.path)
             styles = StyleBook.load(fresh)
-            for model_id in model_ids(fresh):
+            for model_id in fresh.model_ids():
                 weights.verify(fresh.models_dir or weights.default_models_dir(), model_id)
         except NstdError as e:
             log.error("reload_failed", error=str(e), keeping=self.styles.names())

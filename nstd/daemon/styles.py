@@ -84,8 +84,9 @@ class StyleBook:
     def has(self, name: str) -> bool:
         return name in self._styles
 
-    def job_params(self, name: str, output: OutputConfig) -> dict:
-        """Everything that shapes a job's output: a change makes it a new job."""
+    def job_params(self, name: str, output: OutputConfig, params: TransferParams | None = None) -> dict:
+        """Everything that shapes a job's output: a change makes it a new job. `params`
+        replaces the style's own (with a sidecar's overrides, say)."""
         s = self._styles[name]
-        return s.params.as_dict() | {"style": name, "style_sha256": s.sha256,
+        return (params or s.params).as_dict() | {"style": name, "style_sha256": s.sha256,
                                      "format": output.format, "quality": output.quality}

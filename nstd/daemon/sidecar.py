@@ -1,0 +1,77 @@
+"""Per-photo and per-folder transfer overrides dropped into the inbox beside the photos.
+
+`photo.jpg.nstd.yaml` applies to that photo; `.nstd.yaml` in a folder applies to every
+photo below it, the nearest folder winning and the photo's own file last. A sidecar
+holds transfer keys only, validated like the config's: it has no way to name a style
+image, a path or a folder, so it can neither reach outside the configured styles nor
+write outside the outbox.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from nstd.errors import ConfigError
+from nstd.params import TransferParams, with_overrides
+
+PHOTO_SUFFIX = ".nstd.yaml"
+FOLDER_NAME = ".nstd.yaml"
+MAX_BYTES = 64 * 1024
+
+
+def is_sidecar(relpath: str) -> bool:
+    return relpath.endswith(PHOTO_SUFFIX)
+
+
+def paths_for(relpath: str) -> list[str]:
+    """The sidecars that may apply to an inbox photo, weakest first."""
+    parts = PurePosixPath(relpath).parts[:-1]
+    folders = [str(PurePosixPath(*parts[:i], FOLDER_NAME)) for i in range(len(parts) + 1)]
+    return folders + [relpath + PHOTO_SUFFIX]
+
+
+def overrides_for(inbox: Path, relpath: str) -> list[tuple[str, dict]]:
+    """(sidecar relpath, its mapping) for each sidecar present, weakest first."""
+    found = []
+    for rel in paths_for(relpath):
+        data = _read(inbox / rel, rel)
+        if data is not None:
+            found.append((rel, data))
+    return found
+
+
+def apply(params: TransferParams, found: list[tuple[str, dict]], models: set[str]) -> TransferParams:
+    """params with every sidecar's overrides; a bad key raises ConfigError naming file and key."""
+    for rel, overrides in found:
+        params = with_overrides(params, overrides, rel)
+        if params.model not in models:
+            raise ConfigError(f"{rel}.model: {params.model!r} is not a model this config uses "
+                              f"({', '.join(sorted(models))})")
+    return params
+
+
+def _read(path: Path, rel: str) -> dict | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{rel}: not a regular file (nstd follows no links)")
+    if st.st_size > MAX_BYTES:
+        raise ConfigError(f"{rel}: {st.st_size} bytes; a sidecar holds a few settings (at most {MAX_BYTES})")
+    try:
+        with open(path, "rb") as f:
+            raw = yaml.safe_load(f.read(MAX_BYTES + 1)) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{rel}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    except OSError as e:
+        raise ConfigError(f"{rel}: cannot read ({e.strerror})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{rel}: expected a mapping of transfer settings, e.g. style_weight: 20")
+    return raw

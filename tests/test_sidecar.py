@@ -1,0 +1,65 @@
+import json
+import os
+
+import pytest
+
+from nstd.daemon import sidecar
+from nstd.errors import ConfigError
+from nstd.params import TransferParams
+
+from test_worker import service, take  # noqa: F401 - fixture and helper
+
+
+def test_paths_run_from_the_inbox_root_to_the_photo():
+    assert sidecar.paths_for("a/b/p.jpg") == [".nstd.yaml", "a/.nstd.yaml", "a/b/.nstd.yaml", "a/b/p.jpg.nstd.yaml"]
+
+
+def test_nearest_wins_and_bad_keys_name_file_and_key(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".nstd.yaml").write_text("style_weight: 20\ntv_weight: 1\n")
+    (tmp_path / "a" / "p.jpg.nstd.yaml").write_text("style_weight: 50\n")
+    found = sidecar.overrides_for(tmp_path, "a/p.jpg")
+    p = sidecar.apply(TransferParams(), found, {"caffe"})
+    assert (p.style_weight, p.tv_weight) == (50, 1)
+    (tmp_path / "a" / "p.jpg.nstd.yaml").write_text("style_wieght: 50\n")
+    with pytest.raises(ConfigError, match=r"^a/p.jpg.nstd.yaml.style_wieght: unknown key"):
+        sidecar.apply(TransferParams(), sidecar.overrides_for(tmp_path, "a/p.jpg"), {"caffe"})
+
+
+@pytest.mark.parametrize("text,message", [
+    ("image: /etc/passwd\n", r"p.jpg.nstd.yaml.image: unknown key"),
+    ("outbox: /tmp/elsewhere\n", r"p.jpg.nstd.yaml.outbox: unknown key"),
+    ("style: scream\n", r"p.jpg.nstd.yaml.style: unknown key"),
+    ("model: ../../etc/secret\n", r"p.jpg.nstd.yaml.model: '../../etc/secret' is not a model this config uses"),
+    ("size: -3\n", r"p.jpg.nstd.yaml.size: must be at least 16"),
+    ("- a list\n", r"p.jpg.nstd.yaml: expected a mapping"),
+    ("a: [unclosed\n", r"p.jpg.nstd.yaml: line \d+ not valid YAML"),
+])
+def test_a_sidecar_cannot_escape(tmp_path, text, message):
+    (tmp_path / "p.jpg.nstd.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="^" + message):
+        sidecar.apply(TransferParams(), sidecar.overrides_for(tmp_path, "p.jpg"), {"caffe"})
+
+
+def test_a_linked_sidecar_is_refused(tmp_path):
+    (tmp_path / "secret.yaml").write_text("style_weight: 3\n")
+    os.symlink(tmp_path / "secret.yaml", tmp_path / "p.jpg.nstd.yaml")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        sidecar.overrides_for(tmp_path, "p.jpg")
+
+
+def test_the_daemon_applies_a_sidecar_and_refuses_a_bad_one(service):  # noqa: F811
+    (service.cfg.inbox / "a.jpg.nstd.yaml").write_text("style_weight: 77\npreserve_color: luminance\n")
+    take(service, "a.jpg")
+    [job] = service.journal.get_jobs([1])
+    assert job.params["style_weight"] == 77 and job.params["preserve_color"] == "luminance"
+    (service.cfg.inbox / "b.jpg.nstd.yaml").write_text("style_weight: lots\n")
+    path = service.cfg.inbox / "b.jpg"
+    from daemon_harness import photo_bytes
+    path.write_bytes(photo_bytes(40, 40, 3))
+    st = path.stat()
+    out = service.intake.accept("b.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert out.kind == "failed" and "b.jpg.nstd.yaml.style_weight: expected float" in out.detail
+    error = json.loads((service.cfg.failed / "b.jpg.error.json").read_text())
+    assert "b.jpg.nstd.yaml.style_weight" in error["reason"]
+    assert (service.cfg.failed / "b.jpg").exists()  # nothing lost
