@@ -86,6 +86,7 @@ class Job:
     error: str | None = None
     output: str | None = None
     batch_id: str | None = None
+    finished: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Input:
 
 
 _JOB_COLS = ("id, input_sha256, style, params_hash, relpath, spool, width, height, batch_key, params, "
-             "state, attempts, queued, error, output, batch_id")
+             "state, attempts, queued, error, output, batch_id, finished")
 _JOB_COLS_J = ", ".join("j." + c.strip() for c in _JOB_COLS.split(","))  # for joins
 
 
@@ -256,6 +257,12 @@ class Journal:
 
     def running(self) -> list[Job]:
         rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'running' ORDER BY id").fetchall()
+        return [_job(r) for r in rows]
+
+    def recent_done(self, limit: int = 200) -> list[Job]:
+        """Finished jobs, newest first."""
+        rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'done' "
+                               "ORDER BY finished DESC, id DESC LIMIT ?", (limit,)).fetchall()
         return [_job(r) for r in rows]
 
     def recent_failures(self, limit: int = 10) -> list[tuple[str, str, float]]:

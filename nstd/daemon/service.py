@@ -11,7 +11,7 @@ from pathlib import Path
 from nstd import config as config_mod
 from nstd import weights
 from nstd.config import Config
-from nstd.daemon import dispose, outbox, preflight
+from nstd.daemon import dispose, gallery, outbox, preflight
 from nstd.daemon.inbox import (Hints, IgnoreRules, SettleTracker, Watcher, choose_mode, relative, scan,
                                settle_seconds)
 from nstd.daemon.intake import Intake
@@ -82,6 +82,10 @@ class Service:
             path.unlink(missing_ok=True)
         if requeued or adopted or litter:
             log.info("recovered", requeued=requeued, already_complete=adopted, removed=len(litter))
+        try:
+            gallery.write(self.cfg.outbox, self.journal)
+        except OSError as e:
+            log.warning("gallery_not_written", error=str(e))
 
     # --- the loop ---------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from nstd import images, report
 from nstd.config import Config
-from nstd.daemon import outbox
+from nstd.daemon import gallery, outbox
 from nstd.daemon.journal import Job, Journal
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
@@ -129,6 +129,14 @@ class Worker(threading.Thread):
         except StopBatch:
             journal.requeue([job.id for job, _ in ready])
             log.info("batch_requeued", jobs=[job.id for job, _ in ready], reason="stopping")
+            return
+        self._update_gallery(journal)
+
+    def _update_gallery(self, journal: Journal) -> None:
+        try:
+            gallery.write(self.cfg.outbox, journal)
+        except OSError as e:  # the page is a convenience; the outputs are what matter
+            log.warning("gallery_not_written", error=str(e))
 
     def _compute(self, journal: Journal, ready: list[tuple[Job, torch.Tensor]]) -> None:
         book = self.styles()
@@ -139,6 +147,7 @@ class Worker(threading.Thread):
         if not ready:
             return
         jobs = [job for job, _ in ready]
+        contents = [content for _, content in ready]
         params = [from_dict(job.params) for job in jobs]
         model, info = self._model(params[0])
         transfer_jobs = []
@@ -204,8 +213,17 @@ class Worker(threading.Thread):
                 journal.fail(job.id, f"cannot write output: {e}")
                 continue
             journal.finish(job.id, str(path.relative_to(self.cfg.outbox)))
+            self._thumbs(job, contents[i], style, result.image)
             log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
                      seconds=round(finished - started, 2), batch=len(jobs))
+
+    def _thumbs(self, job: Job, content: torch.Tensor, style, image: torch.Tensor) -> None:
+        try:
+            gallery.save_thumb(self.cfg.outbox, gallery.photo_thumb(job.input_sha256), content)
+            gallery.save_thumb(self.cfg.outbox, gallery.style_thumb(style.sha256), style.parts[0].pixels)
+            gallery.save_thumb(self.cfg.outbox, gallery.result_thumb(job.id), image)
+        except OSError as e:
+            log.warning("gallery_thumbnail_not_written", job=job.id, error=str(e))
 
     def _transient(self, journal: Journal, job: Job, error: str, final: bool = False) -> None:
         fresh = journal.get_jobs([job.id])[0]
