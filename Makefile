@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 STAMP := $(VENV)/.nstd-installed
 
-.PHONY: run test install weights bench clean
+.PHONY: run test install weights bench clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,16 @@ run: weights
 	@mkdir -p inbox outbox failed processed state
 	$(BIN)/nstd run --config $(CONFIG)
 
-test: $(STAMP)
+# The gallery test renders outbox/index.html in headless Chromium, from Debian's packages.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ echo "make: installing Debian's chromium for the gallery test"; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; } || \
+	  echo "make: could not install chromium; the gallery test will fail until it is installed"; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 clean:
