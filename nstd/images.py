@@ -48,6 +48,15 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
                 raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of "
                                  f"{max_pixels:,} (max_pixels)")
             fmt = im.format
+            if fmt == "TIFF" and _is_16bit_colour_tiff(im):
+                # Read the tags before Pillow loads it: its loader turns the pixels
+                # upright and drops the orientation tag on the way.
+                tags = im.getexif()
+                try:
+                    pixels = _decode_16bit_tiff(data_or_path, tags.get(ORIENTATION, 1))
+                except Exception as e:  # noqa: BLE001 - tifffile raises many types for a bad file
+                    raise ImageError(f"{label}: cannot decode ({_short(e)})") from None
+                return Decoded(pixels, fmt, 16, tags.tobytes(), im.info.get("icc_profile") is not None)
             im.seek(0)  # the first frame of an animation
             im.load()
             exif = im.info.get("exif")
@@ -63,6 +72,38 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageError(f"{label}: cannot decode ({_short(e)})") from None
     return Decoded(pixels, fmt, bits, exif, icc is not None)
+
+
+def _is_16bit_colour_tiff(im: Image.Image) -> bool:
+    bits = im.tag_v2.get(258, (8,)) if hasattr(im, "tag_v2") else (8,)
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return bits[0] == 16 and im.tag_v2.get(277, 1) in (3, 4)
+
+
+# (flip left-right, flip top-bottom, transpose) for each EXIF orientation.
+_ORIENT = {1: (False, False, False), 2: (True, False, False), 3: (True, True, False), 4: (False, True, False),
+           5: (False, False, True), 6: (True, False, True), 7: (True, True, True), 8: (False, True, True)}
+
+
+def _decode_16bit_tiff(src, orientation: int) -> torch.Tensor:
+    """16-bit RGB(A) TIFF at full precision; Pillow has no 16-bit colour mode."""
+    import tifffile
+
+    arr = tifffile.imread(io.BytesIO(src) if isinstance(src, bytes) else src, key=0)
+    arr = arr.astype(np.float32) / 65535.0
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"unexpected 16-bit TIFF layout {arr.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    if x.shape[0] == 4:  # transparency onto white, as on paper
+        x = x[:3] * x[3:] + (1 - x[3:])
+    flip_lr, flip_tb, transpose = _ORIENT.get(orientation, _ORIENT[1])
+    if transpose:
+        x = x.transpose(1, 2)
+    if flip_lr:
+        x = x.flip(2)
+    if flip_tb:
+        x = x.flip(1)
+    return x.contiguous()
 
 
 def _short(e: BaseException) -> str:
@@ -114,6 +155,10 @@ def output_format(name: str) -> str:
 
 
 ORIENTATION, IMAGE_DESCRIPTION, SOFTWARE = 0x0112, 0x010E, 0x0131
+# Width, length, bits, compression, photometric, strips, samples, planar config,
+# predictor, extra samples, sample format, tiles, the ICC profile and XMP.
+_TIFF_LAYOUT_TAGS = (256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 338, 339,
+                     322, 323, 324, 325, 34675, 700)
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 
 
@@ -132,13 +177,18 @@ def output_exif(source: bytes | None, software: str, description: str) -> bytes:
         except Exception:  # noqa: BLE001 - damaged EXIF is common; the output just gets fresh tags
             exif = Image.Exif()
     exif.pop(ORIENTATION, None)
+    for tag in _TIFF_LAYOUT_TAGS:  # a TIFF source's own layout, meaningless for the output
+        exif.pop(tag, None)
     exif[SOFTWARE] = software
     exif[IMAGE_DESCRIPTION] = description
     return exif.tobytes()
 
 
-def encode(pixels: torch.Tensor, fmt: str = "JPEG", quality: int = 92, exif: bytes | None = None) -> bytes:
-    """Encode an RGB float image, tagged with the sRGB profile."""
+def encode(pixels: torch.Tensor, fmt: str = "JPEG", quality: int = 92, exif: bytes | None = None,
+           bits: int = 8) -> bytes:
+    """Encode an RGB float image, tagged with the sRGB profile. TIFF keeps 16 bits when asked."""
+    if fmt == "TIFF" and bits == 16:
+        return _encode_16bit_tiff(pixels, exif)
     im = to_pil(pixels)
     buf = io.BytesIO()
     kwargs: dict = {"icc_profile": SRGB_ICC}
@@ -149,4 +199,32 @@ def encode(pixels: torch.Tensor, fmt: str = "JPEG", quality: int = 92, exif: byt
     # TIFF stays uncompressed: Pillow compresses TIFF through libtiff, which cannot write
     # the EXIF sub-IFD that holds the capture date.
     im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+# IFD0 tags a 16-bit TIFF carries over from the EXIF (tifffile writes no EXIF sub-IFD, so
+# the capture date goes into IFD0 under its own tag number, where exiftool reads it).
+_TIFF_TEXT_TAGS = (0x010F, 0x0110, 0x0132, 0x013B, 0x8298)  # Software and the description: below
+_DATE_TIME_ORIGINAL = 0x9003
+
+
+def _encode_16bit_tiff(pixels: torch.Tensor, exif: bytes | None) -> bytes:
+    import tifffile
+
+    arr = pixels.detach().clamp(0, 1).mul(65535).round().to(torch.int32).permute(1, 2, 0).cpu().numpy()
+    tags = [(34675, "B", len(SRGB_ICC), SRGB_ICC, True)]  # the sRGB ICC profile
+    software, description = None, None
+    if exif:
+        source = Image.Exif()
+        source.load(exif)
+        for tag in _TIFF_TEXT_TAGS:
+            if isinstance(source.get(tag), str):
+                tags.append((tag, "s", 0, source[tag], True))
+        software, description = source.get(SOFTWARE), source.get(IMAGE_DESCRIPTION)
+        original = source.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL)
+        if isinstance(original, str):
+            tags.append((_DATE_TIME_ORIGINAL, "s", 0, original, True))
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr.astype(np.uint16), photometric="rgb", compression="zlib", extratags=tags,
+                     metadata=None, software=software or False, description=description)
     return buf.getvalue()

@@ -43,6 +43,7 @@ class Photo:
     sha256: str
     pixels: torch.Tensor  # already at the working size
     exif: bytes | None = None
+    bits: int = 8
 
 
 @dataclass
@@ -87,7 +88,7 @@ def run(req: Request, on_error: Callable[[str], None],
             on_error(str(e))
             failures += len(styles)
             continue
-        groups[tuple(pixels.shape)].append(Photo(p, digest, pixels, dec.exif))
+        groups[tuple(pixels.shape)].append(Photo(p, digest, pixels, dec.exif, dec.bits))
 
     cache = GramCache()
     batches = []
@@ -123,9 +124,10 @@ def _write(req: Request, photo: Photo, style: Style, result: TransferResult, inf
     ext = images.EXTENSIONS[req.fmt]
     out = req.outdir / f"{stem}.{ext}"
     exif = images.output_exif(photo.exif, report.software(), report.description([style.path.stem]))
-    atomic_write(out, images.encode(result.image, req.fmt, req.quality, exif))
+    atomic_write(out, images.encode(result.image, req.fmt, req.quality, exif, photo.bits))
     for it, snap in result.snapshots:
-        atomic_write(req.outdir / f"{stem}.iter{it:05d}.{ext}", images.encode(snap, req.fmt, req.quality, exif))
+        atomic_write(req.outdir / f"{stem}.iter{it:05d}.{ext}",
+                     images.encode(snap, req.fmt, req.quality, exif, photo.bits))
     h, w = result.image.shape[-2:]
     log = report.loss_log(
         input_path=str(photo.path), input_sha256=photo.sha256,

@@ -37,7 +37,7 @@ def test_stylize_writes_images_and_loss_logs(tmp_path, models, capsys):
                "--iterations", "4", "--model", "random", "--models-dir", str(models), "--format", "png"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{s}.style.{e}" for s in "abc" for e in ("png", "json"))
+        f"{s}.style.{e}" for s in "abc" for e in ("png", "json", "loss.svg"))
     log = json.loads((out / "a.style.json").read_text())
     assert log["input"]["path"] == str(a) and len(log["input"]["sha256"]) == 64
     assert log["styles"][0]["name"] == "style"
@@ -108,3 +108,17 @@ def test_size_original_keeps_the_photos_size(tmp_path, models):
                  "--iterations", "2", "--model", "random", "--models-dir", str(models), "--format", "png"]) == 0
     with Image.open(out / "a.style.png") as im:
         assert im.size == (44, 30)
+
+
+def test_stylize_keeps_a_16bit_tiff_16bit(tmp_path, models):
+    import numpy as np
+    import tifffile
+    arr = (np.random.default_rng(3).random((30, 40, 3)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", arr, photometric="rgb")
+    style = write_photo(tmp_path / "style.png", 50, 50, 4)
+    out = tmp_path / "out"
+    assert main(["stylize", str(tmp_path / "deep.tif"), "--style", str(style), "-o", str(out), "--size", "40",
+                 "--iterations", "2", "--model", "random", "--models-dir", str(models), "--format", "tiff"]) == 0
+    result = tifffile.imread(out / "deep.style.tif")
+    assert result.dtype == np.uint16 and result.shape == (30, 40, 3)
+    assert (out / "deep.style.loss.svg").read_text().lstrip().startswith("<?xml")

@@ -200,3 +200,55 @@ def test_damaged_or_missing_exif_still_gets_the_nstd_fields():
         tags = Image.Exif()
         tags.load(images.output_exif(source, "nstd", "desc"))
         assert tags[images.SOFTWARE] == "nstd" and images.ORIENTATION not in tags
+
+
+def _tiff16(arr, **kw):
+    import tifffile
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, photometric="rgb", **kw)
+    return buf.getvalue()
+
+
+def test_a_16bit_tiff_keeps_its_precision_in_and_out():
+    import tifffile
+    arr = (np.random.default_rng(1).random((30, 40, 3)) * 65535).astype(np.uint16)
+    decoded = images.decode(_tiff16(arr))
+    assert decoded.bits == 16
+    # Values between 8-bit steps survive: the decode is not through an 8-bit mode.
+    assert np.abs(decoded.pixels.permute(1, 2, 0).numpy() * 65535 - arr).max() < 0.5
+    exif = images.output_exif(None, "nstd 9.9", "Stylized after ink by nstd 9.9")
+    out = images.encode(decoded.pixels, "TIFF", 90, exif, bits=16)
+    with tifffile.TiffFile(io.BytesIO(out)) as tif:
+        page = tif.pages[0]
+        assert page.dtype == np.uint16 and page.shape == (30, 40, 3)
+        assert np.array_equal(page.asarray(), arr)
+        assert page.tags["Software"].value == "nstd 9.9"
+        assert page.tags[34675].value == images.SRGB_ICC
+    # JPEG and PNG stay 8-bit whatever the source.
+    assert Image.open(io.BytesIO(images.encode(decoded.pixels, "PNG", 90, exif, bits=16))).mode == "RGB"
+
+
+def test_a_16bit_tiff_is_turned_upright_and_its_capture_date_kept():
+    import tifffile
+    arr = (np.random.default_rng(2).random((20, 50, 3)) * 65535).astype(np.uint16)
+    ex = Image.Exif()
+    ex[images.ORIENTATION] = 6
+    data = _tiff16(arr, extratags=[(images.ORIENTATION, "H", 1, 6, True)])
+    decoded = images.decode(data)
+    assert decoded.pixels.shape == (3, 50, 20)
+    src = Image.Exif()
+    src.get_ifd(0x8769)[0x9003] = "2022:02:02 02:02:02"
+    src[0x010F] = "Hasselblad"
+    exif = images.output_exif(src.tobytes(), "nstd", "d")
+    with tifffile.TiffFile(io.BytesIO(images.encode(decoded.pixels, "TIFF", 90, exif, bits=16))) as tif:
+        tags = tif.pages[0].tags
+        assert tags["Make"].value == "Hasselblad"
+        assert tags[0x9003].value == "2022:02:02 02:02:02"
+        assert "Orientation" not in tags
+
+
+def test_a_truncated_16bit_tiff_is_one_clear_error():
+    arr = (np.random.default_rng(4).random((64, 64, 3)) * 65535).astype(np.uint16)
+    data = _tiff16(arr)
+    with pytest.raises(ImageError, match=r"^deep.tif: cannot decode"):
+        images.decode(data[: len(data) // 2], "deep.tif")

@@ -57,13 +57,16 @@ def complete(outbox: Path, job: Job) -> Path | None:
     return None
 
 
-def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes | None = None) -> Path:
+def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes | None = None,
+          bits: int = 8) -> Path:
+    """Snapshots, the image, the loss log, then its curve. `bits` 16 keeps a 16-bit
+    photo 16-bit where the format can (TIFF)."""
     image, js = targets(outbox, job)
     fmt, quality = job.params["format"], job.params["quality"]
     for iteration, snap in snapshots:
         atomic_write(image.with_name(f"{image.stem}.iter{iteration:05d}{image.suffix}"),
-                     images.encode(snap, fmt, quality, exif))
-    atomic_write(image, images.encode(pixels, fmt, quality, exif))
+                     images.encode(snap, fmt, quality, exif, bits))
+    atomic_write(image, images.encode(pixels, fmt, quality, exif, bits))
     log = log | {"params_hash": job.params_hash,
                  "output": log.get("output", {}) | {"path": os.path.relpath(image, outbox)}}
     atomic_write_json(js, log)

@@ -53,7 +53,7 @@ class Worker(threading.Thread):
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
         self.cache = GramCache()
         self.measured = MeasuredMemory()
-        self._exif: dict[int, bytes | None] = {}
+        self._source: dict[int, tuple[bytes | None, int]] = {}  # job id -> (EXIF, bits per channel)
         self.current: list[Job] = []
         self.error: BaseException | None = None
 
@@ -200,9 +200,10 @@ class Worker(threading.Thread):
                          "finished": report.iso_time(finished), "seconds": round(finished - started, 3)},
                 history=result.history)
             try:
-                exif = images.output_exif(self._exif.pop(job.id, None), report.software(),
+                source_exif, bits = self._source.pop(job.id, (None, 8))
+                exif = images.output_exif(source_exif, report.software(),
                                           report.description([part.name for part in style.parts]))
-                path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots, exif)
+                path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots, exif, bits)
             except ValueError as e:  # a name that would leave the outbox
                 journal.fail(job.id, f"refused output path: {e}")
                 continue
@@ -251,7 +252,7 @@ class Worker(threading.Thread):
         data = Path(job.spool).read_bytes()
         decoded = images.decode(data, job.relpath, self.cfg.max_pixels)
         pixels = decoded.pixels
-        self._exif[job.id] = decoded.exif  # for the output; popped when it is written
+        self._source[job.id] = (decoded.exif, decoded.bits)  # for the output; popped when written
         # Exactly the size intake recorded, so every job of a batch matches.
         return F.interpolate(pixels[None], size=(job.height, job.width), mode="bicubic",
                              antialias=True, align_corners=False)[0].clamp(0, 1)
