@@ -79,8 +79,10 @@ class Worker(threading.Thread):
         if self.cfg.worker.max_batch is not None:
             return self.cfg.worker.max_batch
         p = from_dict(job.params)
+        # The finest scale is the largest; its L-BFGS history is the one it runs with.
+        history = p.scales(max(job.height, job.width))[-1].lbfgs_history
         return auto_batch(self.free_memory(), job.height, job.width, p.settings().layers, p.optimizer,
-                          p.lbfgs_history, self.cfg.worker.memory_budget, cap=16 if self.device.type == "cpu" else 64,
+                          history, self.cfg.worker.memory_budget, cap=16 if self.device.type == "cpu" else 64,
                           measured=self.measured, key=self._memory_key(p, False))
 
     def _memory_key(self, p, checkpoint: bool) -> tuple:
@@ -92,8 +94,8 @@ class Worker(threading.Thread):
         if checkpoint is None:
             # Recompute activations only when the batch would not fit without.
             p = from_dict(job.params)
-            need = batch * bytes_per_image(job.height, job.width, p.settings().layers, p.optimizer,
-                                           p.lbfgs_history)
+            history = p.scales(max(job.height, job.width))[-1].lbfgs_history
+            need = batch * bytes_per_image(job.height, job.width, p.settings().layers, p.optimizer, history)
             checkpoint = need > self.free_memory() * w.memory_budget
         return FastPath(w.precision, cuda_graph=w.cuda_graphs, checkpoint=checkpoint)
 
