@@ -144,8 +144,9 @@ def test_a_name_taken_by_another_photo_gets_a_hash_suffix(service):
     run_once(service)
     names = sorted(p.name for p in (service.cfg.outbox / "ink").iterdir())
     [second] = service.journal.get_jobs([2])
-    assert names == sorted(["a.jpg", "a.json", f"a-{second.input_sha256[:8]}.jpg",
-                            f"a-{second.input_sha256[:8]}.json"])
+    suffixed = f"a-{second.input_sha256[:8]}"
+    assert names == sorted(["a.jpg", "a.json", "a.loss.svg", f"{suffixed}.jpg", f"{suffixed}.json",
+                            f"{suffixed}.loss.svg"])
 
 
 def test_recovery_sweeps_litter_but_keeps_queued_spools(service):
