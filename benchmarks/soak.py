@@ -237,7 +237,7 @@ def audit(work: Path, tally: Tally) -> dict:
                 missing.append(f"{name} ({sha[:8]}) in {style}")
             if k > 1:
                 duplicated.append(f"{name} ({sha[:8]}) in {style}: {k}")
-    stray = [str(p) for p in (work / "outbox").rglob(".*")]
+    stray = [str(p) for p in (work / "outbox").rglob(".*") if p != work / "outbox" / ".gallery"]
     final_names = set(tally.versions)
     kept = {p.name for p in (work / "processed").rglob("*") if p.is_file()} | \
            {p.name for p in (work / "failed").rglob("*") if p.is_file() and not p.name.endswith(".error.json")}

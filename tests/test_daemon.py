@@ -101,8 +101,12 @@ def test_kill9_mid_batch_then_restart_loses_nothing(tmp_path, daemon):
     finally:
         assert d2.stop() == 0
     out = files(tmp_path / "outbox")
-    assert out == sorted(f"{s}/{n}.{e}" for s in ("ink", "wash") for n in names for e in ("jpg", "json"))
-    assert not [p for p in (tmp_path / "outbox").rglob(".*")]  # no temporary or partial files
+    results = [f for f in out if not f.startswith(".gallery/") and f != "index.html"]
+    assert results == sorted(f"{s}/{n}.{e}" for s in ("ink", "wash") for n in names
+                             for e in ("jpg", "json", "loss.svg"))
+    assert "index.html" in out and len([f for f in out if f.startswith(".gallery/out-")]) == 2 * len(names)
+    # No temporary or partial files: the gallery's folder is the only hidden name.
+    assert [p.name for p in (tmp_path / "outbox").rglob(".*")] == [".gallery"]
     assert files(tmp_path / "processed") == [f"{n}.jpg" for n in names]
     assert all(state == "done" for _, _, state, _ in jobs(tmp_path))
 
