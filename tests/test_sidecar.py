@@ -63,3 +63,16 @@ def test_the_daemon_applies_a_sidecar_and_refuses_a_bad_one(service):  # noqa: F
     error = json.loads((service.cfg.failed / "b.jpg.error.json").read_text())
     assert "b.jpg.nstd.yaml.style_weight" in error["reason"]
     assert (service.cfg.failed / "b.jpg").exists()  # nothing lost
+
+
+def test_a_photos_sidecar_follows_it_and_a_folders_stays(tmp_path):
+    from nstd.daemon import dispose
+    inbox, processed, failed = tmp_path / "in", tmp_path / "done", tmp_path / "failed"
+    (inbox / "f").mkdir(parents=True)
+    for name in ("f/a.jpg", "f/a.jpg.nstd.yaml", "f/.nstd.yaml", "f/b.jpg", "f/b.jpg.nstd.yaml"):
+        (inbox / name).write_text("x")
+    dispose.on_success(inbox, processed, "f/a.jpg", "move")
+    assert (processed / "f" / "a.jpg.nstd.yaml").exists() and not (inbox / "f" / "a.jpg.nstd.yaml").exists()
+    dispose.to_failed(inbox, failed, "f/b.jpg", "bad", None)
+    assert (failed / "f" / "b.jpg.nstd.yaml").exists()
+    assert (inbox / "f" / ".nstd.yaml").exists()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from nstd import report
+from nstd.daemon.sidecar import PHOTO_SUFFIX
 from nstd.fsutil import atomic_write_json, contained, fsync_dir
 
 
@@ -62,8 +63,21 @@ def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str 
     atomic_write_json(target.with_name(target.name + ".error.json"), record)
     if os.path.lexists(src):
         durable_move(src, target)
+        if moved_from is None:
+            _take_sidecar(inbox, relpath, target, "move")
         return target
     return None
+
+
+def _take_sidecar(inbox: Path, relpath: str, moved_to: Path | None, mode: str) -> None:
+    """A photo's own sidecar follows it; folder sidecars stay for the folder's next photos."""
+    side = inbox / (relpath + PHOTO_SUFFIX)
+    if not os.path.isfile(side) or os.path.islink(side) or mode == "keep":
+        return
+    if mode == "delete" or moved_to is None:
+        os.unlink(side)
+    else:
+        durable_move(side, moved_to.with_name(moved_to.name + PHOTO_SUFFIX))
 
 
 def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | None:
@@ -74,8 +88,10 @@ def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | 
         return src
     if mode == "delete":
         os.unlink(src)
+        _take_sidecar(inbox, relpath, None, mode)
         return None
     target = free_name(processed, relpath)
     durable_move(src, target)
+    _take_sidecar(inbox, relpath, target, mode)
     return target
 
