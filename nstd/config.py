@@ -112,10 +112,15 @@ def load(path: Path) -> Config:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(yaml_error(str(path), e)) from None
     return parse(raw, Path(path))
+
+
+def yaml_error(label: str, e: yaml.YAMLError) -> str:
+    """One line naming the file and line of a YAML syntax error."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    return f"{label}:{where} not valid YAML ({getattr(e, 'problem', e)})"
 
 
 def parse(raw: Any, path: Path) -> Config:

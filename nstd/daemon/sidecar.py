@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from nstd.config import yaml_error
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
 
@@ -67,9 +68,7 @@ def _read(path: Path, rel: str) -> dict | None:
         with open(path, "rb") as f:
             raw = yaml.safe_load(f.read(MAX_BYTES + 1)) or {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{rel}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(yaml_error(rel, e)) from None
     except OSError as e:
         raise ConfigError(f"{rel}: cannot read ({e.strerror})") from None
     if not isinstance(raw, dict):
