@@ -38,6 +38,11 @@ class StopBatch(Exception):
     """Raised from the progress callback when a stop's grace period has run out."""
 
 
+def _finest_history(job: Job, p) -> int:
+    """The L-BFGS history of a job's finest (largest) scale: the one that sets its memory."""
+    return p.scales(max(job.height, job.width))[-1].lbfgs_history
+
+
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -79,10 +84,9 @@ class Worker(threading.Thread):
         if self.cfg.worker.max_batch is not None:
             return self.cfg.worker.max_batch
         p = from_dict(job.params)
-        # The finest scale is the largest; its L-BFGS history is the one it runs with.
-        history = p.scales(max(job.height, job.width))[-1].lbfgs_history
         return auto_batch(self.free_memory(), job.height, job.width, p.settings().layers, p.optimizer,
-                          history, self.cfg.worker.memory_budget, cap=16 if self.device.type == "cpu" else 64,
+                          _finest_history(job, p), self.cfg.worker.memory_budget,
+                          cap=16 if self.device.type == "cpu" else 64,
                           measured=self.measured, key=self._memory_key(p, False))
 
     def _memory_key(self, p, checkpoint: bool) -> tuple:
@@ -94,8 +98,8 @@ class Worker(threading.Thread):
         if checkpoint is None:
             # Recompute activations only when the batch would not fit without.
             p = from_dict(job.params)
-            history = p.scales(max(job.height, job.width))[-1].lbfgs_history
-            need = batch * bytes_per_image(job.height, job.width, p.settings().layers, p.optimizer, history)
+            need = batch * bytes_per_image(job.height, job.width, p.settings().layers, p.optimizer,
+                                           _finest_history(job, p))
             checkpoint = need > self.free_memory() * w.memory_budget
         return FastPath(w.precision, cuda_graph=w.cuda_graphs, checkpoint=checkpoint)
 
@@ -116,6 +120,7 @@ class Worker(threading.Thread):
         self.current = []  # left set if the thread dies, so the health loop can requeue them
 
     def _run(self, journal: Journal, batch: list[Job]) -> None:
+        self._source.clear()  # entries of jobs that failed or were requeued in an earlier batch
         ready: list[tuple[Job, torch.Tensor]] = []
         for job in batch:
             try:
