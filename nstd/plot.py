@@ -8,6 +8,11 @@ from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
 
 
+def curve_name(log_name: str) -> str:
+    """The loss curve's file name beside a loss log: a.json -> a.loss.svg."""
+    return log_name.removesuffix(".json") + ".loss.svg"
+
+
 def loss_curve_svg(history: list[dict], title: str) -> bytes:
     """Content, style and total loss against iteration, log scale; scale changes marked."""
     fig = Figure(figsize=(6.4, 3.6))

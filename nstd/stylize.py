@@ -19,7 +19,7 @@ from nstd.engine.transfer import GramCache, StyleImage, TransferResult, long_sid
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.fsutil import atomic_write, atomic_write_json
-from nstd.plot import loss_curve_svg
+from nstd.plot import curve_name, loss_curve_svg
 from nstd.params import TransferParams
 
 
@@ -136,5 +136,6 @@ def _write(req: Request, photo: Photo, style: Style, result: TransferResult, inf
         batch_index=index, output={"path": out.name, "format": req.fmt.lower(), "width": w, "height": h},
         timings=timings, history=result.history)
     atomic_write_json(req.outdir / f"{stem}.json", log)
-    atomic_write(req.outdir / f"{stem}.loss.svg", loss_curve_svg(result.history, f"{photo.path.name} × {style.path.name}"))
+    atomic_write(req.outdir / curve_name(f"{stem}.json"),
+                 loss_curve_svg(result.history, f"{photo.path.name} × {style.path.name}"))
 

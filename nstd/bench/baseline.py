@@ -15,13 +15,25 @@ from nstd.engine.transfer import BatchSettings, TransferJob, resize_long_side
 from nstd.engine.vgg import VGGFeatures
 
 
+def content_and_style(model: VGGFeatures, x: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
+                      settings: BatchSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """nstd's normalised content and style losses of x, with the targets computed afresh
+    from the content and style images, as the tutorials do every iteration."""
+    with torch.no_grad():
+        c_feats, s_feats = model(content), model(style)
+        c_targets = {n: c_feats[n] for n in settings.content_layers}
+        s_targets = {n: gram(s_feats[n]) for n, _ in settings.style_layers}
+    f = model(x)
+    c = sum(content_loss(f[n], t) / t.pow(2).mean() for n, t in c_targets.items())
+    s = sum(w * style_loss(f[n], s_targets[n]) / s_targets[n].pow(2).mean() for n, w in settings.style_layers)
+    return c, s
+
+
 def run(model: VGGFeatures, job: TransferJob, settings: BatchSettings) -> torch.Tensor:
     """Stylize one image; returns it (3, H, W) on the model's device."""
     device = model.mean.device
     content = job.content.to(device)[None]
     style = resize_long_side(job.styles[0].image.to(device), max(content.shape[-2:]))[None]
-    names = [n for n, _ in settings.style_layers]
-    weights = dict(settings.style_layers)
     x = content.clone().requires_grad_(True)
     if settings.optimizer == "lbfgs":
         opt = torch.optim.LBFGS([x], lr=settings.lr or 1.0, max_iter=1, history_size=settings.lbfgs_history,
@@ -31,14 +43,7 @@ def run(model: VGGFeatures, job: TransferJob, settings: BatchSettings) -> torch.
 
     def closure():
         opt.zero_grad()
-        with torch.no_grad():
-            c_feats = model(content)
-            s_feats = model(style)
-            c_targets = {n: c_feats[n] for n in settings.content_layers}
-            s_targets = {n: gram(s_feats[n]) for n in names}
-        f = model(x)
-        c = sum(content_loss(f[n], t) / t.pow(2).mean() for n, t in c_targets.items())
-        s = sum(weights[n] * style_loss(f[n], s_targets[n]) / s_targets[n].pow(2).mean() for n in names)
+        c, s = content_and_style(model, x, content, style, settings)
         loss = job.content_weight * c + job.style_weight * s + job.tv_weight * tv_loss(x)
         loss.sum().backward()
         return loss.sum()

@@ -18,7 +18,6 @@ import yaml
 
 from nstd.bench import baseline
 from nstd.engine.fastpath import FastPath
-from nstd.engine.losses import content_loss, gram, style_loss
 from nstd.engine.memory import flops_per_iteration
 from nstd.engine.transfer import (BatchSettings, GramCache, StyleImage, TransferJob, resize_long_side,
                                   run_batch)
@@ -113,13 +112,8 @@ def final_losses(model: VGGFeatures, w: Workload, image: torch.Tensor) -> dict:
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
         content = job.content.to(device)[None]
         style = resize_long_side(job.styles[0].image.to(device), max(content.shape[-2:]))[None]
-        fx, fc, fs = model(image.to(device)[None]), model(content), model(style)
-        c = sum(float(content_loss(fx[n], fc[n]) / fc[n].pow(2).mean()) for n in w.settings.content_layers)
-        s = 0.0
-        for n, weight in w.settings.style_layers:
-            target = gram(fs[n])
-            s += weight * float(style_loss(fx[n], target) / target.pow(2).mean())
-    return {"content": c, "style": s}
+        c, s = baseline.content_and_style(model, image.to(device)[None], content, style, w.settings)
+    return {"content": float(c), "style": float(s)}
 
 
 def matmul_peak(device: torch.device, n: int = 8192, repeats: int = 20) -> float | None:

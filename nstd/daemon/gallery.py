@@ -17,6 +17,7 @@ from nstd import images
 from nstd.daemon.journal import Journal
 from nstd.engine.transfer import resize_long_side
 from nstd.fsutil import atomic_write
+from nstd.plot import curve_name
 
 FOLDER = ".gallery"
 THUMB = 240
@@ -93,7 +94,7 @@ def _row(job) -> str:
             f"<td>{_img(style_thumb(style_sha), job.style)}<div>{_e(job.style)}</div></td>"
             f"<td><a href=\"{_u(out)}\">{_img(result_thumb(job.id), out)}</a></td>"
             f"<td><a href=\"{_u(stem + '.json')}\">loss log</a><br>"
-            f"<a href=\"{_u(stem + '.loss.svg')}\">loss curve</a><br>"
+            f"<a href=\"{_u(curve_name(stem + '.json'))}\">loss curve</a><br>"
             f"<span class=when>{_when(job.finished)}</span></td></tr>")
 
 

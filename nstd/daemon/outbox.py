@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from nstd import images
 from nstd.daemon.journal import Job
 from nstd.fsutil import atomic_write, atomic_write_json, contained
-from nstd.plot import loss_curve_svg
+from nstd.plot import curve_name, loss_curve_svg
 
 
 def subpath(relpath: str, style: str) -> str:
@@ -70,13 +70,9 @@ def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes |
     log = log | {"params_hash": job.params_hash,
                  "output": log.get("output", {}) | {"path": os.path.relpath(image, outbox)}}
     atomic_write_json(js, log)
-    atomic_write(plot_path(js), loss_curve_svg(log["history"], f"{job.relpath} × {job.style}"))
+    curve = loss_curve_svg(log["history"], f"{job.relpath} × {job.style}")
+    atomic_write(js.with_name(curve_name(js.name)), curve)
     return image
-
-
-def plot_path(js: Path) -> Path:
-    """The loss curve beside a loss log: a.json -> a.loss.svg."""
-    return js.with_name(js.name.removesuffix(".json") + ".loss.svg")
 
 
 def stray_temp_files(outbox: Path) -> list[Path]:
