@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nstd.engine.fastpath import FastPath
+from nstd.engine.fastpath import FastPath, resolve
 from nstd.engine.transfer import (BatchSettings, GramCache, StyleImage, TransferJob, long_side_size,
                                   resize_long_side, run_batch)
 from nstd.engine.vgg import LAYER_NAMES, VGGFeatures
@@ -181,3 +181,38 @@ def test_checkpointing_and_channels_last_compute_the_same_thing(tiny_model):
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         FastPath("fp8")
+
+
+def test_auto_checkpoint_and_graph_follow_the_memory_estimate():
+    cuda = torch.device("cuda")  # resolve only reads the device's type; no GPU needed
+
+    def need(precision, checkpoint):
+        return 30 if checkpoint else 50
+
+    # Budget 80% of free. Fits, but a graph's second copy would not: eager, no recompute.
+    r = resolve(FastPath("fp32"), cuda, need, free=100)
+    assert (r.checkpoint, r.cuda_graph) == (False, False)
+    r = resolve(FastPath("fp32"), cuda, need, free=200)
+    assert (r.checkpoint, r.cuda_graph) == (False, True)
+    r = resolve(FastPath("fp32"), cuda, need, free=50)
+    assert (r.checkpoint, r.cuda_graph) == (True, False)
+    # What the config forces wins; without an estimate or a free figure nothing is decided by memory.
+    r = resolve(FastPath("fp32", checkpoint=False, cuda_graph=True), cuda, need, free=10)
+    assert (r.checkpoint, r.cuda_graph) == (False, True)
+    assert resolve(FastPath("fp32"), cuda, need, free=None).checkpoint is False
+    assert resolve(FastPath("fp32"), torch.device("cpu"), need, free=200).cuda_graph is False
+
+
+def test_a_batch_that_would_not_fit_is_checkpointed_and_says_so(tiny_model, monkeypatch):
+    from nstd.engine import transfer
+
+    settings = BatchSettings(iterations=2, log_every=1)
+    jobs = jobs_for(2, init="noise")
+    monkeypatch.setattr(transfer, "free_memory", lambda device: 10 << 30)
+    [roomy, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"))
+    monkeypatch.setattr(transfer, "free_memory", lambda device: 1000)
+    [tight, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"))
+    assert [r["checkpoint"] for r in roomy.runs] == [False]
+    assert [r["checkpoint"] for r in tight.runs] == [True]
+    assert tight.runs[0]["size"] == [32, 40] and tight.runs[0]["batch"] == 2
+    assert tight.history[-1]["total"] == pytest.approx(roomy.history[-1]["total"], rel=1e-4)

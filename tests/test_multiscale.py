@@ -47,6 +47,8 @@ def test_each_scale_starts_from_the_last_and_the_output_has_the_requested_size(t
     assert its == sorted(set(its)) and its[-1] == 6 + 3 + 3
     assert {h["scale"] for h in result.history} == {30, 60, 120}
     assert seen[-1] == 12
+    # One record of how each scale ran, in order.
+    assert [(r["size"], r["iterations"]) for r in result.runs] == [([22, 30], 6), ([45, 60], 3), ([90, 120], 3)]
 
 
 def test_a_mismatched_init_image_is_refused(tiny_model):

@@ -1,6 +1,8 @@
-"""Choosing a torch device by name."""
+"""Choosing a torch device by name, and how much memory it has free."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -33,3 +35,31 @@ def resolve_devices(name: str = "auto") -> list[torch.device]:
     if name in ("auto", "cuda") and torch.cuda.is_available():
         return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     return [resolve_device(name)]
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation could still get, or None where the device does not say.
+
+    On CUDA this counts the allocator's cached but unused blocks as free: they are
+    handed out again before the driver is asked for more.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether an error is the device running out of memory (MPS and CPU say so in words)."""
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def release_cache(device: torch.device) -> None:
+    """Give cached blocks back after an out-of-memory error, so a retry starts clean."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -16,12 +17,14 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 
 @dataclass(frozen=True)
 class FastPath:
-    """Requested switches; `resolve` turns "auto" into what the device supports."""
+    """Requested switches; `resolve` turns "auto" and None into what the device and the
+    batch's memory allow."""
 
     precision: str = "auto"  # auto: bf16 where the device has fast bf16, else fp32
     channels_last: bool | None = None  # None: on for CUDA
-    cuda_graph: bool | None = None  # None: on for CUDA
-    checkpoint: bool = False  # recompute each VGG block in the backward pass
+    cuda_graph: bool | None = None  # None: on for CUDA where a second copy of the batch fits
+    checkpoint: bool | None = None  # None: recompute each VGG block only where the batch won't fit
+    memory_budget: float = 0.8  # share of the free device memory a batch may plan on
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -45,7 +48,10 @@ class Resolved:
                 "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint}
 
 
-def resolve(fast: FastPath | None, device: torch.device) -> Resolved:
+def resolve(fast: FastPath | None, device: torch.device, need: Callable[[str, bool], int] | None = None,
+            free: int | None = None) -> Resolved:
+    """The switches for one batch. `need(precision, checkpoint)` estimates the batch's bytes
+    and `free` is what the device has; without either, memory decides nothing."""
     fast = fast or FastPath()
     cuda = device.type == "cuda"
     precision = fast.precision
@@ -53,10 +59,23 @@ def resolve(fast: FastPath | None, device: torch.device) -> Resolved:
         precision = "bf16" if _fast_bf16(device) else "fp32"
     if precision == "tf32" and not cuda:
         precision = "fp32"  # TF32 is a CUDA tensor-core mode; the CPU computes fp32 anyway
+
+    def fits(bytes_: int) -> bool:
+        return free is None or bytes_ <= free * fast.memory_budget
+
+    checkpoint = fast.checkpoint
+    if checkpoint is None:
+        checkpoint = need is not None and not fits(need(precision, False))
     channels_last = cuda if fast.channels_last is None else fast.channels_last
+    graph = fast.cuda_graph
+    if graph is None:
+        # A captured graph keeps its own memory pool beside the allocator's cache, which
+        # may hold the warm-up's blocks: plan for two copies. Large batches gain little
+        # from it anyway; the launch overhead it removes is fixed per iteration.
+        graph = need is None or fits(2 * need(precision, checkpoint))
     # A graph needs fixed addresses, which checkpointing's recomputation does not promise.
-    graph = (cuda if fast.cuda_graph is None else fast.cuda_graph) and cuda and not fast.checkpoint
-    return Resolved(device, precision, channels_last, graph, fast.checkpoint)
+    graph = graph and cuda and not checkpoint
+    return Resolved(device, precision, channels_last, graph, checkpoint)
 
 
 def _fast_bf16(device: torch.device) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nstd.engine.vgg import LAYER_INDEX, VGG19_CFG
+from nstd.engine.vgg import LAYER_INDEX, LAYER_NAMES, VGG19_CFG
 
 
 def _layer_shapes(h: int, w: int, last: int):
@@ -23,36 +23,78 @@ def _layer_shapes(h: int, w: int, last: int):
     return out[: last + 1]
 
 
-def activation_elements(h: int, w: int, layers: frozenset[str]) -> int:
-    """Elements kept for the backward pass of one image (in-place ReLUs share storage)."""
+def activation_elements(h: int, w: int, layers: frozenset[str], checkpoint: bool = False) -> int:
+    """Elements kept for the backward pass of one image (in-place ReLUs share storage).
+
+    With checkpointing only each block's input, the captured layers and, while its
+    backward runs, one block's activations are held at once.
+    """
     last = max(LAYER_INDEX[n] for n in layers)
-    total = 3 * h * w
-    for kind, _, cout, oh, ow in _layer_shapes(h, w, last):
+    shapes = _layer_shapes(h, w, last)
+    sizes = []
+    for kind, _, cout, oh, ow in shapes:
         if kind == "conv":
-            total += cout * oh * ow
+            sizes.append(cout * oh * ow)
         elif kind == "pool":
-            total += 3 * cout * oh * ow  # output, plus max-pool's int64 indices
-    return total
+            sizes.append(3 * cout * oh * ow)  # output, plus max-pool's int64 indices
+        else:
+            sizes.append(0)
+    if not checkpoint:
+        return 3 * h * w + sum(sizes)
+    blocks, current = [], 0
+    kept = 3 * h * w
+    for (kind, _, cout, oh, ow), size, name in zip(shapes, sizes, LAYER_NAMES):
+        current += size
+        if name in layers:
+            kept += cout * oh * ow
+        if kind == "pool":
+            kept += cout * oh * ow
+            blocks.append(current)
+            current = 0
+    blocks.append(current)
+    return kept + max(blocks)
 
 
-def bytes_per_image(h: int, w: int, layers: frozenset[str], optimizer: str, lbfgs_history: int) -> int:
-    """A conservative fp32 estimate: activations twice (forward kept, backward transient),
-    the optimiser's state, and the image, its gradient and targets."""
+# Bytes per activation element, forward kept plus backward transients, by precision and
+# checkpointing. fp32 counts each element twice. bf16 is calibrated on an H100 at 512 to
+# 6000 px (benchmarks/RESULTS.md): 4.6 bytes measured without checkpointing (its fp32 Gram
+# and loss copies keep it above 2x2), 2.8 with.
+ACTIVATION_BYTES = {("fp32", False): 8, ("fp32", True): 8, ("tf32", False): 8, ("tf32", True): 8,
+                    ("bf16", False): 5, ("bf16", True): 3}
+
+
+def bytes_per_image(h: int, w: int, layers: frozenset[str], optimizer: str, lbfgs_history: int,
+                    precision: str = "fp32", checkpoint: bool = False) -> int:
+    """A conservative estimate of one image's peak: its activations, the optimiser's
+    state, and the image, its gradient and targets."""
     pixels = 3 * h * w
-    act = activation_elements(h, w, layers) * 4 * 2
+    act = activation_elements(h, w, layers, checkpoint) * ACTIVATION_BYTES[precision, checkpoint]
     state = (2 * lbfgs_history + 4) * pixels * 4 if optimizer == "lbfgs" else 4 * pixels * 4
     return int(act + state + 8 * pixels * 4)
 
 
+# cuDNN's workspace and the allocator's rounding: once per batch, whatever its size. A
+# single 512x341 image peaked 177 MB above its estimate on an H100.
+WORKSPACE_BYTES = 256 << 20
+
+
+def batch_bytes(n: int, h: int, w: int, layers: frozenset[str], optimizer: str, lbfgs_history: int,
+                precision: str = "fp32", checkpoint: bool = False) -> int:
+    """The estimated peak of a batch of `n` images of h x w."""
+    return n * bytes_per_image(h, w, layers, optimizer, lbfgs_history, precision, checkpoint) + WORKSPACE_BYTES
+
+
 def auto_batch(free_bytes: int, h: int, w: int, layers: frozenset[str], optimizer: str,
                lbfgs_history: int, budget: float = 0.8, cap: int = 64,
-               measured: MeasuredMemory | None = None, key: tuple = ()) -> int:
+               measured: MeasuredMemory | None = None, key: tuple = (), precision: str = "fp32") -> int:
     """Images of this size that fit in `budget` of the free memory: by the peak measured on
     earlier batches of the same kind when there is one, else by the layer-shape estimate."""
     per = measured.bytes_per_image(key, h, w) if measured is not None else None
+    usable = free_bytes * budget
     if per is None:
-        per = bytes_per_image(h, w, layers, optimizer, lbfgs_history)
-    return max(1, min(cap, int(free_bytes * budget // per)))
+        per = bytes_per_image(h, w, layers, optimizer, lbfgs_history, precision)
+        usable -= WORKSPACE_BYTES  # a measured peak has it already
+    return max(1, min(cap, int(usable // per)))
 
 
 class MeasuredMemory:

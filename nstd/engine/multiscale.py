@@ -53,11 +53,13 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
     """Run every scale of `scales` on same-size jobs (contents at any one size).
 
     Histories run on across scales: each record gains a "scale" (its long side) and
-    iterations count from the first scale's start. Progress counts the same way.
+    iterations count from the first scale's start. Progress counts the same way. Each
+    result's `runs` has one entry per scale.
     """
     cache = cache if cache is not None else GramCache()
     starts: list[torch.Tensor] | None = None
     histories: list[list[dict]] = [[] for _ in jobs]
+    runs: list[list[dict]] = [[] for _ in jobs]
     done = 0
     results: list[TransferResult] = []
     for scale in scales:
@@ -82,10 +84,11 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
             skip = 1 if histories[i] else 0
             histories[i] += [rec | {"iteration": offset + rec["iteration"], "scale": scale.long_side}
                              for rec in r.history[skip:]]
+            runs[i] += r.runs
         starts = [r.image for r in results]
         done += scale.iterations
-    for r, history in zip(results, histories):
-        r.history = history
+    for r, history, run in zip(results, histories, runs):
+        r.history, r.runs = history, run
     return results
 
 

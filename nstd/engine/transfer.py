@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Callable
-
-import logging
 
 import torch
 import torch.nn.functional as F
 
 from nstd.engine import color
+from nstd.engine.device import free_memory
 from nstd.engine.fastpath import FastPath, Resolved, autocast, resolve, running
 from nstd.engine.losses import content_loss, gram, style_loss, tv_loss
+from nstd.engine.memory import batch_bytes
 from nstd.engine.optim import make_optimizer
 from nstd.engine.vgg import VGGFeatures
 
@@ -71,6 +73,8 @@ class TransferResult:
     image: torch.Tensor  # (3, H, W) on the CPU, clamped to [0, 1]
     history: list[dict]
     snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    # How each optimisation ran (one per scale): size, time, switches, peak memory.
+    runs: list[dict] = field(default_factory=list)
 
 
 Progress = Callable[[int, "list[dict] | None"], None]
@@ -122,15 +126,44 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
               fast: FastPath | None = None) -> list[TransferResult]:
     """Optimise a batch of same-size jobs together; each image keeps its own state."""
     _check(model, jobs, settings)
-    r = resolve(fast, model.mean.device)
+    device = model.mean.device
+    h, w = jobs[0].content.shape[-2:]
+
+    def need(precision: str, checkpoint: bool) -> int:
+        return batch_bytes(len(jobs), h, w, settings.layers, settings.optimizer, settings.lbfgs_history,
+                           precision, checkpoint)
+
+    r = resolve(fast, device, need, free_memory(device))
+    peak = _PeakMemory(device)
+    started = time.perf_counter()
     with running(r):
         results = _run(model, [_colour_in(j) for j in jobs], settings,
                        cache if cache is not None else GramCache(), progress, r)
+    run = {"size": [h, w], "batch": len(jobs), "iterations": settings.iterations, "seconds": round(time.perf_counter() - started, 3),
+           **r.describe(), **peak.read()}
     for job, result in zip(jobs, results):
         if job.preserve_color == "luminance":
             result.image = color.recombine(result.image, job.content.cpu().float())
             result.snapshots = [(k, color.recombine(s, job.content.cpu().float())) for k, s in result.snapshots]
+        result.runs = [dict(run)]
     return results
+
+
+class _PeakMemory:
+    """The most device memory a run allocated beyond what was held when it began (CUDA only)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+
+    def read(self) -> dict:
+        if not self.cuda:
+            return {"peak_bytes": None}
+        return {"peak_bytes": torch.cuda.max_memory_allocated(self.device) - self.base,
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device)}
 
 
 def _colour_in(job: TransferJob) -> TransferJob:
