@@ -63,8 +63,8 @@ class WorkerConfig:
     retry_backoff: float = 30.0
     memory_budget: float = 0.8  # share of free device memory a batch may plan to use
     precision: str = "auto"  # auto | fp32 | tf32 | bf16: the convolutions' arithmetic
-    cuda_graphs: bool | None = None  # None: on for CUDA
-    checkpoint: bool | None = None  # None: only where a single image would not fit otherwise
+    cuda_graphs: bool | None = None  # None: on for CUDA where twice the batch fits
+    checkpoint: bool | None = None  # None: per scale, only where the batch would not fit
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ SCHEMA = 1
 
 def loss_log(*, input_path: str, input_sha256: str, styles: list[dict], params: TransferParams,
              weights: WeightInfo, device: str, batch_id: str, batch_size: int, batch_index: int,
-             output: dict, timings: dict, history: list[dict], job_id: str | None = None) -> dict:
+             output: dict, timings: dict, history: list[dict], job_id: str | None = None,
+             runs: list[dict] | None = None) -> dict:
+    """`runs`: how each scale ran (size, seconds, precision, checkpointing, peak memory)."""
     return {
         "schema": SCHEMA,
         "job_id": job_id,
@@ -29,6 +31,7 @@ def loss_log(*, input_path: str, input_sha256: str, styles: list[dict], params: 
         "batch": {"id": batch_id, "size": batch_size, "index": batch_index},
         "output": output,
         "timings": timings,
+        "runs": runs or [],
         "versions": versions(),
         "history": history,
     }

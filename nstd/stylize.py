@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from nstd import images, report, weights
-from nstd.engine.device import describe, resolve_device
+from nstd.engine.device import describe, is_oom, release_cache, resolve_device
+from nstd.engine.fastpath import FastPath
 from nstd.engine.multiscale import run_scales
 from nstd.engine.transfer import GramCache, StyleImage, TransferResult, long_side_size, resize_long_side
 from nstd.engine.vgg import VGGFeatures
@@ -100,16 +101,41 @@ def run(req: Request, on_error: Callable[[str], None],
         label = f"batch {n}/{len(batches)}: {len(batch)} × {shape[2]}x{shape[1]}"
         long_side = max(shape[1:])
         progress = make_progress(label, req.params.total_iterations(long_side)) if make_progress else None
-        started = time.time()
-        jobs = [req.params.job(photo.pixels, (style.image,)) for photo, style in batch]
-        results = run_scales(model, jobs, req.params.scales(long_side), req.params.settings(), cache, progress)
-        finished = time.time()
-        batch_id = uuid.uuid4().hex[:12]
-        for i, ((photo, style), result) in enumerate(zip(batch, results)):
-            _write(req, photo, style, result, info, describe(device), batch_id, len(batch), i,
-                   {"started": report.iso_time(started), "finished": report.iso_time(finished),
-                    "seconds": round(finished - started, 3)})
+        failures += _run_batch(req, model, info, device, batch, cache, progress, on_error)
     return failures
+
+
+def _run_batch(req: Request, model: VGGFeatures, info, device: torch.device, batch: list[tuple[Photo, Style]],
+               cache: GramCache, progress, on_error: Callable[[str], None], checkpoint: bool | None = None) -> int:
+    """Run and write one batch; out of memory splits it, then recomputes activations,
+    then gives up on the photo with a message. Returns how many outputs failed."""
+    long_side = max(batch[0][0].pixels.shape[1:])
+    started = time.time()
+    jobs = [req.params.job(photo.pixels, (style.image,)) for photo, style in batch]
+    try:
+        results = run_scales(model, jobs, req.params.scales(long_side), req.params.settings(), cache, progress,
+                             FastPath(checkpoint=checkpoint))
+    except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
+        if not is_oom(e):
+            raise
+        release_cache(device)
+        if len(batch) > 1:
+            half = len(batch) // 2
+            return (_run_batch(req, model, info, device, batch[:half], cache, None, on_error) +
+                    _run_batch(req, model, info, device, batch[half:], cache, None, on_error))
+        if checkpoint is None:
+            return _run_batch(req, model, info, device, batch, cache, None, on_error, checkpoint=True)
+        h, w = batch[0][0].pixels.shape[1:]
+        on_error(f"{batch[0][0].path}: out of memory at {w}x{h} on {describe(device)}; "
+                 f"lower the size or max_pixels")
+        return 1
+    finished = time.time()
+    batch_id = uuid.uuid4().hex[:12]
+    for i, ((photo, style), result) in enumerate(zip(batch, results)):
+        _write(req, photo, style, result, info, describe(device), batch_id, len(batch), i,
+               {"started": report.iso_time(started), "finished": report.iso_time(finished),
+                "seconds": round(finished - started, 3)})
+    return 0
 
 
 def output_stem(req: Request, photo: Photo, style: Style) -> str:
@@ -134,7 +160,7 @@ def _write(req: Request, photo: Photo, style: Style, result: TransferResult, inf
         styles=[{"name": style.path.stem, "path": str(style.path), "sha256": style.image.key, "weight": 1.0}],
         params=req.params, weights=info, device=device, batch_id=batch_id, batch_size=batch_size,
         batch_index=index, output={"path": out.name, "format": req.fmt.lower(), "width": w, "height": h},
-        timings=timings, history=result.history)
+        timings=timings, history=result.history, runs=result.runs)
     atomic_write_json(req.outdir / f"{stem}.json", log)
     atomic_write(req.outdir / curve_name(f"{stem}.json"),
                  loss_curve_svg(result.history, f"{photo.path.name} × {style.path.name}"))

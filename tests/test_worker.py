@@ -101,16 +101,37 @@ def test_out_of_memory_halves_the_batch(service, monkeypatch):
     assert [s for _, s, _ in states(service)] == ["done"] * 3
 
 
-def test_out_of_memory_alone_fails_the_job(service, monkeypatch):
+def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(service, monkeypatch):
     take(service, "a.jpg")
+    tried = []
 
     def never(*args, **kw):
+        tried.append(args[-1].checkpoint)
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
     monkeypatch.setattr(worker_mod, "run_scales", never)
     run_once(service)
+    assert tried == [None, True]  # auto first, then activations recomputed
     [job] = service.journal.get_jobs([1])
     assert job.state == "failed" and "out of memory even alone" in job.error
+
+
+def test_out_of_memory_alone_succeeds_with_checkpointing(service, monkeypatch):
+    take(service, "a.jpg")
+    real = worker_mod.run_scales
+
+    def needs_checkpoint(*args, **kw):
+        if not args[-1].checkpoint:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(worker_mod, "run_scales", needs_checkpoint)
+    run_once(service)
+    assert states(service) == [("a.jpg", "done", 1)]
+    [job] = service.journal.get_jobs([1])
+    log = json.loads((service.cfg.outbox / job.output).with_suffix(".json").read_text())
+    assert [run["checkpoint"] for run in log["runs"]] == [True]
+    assert log["runs"][0]["size"] == [job.height, job.width] and log["runs"][0]["seconds"] > 0
 
 
 def test_an_undecodable_spool_fails_at_once(service):

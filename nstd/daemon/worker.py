@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
 from pathlib import Path
@@ -18,9 +17,9 @@ from nstd.daemon import gallery, outbox
 from nstd.daemon.journal import Job, Journal
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
-from nstd.engine.device import describe
-from nstd.engine.fastpath import FastPath
-from nstd.engine.memory import MeasuredMemory, auto_batch, bytes_per_image
+from nstd.engine.device import describe, free_memory, is_oom, release_cache
+from nstd.engine.fastpath import FastPath, resolve
+from nstd.engine.memory import MeasuredMemory, auto_batch
 from nstd.engine.multiscale import run_scales
 from nstd.engine.transfer import GramCache
 from nstd.engine.vgg import VGGFeatures
@@ -43,10 +42,6 @@ def _finest_history(job: Job, p) -> int:
     return p.scales(max(job.height, job.width))[-1].lbfgs_history
 
 
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
 class Worker(threading.Thread):
     def __init__(self, cfg: Config, styles: Callable[[], StyleBook],
                  load_weights: Callable[[str], tuple[dict, WeightInfo]], device: torch.device,
@@ -58,6 +53,7 @@ class Worker(threading.Thread):
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
         self.cache = GramCache()
         self.measured = MeasuredMemory()
+        self.precision = resolve(FastPath(cfg.worker.precision), device).precision
         self._source: dict[int, tuple[bytes | None, int]] = {}  # job id -> (EXIF, bits per channel)
         self.current: list[Job] = []
         self.error: BaseException | None = None
@@ -84,33 +80,21 @@ class Worker(threading.Thread):
         if self.cfg.worker.max_batch is not None:
             return self.cfg.worker.max_batch
         p = from_dict(job.params)
-        return auto_batch(self.free_memory(), job.height, job.width, p.settings().layers, p.optimizer,
-                          _finest_history(job, p), self.cfg.worker.memory_budget,
-                          cap=16 if self.device.type == "cpu" else 64,
-                          measured=self.measured, key=self._memory_key(p, False))
+        free = free_memory(self.device)
+        return auto_batch(2 << 30 if free is None else free, job.height, job.width, p.settings().layers,
+                          p.optimizer, _finest_history(job, p), self.cfg.worker.memory_budget,
+                          cap=16 if self.device.type == "cpu" else 64, measured=self.measured,
+                          key=self._memory_key(job, p, False), precision=self.precision)
 
-    def _memory_key(self, p, checkpoint: bool) -> tuple:
-        return (p.settings().layers, p.optimizer, p.lbfgs_history, self.cfg.worker.precision, checkpoint)
+    def _memory_key(self, job: Job, p, checkpoint: bool) -> tuple:
+        return (p.settings().layers, p.optimizer, _finest_history(job, p), self.precision, checkpoint)
 
-    def fast_path(self, job: Job, batch: int) -> FastPath:
+    def fast_path(self, checkpoint: bool | None = None) -> FastPath:
+        """The configured switches; the engine decides what is left on auto per scale."""
         w = self.cfg.worker
-        checkpoint = w.checkpoint
-        if checkpoint is None:
-            # Recompute activations only when the batch would not fit without.
-            p = from_dict(job.params)
-            need = batch * bytes_per_image(job.height, job.width, p.settings().layers, p.optimizer,
-                                           _finest_history(job, p))
-            checkpoint = need > self.free_memory() * w.memory_budget
-        return FastPath(w.precision, cuda_graph=w.cuda_graphs, checkpoint=checkpoint)
-
-    def free_memory(self) -> int:
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return free
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            return 2 << 30
+        return FastPath(w.precision, cuda_graph=w.cuda_graphs,
+                        checkpoint=w.checkpoint if checkpoint is None else checkpoint,
+                        memory_budget=w.memory_budget)
 
     # --- one batch --------------------------------------------------------------------
 
@@ -145,7 +129,8 @@ class Worker(threading.Thread):
         except OSError as e:  # the page is a convenience; the outputs are what matter
             log.warning("gallery_not_written", error=str(e))
 
-    def _compute(self, journal: Journal, ready: list[tuple[Job, torch.Tensor]]) -> None:
+    def _compute(self, journal: Journal, ready: list[tuple[Job, torch.Tensor]],
+                 checkpoint: bool | None = None) -> None:
         book = self.styles()
         for job, _ in ready:
             if not book.has(job.style):
@@ -161,25 +146,25 @@ class Worker(threading.Thread):
         for (job, content), p in zip(ready, params):
             transfer_jobs.append(p.job(content, book.get(job.style).style_images(p)))
         started = time.time()
-        fast = self.fast_path(jobs[0], len(jobs))
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device)
         try:
             long_side = max(jobs[0].height, jobs[0].width)
             results = run_scales(model, transfer_jobs, params[0].scales(long_side), params[0].settings(),
-                                 self.cache, self._progress(jobs, params[0].total_iterations(long_side)), fast)
+                                 self.cache, self._progress(jobs, params[0].total_iterations(long_side)),
+                                 self.fast_path(checkpoint))
         except StopBatch:
             raise
         except Exception as e:  # noqa: BLE001 - sorted into OOM, transient and deterministic below
             if is_oom(e):
-                self._empty_cache()
+                release_cache(self.device)
                 if len(ready) > 1:
                     half = len(ready) // 2
                     log.warning("out_of_memory_halving", jobs=[j.id for j in jobs], batch=len(ready))
                     self._compute(journal, ready[:half])
                     self._compute(journal, ready[half:])
+                elif checkpoint is None and self.cfg.worker.checkpoint is None:
+                    # The estimate said it fits and it did not: recompute activations instead.
+                    log.warning("out_of_memory_checkpointing", job=jobs[0].id)
+                    self._compute(journal, ready, checkpoint=True)
                 else:
                     self._transient(journal, jobs[0], "out of memory even alone", final=True)
                 return
@@ -188,10 +173,7 @@ class Worker(threading.Thread):
             log.error("batch_failed", jobs=[j.id for j in jobs], error=f"{type(e).__name__}: {e}")
             return
         finished = time.time()
-        if cuda:
-            peak = torch.cuda.max_memory_allocated(self.device) - before
-            self.measured.record(self._memory_key(params[0], fast.checkpoint), peak, len(jobs),
-                                 jobs[0].height, jobs[0].width)
+        self._record_memory(jobs[0], params[0], results[0].runs)
         device = describe(self.device)
         for i, (job, p, result) in enumerate(zip(jobs, params, results)):
             style = book.get(job.style)
@@ -205,7 +187,7 @@ class Worker(threading.Thread):
                 output={"format": job.params["format"].lower(), "width": w, "height": h},
                 timings={"queued": report.iso_time(job.queued), "started": report.iso_time(started),
                          "finished": report.iso_time(finished), "seconds": round(finished - started, 3)},
-                history=result.history)
+                history=result.history, runs=result.runs)
             try:
                 source_exif, bits = self._source.pop(job.id, (None, 8))
                 exif = images.output_exif(source_exif, report.software(),
@@ -224,6 +206,14 @@ class Worker(threading.Thread):
             self._thumbs(job, contents[i], style, result.image)
             log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
                      seconds=round(finished - started, 2), batch=len(jobs))
+
+    def _record_memory(self, job: Job, p, runs: list[dict]) -> None:
+        """Learn the batch's peak per pixel of its finest scale, for sizing the next ones."""
+        peaks = [r["peak_bytes"] for r in runs if r.get("peak_bytes") is not None]
+        if peaks:
+            finest = runs[-1]
+            self.measured.record(self._memory_key(job, p, finest["checkpoint"]), max(peaks), finest["batch"],
+                                 *finest["size"])
 
     def _thumbs(self, job: Job, content: torch.Tensor, style, image: torch.Tensor) -> None:
         try:
@@ -271,8 +261,4 @@ class Worker(threading.Thread):
             model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id)
             self._models[key] = (model.to(self.device), info)
         return self._models[key]
-
-    def _empty_cache(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
