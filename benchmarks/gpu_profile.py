@@ -14,7 +14,7 @@ import torch
 
 from nstd import weights
 from nstd.engine.fastpath import FastPath
-from nstd.engine.transfer import BatchSettings, GramCache, StyleImage, TransferJob, resize_long_side, run_batch
+from nstd.engine.transfer import BatchSettings, GramCache, StyleImage, TransferJob, run_batch
 from nstd.engine.vgg import VGGFeatures
 
 

@@ -158,8 +158,10 @@ def largest_batch(model: VGGFeatures, w: Workload, fast: FastPath, cap: int) -> 
 
 
 def drop_to_output(weights_dir: Path, model_id: str, content: Path, style: Path, device: str,
-                   timeout: float = 600.0) -> dict:
-    """Start the real daemon on fresh folders, drop one photo once it is idle, time its output."""
+                   timeout: float = 600.0, transfer: dict | None = None) -> dict:
+    """Start the real daemon on fresh folders, drop one photo once it is idle, time its output.
+
+    `transfer` adds to the config's transfer section (for example a size)."""
     root = Path(tempfile.mkdtemp(prefix="nstd-bench-"))
     try:
         for name in ("inbox", "outbox", "failed", "processed", "state"):
@@ -168,7 +170,7 @@ def drop_to_output(weights_dir: Path, model_id: str, content: Path, style: Path,
         cfg = {"inbox": "inbox", "outbox": "outbox", "failed": "failed", "processed": "processed",
                "state_dir": "state", "models_dir": str(weights_dir),
                "styles": {"bench": {"image": "style.jpg"}},
-               "transfer": {"model": model_id}, "worker": {"device": device},
+               "transfer": {"model": model_id, **(transfer or {})}, "worker": {"device": device},
                "log": {"format": "json"}}
         (root / "config.yaml").write_text(yaml.safe_dump(cfg))
         log = (root / "daemon.log").open("w")
@@ -188,7 +190,8 @@ def drop_to_output(weights_dir: Path, model_id: str, content: Path, style: Path,
             # The loss log is written just after the image.
             _wait(lambda: any(outputs.glob("*.json")), 30, proc)
             entry = json.loads(next(outputs.glob("*.json")).read_text())
-            return {"seconds": done - dropped, "transfer_seconds": entry["timings"]["seconds"]}
+            return {"seconds": done - dropped, "transfer_seconds": entry["timings"]["seconds"],
+                    "output": entry["output"], "runs": entry["runs"]}
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -36,8 +36,10 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
         latency: Callable[[], dict] | None, say: Callable[[str], None]) -> dict:
     device = model.mean.device
     settings = BatchSettings()
-    fast = FastPath()
-    fp32 = FastPath("fp32")
+    # No checkpointing: the sweep finds the largest batch that fits without it, and every
+    # row then measures the same switches. (CUDA graphs stay auto, as in the daemon.)
+    fast = FastPath(checkpoint=False)
+    fp32 = FastPath("fp32", checkpoint=False)
     r = resolve(fast, device)
     w = Workload(content, style, plan.size, plan.iterations, settings)
     out: dict = {"date": time.strftime("%Y-%m-%d"), "device": describe(device),
