@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "tiff": "TIFF", "tif": "
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif"}
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 SRGB_ICC = _SRGB.tobytes()
+_SRGB_CMS = SRGB_ICC  # the same LittleCMS sRGB, as the 16-bit conversion's target
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,18 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
                 raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of "
                                  f"{max_pixels:,} (max_pixels)")
             fmt = im.format
-            if fmt == "TIFF" and _is_16bit_colour_tiff(im):
+            read16 = _16bit_colour_reader(im, data_or_path)
+            if read16 is not None:
                 # Read the tags before Pillow loads it: its loader turns the pixels
                 # upright and drops the orientation tag on the way.
                 tags = im.getexif()
+                icc = im.info.get("icc_profile")
                 try:
-                    pixels = _decode_16bit_tiff(data_or_path, tags.get(ORIENTATION, 1))
-                except Exception as e:  # noqa: BLE001 - tifffile raises many types for a bad file
+                    arr = read16(data_or_path)
+                except Exception as e:  # noqa: BLE001 - the codecs raise many types for a bad file
                     raise ImageError(f"{label}: cannot decode ({_short(e)})") from None
-                return Decoded(pixels, fmt, 16, tags.tobytes(), im.info.get("icc_profile") is not None)
+                pixels = _from_16bit(_icc_16bit_to_srgb(arr, icc) if icc else arr, tags.get(ORIENTATION, 1), label)
+                return Decoded(pixels, fmt, 16, tags.tobytes() if tags else None, icc is not None)
             im.seek(0)  # the first frame of an animation
             im.load()
             exif = im.info.get("exif")
@@ -74,10 +79,34 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
     return Decoded(pixels, fmt, bits, exif, icc is not None)
 
 
-def _is_16bit_colour_tiff(im: Image.Image) -> bool:
-    bits = im.tag_v2.get(258, (8,)) if hasattr(im, "tag_v2") else (8,)
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    return bits[0] == 16 and im.tag_v2.get(277, 1) in (3, 4)
+def _16bit_colour_reader(im: Image.Image, src) -> Callable[[bytes | str | Path], np.ndarray] | None:
+    """How to read a 16-bit colour TIFF or PNG at full precision, or None for anything
+    else: Pillow has no 16-bit colour mode and would reduce it to 8 bits."""
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return _read_16bit_tiff if bits[0] == 16 and im.tag_v2.get(277, 1) in (3, 4) else None
+    if im.format == "PNG":
+        if isinstance(src, bytes):
+            head = src[:26]
+        else:
+            with open(src, "rb") as f:
+                head = f.read(26)
+        # IHDR is always the first chunk: bit depth at byte 24, colour type (2 RGB, 6 RGBA) at 25.
+        return _read_16bit_png if len(head) == 26 and head[24] == 16 and head[25] in (2, 6) else None
+    return None
+
+
+def _read_16bit_tiff(src) -> np.ndarray:
+    import tifffile  # with imagecodecs for LZW, Photoshop's default compression
+
+    return tifffile.imread(io.BytesIO(src) if isinstance(src, bytes) else src, key=0)
+
+
+def _read_16bit_png(src) -> np.ndarray:
+    import imagecodecs
+
+    return imagecodecs.png_decode(src if isinstance(src, bytes) else Path(src).read_bytes())
 
 
 # (flip left-right, flip top-bottom, transpose) for each EXIF orientation.
@@ -85,14 +114,26 @@ _ORIENT = {1: (False, False, False), 2: (True, False, False), 3: (True, True, Fa
            5: (False, False, True), 6: (True, False, True), 7: (True, True, True), 8: (False, True, True)}
 
 
-def _decode_16bit_tiff(src, orientation: int) -> torch.Tensor:
-    """16-bit RGB(A) TIFF at full precision; Pillow has no 16-bit colour mode."""
-    import tifffile
+def _icc_16bit_to_srgb(arr: np.ndarray, icc: bytes) -> np.ndarray:
+    """The colour channels moved from the embedded profile (ProPhoto or Adobe RGB, as
+    raw converters export 16 bits) into sRGB, at 16 bits, by LittleCMS."""
+    import imagecodecs
 
-    arr = tifffile.imread(io.BytesIO(src) if isinstance(src, bytes) else src, key=0)
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return arr  # _from_16bit names the layout
+    try:
+        rgb = imagecodecs.cms_transform(np.ascontiguousarray(arr[..., :3]), icc, _SRGB_CMS,
+                                        colorspace="rgb", outcolorspace="rgb", outdtype=np.uint16)
+    except Exception:  # noqa: BLE001 - as for 8 bits, a broken profile leaves good pixels
+        return arr
+    return np.concatenate([rgb, arr[..., 3:]], axis=2) if arr.shape[2] == 4 else rgb
+
+
+def _from_16bit(arr: np.ndarray, orientation: int, label: str) -> torch.Tensor:
+    """(H, W, 3 or 4) uint16 to upright RGB in [0, 1]."""
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ImageError(f"{label}: cannot decode (unexpected 16-bit layout {arr.dtype} {arr.shape})")
     arr = arr.astype(np.float32) / 65535.0
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"unexpected 16-bit TIFF layout {arr.shape}")
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     if x.shape[0] == 4:  # transparency onto white, as on paper
         x = x[:3] * x[3:] + (1 - x[3:])

@@ -252,3 +252,71 @@ def test_a_truncated_16bit_tiff_is_one_clear_error():
     data = _tiff16(arr)
     with pytest.raises(ImageError, match=r"^deep.tif: cannot decode"):
         images.decode(data[: len(data) // 2], "deep.tif")
+
+
+def test_an_lzw_compressed_16bit_tiff_as_photoshop_saves_it():
+    arr = (np.random.default_rng(5).random((24, 36, 3)) * 65535).astype(np.uint16)
+    decoded = images.decode(_tiff16(arr, compression="lzw", predictor=2), "ps.tif")
+    assert decoded.bits == 16
+    assert np.abs(decoded.pixels.permute(1, 2, 0).numpy() * 65535 - arr).max() < 0.5
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_16bit_png_keeps_its_precision(tmp_path, channels):
+    import imagecodecs
+    arr = (np.random.default_rng(6).random((20, 30, channels)) * 65535).astype(np.uint16)
+    if channels == 4:
+        arr[..., 3] = 65535  # opaque: the colours must come through unchanged
+    data = imagecodecs.png_encode(arr)
+    for src in (data, _write(tmp_path / "deep.png", data)):
+        decoded = images.decode(src, "deep.png")
+        assert decoded.bits == 16 and decoded.format == "PNG" and decoded.pixels.shape == (3, 20, 30)
+        assert np.abs(decoded.pixels.permute(1, 2, 0).numpy() * 65535 - arr[..., :3]).max() < 0.5
+    out = images.encode(decoded.pixels, "TIFF", 90, images.output_exif(None, "nstd", "d"), bits=16)
+    import tifffile
+    assert np.array_equal(tifffile.imread(io.BytesIO(out)), arr[..., :3])
+
+
+def test_an_8bit_png_still_goes_through_pillow():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(buf, "PNG")
+    decoded = images.decode(buf.getvalue())
+    assert decoded.bits == 8 and decoded.pixels.shape == (3, 6, 8)
+
+
+def test_a_truncated_16bit_png_is_one_clear_error():
+    import imagecodecs
+    data = imagecodecs.png_encode((np.random.default_rng(7).random((64, 64, 3)) * 65535).astype(np.uint16))
+    with pytest.raises(ImageError, match=r"^deep.png: cannot decode"):
+        images.decode(data[: len(data) // 2], "deep.png")
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["tiff", "png"])
+def test_a_16bit_photo_in_another_colour_space_is_converted_to_srgb(kind):
+    import imagecodecs
+    # A grey ramp stored linearly (gamma 1) under a linear-sRGB profile must decode to the
+    # sRGB-encoded values of the same light.
+    ramp = np.linspace(0.02, 0.98, 40)
+    linear = np.round(np.repeat(ramp[None, :, None], 10, 0).repeat(3, 2) * 65535).astype(np.uint16)
+    icc = linear_rgb_icc()
+    data = _tiff16(linear, iccprofile=icc) if kind == "tiff" else _with_iccp(imagecodecs.png_encode(linear), icc)
+    decoded = images.decode(data, f"linear.{kind}")
+    assert decoded.bits == 16 and decoded.had_icc
+    srgb = np.where(ramp <= 0.0031308, 12.92 * ramp, 1.055 * ramp ** (1 / 2.4) - 0.055)
+    assert np.abs(decoded.pixels[0, 5].numpy() - srgb).max() < 0.01
+    # A broken profile leaves the pixels as stored, as for 8 bits.
+    broken = images.decode(_tiff16(linear, iccprofile=b"not a profile" * 20), "broken.tif")
+    assert np.abs(broken.pixels[0, 5].numpy() - linear[5, :, 0] / 65535).max() < 1e-6
+
+
+def _with_iccp(png: bytes, icc: bytes) -> bytes:
+    """The PNG with an iCCP chunk after its IHDR (8-byte signature + 25-byte IHDR)."""
+    import zlib
+    body = b"iCCP" + b"test\0\0" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:33] + chunk + png[33:]
