@@ -216,3 +216,14 @@ def test_a_batch_that_would_not_fit_is_checkpointed_and_says_so(tiny_model, monk
     assert [r["checkpoint"] for r in tight.runs] == [True]
     assert tight.runs[0]["size"] == [32, 40] and tight.runs[0]["batch"] == 2
     assert tight.history[-1]["total"] == pytest.approx(roomy.history[-1]["total"], rel=1e-4)
+
+
+def test_free_memory_on_the_cpu_is_what_linux_says_is_available():
+    import os
+
+    from nstd.engine.device import free_memory
+
+    free = free_memory(torch.device("cpu"))
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    # MemAvailable: at least the free pages, never more than the machine has.
+    assert os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.9 <= free <= total
