@@ -24,7 +24,6 @@ FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "tiff": "TIFF", "tif": "
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif"}
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 SRGB_ICC = _SRGB.tobytes()
-_SRGB_CMS = SRGB_ICC  # the same LittleCMS sRGB, as the 16-bit conversion's target
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,9 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
                     arr = read16(data_or_path)
                 except Exception as e:  # noqa: BLE001 - the codecs raise many types for a bad file
                     raise ImageError(f"{label}: cannot decode ({_short(e)})") from None
-                pixels = _from_16bit(_icc_16bit_to_srgb(arr, icc) if icc else arr, tags.get(ORIENTATION, 1), label)
+                if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+                    raise ImageError(f"{label}: cannot decode (unexpected 16-bit layout {arr.dtype} {arr.shape})")
+                pixels = _from_16bit(_icc_16bit_to_srgb(arr, icc) if icc else arr, tags.get(ORIENTATION, 1))
                 return Decoded(pixels, fmt, 16, tags.tobytes() if tags else None, icc is not None)
             im.seek(0)  # the first frame of an animation
             im.load()
@@ -119,20 +120,16 @@ def _icc_16bit_to_srgb(arr: np.ndarray, icc: bytes) -> np.ndarray:
     raw converters export 16 bits) into sRGB, at 16 bits, by LittleCMS."""
     import imagecodecs
 
-    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        return arr  # _from_16bit names the layout
     try:
-        rgb = imagecodecs.cms_transform(np.ascontiguousarray(arr[..., :3]), icc, _SRGB_CMS,
+        rgb = imagecodecs.cms_transform(np.ascontiguousarray(arr[..., :3]), icc, SRGB_ICC,
                                         colorspace="rgb", outcolorspace="rgb", outdtype=np.uint16)
     except Exception:  # noqa: BLE001 - as for 8 bits, a broken profile leaves good pixels
         return arr
     return np.concatenate([rgb, arr[..., 3:]], axis=2) if arr.shape[2] == 4 else rgb
 
 
-def _from_16bit(arr: np.ndarray, orientation: int, label: str) -> torch.Tensor:
+def _from_16bit(arr: np.ndarray, orientation: int) -> torch.Tensor:
     """(H, W, 3 or 4) uint16 to upright RGB in [0, 1]."""
-    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ImageError(f"{label}: cannot decode (unexpected 16-bit layout {arr.dtype} {arr.shape})")
     arr = arr.astype(np.float32) / 65535.0
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     if x.shape[0] == 4:  # transparency onto white, as on paper

@@ -139,8 +139,8 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
     with running(r):
         results = _run(model, [_colour_in(j) for j in jobs], settings,
                        cache if cache is not None else GramCache(), progress, r)
-    run = {"size": [h, w], "batch": len(jobs), "iterations": settings.iterations, "seconds": round(time.perf_counter() - started, 3),
-           **r.describe(), **peak.read()}
+    run = {"size": [h, w], "batch": len(jobs), "iterations": settings.iterations,
+           "seconds": round(time.perf_counter() - started, 3), **r.describe(), **peak.read()}
     for job, result in zip(jobs, results):
         if job.preserve_color == "luminance":
             result.image = color.recombine(result.image, job.content.cpu().float())
