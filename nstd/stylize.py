@@ -15,6 +15,7 @@ import torch
 from nstd import images, report, weights
 from nstd.engine.device import describe, is_oom, release_cache, resolve_device
 from nstd.engine.fastpath import FastPath
+from nstd.engine.memory import after_oom
 from nstd.engine.multiscale import run_scales
 from nstd.engine.transfer import GramCache, StyleImage, TransferResult, long_side_size, resize_long_side
 from nstd.engine.vgg import VGGFeatures
@@ -119,11 +120,12 @@ def _run_batch(req: Request, model: VGGFeatures, info, device: torch.device, bat
         if not is_oom(e):
             raise
         release_cache(device)
-        if len(batch) > 1:
+        step = after_oom(len(batch), checkpoint)
+        if step == "split":
             half = len(batch) // 2
             return (_run_batch(req, model, info, device, batch[:half], cache, None, on_error) +
                     _run_batch(req, model, info, device, batch[half:], cache, None, on_error))
-        if checkpoint is None:
+        if step == "checkpoint":
             return _run_batch(req, model, info, device, batch, cache, None, on_error, checkpoint=True)
         h, w = batch[0][0].pixels.shape[1:]
         on_error(f"{batch[0][0].path}: out of memory at {w}x{h} on {describe(device)}; "

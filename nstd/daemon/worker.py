@@ -19,7 +19,7 @@ from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
 from nstd.engine.device import describe, free_memory, is_oom, release_cache
 from nstd.engine.fastpath import FastPath, resolve
-from nstd.engine.memory import MeasuredMemory, auto_batch
+from nstd.engine.memory import MeasuredMemory, after_oom, auto_batch
 from nstd.engine.multiscale import run_scales
 from nstd.engine.transfer import GramCache
 from nstd.engine.vgg import VGGFeatures
@@ -156,12 +156,13 @@ class Worker(threading.Thread):
         except Exception as e:  # noqa: BLE001 - sorted into OOM, transient and deterministic below
             if is_oom(e):
                 release_cache(self.device)
-                if len(ready) > 1:
+                step = after_oom(len(ready), checkpoint, may_checkpoint=self.cfg.worker.checkpoint is None)
+                if step == "split":
                     half = len(ready) // 2
                     log.warning("out_of_memory_halving", jobs=[j.id for j in jobs], batch=len(ready))
                     self._compute(journal, ready[:half])
                     self._compute(journal, ready[half:])
-                elif checkpoint is None and self.cfg.worker.checkpoint is None:
+                elif step == "checkpoint":
                     # The estimate said it fits and it did not: recompute activations instead.
                     log.warning("out_of_memory_checkpointing", job=jobs[0].id)
                     self._compute(journal, ready, checkpoint=True)

@@ -84,6 +84,16 @@ def batch_bytes(n: int, h: int, w: int, layers: frozenset[str], optimizer: str, 
     return n * bytes_per_image(h, w, layers, optimizer, lbfgs_history, precision, checkpoint) + WORKSPACE_BYTES
 
 
+def after_oom(batch: int, checkpoint: bool | None, may_checkpoint: bool = True) -> str:
+    """The next try after a batch ran out of memory: "split" it in halves, run a lone image
+    with "checkpoint"ing where auto had decided against it, or "give up"."""
+    if batch > 1:
+        return "split"
+    if checkpoint is None and may_checkpoint:
+        return "checkpoint"
+    return "give up"
+
+
 def auto_batch(free_bytes: int, h: int, w: int, layers: frozenset[str], optimizer: str,
                lbfgs_history: int, budget: float = 0.8, cap: int = 64,
                measured: MeasuredMemory | None = None, key: tuple = (), precision: str = "fp32") -> int:
