@@ -24,10 +24,6 @@ FOLDER_NAME = ".nstd.yaml"
 MAX_BYTES = 64 * 1024
 
 
-def is_sidecar(relpath: str) -> bool:
-    return relpath.endswith(PHOTO_SUFFIX)
-
-
 def paths_for(relpath: str) -> list[str]:
     """The sidecars that may apply to an inbox photo, weakest first."""
     parts = PurePosixPath(relpath).parts[:-1]
