@@ -33,7 +33,11 @@ CONV_INDICES = tuple(i for i, n in enumerate(LAYER_NAMES) if n.startswith("conv"
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a weight set expects its input: channel order, value range and normalisation."""
+    """How a weight set expects its input: channel order, value range and normalisation.
+
+    `mean` and `std` are in the network's own channel order (B, G, R when `bgr`), in
+    the units of `scale`: they apply after the image has been reordered and scaled.
+    """
 
     name: str
     bgr: bool
@@ -41,9 +45,16 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def apply(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] to the network's input; `mean` and `std` as (1, 3, 1, 1) / scale."""
+        if self.bgr:
+            x = x.flip(1)
+        return (x - mean) / std
+
 
 PREPROCESSING = {
-    # Caffe VGG19 (Simonyan & Zisserman): BGR, 0-255, mean subtracted, no std.
+    # Caffe VGG19 (Simonyan & Zisserman): BGR, 0-255, the ImageNet mean subtracted, no
+    # std. The mean is B, G, R: the blue channel's mean is 103.939.
     "caffe": Preprocessing("caffe", True, 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
     # torchvision IMAGENET1K_V1: RGB, 0-1, ImageNet mean and std.
     "torchvision": Preprocessing("torchvision", False, 1.0,
@@ -72,7 +83,7 @@ class VGGFeatures(nn.Module):
         self.preprocessing = pre.name
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) / pre.scale)
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) / pre.scale)
-        self._bgr = pre.bgr
+        self._pre = pre
         last = max(LAYER_INDEX[n] for n in self.layers)
         self.features = _build(last, pooling, self.layers)
         own = {k: v for k, v in state_dict.items() if int(k.split(".")[0]) <= last}
@@ -85,10 +96,7 @@ class VGGFeatures(nn.Module):
         self.eval()
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if self._bgr:
-            x = x.flip(1)
-            return (x - self.mean.flip(1)) / self.std.flip(1)
-        return (x - self.mean) / self.std
+        return self._pre.apply(x, self.mean, self.std)
 
     def forward(self, x: torch.Tensor, channels_last: bool = False,
                 checkpoint: bool = False) -> dict[str, torch.Tensor]:
