@@ -228,3 +228,60 @@ def test_a_blend_folder_gets_a_blended_output(tmp_path):
         assert (cfg.outbox / "mix" / "p.jpg").exists()
     finally:
         svc.journal.close()
+
+
+def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(service, monkeypatch):
+    take(service, "a.jpg", "b.jpg")
+    real = worker_mod.run_scales
+
+    def tight(model, jobs, scales, settings, cache, progress, fast):
+        if len(jobs) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        if service.journal.get_jobs([1])[0].state == "done":  # the second half: a stop arrives
+            service.worker.deadline = 0.0
+            progress(1, None)
+        return real(model, jobs, scales, settings, cache, progress, fast)
+
+    monkeypatch.setattr(worker_mod, "run_scales", tight)
+    run_once(service)
+    # a.jpg finished before the stop and stays finished; b.jpg goes back, its attempt undone.
+    assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]
+
+
+class WorkerDied(BaseException):
+    """Stands for a fault that ends the worker thread (nothing catches it below run())."""
+
+
+def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, monkeypatch):
+    from nstd.daemon.inbox import Watcher
+
+    take(service, "a.jpg", "b.jpg")
+    real = worker_mod.run_scales
+
+    singles = []
+
+    def dies_on_the_second_half(model, jobs, *args):
+        if len(jobs) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        singles.append(1)
+        if len(singles) == 2:
+            raise WorkerDied()
+        return real(model, jobs, *args)
+
+    monkeypatch.setattr(worker_mod, "run_scales", dies_on_the_second_half)
+    stop = threading.Event()
+    service.worker = Worker(service.cfg, lambda: service.styles, service.load_weights, service.devices[0], stop)
+    service.worker.start()
+    service.worker.join(60)
+    assert not service.worker.is_alive() and isinstance(service.worker.error, WorkerDied)
+    service.workers, service.worker_stop = [service.worker], threading.Event()
+    service.watcher = Watcher(service.cfg.inbox, "polling", 1.0, service.hints)
+    service.watcher.start()
+    try:
+        monkeypatch.setattr(worker_mod, "run_scales", real)
+        monkeypatch.setattr(service, "_start_worker", lambda device: service.worker)  # no second thread
+        service.health()
+    finally:
+        service.watcher.stop()
+        stop.set()
+    assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]

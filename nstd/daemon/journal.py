@@ -242,11 +242,17 @@ class Journal:
         self.db.execute("UPDATE jobs SET state = 'queued', error = ?, not_before = ?, batch_id = NULL "
                         "WHERE id = ?", (error, time.time() + delay, job_id))
 
-    def requeue(self, job_ids: list[int]) -> None:
-        """Give jobs back untouched, as if never started (a stop, not a failure)."""
+    def requeue(self, job_ids: list[int]) -> int:
+        """Give running jobs back untouched, as if never started (a stop, not a failure).
+
+        Only jobs still running go back: a batch's callers pass every job they were
+        given, and some of those may have finished or failed since. Returns how many.
+        """
         with self._tx():
-            self.db.executemany("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
-                                "batch_id = NULL WHERE id = ?", [(i,) for i in job_ids])
+            cur = self.db.executemany("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
+                                      "batch_id = NULL WHERE id = ? AND state = 'running'",
+                                      [(i,) for i in job_ids])
+        return cur.rowcount
 
     # --- reports ----------------------------------------------------------------------
 
