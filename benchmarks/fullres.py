@@ -27,7 +27,8 @@ from nstd.engine.device import describe, free_memory, is_oom, release_cache
 from nstd.engine.fastpath import FastPath
 from nstd.engine.memory import bytes_per_image
 from nstd.engine.multiscale import run_scales
-from nstd.engine.transfer import GramCache, StyleImage
+from nstd.engine.targets import GramCache
+from nstd.engine.types import StyleImage
 from nstd.engine.vgg import VGGFeatures
 from nstd.params import TransferParams
 
@@ -109,7 +110,8 @@ def main() -> int:
         job = params.job(content, (StyleImage(style, "style", 1.0, params.style_scale),))
         started = time.perf_counter()
         try:
-            [result] = run_scales(model, [job], scales, params.settings(), GramCache(), None, VARIANTS[name])
+            [result] = run_scales(model, [job], scales, params.settings(), GramCache(), None, VARIANTS[name],
+                                  lambda: free_memory(device))
         except Exception as e:  # noqa: BLE001 - an OOM is a result here
             if not is_oom(e):
                 raise
@@ -118,13 +120,14 @@ def main() -> int:
             save()
             continue
         seconds = time.perf_counter() - started
-        for run, scale in zip(result.runs, scales):
+        runs = [r.as_dict() for r in result.runs]
+        for run, scale in zip(runs, scales):
             h, w = run["size"]
             run["estimate_bytes"] = bytes_per_image(h, w, params.settings().layers, params.optimizer,
                                                     scale.lbfgs_history, run["precision"], run["checkpoint"])
         results["variants"][name] = {
             "seconds": round(seconds, 2), "free_at_start": free,
-            "max_reserved": torch.cuda.max_memory_reserved(device) if cuda else None, "runs": result.runs,
+            "max_reserved": torch.cuda.max_memory_reserved(device) if cuda else None, "runs": runs,
             "final": {k: result.history[-1][k] for k in ("total", "content", "style", "tv")}}
         print(name, json.dumps(results["variants"][name]), flush=True)
         save_views(result.image, args.out, name)

@@ -15,7 +15,8 @@ import torch
 
 from nstd import weights
 from nstd.engine.fastpath import FastPath
-from nstd.engine.transfer import BatchSettings, StyleImage, TransferJob, run_batch
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import VGGFeatures
 
 

@@ -301,7 +301,7 @@ def cmd_bench(args) -> int:
     from nstd.bench import measure, suite
     from nstd.engine.device import resolve_device
     from nstd.engine.vgg import VGGFeatures
-    from nstd.engine.transfer import BatchSettings
+    from nstd.engine.types import BatchSettings
 
     try:
         device = resolve_device(args.device)

@@ -31,10 +31,8 @@ class Decoded:
     """A decoded photo: RGB float pixels in [0, 1], (3, H, W), and what came with it."""
 
     pixels: torch.Tensor
-    format: str | None
     bits: int  # 8 or 16 per channel in the source
     exif: bytes | None
-    had_icc: bool
 
 
 def decode(data_or_path: bytes | str | Path, name: str | None = None,
@@ -48,7 +46,6 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
             if w * h > max_pixels:
                 raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of "
                                  f"{max_pixels:,} (max_pixels)")
-            fmt = im.format
             read16 = _16bit_colour_reader(im, data_or_path)
             if read16 is not None:
                 # Read the tags before Pillow loads it: its loader turns the pixels
@@ -62,7 +59,7 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
                 if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
                     raise ImageError(f"{label}: cannot decode (unexpected 16-bit layout {arr.dtype} {arr.shape})")
                 pixels = _from_16bit(_icc_16bit_to_srgb(arr, icc) if icc else arr, tags.get(ORIENTATION, 1))
-                return Decoded(pixels, fmt, 16, tags.tobytes() if tags else None, icc is not None)
+                return Decoded(pixels, 16, tags.tobytes() if tags else None)
             im.seek(0)  # the first frame of an animation
             im.load()
             exif = im.info.get("exif")
@@ -77,7 +74,7 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
         raise ImageError(f"{label}: not a usable image ({why})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageError(f"{label}: cannot decode ({_short(e)})") from None
-    return Decoded(pixels, fmt, bits, exif, icc is not None)
+    return Decoded(pixels, bits, exif)
 
 
 def _16bit_colour_reader(im: Image.Image, src) -> Callable[[bytes | str | Path], np.ndarray] | None:

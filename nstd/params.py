@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, fields, replace
 
-from nstd.engine.transfer import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings,
-                                  StyleImage, TransferJob)
+from nstd.engine.types import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings, StyleImage,
+                               TransferJob)
 from nstd.engine.color import MODES as COLOR_MODES
 from nstd.engine.multiscale import Scale, schedule
 from nstd.engine.vgg import LAYER_INDEX
@@ -73,9 +71,6 @@ class TransferParams:
         d["style_layers"] = {name: w for name, w in self.style_layers}
         d["multiscale_iterations"] = list(self.multiscale_iterations)
         return d
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TransferParams))

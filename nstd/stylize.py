@@ -1,28 +1,27 @@
-"""`nstd stylize`: a one-shot run of the engine over photos named on the command line."""
+"""`nstd stylize`: the daemon's pipeline over photos named on the command line, into a folder."""
 
 from __future__ import annotations
 
 import hashlib
-import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from nstd import images, report, weights
-from nstd.engine.device import describe, is_oom, release_cache, resolve_device
+from nstd import images, publish, weights
+from nstd.engine.device import free_memory, resolve_device
 from nstd.engine.fastpath import FastPath
-from nstd.engine.memory import after_oom
-from nstd.engine.multiscale import run_scales
-from nstd.engine.transfer import GramCache, StyleImage, TransferResult, long_side_size, resize_long_side
+from nstd.engine.memory import MemoryPlanner
+from nstd.engine.runner import Engine
+from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
-from nstd.fsutil import atomic_write, atomic_write_json
-from nstd.plot import curve_name, loss_curve_svg
 from nstd.params import TransferParams
+from nstd.pipeline import Photo, Pipeline, Task, load_photo, output_exif, working_size
+from nstd.style import Style, read_painting
+
+Progress = Callable[[int, "list | None"], None]
 
 
 @dataclass(frozen=True)
@@ -39,131 +38,73 @@ class Request:
     models_dir: Path = field(default_factory=weights.default_models_dir)
 
 
-@dataclass
-class Photo:
-    path: Path
-    sha256: str
-    pixels: torch.Tensor  # already at the working size
-    exif: bytes | None = None
-    bits: int = 8
-
-
-@dataclass
-class Style:
-    path: Path
-    image: StyleImage  # its key is the file's sha256
-
-
-def read(path: Path, max_pixels: int) -> tuple[str, images.Decoded]:
-    """The file's sha256 and its decoded pixels, or an ImageError naming it."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
-    return hashlib.sha256(data).hexdigest(), images.decode(data, str(path), max_pixels)
-
-
 def run(req: Request, on_error: Callable[[str], None],
-        make_progress: Callable[[str, int], Callable[[int, list | None], None]] | None = None) -> int:
+        make_progress: Callable[[str, int], Progress] | None = None) -> int:
     """Stylize every content with every style; returns how many outputs failed."""
     sd, info = weights.load(req.models_dir, req.params.model)
     device = resolve_device(req.device)
     model = VGGFeatures(sd, info.preprocessing, req.params.settings().layers,
                         req.params.pooling, info.model_id).to(device)
-    styles = []
-    for p in req.styles:
-        digest, dec = read(p, req.max_pixels)  # a bad style is fatal: every output needs it
-        styles.append(Style(p, StyleImage(dec.pixels, digest, 1.0, req.params.style_scale)))
-
-    groups: dict[tuple, list[Photo]] = defaultdict(list)
-    failures = 0
-    for p in req.contents:
-        try:
-            digest, dec = read(p, req.max_pixels)
-            h, w = dec.pixels.shape[-2:]
-            long_side = req.params.long_side(h, w)
-            pixels = resize_long_side(dec.pixels, long_side)
-            first = long_side_size(h, w, req.params.scales(long_side)[0].long_side)
-            if min(*pixels.shape[-2:], *first) < 16 or min(h, w) < 16:
-                raise ImageError(f"{p}: {w}x{h} is too small or narrow to stylize at size {req.params.size}")
-        except ImageError as e:
-            on_error(str(e))
-            failures += len(styles)
-            continue
-        groups[tuple(pixels.shape)].append(Photo(p, digest, pixels, dec.exif, dec.bits))
-
-    cache = GramCache()
+    # A bad style is fatal: every output needs it.
+    styles = [Style(p.stem, req.params, (read_painting(p.stem, p, req.max_pixels),)) for p in req.styles]
+    groups, failures = _load(req, on_error)
+    fast = FastPath()
+    pipeline = Pipeline(Engine(MemoryPlanner(device, fast, partial(free_memory, device)), fast),
+                        lambda _params: (model, info))
+    sink = _Folder(req, on_error)
     batches = []
     for group in groups.values():
-        pairs = [(photo, style) for style in styles for photo in group]
-        batches += [pairs[i:i + req.max_batch] for i in range(0, len(pairs), req.max_batch)]
+        tasks = [Task(photo, style, req.params, str(path), sha) for style in styles for path, sha, photo in group]
+        batches += [tasks[i:i + req.max_batch] for i in range(0, len(tasks), req.max_batch)]
     for n, batch in enumerate(batches, 1):
-        shape = batch[0][0].pixels.shape
-        label = f"batch {n}/{len(batches)}: {len(batch)} × {shape[2]}x{shape[1]}"
-        long_side = max(shape[1:])
-        progress = make_progress(label, req.params.total_iterations(long_side)) if make_progress else None
-        failures += _run_batch(req, model, info, device, batch, cache, progress, on_error)
-    return failures
+        _, h, w = batch[0].photo.pixels.shape
+        label = f"batch {n}/{len(batches)}: {len(batch)} × {w}x{h}"
+        total = req.params.total_iterations(max(h, w))
+        pipeline.run(batch, sink, make_progress(label, total) if make_progress else None)
+    return failures * len(styles) + sink.failures
 
 
-def _run_batch(req: Request, model: VGGFeatures, info, device: torch.device, batch: list[tuple[Photo, Style]],
-               cache: GramCache, progress, on_error: Callable[[str], None], checkpoint: bool | None = None) -> int:
-    """Run and write one batch; out of memory splits it, then recomputes activations,
-    then gives up on the photo with a message. Returns how many outputs failed."""
-    long_side = max(batch[0][0].pixels.shape[1:])
-    started = time.time()
-    jobs = [req.params.job(photo.pixels, (style.image,)) for photo, style in batch]
-    try:
-        results = run_scales(model, jobs, req.params.scales(long_side), req.params.settings(), cache, progress,
-                             FastPath(checkpoint=checkpoint))
-    except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
-        if not is_oom(e):
-            raise
-        release_cache(device)
-        step = after_oom(len(batch), checkpoint)
-        if step == "split":
-            half = len(batch) // 2
-            return (_run_batch(req, model, info, device, batch[:half], cache, None, on_error) +
-                    _run_batch(req, model, info, device, batch[half:], cache, None, on_error))
-        if step == "checkpoint":
-            return _run_batch(req, model, info, device, batch, cache, None, on_error, checkpoint=True)
-        h, w = batch[0][0].pixels.shape[1:]
-        on_error(f"{batch[0][0].path}: out of memory at {w}x{h} on {describe(device)}; "
-                 f"lower the size or max_pixels")
-        return 1
-    finished = time.time()
-    batch_id = uuid.uuid4().hex[:12]
-    for i, ((photo, style), result) in enumerate(zip(batch, results)):
-        _write(req, photo, style, result, info, describe(device), batch_id, len(batch), i,
-               {"started": report.iso_time(started), "finished": report.iso_time(finished),
-                "seconds": round(finished - started, 3)})
-    return 0
+def _load(req: Request, on_error: Callable[[str], None]) -> tuple[dict[tuple, list], int]:
+    """The photos by working size, as (path, sha256, Photo); and how many could not be read."""
+    groups: dict[tuple, list[tuple[Path, str, Photo]]] = defaultdict(list)
+    failures = 0
+    for path in req.contents:
+        try:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+            decoded = images.decode(data, str(path), req.max_pixels)
+            photo = load_photo(decoded, working_size(str(path), *decoded.pixels.shape[-2:], req.params))
+        except ImageError as e:
+            on_error(str(e))
+            failures += 1
+            continue
+        groups[tuple(photo.pixels.shape)].append((path, hashlib.sha256(data).hexdigest(), photo))
+    return groups, failures
 
 
-def output_stem(req: Request, photo: Photo, style: Style) -> str:
-    stem = f"{photo.path.stem}.{style.path.stem}"
-    same_stem = [p for p in req.contents if p.stem == photo.path.stem]
-    return stem if len(same_stem) <= 1 else f"{stem}.{photo.sha256[:8]}"
+def output_stem(req: Request, photo_path: Path, sha256: str, style: Style) -> str:
+    stem = f"{photo_path.stem}.{style.name}"
+    same_stem = [p for p in req.contents if p.stem == photo_path.stem]
+    return stem if len(same_stem) <= 1 else f"{stem}.{sha256[:8]}"
 
 
-def _write(req: Request, photo: Photo, style: Style, result: TransferResult, info, device: str,
-           batch_id: str, batch_size: int, index: int, timings: dict) -> None:
-    stem = output_stem(req, photo, style)
-    ext = images.EXTENSIONS[req.fmt]
-    out = req.outdir / f"{stem}.{ext}"
-    exif = images.output_exif(photo.exif, report.software(), report.description([style.path.stem]))
-    atomic_write(out, images.encode(result.image, req.fmt, req.quality, exif, photo.bits))
-    for it, snap in result.snapshots:
-        atomic_write(req.outdir / f"{stem}.iter{it:05d}.{ext}",
-                     images.encode(snap, req.fmt, req.quality, exif, photo.bits))
-    h, w = result.image.shape[-2:]
-    log = report.loss_log(
-        input_path=str(photo.path), input_sha256=photo.sha256,
-        styles=[{"name": style.path.stem, "path": str(style.path), "sha256": style.image.key, "weight": 1.0}],
-        params=req.params, weights=info, device=device, batch_id=batch_id, batch_size=batch_size,
-        batch_index=index, output={"path": out.name, "format": req.fmt.lower(), "width": w, "height": h},
-        timings=timings, history=result.history, runs=result.runs)
-    atomic_write_json(req.outdir / f"{stem}.json", log)
-    atomic_write(req.outdir / curve_name(f"{stem}.json"),
-                 loss_curve_svg(result.history, f"{photo.path.name} × {style.path.name}"))
+class _Folder:
+    """The one-shot command's sink: every output into one folder, failures to stderr."""
 
+    def __init__(self, req: Request, on_error: Callable[[str], None]):
+        self.req, self.on_error = req, on_error
+        self.failures = 0
+
+    def publish(self, task: Task, result: TransferResult, log: dict) -> None:
+        stem = output_stem(self.req, Path(task.input_path), task.input_sha256, task.style)
+        out = publish.Output(self.req.outdir / f"{stem}.{images.EXTENSIONS[self.req.fmt]}",
+                             self.req.outdir / f"{stem}.json", self.req.fmt, self.req.quality)
+        log = log | {"output": {"path": out.image.name, "format": self.req.fmt.lower()} | log["output"]}
+        publish.write(out, result.image, log, f"{Path(task.input_path).name} × {task.style.parts[0].path.name}",
+                      result.snapshots, output_exif(task.photo, task.style), task.photo.bits)
+
+    def refuse(self, task: Task, reason: str) -> None:
+        self.on_error(f"{task.input_path}: {reason}")
+        self.failures += 1

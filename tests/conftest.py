@@ -1,10 +1,11 @@
 import os
+import threading
 
 import pytest
 import torch
 
 from nstd.engine.vgg import VGG19_CFG, VGGFeatures
-from nstd.engine.transfer import BatchSettings
+from nstd.engine.types import BatchSettings
 
 # Two cores: keep torch from oversubscribing them when pytest runs.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -40,3 +41,41 @@ def rand_image(h: int, w: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     small = torch.rand(1, 3, max(2, h // 4), max(2, w // 4), generator=gen)
     return torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+@pytest.fixture
+def service(tmp_path):
+    """A prepared daemon in-process, on a random-weight model, with a worker not started:
+    tests drive it step by step."""
+    from nstd import config
+    from nstd.cli import main
+    from nstd.daemon.service import Service
+    from nstd.daemon.worker import Worker
+
+    from daemon_harness import write_config
+
+    models = tmp_path / "models"
+    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
+    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
+                 "torchvision", "--models-dir", str(models)]) == 0
+    cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"}},
+                                   worker={"max_attempts": 2, "retry_backoff": 0, "max_batch": 4,
+                                           "batch_window": 0}))
+    svc = Service(cfg)
+    svc.prepare()
+    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
+    yield svc
+    svc.journal.close()
+
+
+@pytest.fixture
+def models(tmp_path, vgg_sd):
+    """A models folder holding the random-weight VGG19 as "random"."""
+    from nstd.cli import main
+
+    pth = tmp_path / "random.pth"
+    torch.save(vgg_sd, pth)
+    d = tmp_path / "models"
+    assert main(["weights", "import", str(pth), "--name", "random", "--preprocessing", "torchvision",
+                 "--models-dir", str(d)]) == 0
+    return d

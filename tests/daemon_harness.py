@@ -14,6 +14,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from nstd.daemon.intake import Kind
+
 from conftest import rand_image
 
 FOLDERS = ("inbox", "outbox", "failed", "processed", "state")
@@ -150,3 +152,19 @@ def listening_sockets(pid: int) -> list[str]:
             if listening and cols[9] in inodes:
                 found.append(f"{table} {cols[1]}")
     return found
+
+
+# --- in-process helpers for the `service` fixture (conftest.py) ---------------------
+
+def take(svc, *names, seed=100):
+    for i, name in enumerate(names):
+        path = svc.cfg.inbox / name
+        path.write_bytes(photo_bytes(40, 40, seed + i))
+        st = path.stat()
+        assert svc.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino)).kind is Kind.QUEUED
+
+
+def run_once(svc):
+    batch = svc.journal.claim(svc.journal.oldest_queued(1e12).batch_key, 4, "b", 1e12)
+    svc.worker.process(svc.journal, batch)
+    return batch

@@ -2,7 +2,7 @@ import json
 
 from nstd.cli import main
 
-from test_cli import models, write_photo  # noqa: F401 - fixture and helper
+from test_cli import write_photo
 
 
 def test_bench_compares_with_the_baseline_and_writes_json_and_markdown(tmp_path, models, capsys):  # noqa: F811

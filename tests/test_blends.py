@@ -3,7 +3,8 @@ import torch
 
 from nstd import config
 from nstd.daemon.styles import StyleBook
-from nstd.engine.transfer import BatchSettings, StyleImage, TransferJob, run_batch
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.errors import ConfigError
 
 from conftest import rand_image

@@ -2,23 +2,12 @@ import json
 import subprocess
 import sys
 
-import pytest
 import torch
 from PIL import Image
 
 from nstd.cli import main
 
 from conftest import rand_image
-
-
-@pytest.fixture
-def models(tmp_path, vgg_sd):
-    pth = tmp_path / "random.pth"
-    torch.save(vgg_sd, pth)
-    d = tmp_path / "models"
-    assert main(["weights", "import", str(pth), "--name", "random", "--preprocessing", "torchvision",
-                 "--models-dir", str(d)]) == 0
-    return d
 
 
 def write_photo(path, h, w, seed):
@@ -57,28 +46,29 @@ def test_stylize_writes_images_and_loss_logs(tmp_path, models, capsys):
 
 def test_stylize_out_of_memory_splits_then_checkpoints_then_names_the_photo(tmp_path, models, capsys,
                                                                            monkeypatch):
-    from nstd import stylize
+    from nstd.engine import runner
+    from nstd.engine.resize import resize_photo
     from nstd.images import decode
 
     photos = [write_photo(tmp_path / f"{n}.png", 40, 40, i) for i, n in enumerate("abc")]
     style = write_photo(tmp_path / "s.png", 40, 40, 9)
-    real, tried = stylize.run_scales, []
-    c_pixels = stylize.resize_long_side(decode(photos[2].read_bytes(), "c", 10**8).pixels, 32)
+    real, tried = runner.run_scales, []
+    c_pixels = resize_photo(decode(photos[2].read_bytes(), "c", 10**8).pixels, (32, 32))
 
-    def tight(model, jobs, scales, settings, cache, progress, fast):
+    def tight(model, jobs, scales, settings, cache, progress, fast, free=None):
         tried.append((len(jobs), fast.checkpoint))
         # Only one image fits, and only with checkpointing; photo c never fits.
         if len(jobs) > 1 or not fast.checkpoint or torch.equal(jobs[0].content, c_pixels):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real(model, jobs, scales, settings, cache, progress, fast)
+        return real(model, jobs, scales, settings, cache, progress, fast, free)
 
-    monkeypatch.setattr(stylize, "run_scales", tight)
+    monkeypatch.setattr(runner, "run_scales", tight)
     rc = main(["stylize", *map(str, photos), "-s", str(style), "-o", str(tmp_path / "o"), "--size", "32",
                "--iterations", "2", "--model", "random", "--models-dir", str(models), "--max-batch", "3"])
     err = capsys.readouterr().err
     assert rc == 1
     assert tried[0] == (3, None) and (1, True) in tried and (1, None) in tried
-    assert f"nstd: error: {photos[2]}: out of memory at 32x32" in err and "Traceback" not in err
+    assert f"nstd: error: {photos[2]}: out of memory even alone at 32x32" in err and "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "o").glob("*.jpg")) == ["a.s.jpg", "b.s.jpg"]
     log = json.loads((tmp_path / "o" / "a.s.json").read_text())
     assert [r["checkpoint"] for r in log["runs"]] == [True]

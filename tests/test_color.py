@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from nstd.engine import color
-from nstd.engine.transfer import BatchSettings, StyleImage, TransferJob, run_batch
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 
 from conftest import rand_image
 

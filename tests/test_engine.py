@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from nstd.engine.fastpath import FastPath, resolve
-from nstd.engine.transfer import (BatchSettings, GramCache, StyleImage, TransferJob, long_side_size,
-                                  resize_long_side, run_batch)
+from nstd.engine.resize import long_side_size, resize_long_side
+from nstd.engine.targets import GramCache
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import LAYER_NAMES, VGGFeatures
 
 from conftest import rand_image
@@ -203,18 +205,14 @@ def test_auto_checkpoint_and_graph_follow_the_memory_estimate():
     assert resolve(FastPath("fp32"), torch.device("cpu"), need, free=200).cuda_graph is False
 
 
-def test_a_batch_that_would_not_fit_is_checkpointed_and_says_so(tiny_model, monkeypatch):
-    from nstd.engine import transfer
-
+def test_a_batch_that_would_not_fit_is_checkpointed_and_says_so(tiny_model):
     settings = BatchSettings(iterations=2, log_every=1)
     jobs = jobs_for(2, init="noise")
-    monkeypatch.setattr(transfer, "free_memory", lambda device: 10 << 30)
-    [roomy, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"))
-    monkeypatch.setattr(transfer, "free_memory", lambda device: 1000)
-    [tight, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"))
-    assert [r["checkpoint"] for r in roomy.runs] == [False]
-    assert [r["checkpoint"] for r in tight.runs] == [True]
-    assert tight.runs[0]["size"] == [32, 40] and tight.runs[0]["batch"] == 2
+    [roomy, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"), free=lambda: 10 << 30)
+    [tight, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"), free=lambda: 1000)
+    assert [r.checkpoint for r in roomy.runs] == [False]
+    assert [r.checkpoint for r in tight.runs] == [True]
+    assert tight.runs[0].size == (32, 40) and tight.runs[0].batch == 2
     assert tight.history[-1]["total"] == pytest.approx(roomy.history[-1]["total"], rel=1e-4)
 
 

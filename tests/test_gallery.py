@@ -4,10 +4,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from nstd.daemon.intake import Kind
 from nstd.daemon import gallery
 
 from daemon_harness import photo_bytes
-from test_worker import run_once, service, take  # noqa: F401 - fixture and helpers
+from daemon_harness import run_once, take
 
 
 def chromium() -> str:
@@ -32,7 +33,7 @@ def test_the_gallery_renders_in_chromium_with_every_image_loaded(service):  # no
     run_once(service)
     (service.cfg.inbox / "broken.jpg").write_bytes(photo_bytes(40, 40, 9)[:200])
     st = (service.cfg.inbox / "broken.jpg").stat()
-    assert service.intake.accept("broken.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind == "failed"
+    assert service.intake.accept("broken.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind is Kind.FAILED
     page = gallery.write(service.cfg.outbox, service.journal)
 
     dom = render_in_browser(page)

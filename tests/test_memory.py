@@ -1,6 +1,6 @@
 from nstd.engine.memory import (MeasuredMemory, activation_elements, auto_batch, batch_bytes, bytes_per_image,
                                flops_per_iteration)
-from nstd.engine.transfer import BatchSettings
+from nstd.engine.types import BatchSettings
 
 LAYERS = BatchSettings().layers
 

@@ -3,7 +3,7 @@ import torch
 
 from nstd.engine import multiscale
 from nstd.engine.multiscale import Scale, run_scales, schedule
-from nstd.engine.transfer import BatchSettings, StyleImage, TransferJob
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 
 from conftest import rand_image
 
@@ -21,10 +21,10 @@ def test_each_scale_starts_from_the_last_and_the_output_has_the_requested_size(t
     calls = []
     real = multiscale.run_batch
 
-    def spy(model, jobs, settings, cache, progress, fast):
+    def spy(model, jobs, settings, cache, progress, fast, free=None):
         calls.append((jobs[0].content.shape, None if jobs[0].init_image is None else jobs[0].init_image.clone(),
                       settings.iterations))
-        out = real(model, jobs, settings, cache, progress, fast)
+        out = real(model, jobs, settings, cache, progress, fast, free)
         calls[-1] += (out[0].image.clone(),)
         return out
 
@@ -48,7 +48,7 @@ def test_each_scale_starts_from_the_last_and_the_output_has_the_requested_size(t
     assert {h["scale"] for h in result.history} == {30, 60, 120}
     assert seen[-1] == 12
     # One record of how each scale ran, in order.
-    assert [(r["size"], r["iterations"]) for r in result.runs] == [([22, 30], 6), ([45, 60], 3), ([90, 120], 3)]
+    assert [(r.size, r.iterations) for r in result.runs] == [((22, 30), 6), ((45, 60), 3), ((90, 120), 3)]
 
 
 def test_a_mismatched_init_image_is_refused(tiny_model):

@@ -11,7 +11,8 @@ import torch
 
 from nstd.bench import baseline
 from nstd.engine import color
-from nstd.engine.transfer import BatchSettings, StyleImage, TransferJob, run_batch
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import VGGFeatures
 
 from conftest import random_vgg_state_dict

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from nstd import weights
-from nstd.engine.transfer import StyleImage, resize_long_side, run_batch
+from nstd.engine.resize import resize_long_side
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import StyleImage
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import WeightsError
 from nstd.params import TransferParams

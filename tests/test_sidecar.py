@@ -3,11 +3,12 @@ import os
 
 import pytest
 
+from nstd.daemon.intake import Kind
 from nstd.daemon import sidecar
 from nstd.errors import ConfigError
 from nstd.params import TransferParams
 
-from test_worker import service, take  # noqa: F401 - fixture and helper
+from daemon_harness import take
 
 
 def test_paths_run_from_the_inbox_root_to_the_photo():
@@ -59,7 +60,7 @@ def test_the_daemon_applies_a_sidecar_and_refuses_a_bad_one(service):  # noqa: F
     path.write_bytes(photo_bytes(40, 40, 3))
     st = path.stat()
     out = service.intake.accept("b.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
-    assert out.kind == "failed" and "b.jpg.nstd.yaml.style_weight: expected float" in out.detail
+    assert out.kind is Kind.FAILED and "b.jpg.nstd.yaml.style_weight: expected float" in out.detail
     error = json.loads((service.cfg.failed / "b.jpg.error.json").read_text())
     assert "b.jpg.nstd.yaml.style_weight" in error["reason"]
     assert (service.cfg.failed / "b.jpg").exists()  # nothing lost

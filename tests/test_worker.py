@@ -8,44 +8,16 @@ import threading
 import pytest
 import torch
 
+from nstd.daemon.intake import Kind
 from nstd import config
 from nstd.daemon import outbox, worker as worker_mod
+from nstd.engine import runner
 from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
 from nstd.cli import main
 
 from conftest import random_vgg_state_dict
-from daemon_harness import photo_bytes, write_config
-
-
-@pytest.fixture
-def service(tmp_path):
-    models = tmp_path / "models"
-    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
-    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(models)]) == 0
-    cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"}},
-                                   worker={"max_attempts": 2, "retry_backoff": 0, "max_batch": 4,
-                                           "batch_window": 0}))
-    svc = Service(cfg)
-    svc.prepare()
-    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
-    yield svc
-    svc.journal.close()
-
-
-def take(svc, *names, seed=100):
-    for i, name in enumerate(names):
-        path = svc.cfg.inbox / name
-        path.write_bytes(photo_bytes(40, 40, seed + i))
-        st = path.stat()
-        assert svc.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino)).kind == "queued"
-
-
-def run_once(svc):
-    batch = svc.journal.claim(svc.journal.oldest_queued(1e12).batch_key, 4, "b", 1e12)
-    svc.worker.process(svc.journal, batch)
-    return batch
+from daemon_harness import photo_bytes, run_once, take, write_config
 
 
 def states(svc):
@@ -86,7 +58,7 @@ def test_transient_errors_give_up_after_max_attempts(service, monkeypatch):
 
 def test_out_of_memory_halves_the_batch(service, monkeypatch):
     take(service, "a.jpg", "b.jpg", "c.jpg")
-    real = worker_mod.run_scales
+    real = runner.run_scales
     sizes = []
 
     def tight(model, jobs, *args, **kw):
@@ -95,7 +67,7 @@ def test_out_of_memory_halves_the_batch(service, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, jobs, *args, **kw)
 
-    monkeypatch.setattr(worker_mod, "run_scales", tight)
+    monkeypatch.setattr(runner, "run_scales", tight)
     run_once(service)
     assert sizes == [3, 1, 2, 1, 1]
     assert [s for _, s, _ in states(service)] == ["done"] * 3
@@ -105,11 +77,11 @@ def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(servi
     take(service, "a.jpg")
     tried = []
 
-    def never(*args, **kw):
-        tried.append(args[-1].checkpoint)
+    def never(model, jobs, scales, settings, cache, progress, fast, free=None):
+        tried.append(fast.checkpoint)
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(worker_mod, "run_scales", never)
+    monkeypatch.setattr(runner, "run_scales", never)
     run_once(service)
     assert tried == [None, True]  # auto first, then activations recomputed
     [job] = service.journal.get_jobs([1])
@@ -118,14 +90,14 @@ def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(servi
 
 def test_out_of_memory_alone_succeeds_with_checkpointing(service, monkeypatch):
     take(service, "a.jpg")
-    real = worker_mod.run_scales
+    real = runner.run_scales
 
     def needs_checkpoint(*args, **kw):
-        if not args[-1].checkpoint:
+        if not args[6].checkpoint:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         return real(*args, **kw)
 
-    monkeypatch.setattr(worker_mod, "run_scales", needs_checkpoint)
+    monkeypatch.setattr(runner, "run_scales", needs_checkpoint)
     run_once(service)
     assert states(service) == [("a.jpg", "done", 1)]
     [job] = service.journal.get_jobs([1])
@@ -150,7 +122,7 @@ def test_restart_adopts_complete_outputs_without_recomputing(service, monkeypatc
     # As if the daemon died after writing the outputs but before recording them.
     service.journal.db.execute("UPDATE jobs SET state = 'running'")
     (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").write_bytes(b"partial")
-    monkeypatch.setattr(worker_mod, "run_scales", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(runner, "run_scales", lambda *a, **k: pytest.fail("recomputed"))
     service.recover()
     assert states(service) == [("a.jpg", "done", 1)]
     assert not (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").exists()
@@ -194,7 +166,7 @@ def test_outputs_carry_the_photos_exif_and_say_what_made_them(service):
     ex.get_ifd(0x8769)[0x9003] = "2023:01:02 03:04:05"
     im.save(service.cfg.inbox / "e.jpg", "JPEG", exif=ex.tobytes())
     st = (service.cfg.inbox / "e.jpg").stat()
-    assert service.intake.accept("e.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind == "queued"
+    assert service.intake.accept("e.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind is Kind.QUEUED
     run_once(service)
     with Image.open(service.cfg.outbox / "ink" / "e.jpg") as out:
         tags = out.getexif()
@@ -221,7 +193,7 @@ def test_a_blend_folder_gets_a_blended_output(tmp_path):
         (cfg.inbox / "mix").mkdir()
         (cfg.inbox / "mix" / "p.jpg").write_bytes(photo_bytes(40, 40, 5))
         st = (cfg.inbox / "mix" / "p.jpg").stat()
-        assert svc.intake.accept("mix/p.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind == "queued"
+        assert svc.intake.accept("mix/p.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind is Kind.QUEUED
         run_once(svc)
         log = json.loads((cfg.outbox / "mix" / "p.json").read_text())
         assert [(s["name"], s["weight"]) for s in log["styles"]] == [("ink", 3.0), ("wash", 1.0)]
@@ -232,17 +204,17 @@ def test_a_blend_folder_gets_a_blended_output(tmp_path):
 
 def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(service, monkeypatch):
     take(service, "a.jpg", "b.jpg")
-    real = worker_mod.run_scales
+    real = runner.run_scales
 
-    def tight(model, jobs, scales, settings, cache, progress, fast):
+    def tight(model, jobs, scales, settings, cache, progress, fast, free=None):
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         if service.journal.get_jobs([1])[0].state == "done":  # the second half: a stop arrives
             service.worker.deadline = 0.0
             progress(1, None)
-        return real(model, jobs, scales, settings, cache, progress, fast)
+        return real(model, jobs, scales, settings, cache, progress, fast, free)
 
-    monkeypatch.setattr(worker_mod, "run_scales", tight)
+    monkeypatch.setattr(runner, "run_scales", tight)
     run_once(service)
     # a.jpg finished before the stop and stays finished; b.jpg goes back, its attempt undone.
     assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]
@@ -256,11 +228,11 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
     from nstd.daemon.inbox import Watcher
 
     take(service, "a.jpg", "b.jpg")
-    real = worker_mod.run_scales
+    real = runner.run_scales
 
     singles = []
 
-    def dies_on_the_second_half(model, jobs, *args):
+    def dies_on_the_second_half(model, jobs, *args):  # noqa: the real signature, passed through
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         singles.append(1)
@@ -268,7 +240,7 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
             raise WorkerDied()
         return real(model, jobs, *args)
 
-    monkeypatch.setattr(worker_mod, "run_scales", dies_on_the_second_half)
+    monkeypatch.setattr(runner, "run_scales", dies_on_the_second_half)
     stop = threading.Event()
     service.worker = Worker(service.cfg, lambda: service.styles, service.load_weights, service.devices[0], stop)
     service.worker.start()
@@ -278,7 +250,7 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
     service.watcher = Watcher(service.cfg.inbox, "polling", 1.0, service.hints)
     service.watcher.start()
     try:
-        monkeypatch.setattr(worker_mod, "run_scales", real)
+        monkeypatch.setattr(runner, "run_scales", real)
         monkeypatch.setattr(service, "_start_worker", lambda device: service.worker)  # no second thread
         service.health()
     finally:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from nstd.engine.losses import content_loss, gram, style_loss, tv_loss
-from nstd.engine.transfer import BatchSettings, TransferJob, resize_long_side
+from nstd.engine.resize import resize_long_side
+from nstd.engine.types import BatchSettings, TransferJob
 from nstd.engine.vgg import VGGFeatures
 
 

@@ -11,16 +11,20 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import yaml
 
 from nstd.bench import baseline
+from nstd.engine.device import free_memory
 from nstd.engine.fastpath import FastPath
 from nstd.engine.memory import flops_per_iteration
-from nstd.engine.transfer import (BatchSettings, GramCache, StyleImage, TransferJob, resize_long_side,
-                                  run_batch)
+from nstd.engine.resize import resize_long_side
+from nstd.engine.targets import GramCache
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import VGGFeatures
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, in FLOP/s.
@@ -59,13 +63,14 @@ def timed_nstd(model: VGGFeatures, w: Workload, batch: int, fast: FastPath,
     cache = GramCache()
     jobs = [w.job()] * batch
     # Warm: cuDNN autotuning and the Gram cache, as on a daemon that has run before.
-    run_batch(model, jobs, BatchSettings(**{**settings.__dict__, "iterations": 4}), cache, fast=fast)
+    free = partial(free_memory, device)  # the daemon's auto switches see the same figure
+    run_batch(model, jobs, BatchSettings(**{**settings.__dict__, "iterations": 4}), cache, fast=fast, free=free)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
-    results = run_batch(model, jobs, settings, cache, fast=fast)
+    results = run_batch(model, jobs, settings, cache, fast=fast, free=free)
     sync(device)
     seconds = time.perf_counter() - start
     h, wd = jobs[0].content.shape[-2:]

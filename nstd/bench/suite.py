@@ -16,7 +16,7 @@ from nstd.bench import measure
 from nstd.bench.measure import Workload
 from nstd.engine.device import describe
 from nstd.engine.fastpath import FastPath, resolve
-from nstd.engine.transfer import BatchSettings
+from nstd.engine.types import BatchSettings
 from nstd.engine.vgg import VGGFeatures
 
 

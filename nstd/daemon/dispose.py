@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from nstd import report
+from nstd import faults, report
 from nstd.daemon.sidecar import PHOTO_SUFFIX
 from nstd.fsutil import atomic_write_json, contained, fsync_dir
 
@@ -36,6 +36,7 @@ def durable_move(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(src, dst)
+        faults.point("mid_move")  # moved, but neither the folder fsynced nor the journal told
     except OSError as e:
         if e.errno != 18:  # EXDEV: another filesystem (a share and a local disk)
             raise
@@ -48,6 +49,7 @@ def durable_move(src: Path, dst: Path) -> None:
                 os.fsync(f.fileno())
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
+        faults.point("mid_move")  # copied, the original not yet removed
         os.unlink(src)
     fsync_dir(dst.parent)
 

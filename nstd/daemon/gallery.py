@@ -15,9 +15,13 @@ import torch
 
 from nstd import images
 from nstd.daemon.journal import Journal
-from nstd.engine.transfer import resize_long_side
+from nstd.engine.resize import resize_long_side
 from nstd.fsutil import atomic_write
+from nstd.log import get
 from nstd.plot import curve_name
+from nstd.style import Style
+
+log = get("nstd.gallery")
 
 FOLDER = ".gallery"
 THUMB = 240
@@ -44,6 +48,17 @@ def save_thumb(outbox: Path, rel: str, pixels: torch.Tensor) -> None:
         if max(small.shape[-2:]) > THUMB:  # shrink only; the page scales nothing up
             small = resize_long_side(small, THUMB)
         atomic_write(path, images.encode(small.clamp(0, 1), "JPEG", 85))
+
+
+def job_done(outbox: Path, job_id: int, photo_sha256: str, photo: torch.Tensor, style: Style,
+             result: torch.Tensor) -> None:
+    """The thumbnails of one finished job: its photo, its style and its result."""
+    try:
+        save_thumb(outbox, photo_thumb(photo_sha256), photo)
+        save_thumb(outbox, style_thumb(style.sha256), style.parts[0].pixels)
+        save_thumb(outbox, result_thumb(job_id), result)
+    except OSError as e:  # the page is a convenience; the outputs are what matter
+        log.warning("gallery_thumbnail_not_written", job=job_id, error=str(e))
 
 
 def write(outbox: Path, journal: Journal, now: float | None = None) -> Path:

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from nstd import images
@@ -16,7 +17,7 @@ from nstd.daemon import dispose, sidecar
 from nstd.daemon.inbox import route
 from nstd.daemon.journal import Input, JobSpec, Journal
 from nstd.daemon.styles import StyleBook
-from nstd.engine.transfer import long_side_size
+from nstd.engine.resize import long_side_size
 from nstd.errors import ConfigError, ImageError
 from nstd.fsutil import atomic_write
 from nstd.log import get
@@ -29,9 +30,19 @@ class Changed(Exception):
     """The file moved under us while reading: look again once it settles."""
 
 
+class Kind(Enum):
+    """What became of a settled file."""
+
+    QUEUED = "queued"  # new: its jobs are queued
+    KNOWN = "known"  # this very version was taken in before
+    FAILED = "failed"  # refused, into failed/ with a reason
+    CHANGED = "changed"  # it moved under us: look again once it settles
+    GONE = "gone"  # no longer there
+
+
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # queued | known | failed | changed | gone
+    kind: Kind
     detail: str = ""
     known: Input | None = None  # for "known": the journal's record of this very file
 
@@ -73,9 +84,9 @@ class Intake:
         try:
             data = read_settled(path, key)
         except Changed:
-            return Outcome("changed")
+            return Outcome(Kind.CHANGED)
         except FileNotFoundError:
-            return Outcome("gone")
+            return Outcome(Kind.GONE)
         except ImageError as e:
             return self._refuse(relpath, None, str(e))
         except OSError as e:
@@ -87,7 +98,7 @@ class Intake:
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
         if known is not None:
-            return Outcome("known", known.state, known)
+            return Outcome(Kind.KNOWN, known.state, known)
 
         where = route(relpath, self.styles.names())
         if where.error:
@@ -125,13 +136,13 @@ class Intake:
             atomic_write(spool, data)
         inp = self.journal.add_input(relpath, sha, str(spool), specs)
         log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
-        return Outcome("queued", str(inp.id))
+        return Outcome(Kind.QUEUED, str(inp.id))
 
     def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
         self.journal.fail_input(relpath, sha or "", reason)
         dispose.to_failed(self.cfg.inbox, self.cfg.failed, relpath, reason, sha)
         log.warning("refused", input=relpath, reason=reason)
-        return Outcome("failed", reason)
+        return Outcome(Kind.FAILED, reason)
 
 
 def _digest(value) -> str:

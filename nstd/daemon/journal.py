@@ -11,7 +11,17 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+
+
+class State(str, Enum):
+    """Where a job or an input stands. A str, so it binds to SQL and compares with text."""
+
+    QUEUED = "queued"
+    RUNNING = "running"  # jobs only
+    DONE = "done"
+    FAILED = "failed"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
@@ -80,7 +90,7 @@ class Job:
     height: int
     batch_key: str
     params: dict
-    state: str
+    state: State
     attempts: int
     queued: float
     error: str | None = None
@@ -95,7 +105,7 @@ class Input:
     relpath: str
     sha256: str
     spool: str | None
-    state: str
+    state: State
     error: str | None
 
 
@@ -107,7 +117,14 @@ _JOB_COLS_J = ", ".join("j." + c.strip() for c in _JOB_COLS.split(","))  # for j
 def _job(row) -> Job:
     values = list(row)
     values[9] = json.loads(values[9])
+    values[10] = State(values[10])
     return Job(*values)
+
+
+def _input(row) -> Input:
+    values = list(row)
+    values[4] = State(values[4])
+    return Input(*values)
 
 
 class Journal:
@@ -133,7 +150,7 @@ class Journal:
     def find_input(self, relpath: str, sha256: str) -> Input | None:
         row = self.db.execute("SELECT id, relpath, sha256, spool, state, error FROM inputs "
                               "WHERE relpath = ? AND sha256 = ?", (relpath, sha256)).fetchone()
-        return Input(*row) if row else None
+        return _input(row) if row else None
 
     def add_input(self, relpath: str, sha256: str, spool: str | None, specs: list[JobSpec],
                   now: float | None = None) -> Input:
@@ -171,7 +188,7 @@ class Journal:
             "SELECT i.id, i.relpath, i.sha256, i.spool, i.state, i.error FROM inputs i WHERE i.state = "
             "'queued' AND NOT EXISTS (SELECT 1 FROM input_jobs l JOIN jobs j ON j.id = l.job_id WHERE "
             "l.input_id = i.id AND j.state IN ('queued', 'running'))").fetchall()
-        return [(Input(*r), self.jobs_of(r[0])) for r in rows]
+        return [(_input(r), self.jobs_of(r[0])) for r in rows]
 
     def jobs_of(self, input_id: int) -> list[Job]:
         rows = self.db.execute(f"SELECT {_JOB_COLS_J} "
@@ -179,9 +196,9 @@ class Journal:
                                "ORDER BY j.id", (input_id,)).fetchall()
         return [_job(r) for r in rows]
 
-    def close_input(self, input_id: int, state: str, error: str | None = None) -> None:
+    def close_input(self, input_id: int, state: State, error: str | None = None) -> None:
         self.db.execute("UPDATE inputs SET state = ?, error = ?, finished = ? WHERE id = ?",
-                        (state, error, time.time(), input_id))
+                        (State(state).value, error, time.time(), input_id))
 
     def spools_in_use(self) -> set[str]:
         rows = self.db.execute("SELECT DISTINCT spool FROM jobs WHERE state IN ('queued', 'running')")

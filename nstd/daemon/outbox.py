@@ -1,4 +1,4 @@
-"""Writing results: the image, then the JSON log whose presence means the job is complete."""
+"""The outbox: where each job's outputs go, whether they are complete, and writing them."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from nstd import images
+from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import atomic_write, atomic_write_json, contained
-from nstd.plot import curve_name, loss_curve_svg
+from nstd.fsutil import contained
 
 
 def subpath(relpath: str, style: str) -> str:
@@ -59,19 +58,13 @@ def complete(outbox: Path, job: Job) -> Path | None:
 
 def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes | None = None,
           bits: int = 8) -> Path:
-    """Snapshots, the image, the loss log, then its curve. `bits` 16 keeps a 16-bit
-    photo 16-bit where the format can (TIFF)."""
+    """The job's files at its targets (see publish.write); returns the image's path."""
     image, js = targets(outbox, job)
-    fmt, quality = job.params["format"], job.params["quality"]
-    for iteration, snap in snapshots:
-        atomic_write(image.with_name(f"{image.stem}.iter{iteration:05d}{image.suffix}"),
-                     images.encode(snap, fmt, quality, exif, bits))
-    atomic_write(image, images.encode(pixels, fmt, quality, exif, bits))
+    fmt = job.params["format"]
     log = log | {"params_hash": job.params_hash,
-                 "output": log.get("output", {}) | {"path": os.path.relpath(image, outbox)}}
-    atomic_write_json(js, log)
-    curve = loss_curve_svg(log["history"], f"{job.relpath} × {job.style}")
-    atomic_write(js.with_name(curve_name(js.name)), curve)
+                 "output": log.get("output", {}) | {"format": fmt.lower(), "path": os.path.relpath(image, outbox)}}
+    publish.write(publish.Output(image, js, fmt, job.params["quality"]), pixels, log,
+                  f"{job.relpath} × {job.style}", snapshots, exif, bits)
     return image
 
 

@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Callable
 
+from nstd import faults
 from nstd.daemon.journal import Job, Journal
 
 
@@ -28,4 +29,6 @@ class Scheduler:
         waiting = self.journal.count_queued(head.batch_key, now)
         if waiting < limit and now - head.queued < self.window:
             return []
-        return self.journal.claim(head.batch_key, limit, uuid.uuid4().hex[:12], now)
+        batch = self.journal.claim(head.batch_key, limit, uuid.uuid4().hex[:12], now)
+        faults.point("after_claim")
+        return batch

@@ -14,8 +14,8 @@ from nstd.config import Config
 from nstd.daemon import dispose, gallery, outbox, preflight
 from nstd.daemon.inbox import (Hints, IgnoreRules, SettleTracker, Watcher, choose_mode, relative, scan,
                                settle_seconds)
-from nstd.daemon.intake import Intake
-from nstd.daemon.journal import Input, Journal
+from nstd.daemon.intake import Intake, Kind
+from nstd.daemon.journal import Input, Journal, State
 from nstd.daemon.notify import notify, watchdog_interval
 from nstd.daemon.styles import StyleBook
 from nstd.daemon.worker import Worker
@@ -169,22 +169,22 @@ class Service:
             except OSError as e:
                 log.warning("intake_deferred", input=rel, error=str(e))
                 continue  # the next rescan tries again
-            if outcome.kind == "changed":
+            if outcome.kind is Kind.CHANGED:
                 self.settle.watch(rel)
-            elif outcome.kind in ("queued", "known"):
+            elif outcome.kind in (Kind.QUEUED, Kind.KNOWN):
                 self.accepted[rel] = key
-                if outcome.kind == "known":
+                if outcome.kind is Kind.KNOWN:
                     self._redispose(rel, outcome.known)
 
     def _redispose(self, rel: str, known: Input) -> None:
         """A file whose fate was decided before (a re-drop, or a crash before it was moved)."""
-        if known.state == "queued":
+        if known.state is State.QUEUED:
             return
         self.accepted.pop(rel, None)
-        if known.state == "done":
+        if known.state is State.DONE:
             dispose.on_success(self.cfg.inbox, self.cfg.processed, rel, self.cfg.on_success)
             log.info("already_done", input=rel)
-        elif known.state == "failed":
+        elif known.state is State.FAILED:
             dispose.to_failed(self.cfg.inbox, self.cfg.failed, rel, known.error or "failed before", known.sha256)
 
     def finalize(self) -> None:
@@ -193,25 +193,26 @@ class Service:
             path = self.cfg.inbox / inp.relpath
             if os.path.lexists(path) and not self._same_version(inp.relpath, inp.sha256):
                 # Replaced since it was taken in: the new version is a new input, leave it.
-                self.journal.close_input(inp.id, "done" if all(j.state == "done" for j in jobs) else "failed")
+                self.journal.close_input(inp.id, State.DONE if all(j.state is State.DONE for j in jobs)
+                                         else State.FAILED)
                 continue
-            failed = [j for j in jobs if j.state == "failed"]
+            failed = [j for j in jobs if j.state is State.FAILED]
             try:
                 if failed:
                     reason = "; ".join(f"{j.style}: {j.error}" for j in failed)
                     attempts = max(j.attempts for j in failed)
                     dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts)
-                    self.journal.close_input(inp.id, "failed", reason)
+                    self.journal.close_input(inp.id, State.FAILED, reason)
                     log.warning("input_failed", input=inp.relpath, reason=reason)
                 else:
                     dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success)
-                    self.journal.close_input(inp.id, "done")
+                    self.journal.close_input(inp.id, State.DONE)
                     log.info("input_done", input=inp.relpath, outputs=[j.output for j in jobs])
             except OSError as e:
                 log.warning("dispose_deferred", input=inp.relpath, error=str(e))
                 continue
             except ValueError as e:  # a name that would leave processed/ or failed/
-                self.journal.close_input(inp.id, "failed", str(e))
+                self.journal.close_input(inp.id, State.FAILED, str(e))
                 log.error("dispose_refused", input=inp.relpath, error=str(e))
                 continue
             self.accepted.pop(inp.relpath, None)

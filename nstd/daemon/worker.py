@@ -1,31 +1,33 @@
-"""One worker per device: claims batches, runs the engine, writes results, records the outcome."""
+"""One worker per device: claims batches and runs them through the pipeline, loading
+from the spool and publishing to the outbox and the journal."""
 
 from __future__ import annotations
 
 import errno
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from nstd import images, report
-from nstd.config import Config
+from nstd import faults, images
+from nstd.config import Config, WorkerConfig
 from nstd.daemon import gallery, outbox
 from nstd.daemon.journal import Job, Journal
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
-from nstd.engine.device import describe, free_memory, is_oom, release_cache
-from nstd.engine.fastpath import FastPath, resolve
-from nstd.engine.memory import MeasuredMemory, after_oom, auto_batch
-from nstd.engine.multiscale import run_scales
-from nstd.engine.transfer import GramCache
+from nstd.engine.device import free_memory
+from nstd.engine.fastpath import FastPath
+from nstd.engine.memory import MemoryPlanner
+from nstd.engine.runner import Engine
+from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.log import get
-from nstd.params import from_dict
+from nstd.params import TransferParams, from_dict
+from nstd.pipeline import Pipeline, Task, load_photo, output_exif
 from nstd.weights import WeightInfo
 
 log = get("nstd.worker")
@@ -37,9 +39,9 @@ class StopBatch(Exception):
     """Raised from the progress callback when a stop's grace period has run out."""
 
 
-def _finest_history(job: Job, p) -> int:
-    """The L-BFGS history of a job's finest (largest) scale: the one that sets its memory."""
-    return p.scales(max(job.height, job.width))[-1].lbfgs_history
+def fast_path(w: WorkerConfig) -> FastPath:
+    """The configured switches; the engine decides what is left on auto per scale."""
+    return FastPath(w.precision, cuda_graph=w.cuda_graphs, checkpoint=w.checkpoint, memory_budget=w.memory_budget)
 
 
 class Worker(threading.Thread):
@@ -51,14 +53,11 @@ class Worker(threading.Thread):
         self.load_weights = load_weights
         self.deadline: float | None = None  # set by a stop: finish the batch by then
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
-        self.cache = GramCache()
-        self.measured = MeasuredMemory()
-        self.precision = resolve(FastPath(cfg.worker.precision), device).precision
-        self._source: dict[int, tuple[bytes | None, int]] = {}  # job id -> (EXIF, bits per channel)
+        fast = fast_path(cfg.worker)
+        self.planner = MemoryPlanner(device, fast, partial(free_memory, device))
+        self.pipeline = Pipeline(Engine(self.planner, fast), self._model)
         self.current: list[Job] = []
         self.error: BaseException | None = None
-
-    # --- thread -----------------------------------------------------------------------
 
     def run(self) -> None:
         journal = Journal(self.cfg.state_dir / "journal.sqlite3")
@@ -80,46 +79,55 @@ class Worker(threading.Thread):
         if self.cfg.worker.max_batch is not None:
             return self.cfg.worker.max_batch
         p = from_dict(job.params)
-        free = free_memory(self.device)
-        return auto_batch(2 << 30 if free is None else free, job.height, job.width, p.settings().layers,
-                          p.optimizer, _finest_history(job, p), self.cfg.worker.memory_budget,
-                          cap=16 if self.device.type == "cpu" else 64, measured=self.measured,
-                          key=self._memory_key(job, p, False), precision=self.precision)
-
-    def _memory_key(self, job: Job, p, checkpoint: bool) -> tuple:
-        return (p.settings().layers, p.optimizer, _finest_history(job, p), self.precision, checkpoint)
-
-    def fast_path(self, checkpoint: bool | None = None) -> FastPath:
-        """The configured switches; the engine decides what is left on auto per scale."""
-        w = self.cfg.worker
-        return FastPath(w.precision, cuda_graph=w.cuda_graphs,
-                        checkpoint=w.checkpoint if checkpoint is None else checkpoint,
-                        memory_budget=w.memory_budget)
-
-    # --- one batch --------------------------------------------------------------------
+        finest = p.scales(max(job.height, job.width))[-1].lbfgs_history
+        return self.planner.max_batch(job.height, job.width, p.settings(), finest)
 
     def process(self, journal: Journal, batch: list[Job]) -> None:
         self.current = batch
-        self._run(journal, batch)
+        tasks = self._load(journal, batch)
+        if tasks:
+            self._run(journal, batch, tasks)
         self.current = []  # left set if the thread dies, so the health loop can requeue them
 
-    def _run(self, journal: Journal, batch: list[Job]) -> None:
-        self._source.clear()  # entries of jobs that failed or were requeued in an earlier batch
-        ready: list[tuple[Job, torch.Tensor]] = []
+    def _load(self, journal: Journal, batch: list[Job]) -> list[Task]:
+        """The load stage: each job's spooled photo at its recorded size, or its failure."""
+        book = self.styles()
+        tasks = []
         for job in batch:
+            if not book.has(job.style):
+                journal.fail(job.id, f"style '{job.style}' is no longer configured")
+                continue
             try:
-                ready.append((job, self._content(job)))
+                decoded = images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
             except ImageError as e:
                 journal.fail(job.id, str(e))
+                continue
             except OSError as e:
                 self._transient(journal, job, f"cannot read spooled input: {e}")
-        if not ready:
-            return
+                continue
+            # Exactly the size intake recorded, so every job of a batch matches.
+            tasks.append(Task(load_photo(decoded, (job.height, job.width)), book.get(job.style),
+                              from_dict(job.params), job.relpath, job.input_sha256, str(job.id), job.queued,
+                              job.batch_id))
+        return tasks
+
+    def _run(self, journal: Journal, batch: list[Job], tasks: list[Task]) -> None:
+        sink = _Outbox(self, journal, {j.id: j for j in batch})
+        p = tasks[0].params
+        total = p.total_iterations(max(batch[0].height, batch[0].width))
         try:
-            self._compute(journal, ready)
+            self.pipeline.run(tasks, sink, self._progress([t.job_id for t in tasks], total))
         except StopBatch:
-            journal.requeue([job.id for job, _ in ready])
-            log.info("batch_requeued", jobs=[job.id for job, _ in ready], reason="stopping")
+            ids = [int(t.job_id) for t in tasks]
+            journal.requeue(ids)
+            log.info("batch_requeued", jobs=ids, reason="stopping")
+            return
+        except Exception as e:  # noqa: BLE001 - a deterministic engine error fails what it had not published
+            error = f"{type(e).__name__}: {e}"
+            for t in tasks:
+                if int(t.job_id) not in sink.ended:
+                    journal.fail(int(t.job_id), error)
+            log.error("batch_failed", jobs=[t.job_id for t in tasks], error=error)
             return
         self._update_gallery(journal)
 
@@ -128,101 +136,6 @@ class Worker(threading.Thread):
             gallery.write(self.cfg.outbox, journal)
         except OSError as e:  # the page is a convenience; the outputs are what matter
             log.warning("gallery_not_written", error=str(e))
-
-    def _compute(self, journal: Journal, ready: list[tuple[Job, torch.Tensor]],
-                 checkpoint: bool | None = None) -> None:
-        book = self.styles()
-        for job, _ in ready:
-            if not book.has(job.style):
-                journal.fail(job.id, f"style '{job.style}' is no longer configured")
-        ready = [(j, c) for j, c in ready if book.has(j.style)]
-        if not ready:
-            return
-        jobs = [job for job, _ in ready]
-        contents = [content for _, content in ready]
-        params = [from_dict(job.params) for job in jobs]
-        model, info = self._model(params[0])
-        transfer_jobs = []
-        for (job, content), p in zip(ready, params):
-            transfer_jobs.append(p.job(content, book.get(job.style).style_images(p)))
-        started = time.time()
-        try:
-            long_side = max(jobs[0].height, jobs[0].width)
-            results = run_scales(model, transfer_jobs, params[0].scales(long_side), params[0].settings(),
-                                 self.cache, self._progress(jobs, params[0].total_iterations(long_side)),
-                                 self.fast_path(checkpoint))
-        except StopBatch:
-            raise
-        except Exception as e:  # noqa: BLE001 - sorted into OOM, transient and deterministic below
-            if is_oom(e):
-                release_cache(self.device)
-                step = after_oom(len(ready), checkpoint, may_checkpoint=self.cfg.worker.checkpoint is None)
-                if step == "split":
-                    half = len(ready) // 2
-                    log.warning("out_of_memory_halving", jobs=[j.id for j in jobs], batch=len(ready))
-                    self._compute(journal, ready[:half])
-                    self._compute(journal, ready[half:])
-                elif step == "checkpoint":
-                    # The estimate said it fits and it did not: recompute activations instead.
-                    log.warning("out_of_memory_checkpointing", job=jobs[0].id)
-                    self._compute(journal, ready, checkpoint=True)
-                else:
-                    self._transient(journal, jobs[0], "out of memory even alone", final=True)
-                return
-            for job in jobs:
-                journal.fail(job.id, f"{type(e).__name__}: {e}")
-            log.error("batch_failed", jobs=[j.id for j in jobs], error=f"{type(e).__name__}: {e}")
-            return
-        finished = time.time()
-        self._record_memory(jobs[0], params[0], results[0].runs)
-        device = describe(self.device)
-        for i, (job, p, result) in enumerate(zip(jobs, params, results)):
-            style = book.get(job.style)
-            h, w = result.image.shape[-2:]
-            entry = report.loss_log(
-                job_id=str(job.id), input_path=job.relpath, input_sha256=job.input_sha256,
-                styles=[{"name": part.name, "path": str(part.path), "sha256": part.sha256,
-                         "weight": part.weight} for part in style.parts],
-                params=p, weights=info, device=device, batch_id=job.batch_id or "",
-                batch_size=len(jobs), batch_index=i,
-                output={"format": job.params["format"].lower(), "width": w, "height": h},
-                timings={"queued": report.iso_time(job.queued), "started": report.iso_time(started),
-                         "finished": report.iso_time(finished), "seconds": round(finished - started, 3)},
-                history=result.history, runs=result.runs)
-            try:
-                source_exif, bits = self._source.pop(job.id, (None, 8))
-                exif = images.output_exif(source_exif, report.software(),
-                                          report.description([part.name for part in style.parts]))
-                path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots, exif, bits)
-            except ValueError as e:  # a name that would leave the outbox
-                journal.fail(job.id, f"refused output path: {e}")
-                continue
-            except OSError as e:
-                if e.errno in TRANSIENT_ERRNOS:
-                    self._transient(journal, job, f"cannot write output: {e.strerror}")
-                    continue
-                journal.fail(job.id, f"cannot write output: {e}")
-                continue
-            journal.finish(job.id, str(path.relative_to(self.cfg.outbox)))
-            self._thumbs(job, contents[i], style, result.image)
-            log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
-                     seconds=round(finished - started, 2), batch=len(jobs))
-
-    def _record_memory(self, job: Job, p, runs: list[dict]) -> None:
-        """Learn the batch's peak per pixel of its finest scale, for sizing the next ones."""
-        peaks = [r["peak_bytes"] for r in runs if r.get("peak_bytes") is not None]
-        if peaks:
-            finest = runs[-1]
-            self.measured.record(self._memory_key(job, p, finest["checkpoint"]), max(peaks), finest["batch"],
-                                 *finest["size"])
-
-    def _thumbs(self, job: Job, content: torch.Tensor, style, image: torch.Tensor) -> None:
-        try:
-            gallery.save_thumb(self.cfg.outbox, gallery.photo_thumb(job.input_sha256), content)
-            gallery.save_thumb(self.cfg.outbox, gallery.style_thumb(style.sha256), style.parts[0].pixels)
-            gallery.save_thumb(self.cfg.outbox, gallery.result_thumb(job.id), image)
-        except OSError as e:
-            log.warning("gallery_thumbnail_not_written", job=job.id, error=str(e))
 
     def _transient(self, journal: Journal, job: Job, error: str, final: bool = False) -> None:
         fresh = journal.get_jobs([job.id])[0]
@@ -234,9 +147,7 @@ class Worker(threading.Thread):
             journal.retry(job.id, error, delay)
             log.warning("retry_later", job=job.id, input=job.relpath, error=error, in_seconds=delay)
 
-    def _progress(self, jobs: list[Job], total: int):
-        ids = [j.id for j in jobs]
-
+    def _progress(self, ids: list[str], total: int):
         def update(iteration: int, losses: list | None) -> None:
             if self.deadline is not None and time.time() > self.deadline:
                 raise StopBatch()
@@ -246,16 +157,7 @@ class Worker(threading.Thread):
 
         return update
 
-    def _content(self, job: Job) -> torch.Tensor:
-        data = Path(job.spool).read_bytes()
-        decoded = images.decode(data, job.relpath, self.cfg.max_pixels)
-        pixels = decoded.pixels
-        self._source[job.id] = (decoded.exif, decoded.bits)  # for the output; popped when written
-        # Exactly the size intake recorded, so every job of a batch matches.
-        return F.interpolate(pixels[None], size=(job.height, job.width), mode="bicubic",
-                             antialias=True, align_corners=False)[0].clamp(0, 1)
-
-    def _model(self, p) -> tuple[VGGFeatures, WeightInfo]:
+    def _model(self, p: TransferParams) -> tuple[VGGFeatures, WeightInfo]:
         key = (p.model, p.pooling, p.settings().layers)
         if key not in self._models:
             sd, info = self.load_weights(p.model)
@@ -263,3 +165,37 @@ class Worker(threading.Thread):
             self._models[key] = (model.to(self.device), info)
         return self._models[key]
 
+
+class _Outbox:
+    """The daemon's sink: outputs into the outbox, outcomes into the journal."""
+
+    def __init__(self, worker: Worker, journal: Journal, jobs: dict[int, Job]):
+        self.worker, self.journal, self.jobs = worker, journal, jobs
+        self.ended: set[int] = set()
+
+    def publish(self, task: Task, result: TransferResult, entry: dict) -> None:
+        job = self.jobs[int(task.job_id)]
+        self.ended.add(job.id)
+        outbox_dir = self.worker.cfg.outbox
+        try:
+            path = outbox.write(outbox_dir, job, result.image, entry, result.snapshots,
+                                output_exif(task.photo, task.style), task.photo.bits)
+        except ValueError as e:  # a name that would leave the outbox
+            self.journal.fail(job.id, f"refused output path: {e}")
+            return
+        except OSError as e:
+            if e.errno in TRANSIENT_ERRNOS:
+                self.worker._transient(self.journal, job, f"cannot write output: {e.strerror}")
+            else:
+                self.journal.fail(job.id, f"cannot write output: {e}")
+            return
+        self.journal.finish(job.id, str(path.relative_to(outbox_dir)))
+        faults.point("after_finish")
+        gallery.job_done(outbox_dir, job.id, job.input_sha256, task.photo.pixels, task.style, result.image)
+        log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
+                 seconds=entry["timings"]["seconds"], batch=entry["batch"]["size"])
+
+    def refuse(self, task: Task, reason: str) -> None:
+        job = self.jobs[int(task.job_id)]
+        self.ended.add(job.id)
+        self.worker._transient(self.journal, job, reason, final=True)

@@ -4,7 +4,11 @@ Transfer" (2016): transfer on luminance alone, or match the style's colours to t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
+
+from nstd.engine.types import StyleImage, TransferJob, TransferResult
 
 MODES = ("none", "luminance", "histogram")
 
@@ -66,3 +70,26 @@ def match_histogram(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
 def _sqrtm(m: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(m)
     return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def prepare(job: TransferJob) -> TransferJob:
+    """The job as the optimiser sees it under colour preservation. Its style targets then
+    depend on the photo, so they bypass the Gram cache (key None)."""
+    if job.preserve_color == "luminance":
+        styles = tuple(StyleImage(gray(match_luminance(s.image, job.content)), None, s.weight, s.scale)
+                       for s in job.styles)
+        init = None if job.init_image is None else gray(luminance(job.init_image))
+        return replace(job, content=gray(luminance(job.content)), styles=styles, init_image=init)
+    if job.preserve_color == "histogram":
+        styles = tuple(StyleImage(match_histogram(s.image, job.content), None, s.weight, s.scale)
+                       for s in job.styles)
+        return replace(job, styles=styles)
+    return job
+
+
+def finish(job: TransferJob, result: TransferResult) -> None:
+    """Put the photo's colour back into a luminance-only result and its snapshots."""
+    if job.preserve_color == "luminance":
+        photo = job.content.cpu().float()
+        result.image = recombine(result.image, photo)
+        result.snapshots = [(k, recombine(s, photo)) for k, s in result.snapshots]

@@ -76,3 +76,20 @@ def release_cache(device: torch.device) -> None:
     """Give cached blocks back after an out-of-memory error, so a retry starts clean."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+class PeakMemory:
+    """The most device memory a run allocated beyond what was held when it began (CUDA only)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+
+    def read(self) -> dict:
+        if not self.cuda:
+            return {"peak_bytes": None}
+        return {"peak_bytes": torch.cuda.max_memory_allocated(self.device) - self.base,
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device)}

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Callable
+
+import torch
+
+from nstd.engine.fastpath import FastPath, resolve
+from nstd.engine.types import BatchSettings, RunStats
 from nstd.engine.vgg import LAYER_INDEX, LAYER_NAMES, VGG19_CFG
 
 
@@ -84,16 +91,6 @@ def batch_bytes(n: int, h: int, w: int, layers: frozenset[str], optimizer: str, 
     return n * bytes_per_image(h, w, layers, optimizer, lbfgs_history, precision, checkpoint) + WORKSPACE_BYTES
 
 
-def after_oom(batch: int, checkpoint: bool | None, may_checkpoint: bool = True) -> str:
-    """The next try after a batch ran out of memory: "split" it in halves, run a lone image
-    with "checkpoint"ing where auto had decided against it, or "give up"."""
-    if batch > 1:
-        return "split"
-    if checkpoint is None and may_checkpoint:
-        return "checkpoint"
-    return "give up"
-
-
 def auto_batch(free_bytes: int, h: int, w: int, layers: frozenset[str], optimizer: str,
                lbfgs_history: int, budget: float = 0.8, cap: int = 64,
                measured: MeasuredMemory | None = None, key: tuple = (), precision: str = "fp32") -> int:
@@ -139,3 +136,58 @@ def flops_per_iteration(h: int, w: int, layers: frozenset[str]) -> int:
             fwd += 2 * 9 * cin * cout * oh * ow
     # The backward pass to the input costs one more convolution per layer (no weight grads).
     return 2 * fwd
+
+
+class OomStep(Enum):
+    """The next try after a batch ran out of memory."""
+
+    SPLIT = "split"  # run it in halves
+    CHECKPOINT = "checkpoint"  # a lone image, with activations recomputed
+    GIVE_UP = "give up"
+
+
+class MemoryPlanner:
+    """How much a device can take: batch sizes from estimates and measured peaks, the free
+    figure the engine's auto switches see, and the next try after an out-of-memory error.
+
+    `probe` reports the device's free bytes (None where it cannot say); the planner is
+    the only reader, so tests and callers decide what the engine sees.
+    """
+
+    def __init__(self, device: torch.device, fast: FastPath, probe: Callable[[], int | None],
+                 cap: int | None = None):
+        self.device, self.fast, self.probe = device, fast, probe
+        self.precision = resolve(fast, device).precision
+        self.cap = cap if cap is not None else (16 if device.type == "cpu" else 64)
+        self.measured = MeasuredMemory()
+
+    def free(self) -> int | None:
+        return self.probe()
+
+    def max_batch(self, h: int, w: int, settings: BatchSettings, finest_history: int) -> int:
+        """Images of h x w that fit at once; `finest_history` is the L-BFGS history of the
+        largest scale, the one that sets the peak."""
+        free = self.free()
+        return auto_batch(2 << 30 if free is None else free, h, w, settings.layers, settings.optimizer,
+                          finest_history, self.fast.memory_budget, self.cap, self.measured,
+                          self._key(settings, finest_history, False), self.precision)
+
+    def observe(self, settings: BatchSettings, finest_history: int, runs: list[RunStats]) -> None:
+        """Learn a finished batch's peak per pixel at its finest scale."""
+        peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
+        if peaks:
+            finest = runs[-1]
+            self.measured.record(self._key(settings, finest_history, finest.checkpoint), max(peaks),
+                                 finest.batch, *finest.size)
+
+    def after_oom(self, batch: int, checkpoint: bool | None) -> OomStep:
+        """Halve a batch; checkpoint a lone image where auto had decided against it; else
+        give up."""
+        if batch > 1:
+            return OomStep.SPLIT
+        if checkpoint is None and self.fast.checkpoint is None:
+            return OomStep.CHECKPOINT
+        return OomStep.GIVE_UP
+
+    def _key(self, settings: BatchSettings, history: int, checkpoint: bool) -> tuple:
+        return (settings.layers, settings.optimizer, history, self.precision, checkpoint)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-import torch.nn.functional as F
+from typing import Callable
 
-from nstd.engine.transfer import (BatchSettings, FastPath, GramCache, Progress, TransferJob, TransferResult,
-                                  long_side_size, resize_long_side, run_batch)
+import torch
+
+from nstd.engine.fastpath import FastPath
+from nstd.engine.resize import long_side_size, resize_long_side, upsample
+from nstd.engine.targets import GramCache
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
 
@@ -49,7 +53,7 @@ def schedule(long_side: int, start: int, factor: float, iterations: int,
 
 def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
                cache: GramCache | None = None, progress: Progress | None = None,
-               fast: FastPath | None = None) -> list[TransferResult]:
+               fast: FastPath | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
     """Run every scale of `scales` on same-size jobs (contents at any one size).
 
     Histories run on across scales: each record gains a "scale" (its long side) and
@@ -59,7 +63,7 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
     cache = cache if cache is not None else GramCache()
     starts: list[torch.Tensor] | None = None
     histories: list[list[dict]] = [[] for _ in jobs]
-    runs: list[list[dict]] = [[] for _ in jobs]
+    runs: list[list[RunStats]] = [[] for _ in jobs]
     done = 0
     results: list[TransferResult] = []
     for scale in scales:
@@ -68,7 +72,7 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
         scaled = []
         for i, job in enumerate(jobs):
             content = resize_long_side(job.content, scale.long_side)
-            init_image = None if starts is None else _upsample(starts[i], size)
+            init_image = None if starts is None else upsample(starts[i], size)
             scaled.append(replace(job, content=content, init_image=init_image))
         step_settings = replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
         offset = done
@@ -78,7 +82,7 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
                 progress(offset + it, None if rows is None else
                          [r | {"iteration": offset + r["iteration"]} for r in rows])
 
-        results = run_batch(model, scaled, step_settings, cache, step_progress, fast)
+        results = run_batch(model, scaled, step_settings, cache, step_progress, fast, free)
         for i, r in enumerate(results):
             # The end of one scale and the start of the next are the same iteration.
             skip = 1 if histories[i] else 0
@@ -91,6 +95,3 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
         r.history, r.runs = history, run
     return results
 
-
-def _upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)

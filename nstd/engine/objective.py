@@ -1,0 +1,75 @@
+"""The objective of Gatys et al. as small modules: content, style and TV terms, summed.
+
+Each module returns one value per image. Each layer's loss is divided by its target's
+mean square, so the weights mean the same for every weight set (Caffe's 0-255 input
+makes Grams ~1e4 times larger) and no layer dominates by the size of its activations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nstd.engine.losses import content_loss, style_loss, tv_loss
+
+
+def mean_square(t: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean square of a target: the layer's normaliser."""
+    return t.float().pow(2).flatten(1).mean(1).clamp_min(1e-12)
+
+
+class ContentLoss(nn.Module):
+    """Normalised feature distance to the photo at one layer."""
+
+    def __init__(self, layer: str, target: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("target", target)
+        self.register_buffer("norm", mean_square(target))
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return content_loss(feats[self.layer], self.target) / self.norm
+
+
+class StyleLoss(nn.Module):
+    """Normalised Gram distance to the style at each layer: (N, layers), unweighted."""
+
+    def __init__(self, targets: dict[str, torch.Tensor]):
+        super().__init__()
+        self.layers = list(targets)
+        self.targets = [targets[n] for n in self.layers]
+        self.register_buffer("norm", torch.stack([mean_square(t) for t in self.targets], 1))
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([style_loss(feats[n], t) for n, t in zip(self.layers, self.targets)], 1) / self.norm
+
+
+class TVLoss(nn.Module):
+    """Total variation of the image itself: smoothness against pixel-level speckle."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tv_loss(x)
+
+
+class Objective(nn.Module):
+    """The weighted sum, with a row of its parts per image for the loss log.
+
+    The row is total, content, style, tv, then each style layer unweighted."""
+
+    def __init__(self, content: list[ContentLoss], style: StyleLoss, layer_weights: torch.Tensor,
+                 weights: torch.Tensor):
+        super().__init__()
+        self.content = nn.ModuleList(content)
+        self.style = style
+        self.tv = TVLoss()
+        self.register_buffer("layer_weights", layer_weights)  # (layers,)
+        self.register_buffer("weights", weights)  # (N, 3): content, style, tv per image
+
+    def forward(self, x: torch.Tensor, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        c = sum(term(feats) for term in self.content)
+        s_layers = self.style(feats)
+        s = (s_layers * self.layer_weights).sum(1)
+        tv = self.tv(x)
+        cw, sw, tw = self.weights.unbind(1)
+        total = cw * c + sw * s + tw * tv
+        return total, torch.cat([torch.stack([total, c, s, tv], 1), s_layers], 1)

@@ -1,0 +1,65 @@
+"""The engine's one way in: a batch on a device, with its Gram cache, its memory plan and
+the out-of-memory fallback. The worker and `nstd stylize` call only this."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from nstd.engine.device import describe, is_oom, release_cache
+from nstd.engine.fastpath import FastPath
+from nstd.engine.memory import MemoryPlanner, OomStep
+from nstd.engine.multiscale import Scale, run_scales
+from nstd.engine.targets import GramCache
+from nstd.engine.types import BatchSettings, Progress, TransferJob, TransferResult
+from nstd.engine.vgg import VGGFeatures
+
+# Called with the positions (in the jobs given to run) and their results, as each part
+# of a batch finishes: an out-of-memory split delivers its halves one after the other.
+Done = Callable[[list[int], list[TransferResult]], None]
+# Called with the positions of jobs that cannot run on this device, and why.
+Refused = Callable[[list[int], str], None]
+
+
+class Engine:
+    def __init__(self, planner: MemoryPlanner, fast: FastPath):
+        self.planner, self.fast = planner, fast
+        self.device = planner.device
+        self.cache = GramCache()
+
+    def run(self, model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
+            done: Done, refused: Refused, progress: Progress | None = None) -> None:
+        """Run same-size jobs through every scale. Out of memory halves the batch, then
+        recomputes a lone image's activations (where checkpointing is on auto), then
+        refuses that image; any other error propagates."""
+        self._run(model, list(range(len(jobs))), jobs, scales, settings, done, refused, progress,
+                  self.fast.checkpoint)
+
+    def _run(self, model, positions: list[int], jobs: list[TransferJob], scales: list[Scale],
+             settings: BatchSettings, done: Done, refused: Refused, progress, checkpoint: bool | None) -> None:
+        try:
+            results = run_scales(model, jobs, scales, settings, self.cache, progress,
+                                 replace(self.fast, checkpoint=checkpoint), self.planner.free)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
+            if not is_oom(e):
+                raise
+            release_cache(self.device)
+            self._after_oom(model, positions, jobs, scales, settings, done, refused, progress, checkpoint)
+            return
+        self.planner.observe(settings, scales[-1].lbfgs_history, results[0].runs)
+        done(positions, results)
+
+    def _after_oom(self, model, positions, jobs, scales, settings, done, refused, progress, checkpoint) -> None:
+        step = self.planner.after_oom(len(jobs), checkpoint)
+        if step is OomStep.SPLIT:
+            half = len(jobs) // 2
+            for part in (slice(None, half), slice(half, None)):
+                self._run(model, positions[part], jobs[part], scales, settings, done, refused, progress,
+                          checkpoint)
+        elif step is OomStep.CHECKPOINT:
+            # The estimate said it fits and it did not: recompute activations instead.
+            self._run(model, positions, jobs, scales, settings, done, refused, progress, True)
+        else:
+            h, w = jobs[0].content.shape[-2:]
+            refused(positions, f"out of memory even alone at {w}x{h} on {describe(self.device)}; "
+                               f"lower the size or max_pixels")

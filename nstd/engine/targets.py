@@ -1,0 +1,70 @@
+"""What the optimisation aims at: content features and style Grams, with a Gram cache."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+from nstd.engine.losses import gram
+from nstd.engine.resize import resize_long_side
+from nstd.engine.types import TransferJob
+
+Features = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+class GramCache:
+    """Style Gram targets by (style key, style size, model, pooling, layers), LRU-bounded."""
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        value = compute()
+        self._items[key] = value
+        if len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        return value
+
+
+def content_targets(features: Features, content: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Per layer, the (N, C, H, W) activations of the photos."""
+    feats = features(content)
+    return {n: feats[n].detach() for n in layers}
+
+
+def style_targets(features: Features, device: torch.device, jobs: list[TransferJob], names: list[str],
+                  long_side: int, cache: GramCache, cache_key: tuple) -> dict[str, torch.Tensor]:
+    """Per layer, an (N, C, C) stack of each job's (weighted, blended) Gram target.
+
+    `cache_key` names what else shapes a Gram (model, pooling, layers, precision)."""
+    per_job = []
+    for job in jobs:
+        total_w = sum(s.weight for s in job.styles)
+        blended: dict[str, torch.Tensor] = {}
+        for style in job.styles:
+            size = max(16, round(long_side * style.scale))
+
+            def compute(style=style, size=size):
+                img = resize_long_side(style.image.to(device, torch.float32), size)
+                f = features(img[None])
+                return {n: gram(f[n])[0] for n in names}
+
+            grams = cache.get((style.key, size) + cache_key, compute) if style.key is not None else compute()
+            # A weighted mean of Grams has the same gradient as the weighted sum of the
+            # per-style losses, so a blend costs no more than one style.
+            for n in names:
+                part = grams[n] * (style.weight / total_w)
+                blended[n] = part if n not in blended else blended[n] + part
+        per_job.append(blended)
+    return {n: torch.stack([b[n] for b in per_job]) for n in names}
+

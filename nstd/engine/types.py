@@ -1,0 +1,97 @@
+"""The engine's public types: what a batch is asked to do, and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+DEFAULT_STYLE_LAYERS = (("relu1_1", 0.2), ("relu2_1", 0.2), ("relu3_1", 0.2),
+                        ("relu4_1", 0.2), ("relu5_1", 0.2))
+DEFAULT_CONTENT_LAYERS = ("relu4_2",)
+INITS = ("content", "noise", "style")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every job of one batch must share: it shapes the model and the loop."""
+
+    iterations: int = 500
+    optimizer: str = "lbfgs"
+    lr: float | None = None  # None: 1.0 for L-BFGS, 0.02 for Adam
+    lbfgs_history: int = 100
+    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
+    style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
+    pooling: str = "max"
+    log_every: int = 50
+    snapshot_every: int = 0
+
+    @property
+    def layers(self) -> frozenset[str]:
+        return frozenset(self.content_layers) | {name for name, _ in self.style_layers}
+
+    @property
+    def style_names(self) -> list[str]:
+        return [name for name, _ in self.style_layers]
+
+
+@dataclass(frozen=True)
+class StyleImage:
+    """One style of a job. `key` identifies the image (its file hash) for the Gram cache."""
+
+    image: torch.Tensor  # (3, h, w) RGB in [0, 1]
+    key: str | None = None
+    weight: float = 1.0
+    scale: float = 1.0  # style size relative to the content's long side
+
+
+@dataclass(frozen=True)
+class TransferJob:
+    content: torch.Tensor  # (3, H, W) RGB in [0, 1]
+    styles: tuple[StyleImage, ...]
+    content_weight: float = 1.0
+    style_weight: float = 10.0
+    tv_weight: float = 5.0
+    init: str = "content"
+    seed: int = 0
+    preserve_color: str = "none"  # none | luminance | histogram
+    init_image: torch.Tensor | None = None  # (3, H, W): start here instead of `init`
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """How one optimisation (one scale of a batch) ran."""
+
+    size: tuple[int, int]
+    batch: int
+    iterations: int
+    seconds: float
+    precision: str
+    channels_last: bool
+    cuda_graph: bool
+    checkpoint: bool
+    peak_bytes: int | None = None  # CUDA: allocated beyond what was held before
+    peak_reserved_bytes: int | None = None
+
+    def as_dict(self) -> dict:
+        """The loss log's `runs` entry."""
+        out = {"size": list(self.size), "batch": self.batch, "iterations": self.iterations,
+               "seconds": self.seconds, "precision": self.precision, "channels_last": self.channels_last,
+               "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint, "peak_bytes": self.peak_bytes}
+        if self.peak_reserved_bytes is not None:
+            out["peak_reserved_bytes"] = self.peak_reserved_bytes
+        return out
+
+
+@dataclass
+class TransferResult:
+    image: torch.Tensor  # (3, H, W) on the CPU, clamped to [0, 1]
+    history: list[dict]
+    snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    runs: list[RunStats] = field(default_factory=list)  # one per scale
+
+
+# Called after each iteration with the iterations done so far and, at logged
+# iterations (one interval late on CUDA), one loss record per image.
+Progress = Callable[[int, "list[dict] | None"], None]

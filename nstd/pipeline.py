@@ -1,0 +1,122 @@
+"""One pipeline for the daemon's worker and `nstd stylize`: load, run, publish.
+
+Both build `Task`s, hand them to `Pipeline.run` with a `Sink` that knows where outputs
+go and what to record, and get the same pixels for the same photo, style and settings.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from nstd import images, report
+from nstd.engine.device import describe
+from nstd.engine.resize import long_side_size, resize_photo
+from nstd.engine.runner import Engine
+from nstd.engine.types import Progress, TransferResult
+from nstd.engine.vgg import VGGFeatures
+from nstd.errors import ImageError
+from nstd.params import TransferParams
+from nstd.style import Style
+from nstd.weights import WeightInfo
+
+MIN_SIDE = 16  # VGG19 pools four times before relu5_1
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo at its working size; its EXIF and bit depth travel with the pixels."""
+
+    pixels: torch.Tensor  # (3, H, W) RGB in [0, 1]
+    exif: bytes | None = None
+    bits: int = 8
+
+
+def working_size(name: str, h: int, w: int, params: TransferParams) -> tuple[int, int]:
+    """(height, width) a photo of h x w is stylized at, or an ImageError naming it."""
+    if min(w, h) < MIN_SIDE:
+        raise ImageError(f"{name}: {w}x{h} is too small to stylize (under {MIN_SIDE} px on a side)")
+    long_side = params.long_side(h, w)
+    size = long_side_size(h, w, long_side)
+    first = long_side_size(h, w, params.scales(long_side)[0].long_side)
+    if min(*size, *first) < MIN_SIDE:
+        raise ImageError(f"{name}: {w}x{h} is too narrow to stylize at size {params.size} "
+                         f"(short side under {MIN_SIDE} px)")
+    return size
+
+
+def load_photo(decoded: images.Decoded, size: tuple[int, int]) -> Photo:
+    """A decoded photo at exactly `size`: the load stage."""
+    return Photo(resize_photo(decoded.pixels, size), decoded.exif, decoded.bits)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One output to make: a photo in one style, with the parameters that shape it."""
+
+    photo: Photo
+    style: Style
+    params: TransferParams
+    input_path: str  # as the loss log names it
+    input_sha256: str
+    job_id: str | None = None
+    queued: float | None = None
+    batch_id: str | None = None  # the claim's, in the daemon; else one is made per batch
+
+
+class Sink(Protocol):
+    """Where a pipeline's outcomes go: the daemon's outbox and journal, or a folder."""
+
+    def publish(self, task: Task, result: TransferResult, log: dict) -> None: ...
+
+    def refuse(self, task: Task, reason: str) -> None: ...
+
+
+class Pipeline:
+    def __init__(self, engine: Engine, model: Callable[[TransferParams], tuple[VGGFeatures, WeightInfo]],
+                 clock: Callable[[], float] = time.time):
+        self.engine, self.model, self.clock = engine, model, clock
+
+    def run(self, tasks: list[Task], sink: Sink, progress: Progress | None = None) -> None:
+        """Run same-size tasks that share their batch settings as one batch."""
+        params = tasks[0].params
+        model, info = self.model(params)
+        long_side = max(tasks[0].photo.pixels.shape[-2:])
+        jobs = [t.params.job(t.photo.pixels, t.style.style_images(t.params)) for t in tasks]
+        started = self.clock()
+
+        def done(positions: list[int], results: list[TransferResult]) -> None:
+            finished = self.clock()
+            batch_id = tasks[positions[0]].batch_id or uuid.uuid4().hex[:12]
+            for k, (i, result) in enumerate(zip(positions, results)):
+                log = self._log(tasks[i], result, info, batch_id, (len(positions), k), (started, finished))
+                sink.publish(tasks[i], result, log)
+
+        def refused(positions: list[int], reason: str) -> None:
+            for i in positions:
+                sink.refuse(tasks[i], reason)
+
+        self.engine.run(model, jobs, params.scales(long_side), params.settings(), done, refused, progress)
+
+    def _log(self, task: Task, result: TransferResult, info: WeightInfo, batch_id: str,
+             batch: tuple[int, int], times: tuple[float, float]) -> dict:
+        started, finished = times
+        h, w = result.image.shape[-2:]
+        return report.loss_log(
+            job_id=task.job_id, input_path=task.input_path, input_sha256=task.input_sha256,
+            styles=task.style.describe(), params=task.params, weights=info,
+            device=describe(self.engine.device), batch_id=batch_id, batch_size=batch[0],
+            batch_index=batch[1], output={"width": w, "height": h},
+            timings=({} if task.queued is None else {"queued": report.iso_time(task.queued)}) |
+                    {"started": report.iso_time(started), "finished": report.iso_time(finished),
+                     "seconds": round(finished - started, 3)},
+            history=result.history, runs=[r.as_dict() for r in result.runs])
+
+
+def output_exif(photo: Photo, style: Style) -> bytes | None:
+    """The photo's EXIF, saying what made the output."""
+    return images.output_exif(photo.exif, report.software(), report.description([p.name for p in style.parts]))
