@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nstd.engine.vgg import CONV_INDICES, VGG19_CFG, PREPROCESSING
+from nstd.engine.vgg import CONV_INDICES, PREPROCESSING, weight_shapes
 from nstd.errors import WeightsError
 from nstd.fsutil import sha256_file
 
@@ -81,22 +81,10 @@ def convert_keras_h5(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def expected_shapes() -> dict[str, tuple[int, ...]]:
-    shapes, channels, idx = {}, 3, 0
-    for item in VGG19_CFG:
-        if item == "M":
-            idx += 1
-            continue
-        shapes[f"{idx}.weight"] = (item, channels, 3, 3)
-        shapes[f"{idx}.bias"] = (item,)
-        channels, idx = item, idx + 2
-    return shapes
-
-
 def check_state_dict(sd: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
     """Keep the VGG19 feature weights, accepting torchvision's `features.` prefix."""
     sd = {k.removeprefix("features."): v for k, v in sd.items()}
-    want = expected_shapes()
+    want = weight_shapes()
     missing = [k for k in want if k not in sd]
     if missing:
         raise WeightsError(f"{origin}: not VGG19 feature weights (missing {missing[0]})")

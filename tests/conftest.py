@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from nstd.engine.vgg import VGG19_CFG, VGGFeatures
+from nstd.engine.vgg import VGGFeatures, weight_shapes
 from nstd.engine.types import BatchSettings
 
 # Two cores: keep torch from oversubscribing them when pytest runs.
@@ -14,14 +14,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def random_vgg_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """He-initialised weights with VGG19's shapes, keyed like torchvision's features."""
     gen = torch.Generator().manual_seed(seed)
-    sd, channels, idx = {}, 3, 0
-    for item in VGG19_CFG:
-        if item == "M":
-            idx += 1
-            continue
-        sd[f"{idx}.weight"] = torch.randn(item, channels, 3, 3, generator=gen) * (2.0 / (channels * 9)) ** 0.5
-        sd[f"{idx}.bias"] = torch.randn(item, generator=gen) * 0.01
-        channels, idx = item, idx + 2
+    sd = {}
+    for key, shape in weight_shapes().items():
+        if key.endswith(".weight"):
+            sd[key] = torch.randn(*shape, generator=gen) * (2.0 / (shape[1] * 9)) ** 0.5
+        else:
+            sd[key] = torch.randn(*shape, generator=gen) * 0.01
     return sd
 
 

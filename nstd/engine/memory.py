@@ -9,25 +9,16 @@ import torch
 
 from nstd.engine.fastpath import FastPath, resolve
 from nstd.engine.types import BatchSettings, RunStats
-from nstd.engine.vgg import LAYER_INDEX, LAYER_NAMES, VGG19_CFG
+from nstd.engine.vgg import LAYER_INDEX, LAYER_NAMES, LAYERS
 
 
 def _layer_shapes(h: int, w: int, last: int):
     """(kind, channels_in, channels_out, out_h, out_w) for each layer up to index `last`."""
-    out, c, idx = [], 3, 0
-    for item in VGG19_CFG:
-        if item == "M":
-            h, w = h // 2, w // 2
-            out.append(("pool", c, c, h, w))
-            idx += 1
-        else:
-            out.append(("conv", c, item, h, w))
-            out.append(("relu", item, item, h, w))
-            c = item
-            idx += 2
-        if idx > last:
-            break
-    return out[: last + 1]
+    out = []
+    for layer in LAYERS[: last + 1]:
+        shrink = layer.scale * (2 if layer.kind == "pool" else 1)
+        out.append((layer.kind, layer.channels_in, layer.channels_out, h // shrink, w // shrink))
+    return out
 
 
 def activation_elements(h: int, w: int, layers: frozenset[str], checkpoint: bool = False) -> int:

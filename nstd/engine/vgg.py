@@ -13,22 +13,47 @@ VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
              512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
-def _layer_names() -> list[str]:
-    names, block, conv = [], 1, 1
+@dataclass(frozen=True)
+class Layer:
+    """One layer of `vgg19().features`: the one table every other walk reads."""
+
+    index: int  # in torchvision's `features`, and in the state dict's keys
+    name: str  # conv1_1, relu1_1, pool1, ...
+    kind: str  # conv | relu | pool
+    block: int  # 1..5; a block ends with its pooling layer
+    channels_in: int
+    channels_out: int
+    scale: int  # how many times the input was halved before this layer: 1, 2, 4, 8, 16
+
+
+def _table() -> tuple[Layer, ...]:
+    layers: list[Layer] = []
+    block, conv, channels, scale = 1, 1, 3, 1
     for item in VGG19_CFG:
         if item == "M":
-            names.append(f"pool{block}")
-            block, conv = block + 1, 1
-        else:
-            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
-            conv += 1
-    return names
+            layers.append(Layer(len(layers), f"pool{block}", "pool", block, channels, channels, scale))
+            block, conv, scale = block + 1, 1, scale * 2
+            continue
+        for kind, cin in (("conv", channels), ("relu", item)):
+            layers.append(Layer(len(layers), f"{kind}{block}_{conv}", kind, block, cin, item, scale))
+        channels, conv = item, conv + 1
+    return tuple(layers)
 
 
-# Names in the order of torchvision's `vgg19().features` indices.
-LAYER_NAMES: tuple[str, ...] = tuple(_layer_names())
-LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
-CONV_INDICES = tuple(i for i, n in enumerate(LAYER_NAMES) if n.startswith("conv"))
+LAYERS: tuple[Layer, ...] = _table()
+LAYER_NAMES: tuple[str, ...] = tuple(layer.name for layer in LAYERS)
+LAYER_INDEX = {layer.name: layer.index for layer in LAYERS}
+CONV_INDICES = tuple(layer.index for layer in LAYERS if layer.kind == "conv")
+
+
+def weight_shapes() -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a VGG19 feature state dict holds, keyed like torchvision's."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in LAYERS:
+        if layer.kind == "conv":
+            shapes[f"{layer.index}.weight"] = (layer.channels_out, layer.channels_in, 3, 3)
+            shapes[f"{layer.index}.bias"] = (layer.channels_out,)
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -89,7 +114,7 @@ class VGGFeatures(nn.Module):
         own = {k: v for k, v in state_dict.items() if int(k.split(".")[0]) <= last}
         self.features.load_state_dict(own)
         # Blocks end after each pooling layer: the natural checkpoint boundaries.
-        ends = [i + 1 for i, n in enumerate(LAYER_NAMES[: last + 1]) if n.startswith("pool")]
+        ends = [layer.index + 1 for layer in LAYERS[: last + 1] if layer.kind == "pool"]
         ends = [e for e in ends if e <= last] + [last + 1]
         self._blocks = list(zip([0] + ends[:-1], ends))
         self.requires_grad_(False)
@@ -126,15 +151,13 @@ class VGGFeatures(nn.Module):
 
 def _build(last: int, pooling: str, captured: frozenset[str]) -> nn.Sequential:
     mods: list[nn.Module] = []
-    channels = 3
-    for item in VGG19_CFG:
-        if item == "M":
+    for layer in LAYERS[: last + 1]:
+        if layer.kind == "pool":
             mods.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
+        elif layer.kind == "conv":
+            mods.append(nn.Conv2d(layer.channels_in, layer.channels_out, 3, padding=1))
         else:
             # An in-place ReLU saves one activation per layer, but would overwrite
             # a conv output that the caller asked to keep.
-            inplace = LAYER_NAMES[len(mods)] not in captured
-            mods += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=inplace)]
-            channels = item
-    return nn.Sequential(*mods[: last + 1])
-
+            mods.append(nn.ReLU(inplace=LAYER_NAMES[layer.index - 1] not in captured))
+    return nn.Sequential(*mods)
