@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from nstd import __version__, images, weights
-from nstd.errors import NstdError
-from nstd.params import TransferParams, validate
+from nstd.errors import ConfigError, NstdError
+from nstd.params import FLAGS, TransferParams, parse_flag, validate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,27 +175,10 @@ def _add_stylize(sub) -> None:
     p.add_argument("--style", "-s", action="append", required=True, type=Path,
                    help="style image (repeat for several)")
     p.add_argument("-o", "--outdir", type=Path, required=True)
-    p.add_argument("--size", type=_size, default=d.size,
-                   help=f"long side in px, or 'original' (default {d.size})")
-    p.add_argument("--multiscale-start", type=int, default=d.multiscale_start,
-                   help="above this size, optimise here first and grow by --multiscale-factor")
-    p.add_argument("--multiscale-factor", type=float, default=d.multiscale_factor)
-    p.add_argument("--multiscale-iterations", type=_int_list(1), default=d.multiscale_iterations,
-                   help="iterations at each later scale, comma-separated; the last repeats")
-    p.add_argument("--iterations", type=int, default=d.iterations)
-    p.add_argument("--optimizer", choices=("lbfgs", "adam"), default=d.optimizer)
-    p.add_argument("--lr", type=float, default=None, help="step size (default 1 for lbfgs, 0.02 for adam)")
-    p.add_argument("--content-weight", type=float, default=d.content_weight)
-    p.add_argument("--style-weight", type=float, default=d.style_weight)
-    p.add_argument("--tv-weight", type=float, default=d.tv_weight)
-    p.add_argument("--style-scale", type=float, default=d.style_scale)
-    p.add_argument("--init", choices=("content", "noise", "style"), default=d.init)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--preserve-color", choices=("none", "luminance", "histogram"), default=d.preserve_color,
-                   help="keep the photo's colours: transfer luminance only, or match the style's colours first")
-    p.add_argument("--pooling", choices=("max", "avg"), default=d.pooling)
-    p.add_argument("--model", default=d.model, help="weights id (see: nstd weights list)")
-    p.add_argument("--snapshot-every", type=int, default=0, help="also save every K iterations")
+    for f in FLAGS:
+        p.add_argument("--" + f.name.replace("_", "-"), type=partial(parse_flag_or_usage, f.name),
+                       default=getattr(d, f.name), choices=f.metadata["choices"], metavar=_metavar(f),
+                       help=f.metadata["help"] + " (default: %(default)s)")
     p.add_argument("--format", default="jpeg", choices=("jpeg", "png", "tiff"))
     p.add_argument("--quality", type=int, default=92, help="JPEG quality")
     p.add_argument("--max-batch", type=int, default=4)
@@ -210,14 +194,7 @@ def cmd_stylize(args) -> int:
     from nstd.log import setup
 
     setup()
-    params = validate(TransferParams(
-        size=args.size, iterations=args.iterations, optimizer=args.optimizer, lr=args.lr,
-        multiscale_start=args.multiscale_start, multiscale_factor=args.multiscale_factor,
-        multiscale_iterations=args.multiscale_iterations,
-        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
-        style_scale=args.style_scale, init=args.init, seed=args.seed, pooling=args.pooling,
-        preserve_color=args.preserve_color,
-        model=args.model, snapshot_every=args.snapshot_every), where="--")
+    params = validate(TransferParams(**{f.name: getattr(args, f.name) for f in FLAGS}), where="--")
     if args.max_batch < 1:
         raise NstdError("--max-batch must be at least 1")
     req = stylize.Request(contents=args.contents, styles=args.style, outdir=args.outdir, params=params,
@@ -266,13 +243,16 @@ def _int_list(least: int):
     return parse
 
 
-def _size(text: str) -> int | str:
-    if text == "original":
-        return text
+def parse_flag_or_usage(key: str, text: str):
+    """A transfer flag's value, or argparse's usage error naming the flag."""
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'original', not {text!r}") from None
+        return parse_flag(key, text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+def _metavar(f) -> str | None:
+    return None if f.metadata["choices"] else f.name.split("_")[-1].upper()
 
 
 def _add_bench(sub) -> None:

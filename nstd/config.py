@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from nstd import images
-from nstd.engine.fastpath import PRECISIONS
+from nstd.engine.fastpath import PRECISIONS, FastPath
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
 
@@ -61,10 +61,8 @@ class WorkerConfig:
     stop_timeout: float = 60.0
     max_attempts: int = 3
     retry_backoff: float = 30.0
-    memory_budget: float = 0.8  # share of free device memory a batch may plan to use
-    precision: str = "auto"  # auto | fp32 | tf32 | bf16: the convolutions' arithmetic
-    cuda_graphs: bool | None = None  # None: on for CUDA where twice the batch fits
-    checkpoint: bool | None = None  # None: per scale, only where the batch would not fit
+    # worker.precision, cuda_graphs, checkpoint and memory_budget: how batches run
+    fast: FastPath = FastPath()
 
 
 @dataclass(frozen=True)
@@ -238,10 +236,11 @@ def _worker(raw: Any) -> WorkerConfig:
         stop_timeout=_float(m.get("stop_timeout", d.stop_timeout), "worker.stop_timeout", 0),
         max_attempts=_int(m.get("max_attempts", d.max_attempts), "worker.max_attempts", 1),
         retry_backoff=_float(m.get("retry_backoff", d.retry_backoff), "worker.retry_backoff", 0),
-        memory_budget=_float(m.get("memory_budget", d.memory_budget), "worker.memory_budget", 0.05, 1.0),
-        precision=_choice(m.get("precision", d.precision), "worker.precision", PRECISIONS),
-        cuda_graphs=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
-        checkpoint=_auto_bool(m.get("checkpoint", "auto"), "worker.checkpoint"),
+        fast=FastPath(
+            precision=_choice(m.get("precision", d.fast.precision), "worker.precision", PRECISIONS),
+            cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
+            checkpoint=_auto_bool(m.get("checkpoint", "auto"), "worker.checkpoint"),
+            memory_budget=_float(m.get("memory_budget", d.fast.memory_budget), "worker.memory_budget", 0.05, 1.0)),
     )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import yaml
 
 from nstd.engine.types import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings, StyleImage,
                                TransferJob)
@@ -15,35 +18,43 @@ OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("max", "avg")
 
 
+def _flag(default, help: str, choices: tuple[str, ...] | None = None):
+    """A setting users may also give `nstd stylize` as --name-with-dashes."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class TransferParams:
-    size: int | str = 512  # long side in px, or "original"
-    iterations: int = 500  # at the first (or only) scale
-    multiscale_start: int = 512  # above this size, start here and grow by the factor
-    multiscale_factor: float = 2.0
-    multiscale_iterations: tuple[int, ...] = (200, 100)  # at each later scale; the last repeats
-    optimizer: str = "lbfgs"
-    lr: float | None = None
+    """Every transfer setting, declared once: the config's `transfer:` keys, the sidecars'
+    keys and `nstd stylize`'s flags all come from these fields, and the engine's
+    BatchSettings and TransferJob take theirs by name."""
+
+    size: int | str = _flag(512, "long side in px, or 'original'")
+    iterations: int = _flag(500, "iterations at the first (or only) scale")
+    multiscale_start: int = _flag(512, "above this size, optimise here first and grow by --multiscale-factor")
+    multiscale_factor: float = _flag(2.0, "each scale this much larger than the last")
+    multiscale_iterations: tuple[int, ...] = _flag((200, 100), "iterations at each later scale, "
+                                                   "comma-separated; the last repeats")
+    optimizer: str = _flag("lbfgs", "the optimiser", OPTIMIZERS)
+    lr: float | None = _flag(None, "step size (1 for lbfgs, 0.02 for adam when not given)")
     lbfgs_history: int = 100
-    content_weight: float = 1.0
-    style_weight: float = 10.0
-    tv_weight: float = 5.0
-    init: str = "content"
-    seed: int = 0
-    preserve_color: str = "none"
-    style_scale: float = 1.0
-    pooling: str = "max"
-    model: str = "caffe"
+    content_weight: float = _flag(1.0, "weight of the content loss")
+    style_weight: float = _flag(10.0, "weight of the style loss")
+    tv_weight: float = _flag(5.0, "weight of the total-variation (smoothness) loss")
+    init: str = _flag("content", "the starting image", INITS)
+    seed: int = _flag(0, "seed of the noise start")
+    preserve_color: str = _flag("none", "keep the photo's colours: transfer luminance only, or match the "
+                                        "style's colours first", COLOR_MODES)
+    style_scale: float = _flag(1.0, "style size relative to the photo's")
+    pooling: str = _flag("max", "VGG pooling", POOLINGS)
+    model: str = _flag("caffe", "weights id (see: nstd weights list)")
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
     log_every: int = 50
-    snapshot_every: int = 0
+    snapshot_every: int = _flag(0, "also save the image every K iterations (0: never)")
 
     def settings(self) -> BatchSettings:
-        return BatchSettings(iterations=self.iterations, optimizer=self.optimizer, lr=self.lr,
-                             lbfgs_history=self.lbfgs_history, content_layers=self.content_layers,
-                             style_layers=self.style_layers, pooling=self.pooling,
-                             log_every=self.log_every, snapshot_every=self.snapshot_every)
+        return BatchSettings(**{f.name: getattr(self, f.name) for f in fields(BatchSettings)})
 
     def long_side(self, h: int, w: int) -> int:
         """The output's long side for a photo of h x w."""
@@ -61,9 +72,8 @@ class TransferParams:
         return (self.size, self.model, self.settings())
 
     def job(self, content, styles: tuple[StyleImage, ...]) -> TransferJob:
-        return TransferJob(content=content, styles=styles, content_weight=self.content_weight,
-                           style_weight=self.style_weight, tv_weight=self.tv_weight,
-                           init=self.init, seed=self.seed, preserve_color=self.preserve_color)
+        own = {f.name: getattr(self, f.name) for f in fields(TransferJob) if f.name in FIELD_NAMES}
+        return TransferJob(content=content, styles=styles, **own)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -74,6 +84,15 @@ class TransferParams:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TransferParams))
+FLAGS = tuple(f for f in fields(TransferParams) if "help" in f.metadata)
+
+
+def parse_flag(key: str, text: str):
+    """A command-line value for the setting `key`, read as the config would read it."""
+    value = yaml.safe_load(text) if text.strip() else text
+    if key == "multiscale_iterations" and isinstance(value, str):
+        value = [yaml.safe_load(v) for v in value.split(",")]
+    return _coerce(key, value, "--" + key.replace("_", "-"))
 
 
 def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
@@ -82,6 +101,10 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
         name = "--" + key.replace("_", "-") if where == "--" else f"{where}.{key}"
         return ConfigError(f"{name}: {why}")
 
+    for f in fields(p):
+        value = getattr(p, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad(f.name, f"must be a finite number, got {value!r}")
     if p.size != "original" and (not isinstance(p.size, int) or p.size < 16):
         raise bad("size", f"must be at least 16 px or 'original', got {p.size!r}")
     if p.multiscale_start < 16:
@@ -117,8 +140,8 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
         if name not in LAYER_INDEX:
             raise bad("content_layers" if name in p.content_layers else "style_layers",
                       f"unknown VGG19 layer {name!r} (e.g. relu1_1 … relu5_4)")
-    if any(w < 0 for _, w in p.style_layers):
-        raise bad("style_layers", "layer weights must not be negative")
+    if any(not math.isfinite(w) or w < 0 for _, w in p.style_layers):
+        raise bad("style_layers", "layer weights must be finite and not negative")
     if p.log_every < 1:
         raise bad("log_every", f"must be at least 1, got {p.log_every}")
     if p.snapshot_every < 0:

@@ -104,6 +104,10 @@ def test_bad_parameter_names_the_flag(tmp_path, models, capsys):
                "--models-dir", str(models)])
     assert rc == 1
     assert "nstd: error: --size: must be at least 16 px" in capsys.readouterr().err
+    rc = main(["stylize", str(photo), "-s", str(photo), "-o", str(tmp_path / "o"), "--style-weight", "nan",
+               "--models-dir", str(models)])
+    assert rc == 1
+    assert "nstd: error: --style-weight: must be a finite number, got nan" in capsys.readouterr().err
 
 
 def test_stylize_multiscale_ends_at_the_requested_size(tmp_path, models):

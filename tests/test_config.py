@@ -35,9 +35,9 @@ def test_size_original_and_multiscale_parse(tmp_path):
 
 def test_fast_path_keys_default_to_auto_and_parse(tmp_path):
     cfg = config.load(write(tmp_path, BASE))
-    assert (cfg.worker.precision, cfg.worker.cuda_graphs, cfg.worker.checkpoint) == ("auto", None, None)
+    assert (cfg.worker.fast.precision, cfg.worker.fast.cuda_graph, cfg.worker.fast.checkpoint) == ("auto", None, None)
     cfg = config.load(write(tmp_path, BASE + "worker: {precision: fp32, cuda_graphs: false, checkpoint: true}\n"))
-    assert (cfg.worker.precision, cfg.worker.cuda_graphs, cfg.worker.checkpoint) == ("fp32", False, True)
+    assert (cfg.worker.fast.precision, cfg.worker.fast.cuda_graph, cfg.worker.fast.checkpoint) == ("fp32", False, True)
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
@@ -63,6 +63,13 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ("output: {format: gif}\n", "output.format:"),
     ("output: {quality: 101}\n", "output.quality: must be between 1 and 100"),
     ("on_success: shred\n", "on_success: must be one of move, delete, keep"),
+    # Non-finite numbers would pass every range check and optimise to a black image.
+    ("transfer: {style_weight: .nan}\n", "transfer.style_weight: must be a finite number"),
+    ("transfer: {tv_weight: .inf}\n", "transfer.tv_weight: must be a finite number"),
+    ("transfer: {lr: .nan}\n", "transfer.lr: must be a finite number"),
+    ("transfer: {content_weight: 1e309}\n", "transfer.content_weight: must be a finite number"),
+    ("transfer: {style_layers: {relu1_1: .nan}}\n", "transfer.style_layers: layer weights must be finite"),
+    ("styles: {b: {image: b.jpg, style_weight: .inf}}\n", "styles.b.style_weight: must be a finite number"),
 ])
 def test_bad_values_name_their_key_path(tmp_path, text, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):

@@ -13,13 +13,12 @@ from typing import Callable
 import torch
 
 from nstd import faults, images
-from nstd.config import Config, WorkerConfig
+from nstd.config import Config
 from nstd.daemon import gallery, outbox
 from nstd.daemon.journal import Job, Journal
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
 from nstd.engine.device import free_memory
-from nstd.engine.fastpath import FastPath
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
@@ -39,11 +38,6 @@ class StopBatch(Exception):
     """Raised from the progress callback when a stop's grace period has run out."""
 
 
-def fast_path(w: WorkerConfig) -> FastPath:
-    """The configured switches; the engine decides what is left on auto per scale."""
-    return FastPath(w.precision, cuda_graph=w.cuda_graphs, checkpoint=w.checkpoint, memory_budget=w.memory_budget)
-
-
 class Worker(threading.Thread):
     def __init__(self, cfg: Config, styles: Callable[[], StyleBook],
                  load_weights: Callable[[str], tuple[dict, WeightInfo]], device: torch.device,
@@ -53,7 +47,8 @@ class Worker(threading.Thread):
         self.load_weights = load_weights
         self.deadline: float | None = None  # set by a stop: finish the batch by then
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
-        fast = fast_path(cfg.worker)
+        # The configured switches; the engine decides what is left on auto per scale.
+        fast = cfg.worker.fast
         self.planner = MemoryPlanner(device, fast, partial(free_memory, device))
         self.pipeline = Pipeline(Engine(self.planner, fast), self._model)
         self.current: list[Job] = []
