@@ -10,20 +10,21 @@ import stat
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 from nstd import images
 from nstd.config import Config
 from nstd.daemon import dispose, sidecar
 from nstd.daemon.inbox import route
 from nstd.daemon.journal import Input, JobSpec, Journal
+from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
-from nstd.engine.resize import long_side_size
 from nstd.errors import ConfigError, ImageError
 from nstd.fsutil import atomic_write
 from nstd.log import get
+from nstd.pipeline import working_size
 
 log = get("nstd.intake")
-MIN_SIDE = 16  # VGG19 pools four times before relu5_1
 
 
 class Changed(Exception):
@@ -68,21 +69,53 @@ def read_settled(path: Path, key: tuple[int, int, int]) -> bytes:
 
 
 class Intake:
-    def __init__(self, cfg: Config, journal: Journal, styles: StyleBook):
-        self.cfg, self.journal, self.styles = cfg, journal, styles
-        self.spool_dir = cfg.state_dir / "spool"
+    def __init__(self, runtime: Callable[[], Runtime], journal: Journal):
+        self.runtime, self.journal = runtime, journal
+        self.spool_dir = self.cfg.state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def cfg(self) -> Config:
+        return self.runtime().cfg
+
+    @property
+    def styles(self) -> StyleBook:
+        return self.runtime().styles
 
     @property
     def models(self) -> set[str]:
         return self.cfg.model_ids()
 
     def accept(self, relpath: str, key: tuple[int, int, int]) -> Outcome:
-        path = self.cfg.inbox / relpath
+        data = self._read(relpath, key)
+        if isinstance(data, Outcome):
+            return data
+        sha = hashlib.sha256(data).hexdigest()
+        known = self.journal.find_input(relpath, sha)
+        if known is not None:
+            return Outcome(Kind.KNOWN, known.state, known)
+        where = route(relpath, self.styles.names())
+        if where.error:
+            return self._refuse(relpath, sha, where.error)
+        try:
+            decoded = images.decode(data, relpath, self.cfg.max_pixels)
+            specs = self._specs(relpath, where.styles, *decoded.pixels.shape[-2:])
+        except (ImageError, ConfigError) as e:
+            return self._refuse(relpath, sha, str(e))
+        spool = self.spool_dir / f"{sha}{Path(relpath).suffix.lower()}"
+        if not spool.exists():
+            atomic_write(spool, data)
+        inp = self.journal.add_input(relpath, sha, str(spool), specs)
+        h, w = decoded.pixels.shape[-2:]
+        log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
+        return Outcome(Kind.QUEUED, str(inp.id))
+
+    def _read(self, relpath: str, key: tuple[int, int, int]) -> bytes | Outcome:
+        """The settled file's bytes, or what became of it instead."""
         if key[0] < 0:
             return self._refuse(relpath, None, "not a regular file (a link, FIFO or device); nstd follows no links")
         try:
-            data = read_settled(path, key)
+            return read_settled(self.cfg.inbox / relpath, key)
         except Changed:
             return Outcome(Kind.CHANGED)
         except FileNotFoundError:
@@ -95,48 +128,18 @@ class Intake:
             if e.errno in (errno.EACCES, errno.EPERM):
                 return self._refuse(relpath, None, f"cannot read ({e.strerror})")
             raise  # EIO and friends: the share may be back soon; the next scan retries
-        sha = hashlib.sha256(data).hexdigest()
-        known = self.journal.find_input(relpath, sha)
-        if known is not None:
-            return Outcome(Kind.KNOWN, known.state, known)
 
-        where = route(relpath, self.styles.names())
-        if where.error:
-            return self._refuse(relpath, sha, where.error)
-        try:
-            decoded = images.decode(data, relpath, self.cfg.max_pixels)
-        except ImageError as e:
-            return self._refuse(relpath, sha, str(e))
-        h, w = decoded.pixels.shape[-2:]
-        if min(w, h) < MIN_SIDE:
-            return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too small to stylize "
-                                              f"(under {MIN_SIDE} px on a side)")
-        try:
-            found = sidecar.overrides_for(self.cfg.inbox, relpath)
-        except ConfigError as e:
-            return self._refuse(relpath, sha, str(e))
+    def _specs(self, relpath: str, styles: tuple[str, ...], h: int, w: int) -> list[JobSpec]:
+        """One job per style, with the sidecars' overrides, at the photo's working size."""
+        found = sidecar.overrides_for(self.cfg.inbox, relpath)
         specs = []
-        for name in where.styles:
-            style = self.styles.get(name)
-            try:
-                params = sidecar.apply(style.params, found, self.models)
-            except ConfigError as e:
-                return self._refuse(relpath, sha, str(e))
-            long_side = params.long_side(h, w)
-            hh, ww = long_side_size(h, w, long_side)
-            first = long_side_size(h, w, params.scales(long_side)[0].long_side)
-            if min(ww, hh, *first) < MIN_SIDE:
-                return self._refuse(relpath, sha, f"{relpath}: {w}x{h} is too narrow to stylize at size "
-                                                  f"{params.size} (short side under 16 px)")
+        for name in styles:
+            params = sidecar.apply(self.styles.get(name).params, found, self.models)
+            hh, ww = working_size(relpath, h, w, params)
             stored = self.styles.job_params(name, self.cfg.output, params)
             specs.append(JobSpec(style=name, params_hash=_digest(stored), params=stored, width=ww,
                                  height=hh, batch_key=_digest([ww, hh, repr(params.batch_key())])))
-        spool = self.spool_dir / f"{sha}{Path(relpath).suffix.lower()}"
-        if not spool.exists():
-            atomic_write(spool, data)
-        inp = self.journal.add_input(relpath, sha, str(spool), specs)
-        log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
-        return Outcome(Kind.QUEUED, str(inp.id))
+        return specs
 
     def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
         self.journal.fail_input(relpath, sha or "", reason)

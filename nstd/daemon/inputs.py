@@ -1,0 +1,140 @@
+"""The input lifecycle: files in the inbox become queued jobs, and an input whose jobs
+have all ended leaves the inbox for processed/ or failed/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from nstd.config import Config
+from nstd.daemon import dispose
+from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, relative, scan, settle_seconds
+from nstd.daemon.intake import Intake, Kind
+from nstd.daemon.journal import Input, Journal, State
+from nstd.daemon.runtime import Runtime
+from nstd.fsutil import sha256_file
+from nstd.log import get
+
+log = get("nstd.inputs")
+
+
+class Inputs:
+    """One `step(now)` watches, takes in and tidies up; the clock is the caller's."""
+
+    def __init__(self, runtime: Callable[[], Runtime], journal: Journal, hints: Hints):
+        self.runtime, self.journal, self.hints = runtime, journal, hints
+        cfg = runtime().cfg
+        self.rules = IgnoreRules(cfg.watch.extensions, cfg.watch.ignore)
+        self.settle = SettleTracker(settle_seconds(cfg.watch.settle_seconds, cfg.inbox))
+        self.accepted: dict[str, tuple[int, int, int]] = {}  # relpath -> stat key when taken in
+        self.intake = Intake(runtime, journal)
+        self.next_rescan: float | None = None
+
+    @property
+    def cfg(self) -> Config:
+        return self.runtime().cfg
+
+    def step(self, now: float) -> None:
+        """A rescan when one is due, then the hints, the settled files and finished inputs."""
+        if self.next_rescan is None or now >= self.next_rescan:
+            self.next_rescan = now + self.cfg.watch.rescan_interval
+            self.rescan()
+        self.take_hints()
+        self.take_settled(now)
+        self.finalize()
+
+    def rescan(self) -> None:
+        if not self.cfg.inbox.is_dir():
+            log.warning("inbox_unavailable", inbox=str(self.cfg.inbox))
+            return
+        for rel in scan(self.cfg.inbox, self.rules):
+            self.settle.watch(rel)
+
+    def take_hints(self) -> None:
+        for path in self.hints.drain():
+            rel = relative(self.cfg.inbox, path)
+            if rel is None:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                for sub in scan(Path(path), self.rules):  # a folder moved in at once
+                    if not self.rules.ignored(f"{rel}/{sub}"):  # its own name may be ignored
+                        self.settle.watch(f"{rel}/{sub}")
+            elif not self.rules.ignored(rel):
+                self.settle.watch(rel)
+
+    def take_settled(self, now: float) -> None:
+        for rel, key in self.settle.poll(self.cfg.inbox, now):
+            if self.accepted.get(rel) == key:
+                continue
+            try:
+                outcome = self.intake.accept(rel, key)
+            except OSError as e:
+                log.warning("intake_deferred", input=rel, error=str(e))
+                continue  # the next rescan tries again
+            if outcome.kind is Kind.CHANGED:
+                self.settle.watch(rel)
+            elif outcome.kind in (Kind.QUEUED, Kind.KNOWN):
+                self.accepted[rel] = key
+                if outcome.kind is Kind.KNOWN:
+                    self._redispose(rel, outcome.known)
+
+    def _redispose(self, rel: str, known: Input) -> None:
+        """A file whose fate was decided before (a re-drop, or a crash before it was moved)."""
+        if known.state is State.QUEUED:
+            return
+        self.accepted.pop(rel, None)
+        if known.state is State.DONE:
+            dispose.on_success(self.cfg.inbox, self.cfg.processed, rel, self.cfg.on_success)
+            log.info("already_done", input=rel)
+        elif known.state is State.FAILED:
+            dispose.to_failed(self.cfg.inbox, self.cfg.failed, rel, known.error or "failed before", known.sha256)
+
+    def finalize(self) -> None:
+        """Inputs whose jobs have all ended leave the inbox; never before outputs are durable."""
+        for inp, jobs in self.journal.inputs_settled():
+            path = self.cfg.inbox / inp.relpath
+            if os.path.lexists(path) and not self._same_version(inp.relpath, inp.sha256):
+                # Replaced since it was taken in: the new version is a new input, leave it.
+                self.journal.close_input(inp.id, State.DONE if all(j.state is State.DONE for j in jobs)
+                                         else State.FAILED)
+                continue
+            failed = [j for j in jobs if j.state is State.FAILED]
+            try:
+                if failed:
+                    reason = "; ".join(f"{j.style}: {j.error}" for j in failed)
+                    attempts = max(j.attempts for j in failed)
+                    dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts)
+                    self.journal.close_input(inp.id, State.FAILED, reason)
+                    log.warning("input_failed", input=inp.relpath, reason=reason)
+                else:
+                    dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success)
+                    self.journal.close_input(inp.id, State.DONE)
+                    log.info("input_done", input=inp.relpath, outputs=[j.output for j in jobs])
+            except OSError as e:
+                log.warning("dispose_deferred", input=inp.relpath, error=str(e))
+                continue
+            except ValueError as e:  # a name that would leave processed/ or failed/
+                self.journal.close_input(inp.id, State.FAILED, str(e))
+                log.error("dispose_refused", input=inp.relpath, error=str(e))
+                continue
+            self.accepted.pop(inp.relpath, None)
+            if inp.spool and not self.journal.spool_in_use(inp.spool):
+                Path(inp.spool).unlink(missing_ok=True)
+
+    def _same_version(self, rel: str, sha: str) -> bool:
+        key = self.accepted.get(rel)
+        try:
+            st = os.lstat(self.cfg.inbox / rel)
+        except OSError:
+            return False
+        if key is not None and key == (st.st_size, st.st_mtime_ns, st.st_ino):
+            return True
+        return _sha256(self.cfg.inbox / rel) == sha
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None

@@ -1,0 +1,133 @@
+"""The daemon in-process, stepped by an injected clock: no sleeps, no subprocess.
+
+`Service.inputs.step(now)` runs one round of the inbox side (rescan when due, events,
+settling, intake, disposal) and `drive` runs queued batches through the worker, so
+each test decides exactly how much time passes between what it does.
+"""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from nstd.daemon.inbox import Watcher
+from nstd.daemon.journal import State
+from nstd.daemon.scheduler import Scheduler
+
+from daemon_harness import files, photo_bytes
+
+
+def drive(svc, now: float, rounds: int = 20) -> None:
+    """Step the inputs at `now` and run every batch there is, until nothing changes."""
+    scheduler = Scheduler(svc.journal, 0, lambda job: 4, clock=lambda: 1e12)
+    for _ in range(rounds):
+        svc.inputs.step(now)
+        batch = scheduler.next_batch()
+        if not batch:
+            svc.inputs.step(now)  # dispose of what the last batch finished
+            return
+        svc.worker.process(svc.journal, batch)
+    raise AssertionError("the queue did not drain")
+
+
+def queued_inputs(svc) -> list[str]:
+    return sorted(r[0] for r in svc.journal.db.execute("SELECT relpath FROM inputs"))
+
+
+@pytest.fixture
+def settle(service):
+    return service.inputs.settle.seconds
+
+
+def test_a_file_still_being_copied_is_taken_only_once_it_has_held_still(service, settle):
+    inbox = service.cfg.inbox
+    data = photo_bytes(40, 40, 2)
+    chunks = [data[i:i + len(data) // 4 + 1] for i in range(0, len(data), len(data) // 4 + 1)]
+    now = 0.0
+    with open(inbox / "slow.jpg", "wb") as f:
+        for chunk in chunks:  # a network copy: chunks with pauses shorter than the settle time
+            f.write(chunk)
+            f.flush()
+            service.inputs.step(now)
+            assert queued_inputs(service) == []
+            now += settle * 0.6
+    service.inputs.step(now)  # the last write, seen still for only 0.6 x settle
+    assert queued_inputs(service) == []
+    service.inputs.step(now + settle * 0.5)  # still for 1.1 x settle since the last change
+    assert queued_inputs(service) == ["slow.jpg"]
+    drive(service, now + settle)
+    log = json.loads((service.cfg.outbox / "ink" / "slow.json").read_text())
+    assert log["input"]["sha256"] == hashlib.sha256(data).hexdigest()  # never read half-written
+    assert files(service.cfg.processed) == ["slow.jpg"] and files(inbox) == []
+
+
+def test_a_temporary_name_renamed_into_place_is_taken_once_under_its_real_name(service, settle):
+    inbox = service.cfg.inbox
+    (inbox / ".renamed.jpg.x1y2").write_bytes(photo_bytes(40, 40, 3))  # rsync's temporary name
+    service.inputs.step(0.0)
+    service.inputs.step(settle * 2)
+    assert queued_inputs(service) == []
+    os.rename(inbox / ".renamed.jpg.x1y2", inbox / "renamed.jpg")
+    service.hints.add(str(inbox / "renamed.jpg"))  # what the watcher reports for a rename
+    service.inputs.step(settle * 3)
+    service.inputs.step(settle * 5)
+    assert queued_inputs(service) == ["renamed.jpg"]
+    drive(service, settle * 6)
+    assert files(service.cfg.processed) == ["renamed.jpg"]
+    assert [(j.relpath, j.state) for j in service.journal.get_jobs([1])] == [("renamed.jpg", State.DONE)]
+
+
+def test_folders_moved_in_whole_are_taken_from_events_unless_ignored(service, settle, tmp_path):
+    inbox = service.cfg.inbox
+    watcher = Watcher(inbox, "native", 0.2, service.hints)
+    watcher.start()
+    try:
+        service.inputs.step(0.0)  # the first rescan, of an empty inbox; the next is minutes away
+        for folder in ("ink", ".sync-temp", "@eaDir"):
+            src = tmp_path / f"staging-{folder}"
+            (src / "deeper").mkdir(parents=True)
+            (src / "deeper" / "m.jpg").write_bytes(photo_bytes(40, 40, 20 + len(folder)))
+            os.rename(src, inbox / folder)
+        # Real events from the kernel: wait for them to arrive, not for time to pass.
+        assert service.hints.event.wait(30)
+        now = 1.0
+        for _ in range(50):
+            service.inputs.step(now)
+            now += settle
+            if queued_inputs(service):
+                break
+    finally:
+        watcher.stop()
+    drive(service, now + settle)
+    assert queued_inputs(service) == ["ink/deeper/m.jpg"]
+    assert files(service.cfg.processed) == ["ink/deeper/m.jpg"]
+    assert (inbox / ".sync-temp" / "deeper" / "m.jpg").exists()
+    assert (inbox / "@eaDir" / "deeper" / "m.jpg").exists()
+
+
+def test_the_same_photo_again_is_recognised_and_an_edit_is_new_work(service, settle):
+    inbox = service.cfg.inbox
+    data = photo_bytes(40, 40, 6)
+    now = 0.0
+
+    def drop(name, content):
+        nonlocal now
+        (inbox / name).write_bytes(content)
+        service.inputs.next_rescan = now  # the next step rescans, as the timer would
+        service.inputs.step(now)
+        now += settle * 2
+        drive(service, now)
+
+    drop("one.jpg", data)
+    assert files(service.cfg.processed) == ["one.jpg"]
+    drop("copy.jpg", data)
+    assert files(service.cfg.processed) == ["copy.jpg", "one.jpg"]
+    # One job, shared by both files, computed once.
+    assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)]
+    # The very same file again, under its first name: recognised, moved on, not recomputed.
+    drop("one.jpg", data)
+    assert files(service.cfg.processed) == ["copy.jpg", "one-1.jpg", "one.jpg"]
+    assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)]
+    drop("one.jpg", photo_bytes(40, 40, 7))  # an edit: new work
+    assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)] * 2
