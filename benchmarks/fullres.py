@@ -24,7 +24,7 @@ from PIL import Image
 from nstd import images, weights
 from nstd.bench import measure
 from nstd.engine.device import describe, free_memory, is_oom, release_cache
-from nstd.engine.fastpath import FastPath
+from nstd.engine.switches import Switches
 from nstd.engine.memory import bytes_per_image
 from nstd.engine.multiscale import run_scales
 from nstd.engine.targets import GramCache
@@ -33,12 +33,12 @@ from nstd.engine.vgg import VGGFeatures
 from nstd.params import TransferParams
 
 VARIANTS = {
-    "auto": FastPath(),
-    "checkpoint": FastPath(checkpoint=True),
-    "no-checkpoint": FastPath(checkpoint=False),
-    "fp32": FastPath("fp32"),
-    "graph": FastPath(cuda_graph=True),
-    "no-graph": FastPath(cuda_graph=False),
+    "auto": Switches(),
+    "checkpoint": Switches(checkpoint=True),
+    "no-checkpoint": Switches(checkpoint=False),
+    "fp32": Switches("fp32"),
+    "graph": Switches(cuda_graph=True),
+    "no-graph": Switches(cuda_graph=False),
 }
 
 

@@ -14,7 +14,7 @@ import time
 import torch
 
 from nstd import weights
-from nstd.engine.fastpath import FastPath
+from nstd.engine.switches import Switches
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import VGGFeatures
@@ -50,12 +50,12 @@ def main() -> int:
     batch = jobs(3, 192, 256)
     failures = 0
 
-    def check(name, fast, rel, opt="lbfgs"):
+    def check(name, switches, rel, opt="lbfgs"):
         nonlocal failures
         s = BatchSettings(**{**settings.__dict__, "optimizer": opt})
-        ref = final(run_batch(model, batch, s, fast=FastPath("fp32", channels_last=False, cuda_graph=False)))
+        ref = final(run_batch(model, batch, s, switches=Switches("fp32", channels_last=False, cuda_graph=False)))
         t = time.perf_counter()
-        got = final(run_batch(model, batch, s, fast=fast))
+        got = final(run_batch(model, batch, s, switches=switches))
         torch.cuda.synchronize()
         diff = ((got - ref).abs() / ref.abs()).max().item()
         ok = diff <= rel and torch.isfinite(got).all()
@@ -63,13 +63,13 @@ def main() -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {opt:5} {name:28} max rel diff {diff:.2e} (limit {rel:g}) "
               f"{time.perf_counter() - t:.2f} s")
 
-    check("fp32 channels-last", FastPath("fp32", channels_last=True, cuda_graph=False), 2e-2)
-    check("fp32 cuda graph", FastPath("fp32", channels_last=False, cuda_graph=True), 2e-2)
-    check("fp32 checkpoint", FastPath("fp32", channels_last=False, checkpoint=True), 2e-2)
-    check("tf32 all", FastPath("tf32"), 5e-2)
-    check("bf16 all", FastPath("bf16"), 5e-2)
-    check("bf16 all", FastPath("bf16"), 5e-2, opt="adam")
-    check("fp32 cuda graph", FastPath("fp32", channels_last=False, cuda_graph=True), 1e-3, opt="adam")
+    check("fp32 channels-last", Switches("fp32", channels_last=True, cuda_graph=False), 2e-2)
+    check("fp32 cuda graph", Switches("fp32", channels_last=False, cuda_graph=True), 2e-2)
+    check("fp32 checkpoint", Switches("fp32", channels_last=False, checkpoint=True), 2e-2)
+    check("tf32 all", Switches("tf32"), 5e-2)
+    check("bf16 all", Switches("bf16"), 5e-2)
+    check("bf16 all", Switches("bf16"), 5e-2, opt="adam")
+    check("fp32 cuda graph", Switches("fp32", channels_last=False, cuda_graph=True), 1e-3, opt="adam")
 
     # L-BFGS amplifies rounding over 60 iterations; a real fault (a stale buffer in a
     # replayed graph, a shared state) shows as O(1).

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from nstd import weights
-from nstd.engine.fastpath import FastPath
+from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
@@ -37,19 +37,19 @@ def main() -> None:
     cache = GramCache()
     for b in [int(v) for v in args.batches.split(",")]:
         for graph in (True, False):
-            fast = FastPath("bf16", cuda_graph=graph)
-            run_batch(model, [job] * b, BatchSettings(iterations=5, log_every=5), cache, fast=fast)
+            switches = Switches("bf16", cuda_graph=graph)
+            run_batch(model, [job] * b, BatchSettings(iterations=5, log_every=5), cache, switches=switches)
             torch.cuda.synchronize()
             t = time.perf_counter()
-            run_batch(model, [job] * b, settings, cache, fast=fast)
+            run_batch(model, [job] * b, settings, cache, switches=switches)
             torch.cuda.synchronize()
             ms = (time.perf_counter() - t) / args.iterations * 1000
             print(f"batch {b:3} graph {graph!s:5}: {ms:7.2f} ms/iteration, {ms / b:6.2f} ms/image")
     b = int(args.batches.split(",")[-1])
-    fast = FastPath("bf16", cuda_graph=False)
+    switches = Switches("bf16", cuda_graph=False)
     short = BatchSettings(iterations=10, log_every=10)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        run_batch(model, [job] * b, short, cache, fast=fast)
+        run_batch(model, [job] * b, short, cache, switches=switches)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=70))
 

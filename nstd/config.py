@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from nstd import images
-from nstd.engine.fastpath import PRECISIONS, FastPath
+from nstd.engine.switches import PRECISIONS, Switches
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
 
@@ -62,7 +62,7 @@ class WorkerConfig:
     max_attempts: int = 3
     retry_backoff: float = 30.0
     # worker.precision, cuda_graphs, checkpoint and memory_budget: how batches run
-    fast: FastPath = FastPath()
+    switches: Switches = Switches()
 
 
 @dataclass(frozen=True)
@@ -236,11 +236,11 @@ def _worker(raw: Any) -> WorkerConfig:
         stop_timeout=_float(m.get("stop_timeout", d.stop_timeout), "worker.stop_timeout", 0),
         max_attempts=_int(m.get("max_attempts", d.max_attempts), "worker.max_attempts", 1),
         retry_backoff=_float(m.get("retry_backoff", d.retry_backoff), "worker.retry_backoff", 0),
-        fast=FastPath(
-            precision=_choice(m.get("precision", d.fast.precision), "worker.precision", PRECISIONS),
+        switches=Switches(
+            precision=_choice(m.get("precision", d.switches.precision), "worker.precision", PRECISIONS),
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
             checkpoint=_auto_bool(m.get("checkpoint", "auto"), "worker.checkpoint"),
-            memory_budget=_float(m.get("memory_budget", d.fast.memory_budget), "worker.memory_budget", 0.05, 1.0)),
+            memory_budget=_float(m.get("memory_budget", d.switches.memory_budget), "worker.memory_budget", 0.05, 1.0)),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from nstd import images, report
+from nstd import images, losslog
 from nstd.engine.device import describe
 from nstd.engine.resize import long_side_size, resize_photo
 from nstd.engine.runner import Engine
@@ -106,17 +106,17 @@ class Pipeline:
              batch: tuple[int, int], times: tuple[float, float]) -> dict:
         started, finished = times
         h, w = result.image.shape[-2:]
-        return report.loss_log(
+        return losslog.loss_log(
             job_id=task.job_id, input_path=task.input_path, input_sha256=task.input_sha256,
             styles=task.style.describe(), params=task.params, weights=info,
             device=describe(self.engine.device), batch_id=batch_id, batch_size=batch[0],
             batch_index=batch[1], output={"width": w, "height": h},
-            timings=({} if task.queued is None else {"queued": report.iso_time(task.queued)}) |
-                    {"started": report.iso_time(started), "finished": report.iso_time(finished),
+            timings=({} if task.queued is None else {"queued": losslog.iso_time(task.queued)}) |
+                    {"started": losslog.iso_time(started), "finished": losslog.iso_time(finished),
                      "seconds": round(finished - started, 3)},
             history=result.history, runs=[r.as_dict() for r in result.runs])
 
 
 def output_exif(photo: Photo, style: Style) -> bytes | None:
     """The photo's EXIF, saying what made the output."""
-    return images.output_exif(photo.exif, report.software(), report.description([p.name for p in style.parts]))
+    return images.output_exif(photo.exif, losslog.software(), losslog.description([p.name for p in style.parts]))

@@ -11,7 +11,7 @@ from typing import Callable
 
 from nstd import images, publish, weights
 from nstd.engine.device import free_memory, resolve_device
-from nstd.engine.fastpath import FastPath
+from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
@@ -48,8 +48,8 @@ def run(req: Request, on_error: Callable[[str], None],
     # A bad style is fatal: every output needs it.
     styles = [Style(p.stem, req.params, (read_painting(p.stem, p, req.max_pixels),)) for p in req.styles]
     groups, failures = _load(req, on_error)
-    fast = FastPath()
-    pipeline = Pipeline(Engine(MemoryPlanner(device, fast, partial(free_memory, device)), fast),
+    switches = Switches()
+    pipeline = Pipeline(Engine(MemoryPlanner(device, switches, partial(free_memory, device)), switches),
                         lambda _params: (model, info))
     sink = _Folder(req, on_error)
     batches = []

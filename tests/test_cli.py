@@ -55,12 +55,12 @@ def test_stylize_out_of_memory_splits_then_checkpoints_then_names_the_photo(tmp_
     real, tried = runner.run_scales, []
     c_pixels = resize_photo(decode(photos[2].read_bytes(), "c", 10**8).pixels, (32, 32))
 
-    def tight(model, jobs, scales, settings, cache, progress, fast, free=None):
-        tried.append((len(jobs), fast.checkpoint))
+    def tight(model, jobs, scales, settings, cache, progress, switches, free=None):
+        tried.append((len(jobs), switches.checkpoint))
         # Only one image fits, and only with checkpointing; photo c never fits.
-        if len(jobs) > 1 or not fast.checkpoint or torch.equal(jobs[0].content, c_pixels):
+        if len(jobs) > 1 or not switches.checkpoint or torch.equal(jobs[0].content, c_pixels):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real(model, jobs, scales, settings, cache, progress, fast, free)
+        return real(model, jobs, scales, settings, cache, progress, switches, free)
 
     monkeypatch.setattr(runner, "run_scales", tight)
     rc = main(["stylize", *map(str, photos), "-s", str(style), "-o", str(tmp_path / "o"), "--size", "32",

@@ -35,9 +35,11 @@ def test_size_original_and_multiscale_parse(tmp_path):
 
 def test_fast_path_keys_default_to_auto_and_parse(tmp_path):
     cfg = config.load(write(tmp_path, BASE))
-    assert (cfg.worker.fast.precision, cfg.worker.fast.cuda_graph, cfg.worker.fast.checkpoint) == ("auto", None, None)
+    s = cfg.worker.switches
+    assert (s.precision, s.cuda_graph, s.checkpoint) == ("auto", None, None)
     cfg = config.load(write(tmp_path, BASE + "worker: {precision: fp32, cuda_graphs: false, checkpoint: true}\n"))
-    assert (cfg.worker.fast.precision, cfg.worker.fast.cuda_graph, cfg.worker.fast.checkpoint) == ("fp32", False, True)
+    s = cfg.worker.switches
+    assert (s.precision, s.cuda_graph, s.checkpoint) == ("fp32", False, True)
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):

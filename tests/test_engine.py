@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nstd.engine.fastpath import FastPath, resolve
+from nstd.engine.switches import Switches, resolve
 from nstd.engine.resize import long_side_size, resize_long_side
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch
@@ -42,10 +42,10 @@ def test_losses_decrease(tiny_model, optimizer):
 
 
 SWITCHES = {
-    "fp32": FastPath("fp32", channels_last=False),
-    "fp32-channels-last": FastPath("fp32", channels_last=True),
-    "bf16-channels-last": FastPath("bf16", channels_last=True),
-    "checkpoint": FastPath("fp32", checkpoint=True),
+    "fp32": Switches("fp32", channels_last=False),
+    "fp32-channels-last": Switches("fp32", channels_last=True),
+    "bf16-channels-last": Switches("bf16", channels_last=True),
+    "checkpoint": Switches("fp32", checkpoint=True),
 }
 # Batch size changes how kernels block their sums, and L-BFGS amplifies that rounding
 # over the iterations; shared state between images shows as an O(1) difference at once.
@@ -62,12 +62,12 @@ def invariance_jobs():
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 @pytest.mark.parametrize("switch", SWITCHES)
 def test_batch_invariance(tiny_model, optimizer, switch):
-    """An image optimised in a batch ends where it ends alone, under every fast-path switch."""
+    """An image optimised in a batch ends where it ends alone, under every switches-path switch."""
     settings = BatchSettings(iterations=INVARIANCE_ITERATIONS, optimizer=optimizer, log_every=1)
     jobs = invariance_jobs()
-    fast = SWITCHES[switch]
-    batched = run_batch(tiny_model, jobs, settings, fast=fast)
-    alone = [run_batch(tiny_model, [j], settings, fast=fast)[0] for j in jobs]
+    switches = SWITCHES[switch]
+    batched = run_batch(tiny_model, jobs, settings, switches=switches)
+    alone = [run_batch(tiny_model, [j], settings, switches=switches)[0] for j in jobs]
     for b, a in zip(batched, alone):
         assert len(b.history) == INVARIANCE_ITERATIONS + 1
         for hb, ha in zip(b.history, a.history):
@@ -94,9 +94,9 @@ def test_torch_lbfgs_would_fail_the_invariance_check(tiny_model):
     original = transfer.make_optimizer
     transfer.make_optimizer = lambda name, x, lr, history: SharedLBFGS(x)
     try:
-        fast = SWITCHES["fp32"]
-        batched = run_batch(tiny_model, jobs, settings, fast=fast)
-        alone = run_batch(tiny_model, jobs[:1], settings, fast=fast)
+        switches = SWITCHES["fp32"]
+        batched = run_batch(tiny_model, jobs, settings, switches=switches)
+        alone = run_batch(tiny_model, jobs[:1], settings, switches=switches)
     finally:
         transfer.make_optimizer = original
     assert batched[0].history[-1]["total"] != pytest.approx(alone[0].history[-1]["total"],
@@ -172,9 +172,9 @@ def test_resize_long_side_keeps_aspect():
 def test_checkpointing_and_channels_last_compute_the_same_thing(tiny_model):
     settings = BatchSettings(iterations=3, log_every=1)
     jobs = jobs_for(2, init="noise")
-    plain = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32", channels_last=False))
-    for fast in (FastPath("fp32", checkpoint=True), FastPath("fp32", channels_last=True)):
-        other = run_batch(tiny_model, jobs, settings, fast=fast)
+    plain = run_batch(tiny_model, jobs, settings, switches=Switches("fp32", channels_last=False))
+    for switches in (Switches("fp32", checkpoint=True), Switches("fp32", channels_last=True)):
+        other = run_batch(tiny_model, jobs, settings, switches=switches)
         for a, b in zip(plain, other):
             assert b.history[1]["total"] == pytest.approx(a.history[1]["total"], rel=1e-4)
             assert torch.allclose(a.image, b.image, atol=1e-3)
@@ -182,7 +182,7 @@ def test_checkpointing_and_channels_last_compute_the_same_thing(tiny_model):
 
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
-        FastPath("fp8")
+        Switches("fp8")
 
 
 def test_auto_checkpoint_and_graph_follow_the_memory_estimate():
@@ -192,24 +192,24 @@ def test_auto_checkpoint_and_graph_follow_the_memory_estimate():
         return 30 if checkpoint else 50
 
     # Budget 80% of free. Fits, but a graph's second copy would not: eager, no recompute.
-    r = resolve(FastPath("fp32"), cuda, need, free=100)
+    r = resolve(Switches("fp32"), cuda, need, free=100)
     assert (r.checkpoint, r.cuda_graph) == (False, False)
-    r = resolve(FastPath("fp32"), cuda, need, free=200)
+    r = resolve(Switches("fp32"), cuda, need, free=200)
     assert (r.checkpoint, r.cuda_graph) == (False, True)
-    r = resolve(FastPath("fp32"), cuda, need, free=50)
+    r = resolve(Switches("fp32"), cuda, need, free=50)
     assert (r.checkpoint, r.cuda_graph) == (True, False)
     # What the config forces wins; without an estimate or a free figure nothing is decided by memory.
-    r = resolve(FastPath("fp32", checkpoint=False, cuda_graph=True), cuda, need, free=10)
+    r = resolve(Switches("fp32", checkpoint=False, cuda_graph=True), cuda, need, free=10)
     assert (r.checkpoint, r.cuda_graph) == (False, True)
-    assert resolve(FastPath("fp32"), cuda, need, free=None).checkpoint is False
-    assert resolve(FastPath("fp32"), torch.device("cpu"), need, free=200).cuda_graph is False
+    assert resolve(Switches("fp32"), cuda, need, free=None).checkpoint is False
+    assert resolve(Switches("fp32"), torch.device("cpu"), need, free=200).cuda_graph is False
 
 
 def test_a_batch_that_would_not_fit_is_checkpointed_and_says_so(tiny_model):
     settings = BatchSettings(iterations=2, log_every=1)
     jobs = jobs_for(2, init="noise")
-    [roomy, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"), free=lambda: 10 << 30)
-    [tight, _] = run_batch(tiny_model, jobs, settings, fast=FastPath("fp32"), free=lambda: 1000)
+    [roomy, _] = run_batch(tiny_model, jobs, settings, switches=Switches("fp32"), free=lambda: 10 << 30)
+    [tight, _] = run_batch(tiny_model, jobs, settings, switches=Switches("fp32"), free=lambda: 1000)
     assert [r.checkpoint for r in roomy.runs] == [False]
     assert [r.checkpoint for r in tight.runs] == [True]
     assert tight.runs[0].size == (32, 40) and tight.runs[0].batch == 2

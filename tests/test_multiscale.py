@@ -21,10 +21,10 @@ def test_each_scale_starts_from_the_last_and_the_output_has_the_requested_size(t
     calls = []
     real = multiscale.run_batch
 
-    def spy(model, jobs, settings, cache, progress, fast, free=None):
+    def spy(model, jobs, settings, cache, progress, switches, free=None):
         calls.append((jobs[0].content.shape, None if jobs[0].init_image is None else jobs[0].init_image.clone(),
                       settings.iterations))
-        out = real(model, jobs, settings, cache, progress, fast, free)
+        out = real(model, jobs, settings, cache, progress, switches, free)
         calls[-1] += (out[0].image.clone(),)
         return out
 

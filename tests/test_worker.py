@@ -77,8 +77,8 @@ def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(servi
     take(service, "a.jpg")
     tried = []
 
-    def never(model, jobs, scales, settings, cache, progress, fast, free=None):
-        tried.append(fast.checkpoint)
+    def never(model, jobs, scales, settings, cache, progress, switches, free=None):
+        tried.append(switches.checkpoint)
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
     monkeypatch.setattr(runner, "run_scales", never)
@@ -206,13 +206,13 @@ def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(s
     take(service, "a.jpg", "b.jpg")
     real = runner.run_scales
 
-    def tight(model, jobs, scales, settings, cache, progress, fast, free=None):
+    def tight(model, jobs, scales, settings, cache, progress, switches, free=None):
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         if service.journal.get_jobs([1])[0].state == "done":  # the second half: a stop arrives
             service.worker.deadline = 0.0
             progress(1, None)
-        return real(model, jobs, scales, settings, cache, progress, fast, free)
+        return real(model, jobs, scales, settings, cache, progress, switches, free)
 
     monkeypatch.setattr(runner, "run_scales", tight)
     run_once(service)

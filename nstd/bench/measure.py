@@ -19,7 +19,7 @@ import yaml
 
 from nstd.bench import baseline
 from nstd.engine.device import free_memory
-from nstd.engine.fastpath import FastPath
+from nstd.engine.switches import Switches
 from nstd.engine.memory import flops_per_iteration
 from nstd.engine.resize import resize_long_side
 from nstd.engine.targets import GramCache
@@ -50,7 +50,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_nstd(model: VGGFeatures, w: Workload, batch: int, fast: FastPath,
+def timed_nstd(model: VGGFeatures, w: Workload, batch: int, switches: Switches,
                per_run_iterations: int | None = None) -> dict:
     """One full run_batch of `batch` copies of the job, with its Gram target already cached.
 
@@ -64,13 +64,13 @@ def timed_nstd(model: VGGFeatures, w: Workload, batch: int, fast: FastPath,
     jobs = [w.job()] * batch
     # Warm: cuDNN autotuning and the Gram cache, as on a daemon that has run before.
     free = partial(free_memory, device)  # the daemon's auto switches see the same figure
-    run_batch(model, jobs, BatchSettings(**{**settings.__dict__, "iterations": 4}), cache, fast=fast, free=free)
+    run_batch(model, jobs, BatchSettings(**{**settings.__dict__, "iterations": 4}), cache, switches=switches, free=free)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
-    results = run_batch(model, jobs, settings, cache, fast=fast, free=free)
+    results = run_batch(model, jobs, settings, cache, switches=switches, free=free)
     sync(device)
     seconds = time.perf_counter() - start
     h, wd = jobs[0].content.shape[-2:]
@@ -146,13 +146,13 @@ def datasheet_peak(device: torch.device) -> float | None:
     return next((peak for key, peak in DATASHEET_BF16 if key in name), None)
 
 
-def largest_batch(model: VGGFeatures, w: Workload, fast: FastPath, cap: int) -> int:
+def largest_batch(model: VGGFeatures, w: Workload, switches: Switches, cap: int) -> int:
     """The largest power-of-two batch up to `cap` that runs a few iterations without OOM."""
     best, batch = 0, 1
     short = Workload(w.content, w.style, w.size, 6, w.settings)
     while batch <= cap:
         try:
-            timed_nstd(model, short, batch, fast)
+            timed_nstd(model, short, batch, switches)
         except torch.OutOfMemoryError:
             break
         finally:

@@ -15,7 +15,7 @@ from nstd import __version__
 from nstd.bench import measure
 from nstd.bench.measure import Workload
 from nstd.engine.device import describe
-from nstd.engine.fastpath import FastPath, resolve
+from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings
 from nstd.engine.vgg import VGGFeatures
 
@@ -38,9 +38,9 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
     settings = BatchSettings()
     # No checkpointing: the sweep finds the largest batch that fits without it, and every
     # row then measures the same switches. (CUDA graphs stay auto, as in the daemon.)
-    fast = FastPath(checkpoint=False)
-    fp32 = FastPath("fp32", checkpoint=False)
-    r = resolve(fast, device)
+    switches = Switches(checkpoint=False)
+    fp32 = Switches("fp32", checkpoint=False)
+    r = resolve(switches, device)
     w = Workload(content, style, plan.size, plan.iterations, settings)
     out: dict = {"date": time.strftime("%Y-%m-%d"), "device": describe(device),
                  "host": platform.node(), "torch": torch.__version__, "nstd": __version__,
@@ -57,18 +57,18 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
         say(f"  baseline       {_fmt(std['baseline'])}")
     std["nstd_fp32"] = measure.timed_nstd(model, w, 1, fp32)
     say(f"  nstd fp32      {_fmt(std['nstd_fp32'])}")
-    std["nstd_fast"] = measure.timed_nstd(model, w, 1, fast)
+    std["nstd_fast"] = measure.timed_nstd(model, w, 1, switches)
     say(f"  nstd {r.precision:<9} {_fmt(std['nstd_fast'])}")
     for name, row in std.items():
         row["final_losses"] = measure.final_losses(model, w, row.pop("image"))
     out["standard"] = std
 
     say("batch sweep")
-    batches = plan.batches or _powers(measure.largest_batch(model, w, fast, plan.max_batch))
+    batches = plan.batches or _powers(measure.largest_batch(model, w, switches, plan.max_batch))
     sweep_w = Workload(content, style, plan.size, plan.sweep_iterations or plan.iterations, settings)
     out["batches"] = []
     for b in batches:
-        row = measure.timed_nstd(model, sweep_w, b, fast, plan.iterations)
+        row = measure.timed_nstd(model, sweep_w, b, switches, plan.iterations)
         row.pop("image")
         out["batches"].append(row)
         say(f"  batch {b:<3}      {_fmt(row)}")
@@ -80,8 +80,8 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
         sw = Workload(content, style, size, plan.sweep_iterations or plan.iterations, settings)
         # The best batch at the standard size, scaled by pixels, then to what fits.
         guess = max(1, _pow2_floor(best["batch"] * (plan.size / size) ** 2))
-        b = min(guess, max(1, measure.largest_batch(model, sw, fast, guess)))
-        row = measure.timed_nstd(model, sw, b, fast, plan.iterations)
+        b = min(guess, max(1, measure.largest_batch(model, sw, switches, guess)))
+        row = measure.timed_nstd(model, sw, b, switches, plan.iterations)
         row.pop("image")
         out["sizes"].append(row)
         say(f"  {size:>4} px       {_fmt(row)}")

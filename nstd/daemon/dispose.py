@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from nstd import faults, report
+from nstd import faults, losslog
 from nstd.daemon.sidecar import PHOTO_SUFFIX
 from nstd.fsutil import atomic_write_json, contained, fsync_dir
 
@@ -61,7 +61,7 @@ def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str 
     target = free_name(failed, relpath)
     record = {"input": relpath, "reason": reason, "attempts": attempts, "sha256": sha256,
               "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "versions": report.versions()}
+              "versions": losslog.versions()}
     atomic_write_json(target.with_name(target.name + ".error.json"), record)
     if os.path.lexists(src):
         durable_move(src, target)

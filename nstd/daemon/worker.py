@@ -48,9 +48,9 @@ class Worker(threading.Thread):
         self.deadline: float | None = None  # set by a stop: finish the batch by then
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
         # The configured switches; the engine decides what is left on auto per scale.
-        fast = cfg.worker.fast
-        self.planner = MemoryPlanner(device, fast, partial(free_memory, device))
-        self.pipeline = Pipeline(Engine(self.planner, fast), self._model)
+        switches = cfg.worker.switches
+        self.planner = MemoryPlanner(device, switches, partial(free_memory, device))
+        self.pipeline = Pipeline(Engine(self.planner, switches), self._model)
         self.current: list[Job] = []
         self.error: BaseException | None = None
 

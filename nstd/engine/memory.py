@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from nstd.engine.fastpath import FastPath, resolve
+from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings, RunStats
 from nstd.engine.vgg import LAYER_INDEX, LAYER_NAMES, LAYERS
 
@@ -145,10 +145,10 @@ class MemoryPlanner:
     the only reader, so tests and callers decide what the engine sees.
     """
 
-    def __init__(self, device: torch.device, fast: FastPath, probe: Callable[[], int | None],
+    def __init__(self, device: torch.device, switches: Switches, probe: Callable[[], int | None],
                  cap: int | None = None):
-        self.device, self.fast, self.probe = device, fast, probe
-        self.precision = resolve(fast, device).precision
+        self.device, self.switches, self.probe = device, switches, probe
+        self.precision = resolve(switches, device).precision
         self.cap = cap if cap is not None else (16 if device.type == "cpu" else 64)
         self.measured = MeasuredMemory()
 
@@ -160,7 +160,7 @@ class MemoryPlanner:
         largest scale, the one that sets the peak."""
         free = self.free()
         return auto_batch(2 << 30 if free is None else free, h, w, settings.layers, settings.optimizer,
-                          finest_history, self.fast.memory_budget, self.cap, self.measured,
+                          finest_history, self.switches.memory_budget, self.cap, self.measured,
                           self._key(settings, finest_history, False), self.precision)
 
     def observe(self, settings: BatchSettings, finest_history: int, runs: list[RunStats]) -> None:
@@ -176,7 +176,7 @@ class MemoryPlanner:
         give up."""
         if batch > 1:
             return OomStep.SPLIT
-        if checkpoint is None and self.fast.checkpoint is None:
+        if checkpoint is None and self.switches.checkpoint is None:
             return OomStep.CHECKPOINT
         return OomStep.GIVE_UP
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from nstd.engine.fastpath import FastPath
+from nstd.engine.switches import Switches
 from nstd.engine.resize import long_side_size, resize_long_side, upsample
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch
@@ -53,7 +53,7 @@ def schedule(long_side: int, start: int, factor: float, iterations: int,
 
 def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
                cache: GramCache | None = None, progress: Progress | None = None,
-               fast: FastPath | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
+               switches: Switches | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
     """Run every scale of `scales` on same-size jobs (contents at any one size).
 
     Histories run on across scales: each record gains a "scale" (its long side) and
@@ -82,7 +82,7 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
                 progress(offset + it, None if rows is None else
                          [r | {"iteration": offset + r["iteration"]} for r in rows])
 
-        results = run_batch(model, scaled, step_settings, cache, step_progress, fast, free)
+        results = run_batch(model, scaled, step_settings, cache, step_progress, switches, free)
         for i, r in enumerate(results):
             # The end of one scale and the start of the next are the same iteration.
             skip = 1 if histories[i] else 0

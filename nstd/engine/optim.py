@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nstd.engine.fastpath import exact_matmul
+from nstd.engine.switches import exact_matmul
 
 
 class BatchedLBFGS:

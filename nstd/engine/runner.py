@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Callable
 
 from nstd.engine.device import describe, is_oom, release_cache
-from nstd.engine.fastpath import FastPath
+from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner, OomStep
 from nstd.engine.multiscale import Scale, run_scales
 from nstd.engine.targets import GramCache
@@ -22,8 +22,8 @@ Refused = Callable[[list[int], str], None]
 
 
 class Engine:
-    def __init__(self, planner: MemoryPlanner, fast: FastPath):
-        self.planner, self.fast = planner, fast
+    def __init__(self, planner: MemoryPlanner, switches: Switches):
+        self.planner, self.switches = planner, switches
         self.device = planner.device
         self.cache = GramCache()
 
@@ -33,13 +33,13 @@ class Engine:
         recomputes a lone image's activations (where checkpointing is on auto), then
         refuses that image; any other error propagates."""
         self._run(model, list(range(len(jobs))), jobs, scales, settings, done, refused, progress,
-                  self.fast.checkpoint)
+                  self.switches.checkpoint)
 
     def _run(self, model, positions: list[int], jobs: list[TransferJob], scales: list[Scale],
              settings: BatchSettings, done: Done, refused: Refused, progress, checkpoint: bool | None) -> None:
         try:
             results = run_scales(model, jobs, scales, settings, self.cache, progress,
-                                 replace(self.fast, checkpoint=checkpoint), self.planner.free)
+                                 replace(self.switches, checkpoint=checkpoint), self.planner.free)
         except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
             if not is_oom(e):
                 raise

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from nstd.engine import color
 from nstd.engine.device import PeakMemory
-from nstd.engine.fastpath import FastPath, Resolved, autocast, resolve, running
+from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import histories, optimise
 from nstd.engine.memory import batch_bytes
 from nstd.engine.objective import ContentLoss, Objective, StyleLoss
@@ -22,7 +22,7 @@ from nstd.engine.vgg import VGGFeatures
 
 def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings,
               cache: GramCache | None = None, progress: Progress | None = None,
-              fast: FastPath | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
+              switches: Switches | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
     """Optimise a batch of same-size jobs together; each image keeps its own state.
 
     `free` tells how many bytes the device has free, for the switches left on auto;
@@ -34,7 +34,7 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
         return batch_bytes(len(jobs), h, w, settings.layers, settings.optimizer, settings.lbfgs_history,
                            precision, checkpoint)
 
-    r = resolve(fast, model.mean.device, need, None if free is None else free())
+    r = resolve(switches, model.mean.device, need, None if free is None else free())
     peak = PeakMemory(r.device)
     started = time.perf_counter()
     with running(r):

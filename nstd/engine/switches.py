@@ -16,7 +16,7 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
-class FastPath:
+class Switches:
     """Requested switches; `resolve` turns "auto" and None into what the device and the
     batch's memory allow."""
 
@@ -48,26 +48,26 @@ class Resolved:
                 "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint}
 
 
-def resolve(fast: FastPath | None, device: torch.device, need: Callable[[str, bool], int] | None = None,
+def resolve(switches: Switches | None, device: torch.device, need: Callable[[str, bool], int] | None = None,
             free: int | None = None) -> Resolved:
     """The switches for one batch. `need(precision, checkpoint)` estimates the batch's bytes
     and `free` is what the device has; without either, memory decides nothing."""
-    fast = fast or FastPath()
+    switches = switches or Switches()
     cuda = device.type == "cuda"
-    precision = fast.precision
+    precision = switches.precision
     if precision == "auto":
         precision = "bf16" if _fast_bf16(device) else "fp32"
     if precision == "tf32" and not cuda:
         precision = "fp32"  # TF32 is a CUDA tensor-core mode; the CPU computes fp32 anyway
 
     def fits(bytes_: int) -> bool:
-        return free is None or bytes_ <= free * fast.memory_budget
+        return free is None or bytes_ <= free * switches.memory_budget
 
-    checkpoint = fast.checkpoint
+    checkpoint = switches.checkpoint
     if checkpoint is None:
         checkpoint = need is not None and not fits(need(precision, False))
-    channels_last = cuda if fast.channels_last is None else fast.channels_last
-    graph = fast.cuda_graph
+    channels_last = cuda if switches.channels_last is None else switches.channels_last
+    graph = switches.cuda_graph
     if graph is None:
         # A captured graph keeps its own memory pool beside the allocator's cache, which
         # may hold the warm-up's blocks: plan for two copies. Large batches gain little
