@@ -77,3 +77,15 @@ def models(tmp_path, vgg_sd):
     assert main(["weights", "import", str(pth), "--name", "random", "--preprocessing", "torchvision",
                  "--models-dir", str(d)]) == 0
     return d
+
+
+@pytest.fixture(scope="session")
+def session_models(tmp_path_factory):
+    """The random-weight models folder, made once for the tests that start daemon processes."""
+    from nstd.cli import main
+
+    d = tmp_path_factory.mktemp("models")
+    torch.save(random_vgg_state_dict(), d / "random.pth")
+    assert main(["weights", "import", str(d / "random.pth"), "--name", "random", "--preprocessing",
+                 "torchvision", "--models-dir", str(d)]) == 0
+    return d

@@ -4,25 +4,13 @@ nothing twice, nothing partial, and the journal agrees with the folders."""
 import sqlite3
 
 import pytest
-import torch
 
 from nstd import faults
-from nstd.cli import main
 
-from conftest import random_vgg_state_dict
 from daemon_harness import Daemon, files, photo_bytes, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 STYLES = ("ink", "wash")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    torch.save(random_vgg_state_dict(), d / "random.pth")
-    assert main(["weights", "import", str(d / "random.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(d)]) == 0
-    return d
 
 
 def journal_rows(root):
@@ -36,8 +24,8 @@ def journal_rows(root):
 
 
 @pytest.mark.parametrize("point", faults.POINTS)
-def test_a_crash_at_each_point_then_a_restart_gives_everything_once(tmp_path, models, point):
-    config = write_config(tmp_path, models, worker={"batch_window": 0, "stop_timeout": 5, "retry_backoff": 0.5})
+def test_a_crash_at_each_point_then_a_restart_gives_everything_once(tmp_path, session_models, point):
+    config = write_config(tmp_path, session_models, worker={"batch_window": 0, "stop_timeout": 5, "retry_backoff": 0.5})
     (tmp_path / "inbox" / "a.jpg").write_bytes(photo_bytes(40, 40, 7))
     first = Daemon(config).start(NSTD_FAULT=point)
     assert first.proc.wait(90) == faults.EXIT_CODE, first.log.read_text()[-2000:]

@@ -8,31 +8,20 @@ import sys
 import time
 
 import pytest
-import torch
 
 from nstd.cli import main
 
-from conftest import random_vgg_state_dict
 from daemon_harness import Daemon, files, jobs, listening_sockets, photo_bytes, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    torch.save(random_vgg_state_dict(), d / "random.pth")
-    assert main(["weights", "import", str(d / "random.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(d)]) == 0
-    return d
-
-
 @pytest.fixture
-def daemon(tmp_path, models):
+def daemon(tmp_path, session_models):
     started = []
 
     def make(**overrides) -> Daemon:
-        d = Daemon(write_config(tmp_path, models, **overrides)).start()
+        d = Daemon(write_config(tmp_path, session_models, **overrides)).start()
         started.append(d)
         return d
 
@@ -123,8 +112,8 @@ def test_sigterm_exits_cleanly_within_the_timeout(tmp_path, daemon):
     assert files(tmp_path / "inbox") == ["long.jpg"]
 
 
-def test_config_error_is_one_line_with_its_key_path(tmp_path, models):
-    cfg = write_config(tmp_path, models, transfer={"iteratons": 5})
+def test_config_error_is_one_line_with_its_key_path(tmp_path, session_models):
+    cfg = write_config(tmp_path, session_models, transfer={"iteratons": 5})
     proc = subprocess.run([sys.executable, "-m", "nstd", "run", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
@@ -132,9 +121,9 @@ def test_config_error_is_one_line_with_its_key_path(tmp_path, models):
     assert proc.stderr.startswith("nstd: error: transfer.iteratons: unknown key")
 
 
-def test_refuses_to_start_with_outbox_inside_inbox(tmp_path, models):
+def test_refuses_to_start_with_outbox_inside_inbox(tmp_path, session_models):
     (tmp_path / "inbox" / "out").mkdir(parents=True)
-    cfg = write_config(tmp_path, models, outbox="inbox/out")
+    cfg = write_config(tmp_path, session_models, outbox="inbox/out")
     proc = subprocess.run([sys.executable, "-m", "nstd", "run", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
@@ -153,13 +142,13 @@ def test_status_reads_the_journal(tmp_path, daemon, capsys):
     assert "  bad.jpg: not a usable image (not a recognised image format)" in out
 
 
-def test_sd_notify_ready_status_and_watchdog(tmp_path, models):
+def test_sd_notify_ready_status_and_watchdog(tmp_path, session_models):
     import socket
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(30)
-    d = Daemon(write_config(tmp_path, models)).start(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000")
+    d = Daemon(write_config(tmp_path, session_models)).start(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000")
     try:
         seen = []
         deadline = time.time() + 30
@@ -203,7 +192,7 @@ def test_sighup_reloads_the_style_set(tmp_path, daemon):
     assert d.alive()
 
 
-def test_bad_input_corpus(tmp_path, daemon, models):
+def test_bad_input_corpus(tmp_path, daemon, session_models):
     """Every awkward or hostile file is stylized or refused with a reason; nothing escapes."""
     from corpus import build
 

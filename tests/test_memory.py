@@ -82,3 +82,26 @@ def test_a_measured_peak_sizes_later_batches_of_any_size():
     assert measured.bytes_per_image(key, 200, 200) == per
     assert auto_batch(free, 200, 200, LAYERS, "lbfgs", 100, measured=measured, key=("adam",)) == \
         auto_batch(free, 200, 200, LAYERS, "lbfgs", 100)
+
+
+def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
+    import torch
+
+    from nstd.engine.memory import MemoryPlanner, OomStep
+    from nstd.engine.switches import Switches
+    from nstd.engine.types import BatchSettings, RunStats
+
+    free = {"bytes": 64 << 30}
+    planner = MemoryPlanner(torch.device("cuda"), Switches("fp32"), lambda: free["bytes"], cap=1000)
+    settings = BatchSettings()
+    estimated = planner.max_batch(200, 200, settings, 100)
+    assert estimated == auto_batch(64 << 30, 200, 200, settings.layers, "lbfgs", 100, cap=1000)
+    free["bytes"] = 8 << 30  # what the engine and the batch sizing see comes from the probe alone
+    assert planner.free() == 8 << 30 and planner.max_batch(200, 200, settings, 100) < estimated
+    # A batch that peaked at 10 kB a pixel: the next batches of its kind are sized by that.
+    run = RunStats((200, 200), 2, 10, 1.0, "fp32", True, False, False, peak_bytes=2 * 200 * 200 * 10_000)
+    planner.observe(settings, 100, [run])
+    per = int(10_000 * 200 * 200 * MeasuredMemory.MARGIN)
+    assert planner.max_batch(200, 200, settings, 100) == int((8 << 30) * 0.8 // per)
+    assert [planner.after_oom(4, None), planner.after_oom(1, None), planner.after_oom(1, True)] == \
+        [OomStep.SPLIT, OomStep.CHECKPOINT, OomStep.GIVE_UP]

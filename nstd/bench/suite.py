@@ -63,28 +63,7 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
         row["final_losses"] = measure.final_losses(model, w, row.pop("image"))
     out["standard"] = std
 
-    say("batch sweep")
-    batches = plan.batches or _powers(measure.largest_batch(model, w, switches, plan.max_batch))
-    sweep_w = Workload(content, style, plan.size, plan.sweep_iterations or plan.iterations, settings)
-    out["batches"] = []
-    for b in batches:
-        row = measure.timed_nstd(model, sweep_w, b, switches, plan.iterations)
-        row.pop("image")
-        out["batches"].append(row)
-        say(f"  batch {b:<3}      {_fmt(row)}")
-    best = max(out["batches"], key=lambda x: x["images_per_hour"])
-
-    say("scale sweep")
-    out["sizes"] = []
-    for size in plan.sizes:
-        sw = Workload(content, style, size, plan.sweep_iterations or plan.iterations, settings)
-        # The best batch at the standard size, scaled by pixels, then to what fits.
-        guess = max(1, _pow2_floor(best["batch"] * (plan.size / size) ** 2))
-        b = min(guess, max(1, measure.largest_batch(model, sw, switches, guess)))
-        row = measure.timed_nstd(model, sw, b, switches, plan.iterations)
-        row.pop("image")
-        out["sizes"].append(row)
-        say(f"  {size:>4} px       {_fmt(row)}")
+    out["batches"], out["sizes"] = _sweeps(model, content, style, plan, settings, switches, say)
 
     if plan.latency and latency is not None:
         say("drop to output on an idle daemon")
@@ -93,6 +72,35 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
 
     out["summary"] = summary(out)
     return out
+
+
+def _sweeps(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Plan,
+            settings: BatchSettings, switches: Switches, say: Callable[[str], None]) -> tuple[list, list]:
+    """Images per hour by batch size at the standard size, then by size at the best batch."""
+    say("batch sweep")
+    w = Workload(content, style, plan.size, plan.iterations, settings)
+    batches = plan.batches or _powers(measure.largest_batch(model, w, switches, plan.max_batch))
+    sweep_w = Workload(content, style, plan.size, plan.sweep_iterations or plan.iterations, settings)
+    batches_out: list[dict] = []
+    for b in batches:
+        row = measure.timed_nstd(model, sweep_w, b, switches, plan.iterations)
+        row.pop("image")
+        batches_out.append(row)
+        say(f"  batch {b:<3}      {_fmt(row)}")
+    best = max(batches_out, key=lambda x: x["images_per_hour"])
+
+    say("scale sweep")
+    sizes_out: list[dict] = []
+    for size in plan.sizes:
+        sw = Workload(content, style, size, plan.sweep_iterations or plan.iterations, settings)
+        # The best batch at the standard size, scaled by pixels, then to what fits.
+        guess = max(1, _pow2_floor(best["batch"] * (plan.size / size) ** 2))
+        b = min(guess, max(1, measure.largest_batch(model, sw, switches, guess)))
+        row = measure.timed_nstd(model, sw, b, switches, plan.iterations)
+        row.pop("image")
+        sizes_out.append(row)
+        say(f"  {size:>4} px       {_fmt(row)}")
+    return batches_out, sizes_out
 
 
 def summary(out: dict) -> dict:
