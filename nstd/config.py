@@ -61,6 +61,7 @@ class WorkerConfig:
     stop_timeout: float = 60.0
     max_attempts: int = 3
     retry_backoff: float = 30.0
+    isolation: str = "auto"  # thread | process per device; auto: processes where there are several
     # worker.precision, cuda_graphs, checkpoint and memory_budget: how batches run
     switches: Switches = Switches()
 
@@ -226,7 +227,8 @@ def _watch(raw: Any) -> WatchConfig:
 
 def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
-                                 "retry_backoff", "memory_budget", "precision", "cuda_graphs", "checkpoint"})
+                                 "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
+                                 "checkpoint"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -236,6 +238,7 @@ def _worker(raw: Any) -> WorkerConfig:
         stop_timeout=_float(m.get("stop_timeout", d.stop_timeout), "worker.stop_timeout", 0),
         max_attempts=_int(m.get("max_attempts", d.max_attempts), "worker.max_attempts", 1),
         retry_backoff=_float(m.get("retry_backoff", d.retry_backoff), "worker.retry_backoff", 0),
+        isolation=_choice(m.get("isolation", d.isolation), "worker.isolation", ("auto", "thread", "process")),
         switches=Switches(
             precision=_choice(m.get("precision", d.switches.precision), "worker.precision", PRECISIONS),
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),

@@ -174,9 +174,10 @@ def test_inbox_deleted_and_recreated_like_a_remount(tmp_path, daemon):
     wait_for(lambda: outputs_done(tmp_path, ["after"]), 60, "output after remount")
 
 
-def test_sighup_reloads_the_style_set(tmp_path, daemon):
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_sighup_reloads_the_style_set(tmp_path, daemon, isolation):
     import yaml
-    d = daemon()
+    d = daemon(worker={"isolation": isolation})
     cfg = yaml.safe_load(d.config.read_text())
     cfg["styles"]["third"] = {"image": "style.png", "style_weight": 3}
     d.config.write_text(yaml.safe_dump(cfg))
@@ -184,6 +185,7 @@ def test_sighup_reloads_the_style_set(tmp_path, daemon):
     d.wait_log("reloaded", timeout=30)
     (tmp_path / "inbox" / "third").mkdir()
     (tmp_path / "inbox" / "third" / "t.jpg").write_bytes(photo_bytes(40, 40, 12))
+    # Made by the worker, which in a worker process read the new config itself.
     wait_for(lambda: (tmp_path / "outbox" / "third" / "t.json").exists(), 60, "new style output")
     # A broken config on reload keeps the old style set and the daemon running.
     d.config.write_text("styles: {broken: {}}\n")
@@ -226,3 +228,22 @@ def test_bad_input_corpus(tmp_path, daemon, session_models):
     assert not any("secret" in p for p in files(tmp_path / "outbox"))
     assert (tmp_path / "inbox" / "folder.jpg").is_dir()
     assert not any(e.get("event") == "raw" and "Traceback" in e.get("text", "") for e in d.events())
+
+
+def test_a_worker_process_killed_mid_batch_is_restarted_and_its_jobs_run_once(tmp_path, daemon):
+    d = daemon(transfer={"iterations": 300, "size": 48, "log_every": 10},
+               worker={"isolation": "process", "batch_window": 0})
+    [started] = [e for e in d.events() if e.get("event") == "worker_started"]
+    assert started["pid"] != d.proc.pid
+    (tmp_path / "inbox" / "a.jpg").write_bytes(photo_bytes(48, 48, 30))
+    d.wait_log("progress", timeout=60)
+    os.kill(started["pid"], signal.SIGKILL)
+    d.wait_log("worker_restarted", timeout=30)
+    [restart] = [e for e in d.events() if e.get("event") == "worker_restarted"]
+    assert restart["requeued"] >= 1 and "-9" in restart["error"]
+    wait_for(lambda: files(tmp_path / "processed") == ["a.jpg"], 120, "the input processed")
+    assert d.alive()
+    assert d.stop() == 0
+    results = [f for f in files(tmp_path / "outbox") if not f.startswith(".gallery/") and f != "index.html"]
+    assert results == sorted(f"{s}/a.{e}" for s in ("ink", "wash") for e in ("jpg", "json", "loss.svg"))
+    assert [state for _, _, state, _ in jobs(tmp_path)] == ["done", "done"]

@@ -226,6 +226,7 @@ class WorkerDied(BaseException):
 
 def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, monkeypatch):
     from nstd.daemon.inbox import Watcher
+    from nstd.daemon.workers import ThreadWorker
 
     take(service, "a.jpg", "b.jpg")
     real = runner.run_scales
@@ -241,19 +242,19 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
         return real(model, jobs, *args)
 
     monkeypatch.setattr(runner, "run_scales", dies_on_the_second_half)
-    stop = threading.Event()
-    service.worker = Worker(service.cfg, lambda: service.styles, service.load_weights, service.devices[0], stop)
-    service.worker.start()
-    service.worker.join(60)
-    assert not service.worker.is_alive() and isinstance(service.worker.error, WorkerDied)
-    service.workers, service.worker_stop = [service.worker], threading.Event()
+    handle = ThreadWorker(lambda: service.runtime, service.load_weights, service.devices[0])
+    handle.start()
+    handle.join(60)
+    assert not handle.alive() and "WorkerDied" in handle.error
+    service.workers = [handle]
     service.watcher = Watcher(service.cfg.inbox, "polling", 1.0, service.hints)
     service.watcher.start()
+    restarted = []
     try:
         monkeypatch.setattr(runner, "run_scales", real)
-        monkeypatch.setattr(service, "_start_worker", lambda device: service.worker)  # no second thread
+        monkeypatch.setattr(service, "_start_worker", lambda device: restarted.append(device) or handle)
         service.health()
     finally:
         service.watcher.stop()
-        stop.set()
+    assert restarted == [service.devices[0]]
     assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     output TEXT,
     batch_id TEXT,
+    claimed_by TEXT,                -- the worker running it: host, pid and device
     created REAL NOT NULL,
     queued REAL NOT NULL,
     not_before REAL NOT NULL DEFAULT 0,
@@ -138,6 +139,13 @@ class Journal:
             # FULL: a commit survives a power cut, not just a crash of nstd.
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a journal was created."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "claimed_by" not in columns:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -225,14 +233,14 @@ class Journal:
         return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND batch_key = ? AND "
                                "not_before <= ?", (batch_key, now)).fetchone()[0]
 
-    def claim(self, batch_key: str, limit: int, batch_id: str, now: float) -> list[Job]:
-        """Mark the oldest `limit` queued jobs of one batch key as running, atomically."""
+    def claim(self, batch_key: str, limit: int, batch_id: str, now: float, owner: str | None = None) -> list[Job]:
+        """Mark the oldest `limit` queued jobs of one batch key as running by `owner`, atomically."""
         with self._tx():
             ids = [r[0] for r in self.db.execute(
                 "SELECT id FROM jobs WHERE state = 'queued' AND batch_key = ? AND not_before <= ? "
                 "ORDER BY queued, id LIMIT ?", (batch_key, now, limit))]
             self.db.executemany("UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ?, "
-                                "batch_id = ? WHERE id = ?", [(now, batch_id, i) for i in ids])
+                                "batch_id = ?, claimed_by = ? WHERE id = ?", [(now, batch_id, owner, i) for i in ids])
         return self.get_jobs(ids)
 
     def get_jobs(self, ids: list[int]) -> list[Job]:
@@ -258,6 +266,12 @@ class Journal:
     def retry(self, job_id: int, error: str, delay: float) -> None:
         self.db.execute("UPDATE jobs SET state = 'queued', error = ?, not_before = ?, batch_id = NULL "
                         "WHERE id = ?", (error, time.time() + delay, job_id))
+
+    def requeue_claimed_by(self, owner: str) -> int:
+        """Give back what a worker that died was running."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state = 'running' AND claimed_by = ?",
+                                             (owner,))]
+        return self.requeue(ids)
 
     def requeue(self, job_ids: list[int]) -> int:
         """Give running jobs back untouched, as if never started (a stop, not a failure).

@@ -20,7 +20,7 @@ from nstd.daemon.journal import Journal
 from nstd.daemon.notify import notify, watchdog_interval
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
-from nstd.daemon.worker import Worker
+from nstd.daemon.workers import ProcessWorker, ThreadWorker, isolation_for
 from nstd.engine.device import describe, resolve_devices
 from nstd.errors import ConfigError, NstdError
 from nstd.log import get
@@ -34,7 +34,7 @@ class Service:
         self.clock = clock
         self.runtime: Runtime | None = None  # set by prepare; a reload swaps it whole
         self.stop_requested = threading.Event()  # set by a signal
-        self.worker_stop = threading.Event()
+        self.stopping = False  # set by shutdown: dead workers are no longer replaced
         self.reload_requested = threading.Event()
         self.hints = Hints()
         self.next_health: float | None = None
@@ -145,10 +145,13 @@ class Service:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.hints.event.set()))
 
-    def _start_worker(self, device) -> Worker:
-        w = Worker(self.cfg, lambda: self.runtime.styles, self.load_weights, device, self.worker_stop)
-        w.start()
-        return w
+    def _start_worker(self, device) -> ThreadWorker | ProcessWorker:
+        if isolation_for(self.cfg.worker.isolation, len(self.devices)) == "process":
+            handle = ProcessWorker(self.cfg.path, device)
+        else:
+            handle = ThreadWorker(lambda: self.runtime, self.load_weights, device)
+        handle.start()
+        return handle
 
     def health(self) -> None:
         if not self.watcher.healthy():
@@ -158,9 +161,10 @@ class Service:
             else:
                 log.warning("inbox_unavailable", inbox=str(self.cfg.inbox))
         for i, w in enumerate(self.workers):
-            if not w.is_alive() and not self.worker_stop.is_set():
-                log.error("worker_restarted", device=str(w.device), error=repr(w.error))
-                self.journal.requeue([job.id for job in w.current])
+            if not w.alive() and not self.stopping:
+                # Only its own claims go back: other devices' batches run on.
+                requeued = self.journal.requeue_claimed_by(w.owner)
+                log.error("worker_restarted", device=str(w.device), error=w.error, requeued=requeued)
                 self.workers[i] = self._start_worker(w.device)
         c = self.journal.counts()
         notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, "
@@ -172,15 +176,17 @@ class Service:
         except NstdError as e:
             log.error("reload_failed", error=str(e), keeping=self.styles.names())
             return
-        self.runtime = fresh  # one swap: intake and workers read it on their next use
+        self.runtime = fresh  # one swap: intake and thread workers read it on their next use
+        for w in self.workers:
+            w.reload()  # worker processes read the file again themselves
         log.info("reloaded", styles=fresh.styles.names())
 
     def shutdown(self) -> int:
         notify("STOPPING=1")
         deadline = time.time() + self.cfg.worker.stop_timeout
+        self.stopping = True
         for w in self.workers:
-            w.deadline = deadline
-        self.worker_stop.set()
+            w.stop(deadline)
         for w in self.workers:
             w.join(max(0.0, deadline - time.time()) + 10)
         self.watcher.stop()

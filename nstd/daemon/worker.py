@@ -4,6 +4,8 @@ from the spool and publishing to the outbox and the journal."""
 from __future__ import annotations
 
 import errno
+import os
+import socket
 import threading
 import time
 from functools import partial
@@ -38,25 +40,31 @@ class StopBatch(Exception):
     """Raised from the progress callback when a stop's grace period has run out."""
 
 
+def owner_id(device: torch.device | str, pid: int | None = None) -> str:
+    """What a worker's claims are recorded under: host, process and device."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}:{device}"
+
+
 class Worker(threading.Thread):
     def __init__(self, cfg: Config, styles: Callable[[], StyleBook],
                  load_weights: Callable[[str], tuple[dict, WeightInfo]], device: torch.device,
-                 stopping: threading.Event):
+                 stopping, deadline: Callable[[], float | None] | None = None):
         super().__init__(name=f"worker-{device}", daemon=True)
         self.cfg, self.styles, self.device, self.stopping = cfg, styles, device, stopping
         self.load_weights = load_weights
         self.deadline: float | None = None  # set by a stop: finish the batch by then
+        self._deadline_source = deadline  # or read from here (a worker process's shared value)
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
         # The configured switches; the engine decides what is left on auto per scale.
         switches = cfg.worker.switches
         self.planner = MemoryPlanner(device, switches, partial(free_memory, device))
         self.pipeline = Pipeline(Engine(self.planner, switches), self._model)
-        self.current: list[Job] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         journal = Journal(self.cfg.state_dir / "journal.sqlite3")
-        scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for)
+        scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for,
+                              owner=owner_id(self.device))
         try:
             while not self.stopping.is_set():
                 batch = scheduler.next_batch()
@@ -78,11 +86,9 @@ class Worker(threading.Thread):
         return self.planner.max_batch(job.height, job.width, p.settings(), finest)
 
     def process(self, journal: Journal, batch: list[Job]) -> None:
-        self.current = batch
         tasks = self._load(journal, batch)
         if tasks:
             self._run(journal, batch, tasks)
-        self.current = []  # left set if the thread dies, so the health loop can requeue them
 
     def _load(self, journal: Journal, batch: list[Job]) -> list[Task]:
         """The load stage: each job's spooled photo at its recorded size, or its failure."""
@@ -144,7 +150,10 @@ class Worker(threading.Thread):
 
     def _progress(self, ids: list[str], total: int):
         def update(iteration: int, losses: list | None) -> None:
-            if self.deadline is not None and time.time() > self.deadline:
+            deadline = self.deadline
+            if deadline is None and self._deadline_source is not None:
+                deadline = self._deadline_source()
+            if deadline is not None and time.time() > deadline:
                 raise StopBatch()
             if losses is not None:
                 log.info("progress", jobs=ids, iteration=losses[0]["iteration"], of=total,

@@ -1,0 +1,142 @@
+"""How a worker runs, apart from what it runs: a thread beside the supervisor, or a process
+of its own for each GPU, so that a CUDA fault or a backend flag stays inside one device.
+
+The supervisor sees the same handle either way: start, alive, stop, join, reload, and
+`owner`, the name its journal claims carry, so a dead worker's jobs can be handed back.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nstd.daemon.runtime import Runtime
+from nstd.daemon.worker import Worker, owner_id
+from nstd.errors import NstdError
+from nstd.log import get
+
+log = get("nstd.workers")
+ISOLATIONS = ("auto", "thread", "process")
+
+
+def isolation_for(setting: str, devices: int) -> str:
+    """auto: a process per device where there are several, else a thread."""
+    if setting != "auto":
+        return setting
+    return "process" if devices > 1 else "thread"
+
+
+class ThreadWorker:
+    def __init__(self, runtime: Callable[[], Runtime], load_weights, device: torch.device):
+        self.device = device
+        self._stop = threading.Event()
+        self.worker = Worker(runtime().cfg, lambda: runtime().styles, load_weights, device, self._stop)
+
+    @property
+    def owner(self) -> str:
+        return owner_id(self.device)
+
+    @property
+    def error(self) -> str | None:
+        return None if self.worker.error is None else repr(self.worker.error)
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def alive(self) -> bool:
+        return self.worker.is_alive()
+
+    def stop(self, deadline: float) -> None:
+        self.worker.deadline = deadline
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        self.worker.join(timeout)
+
+    def reload(self) -> None:
+        pass  # it reads the supervisor's runtime on each batch
+
+
+class ProcessWorker:
+    """A worker in a child process (spawned, not forked: CUDA and threads do not survive
+    a fork). It opens its own journal and weights, and reloads when told to."""
+
+    def __init__(self, config_path: Path, device: torch.device):
+        self.device = device
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._deadline = ctx.Value("d", 0.0)  # 0: none yet
+        self._generation = ctx.Value("i", 0)  # bumped by each reload
+        self._proc = ctx.Process(target=_child_main, name=f"nstd-worker-{device}",
+                                 args=(str(config_path), str(device), self._stop, self._deadline,
+                                       self._generation))
+
+    @property
+    def owner(self) -> str:
+        return owner_id(self.device, self._proc.pid)
+
+    @property
+    def error(self) -> str | None:
+        code = self._proc.exitcode
+        return None if code in (None, 0) else f"worker process exited with {code}"
+
+    def start(self) -> None:
+        self._proc.start()
+        log.info("worker_started", device=str(self.device), pid=self._proc.pid)
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def stop(self, deadline: float) -> None:
+        self._deadline.value = deadline
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        self._proc.join(timeout)
+        if self._proc.is_alive():  # past its deadline and grace: the journal hands its jobs back
+            self._proc.kill()
+            self._proc.join(5)
+
+    def reload(self) -> None:
+        with self._generation.get_lock():
+            self._generation.value += 1
+
+
+def _child_main(config_path: str, device: str, stop, deadline, generation) -> None:
+    """A worker process: the same Worker loop, with its own runtime and weights."""
+    from nstd import config as config_mod
+    from nstd import weights
+    from nstd.log import setup
+
+    # Ctrl-C reaches the whole process group; the supervisor decides how this one stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cfg = config_mod.load(Path(config_path))
+    setup(cfg.log_level, None if cfg.log_format == "auto" else cfg.log_format == "json")
+    current = {"runtime": Runtime.load(cfg), "generation": generation.value}
+
+    def styles():
+        if generation.value != current["generation"]:
+            current["generation"] = generation.value
+            try:
+                current["runtime"] = current["runtime"].reloaded()
+            except NstdError as e:
+                log.error("reload_failed", error=str(e), device=device)
+        return current["runtime"].styles
+
+    models_dir = cfg.models_dir or weights.default_models_dir()
+    loaded: dict[str, tuple] = {}
+
+    def load_weights(model_id: str):
+        if model_id not in loaded:
+            loaded[model_id] = weights.load(models_dir, model_id)
+        return loaded[model_id]
+
+    worker = Worker(cfg, styles, load_weights, torch.device(device), stop,
+                    deadline=lambda: deadline.value or None)
+    worker.run()  # in this process's main thread
+    raise SystemExit(0 if worker.error is None else 1)
