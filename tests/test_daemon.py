@@ -72,33 +72,6 @@ def test_kill9_mid_batch_then_restart_loses_nothing(tmp_path, daemon):
     assert all(state == "done" for _, _, state, _ in jobs(tmp_path))
 
 
-def test_bad_inputs_land_in_failed_and_the_daemon_keeps_going(tmp_path, daemon):
-    d = daemon()
-    inbox = tmp_path / "inbox"
-    good = photo_bytes(64, 64, 5)
-    (inbox / "truncated.jpg").write_bytes(good[: len(good) // 2])
-    (inbox / "empty.jpg").write_bytes(b"")
-    (inbox / "notes.jpg").write_bytes(b"these are not pixels\n" * 20)
-    (inbox / "mystery").mkdir()
-    (inbox / "mystery" / "m.jpg").write_bytes(good)
-    reasons = {
-        "truncated.jpg": "cannot decode",
-        "empty.jpg": "an empty file",
-        "notes.jpg": "not a recognised image format",
-        "mystery/m.jpg": "folder 'mystery' names no style (known styles: ink, wash)",
-    }
-    for name in reasons:
-        wait_for(lambda name=name: (tmp_path / "failed" / f"{name}.error.json").exists(), 30, name)
-    for name, why in reasons.items():
-        record = json.loads((tmp_path / "failed" / f"{name}.error.json").read_text())
-        assert why in record["reason"] and record["input"] == name
-        assert (tmp_path / "failed" / name).exists()  # the input itself is kept, not lost
-    assert d.alive()
-    (inbox / "fine.jpg").write_bytes(good)
-    wait_for(lambda: outputs_done(tmp_path, ["fine"]), 60, "a good photo after bad ones")
-    assert not any(e.get("event") == "raw" and "Traceback" in e.get("text", "") for e in d.events())
-
-
 def test_sigterm_exits_cleanly_within_the_timeout(tmp_path, daemon):
     d = daemon(transfer={"iterations": 5000, "size": 48, "log_every": 10}, worker={"stop_timeout": 1})
     (tmp_path / "inbox" / "long.jpg").write_bytes(photo_bytes(48, 48, 8))

@@ -131,3 +131,28 @@ def test_the_same_photo_again_is_recognised_and_an_edit_is_new_work(service, set
     assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)]
     drop("one.jpg", photo_bytes(40, 40, 7))  # an edit: new work
     assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)] * 2
+
+
+def test_bad_inputs_land_in_failed_with_reasons_and_good_ones_still_run(service, settle):
+    inbox = service.cfg.inbox
+    good = photo_bytes(64, 64, 5)
+    (inbox / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (inbox / "empty.jpg").write_bytes(b"")
+    (inbox / "notes.jpg").write_bytes(b"these are not pixels\n" * 20)
+    (inbox / "mystery").mkdir()
+    (inbox / "mystery" / "m.jpg").write_bytes(good)
+    (inbox / "fine.jpg").write_bytes(good)
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    reasons = {
+        "truncated.jpg": "cannot decode",
+        "empty.jpg": "an empty file",
+        "notes.jpg": "not a recognised image format",
+        "mystery/m.jpg": "folder 'mystery' names no style (known styles: ink)",
+    }
+    for name, why in reasons.items():
+        record = json.loads((service.cfg.failed / f"{name}.error.json").read_text())
+        assert why in record["reason"] and record["input"] == name
+        assert (service.cfg.failed / name).exists()  # the input itself is kept, not lost
+    assert files(service.cfg.processed) == ["fine.jpg"]
+    assert (service.cfg.outbox / "ink" / "fine.json").exists()
