@@ -144,8 +144,11 @@ def cmd_status(args) -> int:
         raise NstdError(f"no journal at {db}; has the daemon run with this config?")
     journal = Journal(db, readonly=True)
     try:
+        p = journal.input_counts()
+        print(f"photos: {p['queued']} in progress, {p['done']} done, {p['failed']} failed")
         c = journal.counts()
-        print(f"jobs: {c['queued']} queued, {c['running']} running, {c['done']} done, {c['failed']} failed")
+        print(f"jobs (photo x style): {c['queued']} queued, {c['running']} running, {c['done']} done, "
+              f"{c['failed']} failed")
         running = journal.running()
         if running:
             first = running[0]
@@ -154,7 +157,7 @@ def cmd_status(args) -> int:
                 print(f"  {job.id:>6}  {job.style:<14} {job.relpath}")
         failures = journal.recent_failures(10)
         if failures:
-            print("recent failures:")
+            print("recent failed photos:")
             for relpath, error, when in failures:
                 stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when or 0))
                 reason = (error or "").removeprefix(f"{relpath}: ")  # most reasons name the file already

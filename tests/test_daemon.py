@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from nstd.cli import main
 
 from daemon_harness import Daemon, files, jobs, listening_sockets, photo_bytes, wait_for, write_config
 
@@ -101,18 +100,6 @@ def test_refuses_to_start_with_outbox_inside_inbox(tmp_path, session_models):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "outbox:" in proc.stderr and "is inside the inbox" in proc.stderr
-
-
-def test_status_reads_the_journal(tmp_path, daemon, capsys):
-    d = daemon()
-    (tmp_path / "inbox" / "s.jpg").write_bytes(photo_bytes(40, 40, 9))
-    (tmp_path / "inbox" / "bad.jpg").write_bytes(b"nope")
-    wait_for(lambda: files(tmp_path / "processed") == ["s.jpg"], 60, "done")
-    wait_for(lambda: (tmp_path / "failed" / "bad.jpg").exists(), 30, "failed")
-    assert main(["status", "--config", str(d.config)]) == 0
-    out = capsys.readouterr().out
-    assert "0 queued, 0 running, 2 done, 0 failed" in out
-    assert "  bad.jpg: not a usable image (not a recognised image format)" in out
 
 
 def test_sd_notify_ready_status_and_watchdog(tmp_path, session_models):

@@ -156,3 +156,19 @@ def test_bad_inputs_land_in_failed_with_reasons_and_good_ones_still_run(service,
         assert (service.cfg.failed / name).exists()  # the input itself is kept, not lost
     assert files(service.cfg.processed) == ["fine.jpg"]
     assert (service.cfg.outbox / "ink" / "fine.json").exists()
+
+
+def test_status_counts_photos_and_jobs_apart(service, settle, capsys):
+    from nstd.cli import main
+
+    (service.cfg.inbox / "s.jpg").write_bytes(photo_bytes(40, 40, 9))
+    (service.cfg.inbox / "bad.jpg").write_bytes(b"nope")
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    capsys.readouterr()
+    assert main(["status", "--config", str(service.cfg.path)]) == 0
+    out = capsys.readouterr().out
+    # The refused photo had no job: it counts as a failed photo, not as a failed job.
+    assert "photos: 0 in progress, 1 done, 1 failed" in out
+    assert "jobs (photo x style): 0 queued, 0 running, 1 done, 0 failed" in out
+    assert "  bad.jpg: not a usable image (not a recognised image format)" in out

@@ -292,6 +292,12 @@ class Journal:
         out.update(dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()))
         return out
 
+    def input_counts(self) -> dict[str, int]:
+        """Photos (inbox files) by state: a photo refused at intake has no jobs."""
+        out = {s: 0 for s in ("queued", "done", "failed")}
+        out.update(dict(self.db.execute("SELECT state, COUNT(*) FROM inputs GROUP BY state").fetchall()))
+        return out
+
     def running(self) -> list[Job]:
         rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'running' ORDER BY id").fetchall()
         return [_job(r) for r in rows]
