@@ -22,13 +22,15 @@ run: weights
 	@mkdir -p inbox outbox failed processed state
 	$(BIN)/nstd run --config $(CONFIG)
 
-# The gallery test renders outbox/index.html in headless Chromium, from Debian's packages.
+# The gallery test renders outbox/index.html in headless Chromium, from Debian's packages:
+# chromium and what it depends on, no recommended extras, nothing else upgraded.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := apt-get install -y -q --no-install-recommends --no-upgrade
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	{ echo "make: installing Debian's chromium for the gallery test"; \
-	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; } || \
+	{ echo "make: installing Debian's chromium (no recommends) for the gallery test"; \
+	  $(SUDO) $(APT_INSTALL) chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) $(APT_INSTALL) chromium >/dev/null; } || \
 	  echo "make: could not install chromium; the gallery test will fail until it is installed"; }
 
 test: $(STAMP) browser

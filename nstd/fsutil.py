@@ -26,11 +26,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask_mode() -> int:
+    """The mode a plain new file gets under this process's umask (0644 under 022)."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux says it in /proc; setting and restoring it would change it for every
+    # thread for a moment.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Either the old file or the complete new one is visible, never a partial one."""
+    """Either the old file or the complete new one is visible, never a partial one.
+
+    The file ends with the mode the umask gives, as any new file would: the temporary
+    file is private while it is written, and a studio's group must read the results."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

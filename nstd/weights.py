@@ -21,7 +21,7 @@ import torch
 
 from nstd.engine.vgg import CONV_INDICES, PREPROCESSING, weight_shapes
 from nstd.errors import WeightsError
-from nstd.fsutil import sha256_file
+from nstd.fsutil import sha256_file, umask_mode
 
 DEFAULT_MODEL = "caffe"
 
@@ -101,6 +101,7 @@ def _store(models_dir: Path, sd: dict[str, torch.Tensor], model_id: str, source:
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / f"{model_id}.pth"
     with tempfile.NamedTemporaryFile(dir=models_dir, suffix=".tmp", delete=False) as tmp:
+        os.fchmod(tmp.fileno(), umask_mode())  # readable by the service user's group, as the umask says
         torch.save(sd, tmp)
         tmp.flush()
         os.fsync(tmp.fileno())

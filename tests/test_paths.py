@@ -54,3 +54,19 @@ def test_event_paths_outside_the_inbox_are_dropped(tmp_path):
 
 def test_a_folder_named_dotdot_is_no_style():
     assert route("../a.jpg", ["ink"]).error
+
+
+def test_written_files_take_the_umask_mode_not_the_temporary_files_0600(tmp_path):
+    import os
+    import stat
+
+    from nstd.fsutil import atomic_write, atomic_write_json
+
+    old = os.umask(0o007)  # the unit's UMask: the studio group reads and writes
+    try:
+        atomic_write(tmp_path / "a.jpg", b"x")
+        atomic_write_json(tmp_path / "a.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("a.jpg", "a.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o660, name
