@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
+from nstd.daemon.lock import CLAIM_NAME  # noqa: E402
 
 STYLES = ("ink", "wash")
 
@@ -132,13 +133,15 @@ def soak(work: Path, photos: int, kills: int, seed: int, log=print) -> dict:
             retries_before = _retries(work)
             tally.drop(inbox, "during-enospc.jpg", photo_bytes(40, 40, seed * 100000 + 88888))
             t0 = time.time()
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * (1 << 20))
-                except OSError:
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:  # unbuffered: no flush on close that could fail too
+                while os.write(fd, b"\0" * (1 << 20)):
                     pass
-            # Hold the disk full until a write has actually failed and been put off.
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            # Hold the disk full until the daemon has noticed: a write put off, or work paused.
             until = time.time() + 20
             while time.time() < until and _retries(work) == retries_before:
                 time.sleep(0.2)
@@ -195,7 +198,7 @@ def _running_input(work: Path) -> str | None:
 
 
 def _quiet(work: Path) -> bool:
-    inbox_empty = not any(p for p in (work / "inbox").rglob("*") if p.is_file())
+    inbox_empty = not any(p for p in (work / "inbox").rglob("*") if p.is_file() and p.name != CLAIM_NAME)
     try:
         db = sqlite3.connect(f"file:{work / 'state' / 'journal.sqlite3'}?mode=ro", uri=True, timeout=5)
         busy = db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
@@ -206,9 +209,10 @@ def _quiet(work: Path) -> bool:
 
 
 def _retries(work: Path) -> int:
+    """How often the daemon put work off for the outbox's sake (a deferred write or a pause)."""
     n = 0
     for line in (work / "daemon.log").read_text(errors="replace").splitlines():
-        n += '"retry_later"' in line
+        n += any(f'"{event}"' in line for event in ("retry_later", "output_deferred", "paused"))
     return n
 
 
@@ -242,7 +246,8 @@ def audit(work: Path, tally: Tally) -> dict:
     kept = {p.name for p in (work / "processed").rglob("*") if p.is_file()} | \
            {p.name for p in (work / "failed").rglob("*") if p.is_file() and not p.name.endswith(".error.json")}
     lost = sorted(n for n in final_names if n not in kept)
-    left = sorted(str(p.relative_to(work)) for p in (work / "inbox").rglob("*") if p.is_file())
+    left = sorted(str(p.relative_to(work)) for p in (work / "inbox").rglob("*")
+                  if p.is_file() and p.name != CLAIM_NAME)
     db = sqlite3.connect(work / "state" / "journal.sqlite3")
     done = db.execute("SELECT input_sha256, style, output FROM jobs WHERE state = 'done'").fetchall()
     states = dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())

@@ -99,6 +99,8 @@ def cmd_check(args) -> int:
                                                     f"sha256 {info.file_sha256[:12]}…) in {models_dir}"))
         except NstdError as e:
             findings.append(preflight.Finding(False, f"weights: {e}"))
+    findings.append(_journal_finding(cfg))
+    findings += _daemon_findings(cfg)
     try:
         devices = resolve_devices(cfg.worker.device)
         findings.append(preflight.Finding(True, f"workers: one per device: {', '.join(map(describe, devices))}"))
@@ -128,6 +130,38 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def _journal_finding(cfg):
+    from nstd.daemon import preflight
+    from nstd.daemon.journal import Journal
+
+    db = cfg.state_dir / "journal.sqlite3"
+    if not db.exists() or db.stat().st_size == 0:
+        return preflight.Finding(True, f"journal: {db} (new: none yet)")
+    try:
+        Journal(db, readonly=True).close()
+    except NstdError as e:
+        return preflight.Finding(False, f"journal: {e}")
+    return preflight.Finding(True, f"journal: {db} (intact)")
+
+
+def _daemon_findings(cfg) -> list:
+    """Whether a daemon runs on this config, and whether another one has the inbox."""
+    import time
+
+    from nstd.daemon import preflight
+    from nstd.daemon.lock import InboxClaim, StateLock
+
+    out = []
+    holder = StateLock(cfg.state_dir).holder() if cfg.state_dir.is_dir() else None
+    if holder:
+        out.append(preflight.Finding(True, f"daemon: running on this state_dir ({holder})"))
+    other = InboxClaim(cfg.inbox, cfg.state_dir.resolve()).other(time.time()) if cfg.inbox.is_dir() else None
+    if other:
+        out.append(preflight.Finding(False, f"inbox: another nstd ({other}) watches {cfg.inbox}; "
+                                            f"a second daemon on it would take the same photos in again"))
+    return out
+
+
 def _on_success_text(mode: str) -> str:
     return {"move": "moved to processed/", "delete": "deleted", "keep": "left in the inbox"}[mode]
 
@@ -136,6 +170,7 @@ def cmd_status(args) -> int:
     import time
 
     from nstd import config
+    from nstd.daemon import outbox
     from nstd.daemon.journal import Journal
 
     cfg = config.load(args.config)
@@ -144,6 +179,9 @@ def cmd_status(args) -> int:
         raise NstdError(f"no journal at {db}; has the daemon run with this config?")
     journal = Journal(db, readonly=True)
     try:
+        paused = outbox.unwritable(cfg.outbox)
+        if paused:
+            print(f"paused: {paused}; new work waits until it can be written")
         p = journal.input_counts()
         print(f"photos: {p['queued']} in progress, {p['done']} done, {p['failed']} failed")
         c = journal.counts()

@@ -105,9 +105,11 @@ TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir",
 
 def load(path: Path) -> Config:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}); is it the YAML config?") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

@@ -15,3 +15,7 @@ class WeightsError(NstdError):
 
 class ImageError(NstdError):
     """A photo or style image that cannot be used. Deterministic: retrying will not help."""
+
+
+class JournalError(NstdError):
+    """The journal cannot be used as it is (damaged, or not a journal)."""

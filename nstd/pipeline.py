@@ -36,7 +36,7 @@ class Photo:
     bits: int = 8
 
 
-def working_size(name: str, h: int, w: int, params: TransferParams) -> tuple[int, int]:
+def working_size(name: str, h: int, w: int, params: TransferParams, max_pixels: int) -> tuple[int, int]:
     """(height, width) a photo of h x w is stylized at, or an ImageError naming it."""
     if min(w, h) < MIN_SIDE:
         raise ImageError(f"{name}: {w}x{h} is too small to stylize (under {MIN_SIDE} px on a side)")
@@ -46,6 +46,9 @@ def working_size(name: str, h: int, w: int, params: TransferParams) -> tuple[int
     if min(*size, *first) < MIN_SIDE:
         raise ImageError(f"{name}: {w}x{h} is too narrow to stylize at size {params.size} "
                          f"(short side under {MIN_SIDE} px)")
+    if size[0] * size[1] > max_pixels:  # a size setting far above the photo's own
+        raise ImageError(f"{name}: size {params.size} makes it {size[1]}x{size[0]}, {size[0] * size[1]:,} "
+                         f"pixels, over the limit of {max_pixels:,} (max_pixels)")
     return size
 
 

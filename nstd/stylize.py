@@ -75,7 +75,8 @@ def _load(req: Request, on_error: Callable[[str], None]) -> tuple[dict[tuple, li
             except OSError as e:
                 raise ImageError(f"{path}: cannot read ({e.strerror})") from None
             decoded = images.decode(data, str(path), req.max_pixels)
-            photo = load_photo(decoded, working_size(str(path), *decoded.pixels.shape[-2:], req.params))
+            photo = load_photo(decoded, working_size(str(path), *decoded.pixels.shape[-2:], req.params,
+                                                      req.max_pixels))
         except ImageError as e:
             on_error(str(e))
             failures += 1

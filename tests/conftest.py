@@ -63,7 +63,7 @@ def service(tmp_path):
     svc.prepare()
     svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
     yield svc
-    svc.journal.close()
+    svc.close()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from nstd.daemon.intake import Kind
+from nstd.daemon.lock import CLAIM_NAME
 
 from conftest import rand_image
 
@@ -119,7 +120,8 @@ def wait_for(predicate, timeout: float = 30, what: str = "condition"):
 
 
 def files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    """Every file below `folder`, but the inbox claim a running daemon keeps there."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != CLAIM_NAME)
 
 
 def jobs(root: Path) -> list[tuple]:

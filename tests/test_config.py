@@ -104,3 +104,10 @@ def test_style_shorthand_and_overrides(tmp_path):
                                       "transfer: {iterations: 9, style_weight: 1e2}\n"))
     assert cfg.styles["a"].params.iterations == 9 and cfg.styles["b"].params.iterations == 7
     assert cfg.transfer.style_weight == 100.0
+
+
+def test_a_binary_config_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x01binary")
+    with pytest.raises(ConfigError, match=f"^{path}: not a UTF-8 text file"):
+        config.load(path)

@@ -225,3 +225,25 @@ def test_free_memory_on_the_cpu_is_what_linux_says_is_available():
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     # MemAvailable: at least the free pages, never more than the machine has.
     assert os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.9 <= free <= total
+
+
+def test_an_image_whose_loss_is_not_finite_is_refused_and_its_batch_mates_are_not(tiny_model):
+    from nstd.engine.memory import MemoryPlanner
+    from nstd.engine.multiscale import Scale
+    from nstd.engine.runner import Engine
+    from nstd.engine.switches import Switches
+
+    engine = Engine(MemoryPlanner(torch.device("cpu"), Switches("fp32"), lambda: None), Switches("fp32"))
+    good, bad = jobs_for(2)
+    bad = TransferJob(bad.content, bad.styles, style_weight=float("nan"))  # a black image, before
+    done, refused = [], []
+
+    def on_done(positions, results):
+        done.extend(positions)
+
+    def on_refused(positions, why):
+        refused.append((positions, why))
+
+    engine.run(tiny_model, [good, bad], [Scale(32, 3, 10)], BatchSettings(iterations=3), on_done, on_refused)
+    assert done == [0]
+    assert refused == [([1], "the loss became NaN or infinite; lower the weights or the learning rate")]

@@ -1,4 +1,5 @@
 import html
+import os
 import re
 import shutil
 import subprocess
@@ -58,3 +59,13 @@ def test_the_page_is_written_atomically_after_each_batch(service):  # noqa: F811
     page = service.cfg.outbox / "index.html"
     assert page.exists() and "a.jpg" in page.read_text()
     assert not list(service.cfg.outbox.glob(".index.html*.tmp"))
+
+
+def test_thumbnails_never_pass_through_a_planted_symlink(service, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    os.symlink(outside, service.cfg.outbox / ".gallery")  # planted: the page's folder points out
+    take(service, "a.jpg")
+    run_once(service)
+    assert service.journal.get_jobs([1])[0].state == "done"  # the output itself is unharmed
+    assert list(outside.iterdir()) == []

@@ -1,3 +1,5 @@
+import pytest
+
 from nstd.daemon.journal import JobSpec, Journal
 from nstd.daemon.scheduler import Scheduler
 
@@ -28,7 +30,7 @@ def test_claim_recover_and_finish(tmp_path):
     assert j.counts()["running"] == 2
     assert j.recover() == 2  # a crash: back to the queue
     again = j.claim("k1", 1, "b2", now=6)
-    assert [c.attempts for c in again] == [2]
+    assert [c.attempts for c in again] == [1]  # the run a crash cut short was not an attempt
     j.finish(again[0].id, "x/a.jpg")
     settled = j.inputs_settled()
     assert [(i.relpath, [job.state for job in js]) for i, js in settled] == [("a.jpg", ["done"])]
@@ -68,3 +70,63 @@ def test_scheduler_oldest_first_never_starves_an_odd_size(tmp_path):
     clock[0] = 101.0
     assert [x.relpath for x in s.next_batch()] == ["odd.jpg"]
     assert [x.relpath for x in s.next_batch()] == ["c0.jpg", "c1.jpg"]  # full batch goes at once
+
+
+def test_kills_do_not_use_up_attempts(tmp_path):
+    j = Journal(tmp_path / "j.db")
+    j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
+    for n in range(5):  # five kill -9s in a row, each mid-run
+        j.claim("k1", 1, f"b{n}", now=2)
+        j.recover()
+    [job] = j.claim("k1", 1, "last", now=3)
+    assert job.attempts == 1
+
+
+def test_a_job_its_worker_dies_under_twice_is_set_aside(tmp_path):
+    j = Journal(tmp_path / "j.db")
+    j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
+    j.add_input("b.jpg", "s2", "/s", [spec("y", key="k2")], now=1)
+    j.claim("k1", 1, "b1", now=2, owner="host:1:cuda:0")
+    assert j.requeue_claimed_by("host:1:cuda:0") == (1, [])
+    j.claim("k1", 1, "b3", now=3, owner="host:3:cuda:0")
+    [k2] = j.claim("k2", 1, "b4", now=3, owner="host:4:cuda:1")
+    requeued, quarantined = j.requeue_claimed_by("host:3:cuda:0")
+    assert requeued == 0 and [q.relpath for q in quarantined] == ["a.jpg"]
+    [a] = j.get_jobs([quarantined[0].id])
+    assert a.state == "failed" and "stopped 2 times" in a.error
+    # Another device's batch is not touched.
+    assert j.get_jobs([k2.id])[0].state == "running"
+
+
+def damaged_journal(path):
+    j = Journal(path)
+    for n in range(200):
+        j.add_input(f"p{n}.jpg", f"s{n}", "/s", [spec(f"style{n}")], now=1)
+    j.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    j.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a checkpointed journal cut in half
+
+
+def test_a_damaged_journal_is_one_line_saying_what_to_do(tmp_path):
+    from nstd.errors import JournalError
+
+    damaged_journal(tmp_path / "j.db")
+    for readonly in (False, True):
+        with pytest.raises(JournalError, match="the journal is damaged .*move it aside") as e:
+            Journal(tmp_path / "j.db", readonly=readonly)
+        assert "\n" not in str(e.value)
+
+
+def test_status_check_and_run_say_so_without_a_traceback(service, capsys):
+    from nstd.cli import main
+
+    service.close()  # as if stopped: its lock and inbox claim go with it
+    damaged_journal(service.cfg.state_dir / "journal.sqlite3")
+    capsys.readouterr()
+    for command in ("status", "run", "check"):
+        assert main([command, "--config", str(service.cfg.path)]) == 1, command
+        captured = capsys.readouterr()
+        text = captured.out + captured.err
+        assert "the journal is damaged" in text and "Traceback" not in text, command
+

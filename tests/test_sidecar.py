@@ -8,7 +8,7 @@ from nstd.daemon import sidecar
 from nstd.errors import ConfigError
 from nstd.params import TransferParams
 
-from daemon_harness import take
+from daemon_harness import photo_bytes, take
 
 
 def test_paths_run_from_the_inbox_root_to_the_photo():
@@ -77,3 +77,15 @@ def test_a_photos_sidecar_follows_it_and_a_folders_stays(tmp_path):
     dispose.to_failed(inbox, failed, "f/b.jpg", "bad", None)
     assert (failed / "f" / "b.jpg.nstd.yaml").exists()
     assert (inbox / "f" / ".nstd.yaml").exists()
+
+
+def test_a_size_far_above_the_photo_is_refused_at_intake_not_run(service):
+    # size: 20000 on a small photo asks for 300 MP: over max_pixels, however small the file.
+    (service.cfg.inbox / "huge.jpg.nstd.yaml").write_text("size: 20000\n")
+    path = service.cfg.inbox / "huge.jpg"
+    path.write_bytes(photo_bytes(40, 30, 1))
+    st = path.stat()
+    out = service.intake.accept("huge.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert out.kind is Kind.FAILED
+    assert "huge.jpg: size 20000 makes it 15000x20000, 300,000,000 pixels, over the limit" in out.detail
+    assert service.journal.queued_jobs() == []

@@ -38,22 +38,51 @@ def test_disk_full_is_retried_then_succeeds(service, monkeypatch):
     monkeypatch.setattr(worker_mod.outbox, "write", flaky)
     run_once(service)
     [job] = service.journal.get_jobs([1])
-    assert (job.state, job.attempts) == ("queued", 1) and "No space left" in job.error
+    # The outbox's trouble, not the photo's: back in the queue, no attempt used up.
+    assert (job.state, job.attempts) == ("queued", 0) and "No space left" in job.error
     run_once(service)
-    assert states(service) == [("a.jpg", "done", 2)]
+    assert states(service) == [("a.jpg", "done", 1)]
 
 
-def test_transient_errors_give_up_after_max_attempts(service, monkeypatch):
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.EIO, errno.ESTALE, errno.ETIMEDOUT])
+def test_an_outbox_that_cannot_be_written_never_fails_the_photo(service, monkeypatch, code):
     take(service, "a.jpg")
 
     def broken(*args, **kw):
-        raise OSError(errno.EIO, "Input/output error")
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(worker_mod.outbox, "write", broken)
+    for _ in range(4):  # more than max_attempts
+        run_once(service)
+    [job] = service.journal.get_jobs([1])
+    assert (job.state, job.attempts) == ("queued", 0) and os.strerror(code) in job.error
+
+
+def test_a_lost_spool_file_is_retried_then_fails_after_max_attempts(service):
+    take(service, "a.jpg")
+    os.unlink(service.journal.get_jobs([1])[0].spool)
     run_once(service)
     run_once(service)
     [job] = service.journal.get_jobs([1])
     assert job.state == "failed" and "after 2 attempts" in job.error
+
+
+def test_no_work_is_taken_while_the_outbox_cannot_be_written(service, capsys):
+    import shutil
+
+    from nstd.cli import main
+
+    take(service, "a.jpg")
+    shutil.rmtree(service.cfg.outbox)  # a share that is not mounted
+    assert service.worker._outbox_unwritable(now=0.0)
+    assert "cannot be written (No such file or directory)" in service.worker.paused
+    capsys.readouterr()
+    assert main(["status", "--config", str(service.cfg.path)]) == 0
+    assert "paused: " in capsys.readouterr().out
+    assert service.worker._outbox_unwritable(now=1.0)  # still: looked at again while paused
+    service.cfg.outbox.mkdir()
+    assert not service.worker._outbox_unwritable(now=2.0) and service.worker.paused is None
+    assert [j.state for j in service.journal.get_jobs([1])] == ["queued"]  # nothing was claimed or lost
 
 
 def test_out_of_memory_halves_the_batch(service, monkeypatch):
@@ -199,7 +228,7 @@ def test_a_blend_folder_gets_a_blended_output(tmp_path):
         assert [(s["name"], s["weight"]) for s in log["styles"]] == [("ink", 3.0), ("wash", 1.0)]
         assert (cfg.outbox / "mix" / "p.jpg").exists()
     finally:
-        svc.journal.close()
+        svc.close()
 
 
 def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(service, monkeypatch):

@@ -16,7 +16,7 @@ import torch
 from nstd import images
 from nstd.daemon.journal import Journal
 from nstd.engine.resize import resize_long_side
-from nstd.fsutil import atomic_write
+from nstd.fsutil import atomic_write, contained
 from nstd.log import get
 from nstd.plot import curve_name
 from nstd.style import Style
@@ -41,8 +41,9 @@ def result_thumb(job_id: int) -> str:
 
 
 def save_thumb(outbox: Path, rel: str, pixels: torch.Tensor) -> None:
-    """Write a small JPEG once; names carry content hashes or job ids, so never stale."""
-    path = outbox / rel
+    """Write a small JPEG once; names carry content hashes or job ids, so never stale.
+    A path that a planted symlink would lead out of the outbox is refused (ValueError)."""
+    path = contained(outbox, rel)
     if not path.exists():
         small = pixels.float().cpu()
         if max(small.shape[-2:]) > THUMB:  # shrink only; the page scales nothing up
@@ -57,7 +58,7 @@ def job_done(outbox: Path, job_id: int, photo_sha256: str, photo: torch.Tensor, 
         save_thumb(outbox, photo_thumb(photo_sha256), photo)
         save_thumb(outbox, style_thumb(style.sha256), style.parts[0].pixels)
         save_thumb(outbox, result_thumb(job_id), result)
-    except OSError as e:  # the page is a convenience; the outputs are what matter
+    except (OSError, ValueError) as e:  # the page is a convenience; the outputs are what matter
         log.warning("gallery_thumbnail_not_written", job=job_id, error=str(e))
 
 

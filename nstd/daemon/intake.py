@@ -135,7 +135,7 @@ class Intake:
         specs = []
         for name in styles:
             params = sidecar.apply(self.styles.get(name).params, found, self.models)
-            hh, ww = working_size(relpath, h, w, params)
+            hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
             stored = self.styles.job_params(name, self.cfg.output, params)
             specs.append(JobSpec(style=name, params_hash=_digest(stored), params=stored, width=ww,
                                  height=hh, batch_key=_digest([ww, hh, repr(params.batch_key())])))

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from nstd.errors import JournalError
+from nstd.log import get
+
+log = get("nstd.journal")
+
 
 class State(str, Enum):
     """Where a job or an input stands. A str, so it binds to SQL and compares with text."""
@@ -52,6 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     output TEXT,
     batch_id TEXT,
     claimed_by TEXT,                -- the worker running it: host, pid and device
+    crashes INTEGER NOT NULL DEFAULT 0,  -- times its worker died under it
     created REAL NOT NULL,
     queued REAL NOT NULL,
     not_before REAL NOT NULL DEFAULT 0,
@@ -131,21 +137,37 @@ def _input(row) -> Input:
 class Journal:
     def __init__(self, path: Path, readonly: bool = False):
         self.path = path
-        if readonly:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        else:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit survives a power cut, not just a crash of nstd.
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-            self._migrate()
+        if not readonly and path.exists() and path.stat().st_size == 0:
+            log.warning("journal_empty_file", path=str(path), meaning="starting with no history")
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            else:
+                self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._check()
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # FULL: a commit survives a power cut, not just a crash of nstd.
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(SCHEMA)
+                self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise _damaged(path, str(e)) from None
+
+    def _check(self) -> None:
+        """Refuse a damaged file before anything reads or writes it."""
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            self.db.close()
+            raise _damaged(self.path, problems[0])
 
     def _migrate(self) -> None:
         """Columns added since a journal was created."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
         if "claimed_by" not in columns:
             self.db.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
+        if "crashes" not in columns:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -219,9 +241,11 @@ class Journal:
     # --- jobs -------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """After a crash or stop: running jobs go back to the queue."""
+        """After a crash or stop: running jobs go back to the queue. A run that a kill cut
+        short is not one of the job's attempts: those count its own outcomes."""
         with self._tx():
-            cur = self.db.execute("UPDATE jobs SET state = 'queued', batch_id = NULL WHERE state = 'running'")
+            cur = self.db.execute("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
+                                  "batch_id = NULL WHERE state = 'running'")
         return cur.rowcount
 
     def oldest_queued(self, now: float) -> Job | None:
@@ -259,6 +283,12 @@ class Journal:
         self.db.execute("UPDATE jobs SET state = 'done', output = ?, error = NULL, finished = ? WHERE id = ?",
                         (output, time.time(), job_id))
 
+    def adopt(self, job_id: int, output: str) -> None:
+        """A queued job whose outputs a run completed before a crash could record it: done,
+        and that run counted."""
+        self.db.execute("UPDATE jobs SET state = 'done', output = ?, error = NULL, finished = ?, "
+                        "attempts = attempts + 1 WHERE id = ?", (output, time.time(), job_id))
+
     def fail(self, job_id: int, error: str) -> None:
         self.db.execute("UPDATE jobs SET state = 'failed', error = ?, finished = ? WHERE id = ?",
                         (error, time.time(), job_id))
@@ -267,11 +297,27 @@ class Journal:
         self.db.execute("UPDATE jobs SET state = 'queued', error = ?, not_before = ?, batch_id = NULL "
                         "WHERE id = ?", (error, time.time() + delay, job_id))
 
-    def requeue_claimed_by(self, owner: str) -> int:
-        """Give back what a worker that died was running."""
-        ids = [r[0] for r in self.db.execute("SELECT id FROM jobs WHERE state = 'running' AND claimed_by = ?",
-                                             (owner,))]
-        return self.requeue(ids)
+    def defer(self, job_id: int, error: str, delay: float) -> None:
+        """Back to the queue after `delay` seconds without using up an attempt: the
+        destination failed (a full or read-only outbox), not the photo."""
+        self.db.execute("UPDATE jobs SET state = 'queued', error = ?, not_before = ?, batch_id = NULL, "
+                        "attempts = MAX(attempts - 1, 0) WHERE id = ?", (error, time.time() + delay, job_id))
+
+    def requeue_claimed_by(self, owner: str, quarantine_after: int = 2) -> tuple[int, list[Job]]:
+        """Give back what a worker that died was running; a job under which its worker
+        has now died `quarantine_after` times fails instead, so the queue moves on.
+        Returns how many went back, and the jobs quarantined."""
+        with self._tx():
+            self.db.execute("UPDATE jobs SET crashes = crashes + 1 WHERE state = 'running' AND claimed_by = ?",
+                            (owner,))
+            rows = self.db.execute("SELECT id, crashes FROM jobs WHERE state = 'running' AND claimed_by = ?",
+                                   (owner,)).fetchall()
+            bad = [i for i, crashes in rows if crashes >= quarantine_after]
+            self.db.executemany("UPDATE jobs SET state = 'failed', error = ?, finished = ? WHERE id = ?",
+                                [(f"its worker stopped {quarantine_after} times while running it "
+                                  "(a crash of the device or the process); set aside so the queue "
+                                  "moves on", time.time(), i) for i in bad])
+        return self.requeue([i for i, _ in rows if i not in bad]), self.get_jobs(bad)
 
     def requeue(self, job_ids: list[int]) -> int:
         """Give running jobs back untouched, as if never started (a stop, not a failure).
@@ -312,6 +358,12 @@ class Journal:
         """(relpath, reason, time) of failed inputs, newest first."""
         return self.db.execute("SELECT relpath, error, finished FROM inputs WHERE state = 'failed' "
                                "ORDER BY finished DESC LIMIT ?", (limit,)).fetchall()
+
+
+def _damaged(path: Path, detail: str) -> JournalError:
+    return JournalError(f"{path}: the journal is damaged ({detail}); stop nstd, move it aside "
+                        f"(mv {path} {path}.damaged) and start again: photos still in the inbox are "
+                        f"taken in afresh, and failed/ and processed/ keep what was decided")
 
 
 class _Transaction:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
@@ -71,3 +73,26 @@ def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes |
 def stray_temp_files(outbox: Path) -> list[Path]:
     """Temporary files an interrupted write left behind (names from fsutil.atomic_write)."""
     return [p for p in outbox.rglob(".*.tmp") if p.is_file()]
+
+
+# Errors of the outbox itself, not of the photo: the photo waits for the outbox to mend.
+DESTINATION_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO,
+                      errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EHOSTDOWN, errno.ENOTCONN}
+MIN_FREE_BYTES = 64 << 20  # below this, a batch's images may not fit (a tenth of a small volume)
+
+
+def unwritable(outbox: Path) -> str | None:
+    """Why nothing can be written to the outbox now, or None. A real write is tried:
+    permissions and read-only flags on a share do not always say."""
+    probe = outbox / f".nstd-probe-{socket.gethostname()}-{os.getpid()}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+        st = os.statvfs(outbox)
+    except OSError as e:
+        return f"{outbox} cannot be written ({e.strerror})"
+    free = st.f_bavail * st.f_frsize
+    if free < min(MIN_FREE_BYTES, st.f_blocks * st.f_frsize // 10):
+        return f"{outbox} is full ({free >> 20} MiB free)"
+    return None

@@ -17,6 +17,7 @@ from nstd.daemon.inbox import Hints, Watcher, choose_mode
 from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
 from nstd.daemon.journal import Journal
+from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
@@ -26,6 +27,7 @@ from nstd.errors import ConfigError, NstdError
 from nstd.log import get
 
 log = get("nstd.service")
+CLAIM_REFRESH = 30.0  # seconds between refreshes of the inbox claim (lock.CLAIM_FRESH_SECONDS: 120)
 
 
 class Service:
@@ -66,6 +68,11 @@ class Service:
             self.devices = resolve_devices(self.cfg.worker.device)
         except ValueError as e:
             raise ConfigError(f"worker.device: {e}") from None
+        self.lock = StateLock(self.cfg.state_dir)
+        self.lock.acquire()
+        self.claim = InboxClaim(self.cfg.inbox, self.cfg.state_dir.resolve())
+        self.claim.take(time.time())
+        self.claimed_at: float | None = None
         self.runtime = Runtime.load(self.cfg)
         self.journal = Journal(self.cfg.state_dir / "journal.sqlite3")
         self.inputs = Inputs(lambda: self.runtime, self.journal, self.hints)
@@ -84,7 +91,7 @@ class Service:
         for job in self.journal.queued_jobs():
             image = outbox.complete(self.cfg.outbox, job)
             if image is not None:
-                self.journal.finish(job.id, str(image.relative_to(self.cfg.outbox)))
+                self.journal.adopt(job.id, str(image.relative_to(self.cfg.outbox)))
                 adopted += 1
         # Litter from writes and moves a crash interrupted; the originals are intact.
         litter = outbox.stray_temp_files(self.cfg.outbox)
@@ -130,6 +137,9 @@ class Service:
             self.reload_requested.clear()
             self.reload()
         self.inputs.step(now)
+        if self.claimed_at is None or now - self.claimed_at >= CLAIM_REFRESH:
+            self.claimed_at = now
+            self._refresh_claim()
         if self.next_health is None or now >= self.next_health:
             dog = watchdog_interval()
             self.next_health = now + min(self.cfg.health_interval, dog or self.cfg.health_interval)
@@ -163,12 +173,26 @@ class Service:
         for i, w in enumerate(self.workers):
             if not w.alive() and not self.stopping:
                 # Only its own claims go back: other devices' batches run on.
-                requeued = self.journal.requeue_claimed_by(w.owner)
-                log.error("worker_restarted", device=str(w.device), error=w.error, requeued=requeued)
+                requeued, quarantined = self.journal.requeue_claimed_by(w.owner)
+                log.error("worker_restarted", device=str(w.device), error=w.error, requeued=requeued,
+                          quarantined=[j.id for j in quarantined])
                 self.workers[i] = self._start_worker(w.device)
         c = self.journal.counts()
-        notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, "
-               f"failed {c['failed']}\nWATCHDOG=1")
+        paused = outbox.unwritable(self.cfg.outbox)
+        notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, failed {c['failed']}"
+               f"{f'; paused: {paused}' if paused else ''}\nWATCHDOG=1")
+
+    def _refresh_claim(self) -> None:
+        try:
+            self.claim.refresh()
+        except OSError as e:  # the inbox's share is away; the rescan says so too
+            log.warning("inbox_claim_not_refreshed", error=str(e))
+
+    def close(self) -> None:
+        """Let go of the journal, the inbox and the state folder."""
+        self.journal.close()
+        self.claim.release()
+        self.lock.release()
 
     def reload(self) -> None:
         try:
@@ -191,6 +215,6 @@ class Service:
             w.join(max(0.0, deadline - time.time()) + 10)
         self.watcher.stop()
         self.journal.recover()  # anything the worker could not hand back cleanly
-        self.journal.close()
+        self.close()
         log.info("stopped")
         return 0

@@ -3,7 +3,6 @@ from the spool and publishing to the outbox and the journal."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import threading
@@ -32,8 +31,7 @@ from nstd.pipeline import Pipeline, Task, load_photo, output_exif
 from nstd.weights import WeightInfo
 
 log = get("nstd.worker")
-TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ESTALE, errno.ETIMEDOUT,
-                    errno.EAGAIN, errno.EHOSTDOWN, errno.ENOTCONN}
+PROBE_EVERY = 5.0  # seconds between checks that the outbox can be written
 
 
 class StopBatch(Exception):
@@ -60,6 +58,8 @@ class Worker(threading.Thread):
         self.planner = MemoryPlanner(device, switches, partial(free_memory, device))
         self.pipeline = Pipeline(Engine(self.planner, switches), self._model)
         self.error: BaseException | None = None
+        self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
+        self._probed = float("-inf")
 
     def run(self) -> None:
         journal = Journal(self.cfg.state_dir / "journal.sqlite3")
@@ -67,6 +67,9 @@ class Worker(threading.Thread):
                               owner=owner_id(self.device))
         try:
             while not self.stopping.is_set():
+                if self._outbox_unwritable(time.monotonic()):
+                    self.stopping.wait(1.0)
+                    continue
                 batch = scheduler.next_batch()
                 if not batch:
                     self.stopping.wait(0.2)
@@ -77,6 +80,20 @@ class Worker(threading.Thread):
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
         finally:
             journal.close()
+
+    def _outbox_unwritable(self, now: float) -> bool:
+        """Take no work while the outbox cannot be written: the photos would only fail."""
+        if self.paused is None and now - self._probed < PROBE_EVERY:
+            return False
+        self._probed = now
+        reason = outbox.unwritable(self.cfg.outbox)
+        if reason != self.paused:
+            if reason:
+                log.warning("paused", reason=reason, device=str(self.device))
+            else:
+                log.info("resumed", device=str(self.device))
+            self.paused = reason
+        return reason is not None
 
     def max_batch_for(self, job: Job) -> int:
         if self.cfg.worker.max_batch is not None:
@@ -188,8 +205,11 @@ class _Outbox:
             self.journal.fail(job.id, f"refused output path: {e}")
             return
         except OSError as e:
-            if e.errno in TRANSIENT_ERRNOS:
-                self.worker._transient(self.journal, job, f"cannot write output: {e.strerror}")
+            if e.errno in outbox.DESTINATION_ERRNOS:  # the outbox's trouble, not the photo's
+                delay = self.worker.cfg.worker.retry_backoff
+                self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay)
+                self.worker._probed = float("-inf")  # look at the outbox before the next claim
+                log.warning("output_deferred", job=job.id, input=job.relpath, error=e.strerror, in_seconds=delay)
             else:
                 self.journal.fail(job.id, f"cannot write output: {e}")
             return

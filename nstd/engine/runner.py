@@ -3,8 +3,11 @@ the out-of-memory fallback. The worker and `nstd stylize` call only this."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable
+
+import torch
 
 from nstd.engine.device import describe, is_oom, release_cache
 from nstd.engine.switches import Switches
@@ -47,7 +50,12 @@ class Engine:
             self._after_oom(model, positions, jobs, scales, settings, done, refused, progress, checkpoint)
             return
         self.planner.observe(settings, scales[-1].lbfgs_history, results[0].runs)
-        done(positions, results)
+        finite = [bool(torch.isfinite(r.image).all()) and math.isfinite(r.history[-1]["total"]) for r in results]
+        if not all(finite):
+            refused([p for p, ok in zip(positions, finite) if not ok],
+                    "the loss became NaN or infinite; lower the weights or the learning rate")
+        if any(finite):
+            done([p for p, ok in zip(positions, finite) if ok], [r for r, ok in zip(results, finite) if ok])
 
     def _after_oom(self, model, positions, jobs, scales, settings, done, refused, progress, checkpoint) -> None:
         step = self.planner.after_oom(len(jobs), checkpoint)
