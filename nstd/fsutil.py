@@ -80,3 +80,17 @@ def contained(root: Path, relpath: str) -> Path:
     if base not in target.parents:
         raise ValueError(f"{relpath!r} would leave {root}")
     return root / relpath
+
+
+def printable(name: str) -> str:
+    """A file name as text that can be stored and shown: bytes that are not UTF-8 (held
+    as surrogates by Python) become \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

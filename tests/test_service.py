@@ -172,3 +172,36 @@ def test_status_counts_photos_and_jobs_apart(service, settle, capsys):
     assert "photos: 0 in progress, 1 done, 1 failed" in out
     assert "jobs (photo x style): 0 queued, 0 running, 1 done, 0 failed" in out
     assert "  bad.jpg: not a usable image (not a recognised image format)" in out
+
+
+def test_a_name_that_is_not_utf8_fails_alone_and_its_neighbours_run(service, settle):
+    inbox = service.cfg.inbox
+    with open(os.path.join(os.fsencode(inbox), b"old-share-\xff.jpg"), "wb") as f:
+        f.write(photo_bytes(40, 40, 1))
+    (inbox / "good.jpg").write_bytes(photo_bytes(40, 40, 2))
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    assert files(service.cfg.processed) == ["good.jpg"]
+    failed = os.listdir(os.fsencode(service.cfg.failed))
+    assert sorted(failed) == [b"old-share-\xff.jpg", b"old-share-\xff.jpg.error.json"]
+    record = json.loads((service.cfg.failed / os.fsdecode(b"old-share-\xff.jpg.error.json")).read_text())
+    assert record["input"] == "old-share-\\xff.jpg" and "not valid UTF-8" in record["reason"]
+
+
+def test_a_planted_link_in_failed_leaves_the_input_in_place_said_once(service, settle, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, service.cfg.failed / "ink")  # failed/ink points out of failed/
+    (service.cfg.inbox / "ink").mkdir()
+    (service.cfg.inbox / "ink" / "bad.jpg").write_bytes(b"not a photo")
+    (service.cfg.inbox / "good.jpg").write_bytes(photo_bytes(40, 40, 3))
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    for n in range(3):  # later rescans find it again, and leave it
+        service.inputs.next_rescan = 0.0
+        service.inputs.step(settle * (3 + n))
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    assert (service.cfg.inbox / "ink" / "bad.jpg").exists()
+    assert files(service.cfg.processed) == ["good.jpg"]
+    [(relpath, reason)] = [(r, e) for r, e, _ in service.journal.recent_failures()]
+    assert relpath == "ink/bad.jpg" and "left in the inbox" in reason

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nstd import faults, losslog
 from nstd.daemon.sidecar import PHOTO_SUFFIX
-from nstd.fsutil import atomic_write_json, contained, fsync_dir
+from nstd.fsutil import atomic_write_json, contained, fsync_dir, printable
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
@@ -59,7 +59,7 @@ def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str 
     """Move an input to failed/ beside `<name>.error.json`. Returns the new path, if moved."""
     src = moved_from or inbox / relpath
     target = free_name(failed, relpath)
-    record = {"input": relpath, "reason": reason, "attempts": attempts, "sha256": sha256,
+    record = {"input": printable(relpath), "reason": reason, "attempts": attempts, "sha256": sha256,
               "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "versions": losslog.versions()}
     atomic_write_json(target.with_name(target.name + ".error.json"), record)

@@ -13,7 +13,7 @@ from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, relative, scan,
 from nstd.daemon.intake import Intake, Kind
 from nstd.daemon.journal import Input, Journal, State
 from nstd.daemon.runtime import Runtime
-from nstd.fsutil import sha256_file
+from nstd.fsutil import printable, sha256_file
 from nstd.log import get
 
 log = get("nstd.inputs")
@@ -30,6 +30,8 @@ class Inputs:
         self.accepted: dict[str, tuple[int, int, int]] = {}  # relpath -> stat key when taken in
         self.intake = Intake(runtime, journal)
         self.next_rescan: float | None = None
+        self.deferred: dict[int, tuple[float, float]] = {}  # input id -> (retry at, last wait)
+        self.refused: set[str] = set()  # inputs whose disposal was refused, logged once
 
     @property
     def cfg(self) -> Config:
@@ -42,7 +44,7 @@ class Inputs:
             self.rescan()
         self.take_hints()
         self.take_settled(now)
-        self.finalize()
+        self.finalize(now)
 
     def rescan(self) -> None:
         if not self.cfg.inbox.is_dir():
@@ -68,59 +70,74 @@ class Inputs:
             if self.accepted.get(rel) == key:
                 continue
             try:
-                outcome = self.intake.accept(rel, key)
+                self._take(rel, key)
             except OSError as e:
-                log.warning("intake_deferred", input=rel, error=str(e))
-                continue  # the next rescan tries again
-            if outcome.kind is Kind.CHANGED:
-                self.settle.watch(rel)
-            elif outcome.kind in (Kind.QUEUED, Kind.KNOWN):
-                self.accepted[rel] = key
-                if outcome.kind is Kind.KNOWN:
-                    self._redispose(rel, outcome.known)
+                log.warning("intake_deferred", input=printable(rel), error=str(e))
+            except Exception as e:  # noqa: BLE001 - one file's trouble must not stop the files beside it
+                log.error("intake_error", input=printable(rel), error=f"{type(e).__name__}: {e}")
+
+    def _take(self, rel: str, key: tuple[int, int, int]) -> None:
+        outcome = self.intake.accept(rel, key)
+        if outcome.kind is Kind.CHANGED:
+            self.settle.watch(rel)
+        elif outcome.kind in (Kind.QUEUED, Kind.KNOWN):
+            self.accepted[rel] = key
+            if outcome.kind is Kind.KNOWN:
+                self._redispose(rel, outcome.known)
 
     def _redispose(self, rel: str, known: Input) -> None:
         """A file whose fate was decided before (a re-drop, or a crash before it was moved)."""
-        if known.state is State.QUEUED:
-            return
+        if known.state is State.QUEUED or rel in self.refused:
+            return  # still running; or its move was refused before, and said so then
         self.accepted.pop(rel, None)
-        if known.state is State.DONE:
-            dispose.on_success(self.cfg.inbox, self.cfg.processed, rel, self.cfg.on_success)
-            log.info("already_done", input=rel)
-        elif known.state is State.FAILED:
-            dispose.to_failed(self.cfg.inbox, self.cfg.failed, rel, known.error or "failed before", known.sha256)
+        try:
+            if known.state is State.DONE:
+                dispose.on_success(self.cfg.inbox, self.cfg.processed, rel, self.cfg.on_success)
+                log.info("already_done", input=rel)
+            elif known.state is State.FAILED:
+                dispose.to_failed(self.cfg.inbox, self.cfg.failed, rel, known.error or "failed before", known.sha256)
+        except ValueError as e:  # a planted link in processed/ or failed/: the file stays put
+            self.refused.add(rel)
+            log.error("dispose_refused", input=rel, error=str(e))
 
-    def finalize(self) -> None:
+    def finalize(self, now: float) -> None:
         """Inputs whose jobs have all ended leave the inbox; never before outputs are durable."""
         for inp, jobs in self.journal.inputs_settled():
-            path = self.cfg.inbox / inp.relpath
-            if os.path.lexists(path) and not self._same_version(inp.relpath, inp.sha256):
-                # Replaced since it was taken in: the new version is a new input, leave it.
-                self.journal.close_input(inp.id, State.DONE if all(j.state is State.DONE for j in jobs)
-                                         else State.FAILED)
-                continue
-            failed = [j for j in jobs if j.state is State.FAILED]
+            if self.deferred.get(inp.id, (0.0, 0.0))[0] > now:
+                continue  # tried a moment ago; the folder will not have mended yet
             try:
-                if failed:
-                    reason = "; ".join(f"{j.style}: {j.error}" for j in failed)
-                    attempts = max(j.attempts for j in failed)
-                    dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts)
-                    self.journal.close_input(inp.id, State.FAILED, reason)
-                    log.warning("input_failed", input=inp.relpath, reason=reason)
-                else:
-                    dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success)
-                    self.journal.close_input(inp.id, State.DONE)
-                    log.info("input_done", input=inp.relpath, outputs=[j.output for j in jobs])
+                self._dispose(inp, jobs)
             except OSError as e:
-                log.warning("dispose_deferred", input=inp.relpath, error=str(e))
-                continue
-            except ValueError as e:  # a name that would leave processed/ or failed/
-                self.journal.close_input(inp.id, State.FAILED, str(e))
+                wait = min(300.0, 2 * self.deferred.get(inp.id, (0.0, 0.5))[1])
+                self.deferred[inp.id] = (now + wait, wait)
+                log.warning("dispose_deferred", input=inp.relpath, error=str(e), in_seconds=wait)
+            except ValueError as e:  # a name, or a planted link, that would leave processed/ or failed/
+                self.journal.close_input(inp.id, State.FAILED, f"left in the inbox: {e}")
                 log.error("dispose_refused", input=inp.relpath, error=str(e))
-                continue
-            self.accepted.pop(inp.relpath, None)
-            if inp.spool and not self.journal.spool_in_use(inp.spool):
-                Path(inp.spool).unlink(missing_ok=True)
+            else:
+                self.deferred.pop(inp.id, None)
+
+    def _dispose(self, inp: Input, jobs: list) -> None:
+        path = self.cfg.inbox / inp.relpath
+        if os.path.lexists(path) and not self._same_version(inp.relpath, inp.sha256):
+            # Replaced since it was taken in: the new version is a new input, leave it.
+            self.journal.close_input(inp.id, State.DONE if all(j.state is State.DONE for j in jobs)
+                                     else State.FAILED)
+            return
+        failed = [j for j in jobs if j.state is State.FAILED]
+        if failed:
+            reason = "; ".join(f"{j.style}: {j.error}" for j in failed)
+            attempts = max(j.attempts for j in failed)
+            dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts)
+            self.journal.close_input(inp.id, State.FAILED, reason)
+            log.warning("input_failed", input=inp.relpath, reason=reason)
+        else:
+            dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success)
+            self.journal.close_input(inp.id, State.DONE)
+            log.info("input_done", input=inp.relpath, outputs=[j.output for j in jobs])
+        self.accepted.pop(inp.relpath, None)
+        if inp.spool and not self.journal.spool_in_use(inp.spool):
+            Path(inp.spool).unlink(missing_ok=True)
 
     def _same_version(self, rel: str, sha: str) -> bool:
         key = self.accepted.get(rel)

@@ -20,7 +20,7 @@ from nstd.daemon.journal import Input, JobSpec, Journal
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.errors import ConfigError, ImageError
-from nstd.fsutil import atomic_write
+from nstd.fsutil import atomic_write, is_utf8, printable
 from nstd.log import get
 from nstd.pipeline import working_size
 
@@ -87,6 +87,9 @@ class Intake:
         return self.cfg.model_ids()
 
     def accept(self, relpath: str, key: tuple[int, int, int]) -> Outcome:
+        if not is_utf8(relpath):  # the journal, the outputs and the logs all need text names
+            return self._refuse(relpath, None, f"{printable(relpath)}: the file name is not valid UTF-8 "
+                                               f"(written by an old Windows share?); rename it and drop it again")
         data = self._read(relpath, key)
         if isinstance(data, Outcome):
             return data
@@ -142,9 +145,13 @@ class Intake:
         return specs
 
     def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
-        self.journal.fail_input(relpath, sha or "", reason)
-        dispose.to_failed(self.cfg.inbox, self.cfg.failed, relpath, reason, sha)
-        log.warning("refused", input=relpath, reason=reason)
+        self.journal.fail_input(printable(relpath), sha or "", reason)
+        try:
+            dispose.to_failed(self.cfg.inbox, self.cfg.failed, relpath, reason, sha)
+        except ValueError as e:  # a planted link in failed/: nothing is written through it
+            reason = f"{reason}; left in the inbox: {e}"
+            self.journal.fail_input(printable(relpath), sha or "", reason)
+        log.warning("refused", input=printable(relpath), reason=reason)
         return Outcome(Kind.FAILED, reason)
 
 
