@@ -205,3 +205,46 @@ def test_a_planted_link_in_failed_leaves_the_input_in_place_said_once(service, s
     assert files(service.cfg.processed) == ["good.jpg"]
     [(relpath, reason)] = [(r, e) for r, e, _ in service.journal.recent_failures()]
     assert relpath == "ink/bad.jpg" and "left in the inbox" in reason
+
+
+def test_a_polling_watch_finds_a_photo_in_a_style_subfolder(service, settle):
+    inbox = service.cfg.inbox
+    watcher = Watcher(inbox, "polling", 0.2, service.hints)
+    watcher.start()
+    try:
+        service.inputs.step(0.0)  # the first rescan, of an empty inbox; the next is 3 s away
+        (inbox / "ink" / "trip").mkdir(parents=True)
+        (inbox / "ink" / "trip" / "p.png").write_bytes(photo_bytes(40, 40, 4, "PNG"))
+        assert service.hints.event.wait(30)  # the poller's event, not a rescan
+        for k in range(1, 4):
+            service.inputs.step(settle * k)
+    finally:
+        watcher.stop()
+    assert service.inputs.next_rescan == 3.0 and queued_inputs(service) == ["ink/trip/p.png"]
+    drive(service, settle * 5)
+    assert {"ink/trip/p.jpg", "ink/trip/p.json"} <= set(files(service.cfg.outbox))
+    assert files(service.cfg.processed) == ["ink/trip/p.png"]
+
+
+def test_an_inbox_deleted_and_recreated_like_a_remount_is_watched_again(service, settle):
+    import shutil
+
+    inbox = service.cfg.inbox
+    service.watcher = Watcher(inbox, "native", 0.2, service.hints)
+    service.watcher.start()
+    service.workers = []
+    try:
+        service.inputs.step(0.0)
+        shutil.rmtree(inbox)
+        inbox.mkdir()
+        assert not service.watcher.healthy()
+        service.health()  # the health check restarts the watch on the new folder
+        assert service.watcher.healthy()
+        service.hints.drain()
+        (inbox / "after.jpg").write_bytes(photo_bytes(40, 40, 11))
+        assert service.hints.event.wait(30)  # seen by the restarted watch; no rescan is due
+        for k in range(1, 4):
+            service.inputs.step(settle * k)
+    finally:
+        service.watcher.stop()
+    assert queued_inputs(service) == ["after.jpg"]
