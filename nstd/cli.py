@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_status(sub)
     _add_stylize(sub)
+    _add_retry(sub)
     _add_weights(sub)
     _add_bench(sub)
     return p
@@ -203,6 +204,44 @@ def cmd_status(args) -> int:
     finally:
         journal.close()
     return 0
+
+
+# --- retry ------------------------------------------------------------------------
+
+def _add_retry(sub) -> None:
+    p = sub.add_parser("retry", help="move failed photos back into the inbox to be tried again",
+                       description="Move photos from failed/ back to their place in the inbox; the "
+                                   "daemon takes them in again as new drops.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="photos as the inbox named them (globs allowed)")
+    p.add_argument("--reason", help="those whose reason contains this text, e.g. 'No space left'")
+    p.add_argument("--all", action="store_true", help="every photo in failed/")
+    _add_config(p)
+    p.set_defaults(func=cmd_retry)
+
+
+def cmd_retry(args) -> int:
+    from fnmatch import fnmatch
+
+    from nstd import config
+    from nstd.daemon import dispose
+
+    if not (args.names or args.reason or args.all):
+        raise NstdError("retry: name the photos, or give --reason TEXT, or --all")
+    cfg = config.load(args.config)
+    chosen = [(src, rec) for src, rec in dispose.failed_records(cfg.failed)
+              if (args.all or any(fnmatch(rec.get("input", ""), n) for n in args.names) or
+                  (args.reason and args.reason in rec.get("reason", "")))]
+    moved = 0
+    for src, rec in chosen:
+        try:
+            dispose.back_to_inbox(cfg.inbox, src, rec)
+        except (OSError, ValueError) as e:
+            print(f"nstd: {rec.get('input')}: not moved back ({e})", file=sys.stderr)
+            continue
+        print(f"{rec.get('input')}: back in the inbox (was: {rec.get('reason', '')[:100]})")
+        moved += 1
+    print(f"nstd: {moved} of {len(chosen)} photo(s) moved back to {cfg.inbox}", file=sys.stderr)
+    return 0 if moved == len(chosen) else 1
 
 
 # --- stylize ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ each test decides exactly how much time passes between what it does.
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +249,51 @@ def test_an_inbox_deleted_and_recreated_like_a_remount_is_watched_again(service,
     finally:
         service.watcher.stop()
     assert queued_inputs(service) == ["after.jpg"]
+
+
+def lose_spools(service):
+    """The spool copies gone (a wiped state disk): the jobs fail after max_attempts, for a
+    reason that is not the photo's own."""
+    for job in service.journal.queued_jobs():
+        Path(job.spool).unlink(missing_ok=True)
+
+
+def test_a_photo_that_failed_for_a_passing_reason_is_new_work_when_dropped_again(service, settle):
+    inbox = service.cfg.inbox
+    data = photo_bytes(40, 40, 21)
+    (inbox / "a.jpg").write_bytes(data)
+    service.inputs.step(0.0)
+    service.inputs.step(settle * 2)
+    lose_spools(service)
+    drive(service, settle * 3)
+    drive(service, settle * 4)  # max_attempts is 2
+    assert (service.cfg.failed / "a.jpg").exists()
+    assert "after 2 attempts" in json.loads((service.cfg.failed / "a.jpg.error.json").read_text())["reason"]
+    (inbox / "a.jpg").write_bytes(data)  # the same photo, the same name
+    (inbox / "copy.jpg").write_bytes(data)  # and under a new one
+    service.inputs.next_rescan = 0.0
+    service.inputs.step(settle * 5)
+    drive(service, settle * 7)
+    assert files(service.cfg.processed) == ["a.jpg", "copy.jpg"]
+    assert [(j.state, j.attempts) for j in service.journal.get_jobs([1])] == [(State.DONE, 1)]
+
+
+def test_nstd_retry_moves_failed_photos_back_by_reason(service, settle, capsys):
+    from nstd.cli import main
+
+    (service.cfg.inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 22))
+    (service.cfg.inbox / "junk.jpg").write_bytes(b"not a photo")
+    service.inputs.step(0.0)
+    service.inputs.step(settle * 2)
+    lose_spools(service)
+    drive(service, settle * 3)
+    drive(service, settle * 4)
+    assert files(service.cfg.failed) == ["a.jpg", "a.jpg.error.json", "junk.jpg", "junk.jpg.error.json"]
+    assert main(["retry", "--config", str(service.cfg.path)]) == 1  # nothing chosen: a one-line error
+    assert main(["retry", "--reason", "cannot read spooled input", "--config", str(service.cfg.path)]) == 0
+    assert "a.jpg: back in the inbox" in capsys.readouterr().out
+    assert files(service.cfg.failed) == ["junk.jpg", "junk.jpg.error.json"]  # not chosen: stays
+    service.inputs.next_rescan = 0.0
+    service.inputs.step(settle * 5)
+    drive(service, settle * 7)
+    assert files(service.cfg.processed) == ["a.jpg"]

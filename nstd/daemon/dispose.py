@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -97,3 +98,28 @@ def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | 
     _take_sidecar(inbox, relpath, target, mode)
     return target
 
+
+
+def failed_records(failed: Path) -> list[tuple[Path, dict]]:
+    """Each input in failed/ with its error record, oldest name first."""
+    out = []
+    for record_path in sorted(failed.rglob("*.error.json")) if failed.is_dir() else []:
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue
+        source = record_path.with_name(record_path.name.removesuffix(".error.json"))
+        if os.path.lexists(source):
+            out.append((source, record))
+    return out
+
+
+def back_to_inbox(inbox: Path, source: Path, record: dict) -> Path:
+    """Move a failed input back to its place in the inbox, where it is taken in again as
+    if dropped anew; its error record goes. Raises FileExistsError if the name is taken."""
+    target = contained(inbox, record["input"])
+    if os.path.lexists(target):
+        raise FileExistsError(f"{target} is there already")
+    durable_move(source, target)
+    source.with_name(source.name + ".error.json").unlink(missing_ok=True)
+    return target

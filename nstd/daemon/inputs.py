@@ -77,6 +77,8 @@ class Inputs:
                 log.error("intake_error", input=printable(rel), error=f"{type(e).__name__}: {e}")
 
     def _take(self, rel: str, key: tuple[int, int, int]) -> None:
+        if rel in self.refused:
+            return  # its fate is decided and its move was refused; it waits for a person
         outcome = self.intake.accept(rel, key)
         if outcome.kind is Kind.CHANGED:
             self.settle.watch(rel)
@@ -112,6 +114,7 @@ class Inputs:
                 self.deferred[inp.id] = (now + wait, wait)
                 log.warning("dispose_deferred", input=inp.relpath, error=str(e), in_seconds=wait)
             except ValueError as e:  # a name, or a planted link, that would leave processed/ or failed/
+                self.refused.add(inp.relpath)
                 self.journal.close_input(inp.id, State.FAILED, f"left in the inbox: {e}")
                 log.error("dispose_refused", input=inp.relpath, error=str(e))
             else:

@@ -16,7 +16,7 @@ from nstd import images
 from nstd.config import Config
 from nstd.daemon import dispose, sidecar
 from nstd.daemon.inbox import route
-from nstd.daemon.journal import Input, JobSpec, Journal
+from nstd.daemon.journal import Input, JobSpec, Journal, State
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.errors import ConfigError, ImageError
@@ -95,8 +95,9 @@ class Intake:
             return data
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
-        if known is not None:
+        if known is not None and not (known.state is State.FAILED and self.journal.had_jobs(known.id)):
             return Outcome(Kind.KNOWN, known.state, known)
+        # New, or its jobs failed before (a full disk, say): dropped again, it is new work.
         where = route(relpath, self.styles.names())
         if where.error:
             return self._refuse(relpath, sha, where.error)

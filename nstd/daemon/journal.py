@@ -184,11 +184,14 @@ class Journal:
 
     def add_input(self, relpath: str, sha256: str, spool: str | None, specs: list[JobSpec],
                   now: float | None = None) -> Input:
-        """Record an accepted input and queue its jobs; jobs that exist are only linked."""
+        """Record an accepted input and queue its jobs. Jobs that exist are linked, and
+        failed ones start again: dropping a photo again is asking for another try."""
         now = time.time() if now is None else now
         with self._tx():
             self.db.execute("INSERT OR IGNORE INTO inputs (relpath, sha256, spool, state, created) "
                             "VALUES (?, ?, ?, 'queued', ?)", (relpath, sha256, spool, now))
+            self.db.execute("UPDATE inputs SET state = 'queued', error = NULL, finished = NULL, spool = ? "
+                            "WHERE relpath = ? AND sha256 = ?", (spool, relpath, sha256))
             input_id = self.db.execute("SELECT id FROM inputs WHERE relpath = ? AND sha256 = ?",
                                        (relpath, sha256)).fetchone()[0]
             for s in specs:
@@ -200,6 +203,9 @@ class Journal:
                      json.dumps(s.params, sort_keys=True), now, now))
                 job_id = self.db.execute("SELECT id FROM jobs WHERE input_sha256 = ? AND style = ? AND "
                                          "params_hash = ?", (sha256, s.style, s.params_hash)).fetchone()[0]
+                self.db.execute("UPDATE jobs SET state = 'queued', attempts = 0, crashes = 0, error = NULL, "
+                                "not_before = 0, queued = ?, spool = ? WHERE id = ? AND state = 'failed'",
+                                (now, spool, job_id))
                 self.db.execute("INSERT OR IGNORE INTO input_jobs VALUES (?, ?)", (input_id, job_id))
         return self.find_input(relpath, sha256)
 
@@ -219,6 +225,11 @@ class Journal:
             "'queued' AND NOT EXISTS (SELECT 1 FROM input_jobs l JOIN jobs j ON j.id = l.job_id WHERE "
             "l.input_id = i.id AND j.state IN ('queued', 'running'))").fetchall()
         return [(_input(r), self.jobs_of(r[0])) for r in rows]
+
+    def had_jobs(self, input_id: int) -> bool:
+        """Whether an input got as far as jobs (else intake refused it for what it is)."""
+        return self.db.execute("SELECT 1 FROM input_jobs WHERE input_id = ? LIMIT 1", (input_id,)).fetchone() \
+            is not None
 
     def jobs_of(self, input_id: int) -> list[Job]:
         rows = self.db.execute(f"SELECT {_JOB_COLS_J} "
