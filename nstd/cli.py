@@ -251,7 +251,9 @@ def _add_stylize(sub) -> None:
     p = sub.add_parser("stylize", help="stylize photos once and exit",
                        description="Stylize each CONTENT with each --style; outputs and JSON loss "
                                    "logs go to OUTDIR. Same-size photos run as one batch.")
-    p.add_argument("contents", nargs="+", type=Path, metavar="CONTENT")
+    p.add_argument("contents", nargs="+", type=Path, metavar="CONTENT", help="photos, or folders of photos")
+    p.add_argument("--blend", type=_weights, metavar="W1,W2,...",
+                   help="one output per photo in a weighted blend of all the --style images")
     p.add_argument("--style", "-s", action="append", required=True, type=Path,
                    help="style image (repeat for several)")
     p.add_argument("-o", "--outdir", type=Path, required=True)
@@ -277,16 +279,21 @@ def cmd_stylize(args) -> int:
     params = validate(TransferParams(**{f.name: getattr(args, f.name) for f in FLAGS}), where="--")
     if args.max_batch < 1:
         raise NstdError("--max-batch must be at least 1")
-    req = stylize.Request(contents=args.contents, styles=args.style, outdir=args.outdir, params=params,
+    if args.outdir.exists() and not args.outdir.is_dir():
+        raise NstdError(f"-o {args.outdir}: a file, not a folder; name a folder for the outputs")
+    if args.blend is not None and len(args.blend) != len(args.style):
+        raise NstdError(f"--blend: {len(args.blend)} weights for {len(args.style)} --style images")
+    contents = stylize.expand(args.contents)
+    req = stylize.Request(contents=contents, styles=args.style, outdir=args.outdir, params=params,
                           device=args.device, fmt=images.output_format(args.format),
                           quality=args.quality, max_batch=args.max_batch, max_pixels=args.max_pixels,
-                          models_dir=_models_dir(args))
+                          models_dir=_models_dir(args), blend=args.blend)
     try:
         failures = stylize.run(req, on_error=lambda msg: print(f"nstd: error: {msg}", file=sys.stderr),
                                make_progress=_tqdm_progress)
     except ValueError as e:  # e.g. an unusable --device
         raise NstdError(str(e)) from None
-    total = len(args.contents) * len(args.style)
+    total = len(contents) * (1 if args.blend else len(args.style))
     print(f"nstd: {total - failures} of {total} written to {args.outdir}", file=sys.stderr)
     return 1 if failures else 0
 
@@ -329,6 +336,16 @@ def parse_flag_or_usage(key: str, text: str):
         return parse_flag(key, text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected weights separated by commas, not {text!r}") from None
+    if any(not v >= 0 for v in values) or not sum(values) > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError("weights must be finite, not negative, and not all zero")
+    return values
 
 
 def _metavar(f) -> str | None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from nstd import images, publish, weights
+from nstd.config import DEFAULT_EXTENSIONS
 from nstd.engine.device import free_memory, resolve_device
 from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner
@@ -20,6 +22,8 @@ from nstd.errors import ImageError
 from nstd.params import TransferParams
 from nstd.pipeline import Photo, Pipeline, Task, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
+
+PHOTO_SUFFIXES = DEFAULT_EXTENSIONS
 
 Progress = Callable[[int, "list | None"], None]
 
@@ -36,6 +40,28 @@ class Request:
     max_batch: int = 4
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     models_dir: Path = field(default_factory=weights.default_models_dir)
+    blend: tuple[float, ...] | None = None  # one blended style of all `styles`, with these weights
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Photos named, and the photos in folders named (not below them), in name order."""
+    out = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        else:
+            out.append(path)
+    return out
+
+
+def _styles(req: Request) -> list[Style]:
+    """One style per --style image, or one blend of them all. A bad image is fatal: every
+    output needs it."""
+    paintings = [read_painting(p.stem, p, req.max_pixels) for p in req.styles]
+    if req.blend is None:
+        return [Style(p.name, req.params, (p,)) for p in paintings]
+    parts = tuple(replace(p, weight=w) for p, w in zip(paintings, req.blend))
+    return [Style("+".join(p.name for p in paintings), req.params, parts)]
 
 
 def run(req: Request, on_error: Callable[[str], None],
@@ -45,8 +71,7 @@ def run(req: Request, on_error: Callable[[str], None],
     device = resolve_device(req.device)
     model = VGGFeatures(sd, info.preprocessing, req.params.settings().layers,
                         req.params.pooling, info.model_id).to(device)
-    # A bad style is fatal: every output needs it.
-    styles = [Style(p.stem, req.params, (read_painting(p.stem, p, req.max_pixels),)) for p in req.styles]
+    styles = _styles(req)
     groups, failures = _load(req, on_error)
     switches = Switches()
     pipeline = Pipeline(Engine(MemoryPlanner(device, switches, partial(free_memory, device)), switches),
@@ -99,12 +124,25 @@ class _Folder:
         self.failures = 0
 
     def publish(self, task: Task, result: TransferResult, log: dict) -> None:
-        stem = output_stem(self.req, Path(task.input_path), task.input_sha256, task.style)
+        stem = self._keep_earlier(output_stem(self.req, Path(task.input_path), task.input_sha256, task.style), log)
         out = publish.Output(self.req.outdir / f"{stem}.{images.EXTENSIONS[self.req.fmt]}",
                              self.req.outdir / f"{stem}.json", self.req.fmt, self.req.quality)
         log = log | {"output": {"path": out.image.name, "format": self.req.fmt.lower()} | log["output"]}
         publish.write(out, result.image, log, f"{Path(task.input_path).name} × {task.style.parts[0].path.name}",
                       result.snapshots, output_exif(task.photo, task.style), task.photo.bits)
+
+    def _keep_earlier(self, stem: str, log: dict) -> str:
+        """The stem, or, where a run with other settings or inputs made that name, the stem
+        with a short hash of these settings: a rerun never overwrites different work."""
+        try:
+            old = json.loads((self.req.outdir / f"{stem}.json").read_text())
+        except (OSError, ValueError):
+            return stem
+        same = all(old.get(k) == log.get(k) for k in ("params", "styles")) and \
+            old.get("input", {}).get("sha256") == log["input"]["sha256"]
+        if same:
+            return stem
+        return f"{stem}.{hashlib.sha256(json.dumps(log['params'], sort_keys=True).encode()).hexdigest()[:8]}"
 
     def refuse(self, task: Task, reason: str) -> None:
         self.on_error(f"{task.input_path}: {reason}")

@@ -145,3 +145,45 @@ def test_stylize_keeps_a_16bit_tiff_16bit(tmp_path, models):
     result = tifffile.imread(out / "deep.style.tif")
     assert result.dtype == np.uint16 and result.shape == (30, 40, 3)
     assert (out / "deep.style.loss.svg").read_text().lstrip().startswith("<?xml")
+
+
+def stylize_args(models, *extra):
+    return ["stylize", *map(str, extra), "--size", "32", "--iterations", "2", "--model", "random",
+            "--models-dir", str(models), "--format", "png"]
+
+
+def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path, models, capsys):
+    photo = write_photo(tmp_path / "a.png", 40, 40, 1)
+    (tmp_path / "taken").write_text("a file")
+    rc = main(stylize_args(models, photo, "-s", photo, "-o", tmp_path / "taken"))
+    err = capsys.readouterr().err
+    assert rc == 1 and err == f"nstd: error: -o {tmp_path / 'taken'}: a file, not a folder; name a folder " \
+                              f"for the outputs\n"
+
+
+def test_a_rerun_with_other_settings_keeps_the_earlier_outputs(tmp_path, models):
+    photo = write_photo(tmp_path / "a.png", 40, 40, 1)
+    style = write_photo(tmp_path / "s.png", 40, 40, 2)
+    out = tmp_path / "o"
+    assert main(stylize_args(models, photo, "-s", style, "-o", out)) == 0
+    first = (out / "a.s.png").read_bytes()
+    assert main(stylize_args(models, photo, "-s", style, "-o", out, "--style-weight", "40")) == 0
+    assert (out / "a.s.png").read_bytes() == first  # the earlier run's output is still there
+    [other] = [p.name for p in out.glob("a.s.*.png")]
+    assert json.loads((out / other).with_suffix(".json").read_text())["params"]["style_weight"] == 40
+    assert main(stylize_args(models, photo, "-s", style, "-o", out, "--style-weight", "40")) == 0
+    assert len(list(out.glob("*.png"))) == 2  # the same settings again: the same names
+
+
+def test_folders_are_taken_as_their_photos_and_a_blend_is_one_output(tmp_path, models):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    write_photo(folder / "a.png", 40, 40, 1)
+    write_photo(folder / "b.png", 40, 40, 2)
+    (folder / "notes.txt").write_text("not a photo")
+    s1, s2 = write_photo(tmp_path / "s1.png", 40, 40, 3), write_photo(tmp_path / "s2.png", 40, 40, 4)
+    out = tmp_path / "o"
+    assert main(stylize_args(models, folder, "-s", s1, "-s", s2, "--blend", "0.7,0.3", "-o", out)) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.s1+s2.png", "b.s1+s2.png"]
+    log = json.loads((out / "a.s1+s2.json").read_text())
+    assert [(s["name"], s["weight"]) for s in log["styles"]] == [("s1", 0.7), ("s2", 0.3)]
