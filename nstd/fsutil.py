@@ -46,13 +46,35 @@ def _umask() -> int:
     return mask
 
 
+NAME_MAX = 255  # bytes in one file name, on every filesystem nstd meets
+
+
+def fit_name(name: str, room: int = 0) -> str:
+    """`name`, or a stable shorter form, so that `room` more bytes still fit in NAME_MAX.
+
+    The shorter form keeps the start of the name and its extension, with a hash of the
+    whole name between them: the same name always gives the same short one."""
+    raw = os.fsencode(name)
+    if len(raw) + room <= NAME_MAX:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > 16:
+        stem, ext = name, ""
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
+    keep = NAME_MAX - room - len(tag) - len(os.fsencode(ext))
+    # Cut on a character boundary: half a UTF-8 character would make the name unreadable.
+    head = os.fsencode(stem)[:max(1, keep)].decode("utf-8", "ignore")
+    return head + tag + ext
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Either the old file or the complete new one is visible, never a partial one.
 
     The file ends with the mode the umask gives, as any new file would: the temporary
     file is private while it is written, and a studio's group must read the results."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A short temporary name: the final one may already be close to NAME_MAX.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{fit_name(path.name, 40)[:40]}.", suffix=".tmp")
     try:
         os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:

@@ -13,6 +13,11 @@ from nstd.fsutil import atomic_write, atomic_write_json
 from nstd.plot import curve_name, loss_curve_svg
 
 
+# Bytes an output's stem leaves for what is added to it: a hash suffix or two (".1a2b3c4d")
+# and the longest ending (".iter00500.tiff"); fsutil.fit_name shortens stems to leave it.
+STEM_ROOM = 40
+
+
 @dataclass(frozen=True)
 class Output:
     """Where one job's files go, and how the image is encoded."""

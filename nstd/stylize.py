@@ -19,7 +19,9 @@ from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
+from nstd.fsutil import fit_name
 from nstd.params import TransferParams
+from nstd.publish import STEM_ROOM
 from nstd.pipeline import Photo, Pipeline, Task, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
 
@@ -111,7 +113,7 @@ def _load(req: Request, on_error: Callable[[str], None]) -> tuple[dict[tuple, li
 
 
 def output_stem(req: Request, photo_path: Path, sha256: str, style: Style) -> str:
-    stem = f"{photo_path.stem}.{style.name}"
+    stem = fit_name(f"{photo_path.stem}.{style.name}", STEM_ROOM)
     same_stem = [p for p in req.contents if p.stem == photo_path.stem]
     return stem if len(same_stem) <= 1 else f"{stem}.{sha256[:8]}"
 

@@ -70,3 +70,16 @@ def test_written_files_take_the_umask_mode_not_the_temporary_files_0600(tmp_path
         os.umask(old)
     for name in ("a.jpg", "a.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o660, name
+
+
+def test_fit_name_keeps_short_names_and_shortens_long_ones_stably():
+    import os
+
+    from nstd.fsutil import NAME_MAX, fit_name
+
+    assert fit_name("photo.jpg", 40) == "photo.jpg"
+    long = "é" * 120 + ".jpeg"  # 245 bytes of two-byte characters
+    short = fit_name(long, 40)
+    assert len(os.fsencode(short)) + 40 <= NAME_MAX and short.endswith(".jpeg")
+    assert short == fit_name(long, 40) and short != fit_name("è" + long[1:], 40)
+    short.encode("utf-8")  # no half character left at the cut

@@ -297,3 +297,23 @@ def test_nstd_retry_moves_failed_photos_back_by_reason(service, settle, capsys):
     service.inputs.step(settle * 5)
     drive(service, settle * 7)
     assert files(service.cfg.processed) == ["a.jpg"]
+
+
+def test_names_near_name_max_come_out_and_fail_with_their_records(service, settle):
+    inbox = service.cfg.inbox
+    long_ok = "a" * 246 + ".jpg"  # 250 bytes: no room for "<name>.nstd.yaml" or a temp name
+    near = "b" * 241 + ".jpg"  # 245 bytes
+    broken = "c" * 246 + ".jpg"
+    (inbox / long_ok).write_bytes(photo_bytes(40, 40, 31))
+    (inbox / near).write_bytes(photo_bytes(40, 40, 32))
+    (inbox / broken).write_bytes(b"not a photo")
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    assert files(service.cfg.processed) == sorted([long_ok, near])
+    outputs = files(service.cfg.outbox / "ink")
+    assert len([f for f in outputs if f.endswith(".jpg")]) == 2 and all(len(f) <= 255 for f in outputs)
+    failed = files(service.cfg.failed)
+    assert broken in failed and len(failed) == 2
+    [record] = [f for f in failed if f.endswith(".error.json")]
+    assert json.loads((service.cfg.failed / record).read_text())["file"] == broken
+    assert service.inputs.deferred == {}  # nothing left retrying

@@ -6,14 +6,15 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from nstd import faults, losslog
 from nstd.daemon.sidecar import PHOTO_SUFFIX
-from nstd.fsutil import atomic_write_json, contained, fsync_dir, printable
+from nstd.fsutil import atomic_write_json, contained, fit_name, fsync_dir, printable
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
+ERROR_SUFFIX = ".error.json"
 
 
 def stray_moves(folder: Path) -> list[Path]:
@@ -22,12 +23,13 @@ def stray_moves(folder: Path) -> list[Path]:
 
 
 def free_name(folder: Path, relpath: str) -> Path:
-    """folder/relpath, or with -1, -2 … before the suffix if that name is taken."""
+    """folder/relpath, or with -1, -2 … before the suffix if that name is taken; a name
+    with no room left for that is shortened (fsutil.fit_name)."""
     target = contained(folder, relpath)
     n = 1
     while os.path.lexists(target):
-        stem, ext = os.path.splitext(relpath)
-        target = folder / f"{stem}-{n}{ext}"
+        stem, ext = os.path.splitext(target.name if n == 1 else os.path.basename(relpath))
+        target = contained(folder, str(PurePosixPath(relpath).parent / fit_name(f"{stem}-{n}{ext}")))
         n += 1
     return target
 
@@ -41,7 +43,7 @@ def durable_move(src: Path, dst: Path) -> None:
     except OSError as e:
         if e.errno != 18:  # EXDEV: another filesystem (a share and a local disk)
             raise
-        tmp = dst.with_name(f".{dst.name}{MOVE_SUFFIX}")
+        tmp = dst.with_name(f".{fit_name(dst.name, 1 + len(MOVE_SUFFIX))}{MOVE_SUFFIX}")
         if os.path.islink(src):
             os.symlink(os.readlink(src), tmp)
         else:
@@ -60,10 +62,11 @@ def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str 
     """Move an input to failed/ beside `<name>.error.json`. Returns the new path, if moved."""
     src = moved_from or inbox / relpath
     target = free_name(failed, relpath)
-    record = {"input": printable(relpath), "reason": reason, "attempts": attempts, "sha256": sha256,
+    record = {"input": printable(relpath), "file": printable(target.name), "reason": reason,
+              "attempts": attempts, "sha256": sha256,
               "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "versions": losslog.versions()}
-    atomic_write_json(target.with_name(target.name + ".error.json"), record)
+    atomic_write_json(error_record(target), record)
     if os.path.lexists(src):
         durable_move(src, target)
         if moved_from is None:
@@ -100,6 +103,11 @@ def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | 
 
 
 
+def error_record(target: Path) -> Path:
+    """Where the reason for a failed input is written: beside it, `<name>.error.json`."""
+    return target.with_name(fit_name(target.name, len(ERROR_SUFFIX)) + ERROR_SUFFIX)
+
+
 def failed_records(failed: Path) -> list[tuple[Path, dict]]:
     """Each input in failed/ with its error record, oldest name first."""
     out = []
@@ -108,7 +116,9 @@ def failed_records(failed: Path) -> list[tuple[Path, dict]]:
             record = json.loads(record_path.read_text())
         except (OSError, ValueError):
             continue
-        source = record_path.with_name(record_path.name.removesuffix(".error.json"))
+        source = record_path.with_name(record.get("file") or record_path.name.removesuffix(ERROR_SUFFIX))
+        if not os.path.lexists(source):  # a record from before "file", or a name shown escaped
+            source = record_path.with_name(record_path.name.removesuffix(ERROR_SUFFIX))
         if os.path.lexists(source):
             out.append((source, record))
     return out
@@ -121,5 +131,5 @@ def back_to_inbox(inbox: Path, source: Path, record: dict) -> Path:
     if os.path.lexists(target):
         raise FileExistsError(f"{target} is there already")
     durable_move(source, target)
-    source.with_name(source.name + ".error.json").unlink(missing_ok=True)
+    error_record(source).unlink(missing_ok=True)
     return target

@@ -10,7 +10,8 @@ from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import contained
+from nstd.fsutil import contained, fit_name
+from nstd.publish import STEM_ROOM
 
 
 def subpath(relpath: str, style: str) -> str:
@@ -38,6 +39,7 @@ def targets(outbox: Path, job: Job) -> tuple[Path, Path]:
     fmt = job.params["format"]
     sub = PurePosixPath(subpath(job.relpath, job.style))
     stem = sub.stem if sub.stem not in ("", ".", "..") else f"_{sub.name}"
+    stem = fit_name(stem, STEM_ROOM)
     # Each style's outputs stay inside its own folder, whatever the names.
     base = contained(contained(outbox, job.style), str(sub.parent / stem))
     js = base.with_name(base.name + ".json")

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from nstd.config import yaml_error
+from nstd.fsutil import NAME_MAX
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
 
@@ -28,7 +29,9 @@ def paths_for(relpath: str) -> list[str]:
     """The sidecars that may apply to an inbox photo, weakest first."""
     parts = PurePosixPath(relpath).parts[:-1]
     folders = [str(PurePosixPath(*parts[:i], FOLDER_NAME)) for i in range(len(parts) + 1)]
-    return folders + [relpath + PHOTO_SUFFIX]
+    own = relpath + PHOTO_SUFFIX
+    # A photo whose name leaves no room for the suffix cannot have a sidecar of its own.
+    return folders + ([own] if len(os.fsencode(PurePosixPath(own).name)) <= NAME_MAX else [])
 
 
 def overrides_for(inbox: Path, relpath: str) -> list[tuple[str, dict]]:
