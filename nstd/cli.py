@@ -105,6 +105,7 @@ def cmd_check(args) -> int:
     try:
         devices = resolve_devices(cfg.worker.device)
         findings.append(preflight.Finding(True, f"workers: one per device: {', '.join(map(describe, devices))}"))
+        findings += _speed_findings(cfg, devices, models_dir)
     except ValueError as e:
         findings.append(preflight.Finding(False, f"worker.device: {e}"))
     try:
@@ -129,6 +130,41 @@ def cmd_check(args) -> int:
     failed = sum(not f.ok for f in findings)
     print(f"{failed} problem(s)" if failed else "ready")
     return 1 if failed else 0
+
+
+def _speed_findings(cfg, devices, models_dir) -> list:
+    """Per device, how long one photo in one style takes at the configured settings."""
+    from nstd.daemon import preflight
+    from nstd.engine import speed
+    from nstd.engine.device import describe
+    from nstd.engine.vgg import VGGFeatures
+
+    p = cfg.transfer
+    try:
+        sd, info = weights.load(models_dir, p.model)
+    except NstdError:
+        return []  # the weights finding says why
+    out = []
+    for device in devices:
+        model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id).to(device)
+        rate = speed.measure(model, cfg.worker.switches)
+        seconds = speed.photo_seconds(rate, p.typical_scales(), p.settings().layers)
+        out.append(preflight.Finding(True, f"speed: {describe(device)}: about {speed.say(seconds)} per photo "
+                                           f"and style at size {p.size}, {p.iterations} iterations "
+                                           f"({rate / 1e9:.1f} GFLOP/s measured)"))
+    return out
+
+
+def _eta(progress: tuple[int, int, float] | None, now: float) -> str:
+    """", iteration 150 of 500, 2.1 it/s, about 3 min left" for a batch under way."""
+    from nstd.engine.speed import say
+
+    if progress is None:
+        return ", starting"
+    done, total, started = progress
+    rate = done / max(now - started, 1e-3)
+    left = f", about {say((total - done) / rate)} left" if rate > 0 else ""
+    return f", iteration {done} of {total}, {rate:.2f} it/s{left}"
 
 
 def _journal_finding(cfg):
@@ -191,7 +227,8 @@ def cmd_status(args) -> int:
         running = journal.running()
         if running:
             first = running[0]
-            print(f"running batch {first.batch_id}: {len(running)} × {first.width}x{first.height}")
+            print(f"running batch {first.batch_id}: {len(running)} × {first.width}x{first.height}"
+                  f"{_eta(journal.batch_progress(first.batch_id), time.time())}")
             for job in running:
                 print(f"  {job.id:>6}  {job.style:<14} {job.relpath}")
         failures = journal.recent_failures(10)
@@ -276,7 +313,8 @@ def cmd_stylize(args) -> int:
     from nstd.log import setup
 
     setup()
-    params = validate(TransferParams(**{f.name: getattr(args, f.name) for f in FLAGS}), where="--")
+    # Losses every 10 iterations: the progress bar shows them, and a person watches it.
+    params = validate(TransferParams(**{f.name: getattr(args, f.name) for f in FLAGS}, log_every=10), where="--")
     if args.max_batch < 1:
         raise NstdError("--max-batch must be at least 1")
     if args.outdir.exists() and not args.outdir.is_dir():

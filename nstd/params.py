@@ -11,6 +11,7 @@ from nstd.engine.types import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INI
                                TransferJob)
 from nstd.engine.color import MODES as COLOR_MODES
 from nstd.engine.multiscale import Scale, schedule
+from nstd.engine.resize import long_side_size
 from nstd.engine.vgg import LAYER_INDEX
 from nstd.errors import ConfigError
 
@@ -63,6 +64,13 @@ class TransferParams:
     def scales(self, long_side: int) -> list[Scale]:
         return schedule(long_side, self.multiscale_start, self.multiscale_factor, self.iterations,
                         self.multiscale_iterations, self.lbfgs_history)
+
+    def typical_scales(self) -> list[tuple[int, int, int]]:
+        """(height, width, iterations) of each scale for a typical 4:3 photo at this size
+        (12 MP when the size is 'original'), for time estimates."""
+        long_side = 4000 if self.size == "original" else int(self.size)
+        return [(*long_side_size(3 * long_side // 4, long_side, s.long_side), s.iterations)
+                for s in self.scales(long_side)]
 
     def total_iterations(self, long_side: int) -> int:
         return sum(s.iterations for s in self.scales(long_side))

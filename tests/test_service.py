@@ -317,3 +317,39 @@ def test_names_near_name_max_come_out_and_fail_with_their_records(service, settl
     [record] = [f for f in failed if f.endswith(".error.json")]
     assert json.loads((service.cfg.failed / record).read_text())["file"] == broken
     assert service.inputs.deferred == {}  # nothing left retrying
+
+
+def test_check_and_the_worker_say_how_long_a_photo_takes(service, capsys):
+    import re
+
+    from nstd.cli import main
+    from nstd.engine import speed
+
+    assert main(["check", "--config", str(service.cfg.path)]) == 0
+    out = capsys.readouterr().out
+    line = re.search(r"ok    speed: cpu: about (\d+) (s|min|h) per photo and style at size 32, 4 iterations "
+                     r"\(([\d.]+) GFLOP/s measured\)", out)
+    assert line, out
+    # The estimate is the FLOP count at the configured size over the measured rate.
+    rate = float(line.group(3)) * 1e9
+    p = service.cfg.transfer
+    assert speed.say(speed.photo_seconds(rate, p.typical_scales(), p.settings().layers)).startswith(line.group(1))
+    service.worker._say_speed()  # what a worker logs when it starts
+    logged = capsys.readouterr()
+    assert "expected_speed" in logged.err + logged.out and "per_photo_and_style" in logged.err + logged.out
+
+
+def test_status_shows_the_running_batchs_iteration_rate_and_time_left(service, capsys):
+    from nstd.cli import _eta, main
+
+    (service.cfg.inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 1))
+    service.inputs.step(0.0)
+    service.inputs.step(10.0)
+    [job] = service.journal.claim(service.journal.oldest_queued(1e12).batch_key, 4, "b1", now=1000.0)
+    service.journal.progress([job.id], 150, 500)
+    assert service.journal.batch_progress("b1") == (150, 500, 1000.0)
+    # 150 iterations in 100 s: 1.5 it/s, and 350 left take about 4 minutes.
+    assert _eta((150, 500, 1000.0), now=1100.0) == ", iteration 150 of 500, 1.50 it/s, about 4 min left"
+    capsys.readouterr()
+    assert main(["status", "--config", str(service.cfg.path)]) == 0
+    assert "running batch b1: 1 × 32x32, iteration 150 of 500" in capsys.readouterr().out

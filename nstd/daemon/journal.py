@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch_id TEXT,
     claimed_by TEXT,                -- the worker running it: host, pid and device
     crashes INTEGER NOT NULL DEFAULT 0,  -- times its worker died under it
+    progress INTEGER,               -- iterations done by the running batch, and of how many
+    progress_total INTEGER,
     created REAL NOT NULL,
     queued REAL NOT NULL,
     not_before REAL NOT NULL DEFAULT 0,
@@ -168,6 +170,9 @@ class Journal:
             self.db.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
         if "crashes" not in columns:
             self.db.execute("ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+        for column in ("progress", "progress_total"):
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER")
 
     def close(self) -> None:
         self.db.close()
@@ -348,6 +353,17 @@ class Journal:
         out = {s: 0 for s in ("queued", "running", "done", "failed")}
         out.update(dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()))
         return out
+
+    def progress(self, job_ids: list[int], iteration: int, total: int) -> None:
+        """How far the running batch has come, for nstd status."""
+        self.db.executemany("UPDATE jobs SET progress = ?, progress_total = ? WHERE id = ? AND state = 'running'",
+                            [(iteration, total, i) for i in job_ids])
+
+    def batch_progress(self, batch_id: str) -> tuple[int, int, float] | None:
+        """(iterations done, of how many, when the batch started) of a running batch."""
+        row = self.db.execute("SELECT MAX(progress), MAX(progress_total), MIN(started) FROM jobs "
+                              "WHERE batch_id = ? AND state = 'running'", (batch_id,)).fetchone()
+        return None if row is None or row[0] is None else (row[0], row[1], row[2])
 
     def input_counts(self) -> dict[str, int]:
         """Photos (inbox files) by state: a photo refused at intake has no jobs."""

@@ -21,6 +21,7 @@ from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
 from nstd.engine.device import free_memory
 from nstd.engine.memory import MemoryPlanner
+from nstd.engine import speed
 from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -63,6 +64,7 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         journal = Journal(self.cfg.state_dir / "journal.sqlite3")
+        self._say_speed()
         scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for,
                               owner=owner_id(self.device))
         try:
@@ -80,6 +82,16 @@ class Worker(threading.Thread):
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
         finally:
             journal.close()
+
+    def _say_speed(self) -> None:
+        """Log how long a photo will take here at the configured settings: on a CPU it is
+        minutes, and a user should hear that before waiting for the first one."""
+        p = self.cfg.transfer
+        model, _ = self._model(p)
+        rate = speed.measure(model, self.cfg.worker.switches)
+        seconds = speed.photo_seconds(rate, p.typical_scales(), p.settings().layers)
+        log.info("expected_speed", device=str(self.device), per_photo_and_style=speed.say(seconds),
+                 size=p.size, iterations=p.iterations, gflops=round(rate / 1e9, 1))
 
     def _outbox_unwritable(self, now: float) -> bool:
         """Take no work while the outbox cannot be written: the photos would only fail."""
@@ -134,7 +146,7 @@ class Worker(threading.Thread):
         p = tasks[0].params
         total = p.total_iterations(max(batch[0].height, batch[0].width))
         try:
-            self.pipeline.run(tasks, sink, self._progress([t.job_id for t in tasks], total))
+            self.pipeline.run(tasks, sink, self._progress(journal, [int(t.job_id) for t in tasks], total))
         except StopBatch:
             ids = [int(t.job_id) for t in tasks]
             journal.requeue(ids)
@@ -165,7 +177,7 @@ class Worker(threading.Thread):
             journal.retry(job.id, error, delay)
             log.warning("retry_later", job=job.id, input=job.relpath, error=error, in_seconds=delay)
 
-    def _progress(self, ids: list[str], total: int):
+    def _progress(self, journal: Journal, ids: list[int], total: int):
         def update(iteration: int, losses: list | None) -> None:
             deadline = self.deadline
             if deadline is None and self._deadline_source is not None:
@@ -175,6 +187,7 @@ class Worker(threading.Thread):
             if losses is not None:
                 log.info("progress", jobs=ids, iteration=losses[0]["iteration"], of=total,
                          loss=[round(r["total"], 5) for r in losses])
+                journal.progress(ids, iteration, total)
 
         return update
 

@@ -1,0 +1,49 @@
+"""How fast a device runs the transfer: measured on a small batch, scaled by FLOPs.
+
+Cost grows with the pixels almost linearly (memory.flops_per_iteration), so a few
+iterations at a small size tell how long a photo at the configured size will take.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from nstd.engine.memory import flops_per_iteration
+from nstd.engine.switches import Switches
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
+from nstd.engine.vgg import VGGFeatures
+
+PROBE_SIDE = 128
+PROBE_ITERATIONS = 3
+
+
+def measure(model: VGGFeatures, switches: Switches | None = None) -> float:
+    """FLOP/s of the optimisation loop on the model's device, from a short run."""
+    settings = BatchSettings(iterations=PROBE_ITERATIONS, log_every=PROBE_ITERATIONS)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(3, PROBE_SIDE, PROBE_SIDE, generator=gen)
+    job = TransferJob(image, (StyleImage(image.flip(2)),))
+    run_batch(model, [job], BatchSettings(iterations=1), switches=switches)  # warm-up: allocations, autotuning
+    if model.mean.device.type == "cuda":
+        torch.cuda.synchronize(model.mean.device)
+    started = time.perf_counter()
+    run_batch(model, [job], settings, switches=switches)
+    seconds = time.perf_counter() - started
+    return flops_per_iteration(PROBE_SIDE, PROBE_SIDE, settings.layers) * PROBE_ITERATIONS / seconds
+
+
+def photo_seconds(flops_per_second: float, scales: list[tuple[int, int, int]], layers: frozenset[str]) -> float:
+    """Seconds one photo takes: `scales` as (height, width, iterations), one per scale."""
+    return sum(flops_per_iteration(h, w, layers) * its for h, w, its in scales) / flops_per_second
+
+
+def say(seconds: float) -> str:
+    """A duration as a person reads it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
