@@ -114,6 +114,7 @@ def test_sd_notify_ready_status_and_watchdog(tmp_path, session_models):
         sock.close()
 
 
+@pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_sighup_reloads_the_style_set(tmp_path, daemon, isolation):
     import yaml
     d = daemon(worker={"isolation": isolation})
