@@ -1,4 +1,4 @@
-"""Command line: `nstd run | stylize | check | status | weights | bench`."""
+"""Command line: `nstd run | stylize | check | status | retry | init | weights | bench`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_stylize(sub)
     _add_retry(sub)
+    _add_init(sub)
     _add_weights(sub)
     _add_bench(sub)
     return p
@@ -243,6 +244,25 @@ def cmd_status(args) -> int:
     return 0
 
 
+# --- init -------------------------------------------------------------------------
+
+def _add_init(sub) -> None:
+    p = sub.add_parser("init", help="write a starter config, its folders and two paintings into DIR")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.set_defaults(func=cmd_init)
+
+
+def cmd_init(args) -> int:
+    from nstd.starter import init
+
+    config = init(args.dir)
+    print(f"wrote {config}, its folders and styles/. Next:\n"
+          f"  nstd weights fetch                 # the VGG19 weights, once (80 MB)\n"
+          f"  nstd check --config {config}\n"
+          f"  nstd run --config {config}         # then drop photos into {args.dir / 'inbox'}")
+    return 0
+
+
 # --- retry ------------------------------------------------------------------------
 
 def _add_retry(sub) -> None:
@@ -353,7 +373,7 @@ def _tqdm_progress(label: str, total: int):
 
 # --- bench ------------------------------------------------------------------------
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "styles"
+EXAMPLES = Path(__file__).resolve().parent / "styles"
 
 
 def _int_list(least: int):

@@ -111,3 +111,19 @@ def test_a_binary_config_is_one_line_naming_the_file(tmp_path):
     path.write_bytes(b"\xff\xfe\x00\x01binary")
     with pytest.raises(ConfigError, match=f"^{path}: not a UTF-8 text file"):
         config.load(path)
+
+
+def test_nstd_init_writes_a_config_that_checks_and_never_overwrites(tmp_path, capsys):
+    from nstd.cli import main
+
+    target = tmp_path / "studio"
+    assert main(["init", str(target)]) == 0
+    assert "nstd run --config" in capsys.readouterr().out
+    cfg = config.load(target / "config.yaml")
+    assert sorted(cfg.styles) == ["scream", "starry"]
+    assert all(s.image.is_file() and s.image.parent == target / "styles" for s in cfg.styles.values())
+    assert all(p.is_dir() for p in (cfg.inbox, cfg.outbox, cfg.failed, cfg.processed, cfg.state_dir))
+    (target / "config.yaml").write_text("# edited by hand\\n" + (target / "config.yaml").read_text())
+    assert main(["init", str(target)]) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert (target / "config.yaml").read_text().startswith("# edited by hand")
