@@ -353,3 +353,29 @@ def test_status_shows_the_running_batchs_iteration_rate_and_time_left(service, c
     capsys.readouterr()
     assert main(["status", "--config", str(service.cfg.path)]) == 0
     assert "running batch b1: 1 × 32x32, iteration 150 of 500" in capsys.readouterr().out
+
+
+def test_a_move_a_crash_interrupted_is_finished_not_done_twice(service, settle, monkeypatch):
+    import shutil
+
+    from nstd.daemon import dispose
+
+    inbox = service.cfg.inbox
+    (inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 41))
+    service.inputs.step(0.0)
+    service.inputs.step(settle * 2)
+    # The copy of a cross-filesystem move completed, then the process died before
+    # removing the original and before the journal heard of it.
+    real_move = dispose.durable_move
+
+    def copy_then_die(src, dst):
+        shutil.copy2(src, dst)
+        raise SystemExit("killed mid-move")
+
+    monkeypatch.setattr(dispose, "durable_move", copy_then_die)
+    with pytest.raises(SystemExit):
+        drive(service, settle * 3)
+    monkeypatch.setattr(dispose, "durable_move", real_move)
+    assert (inbox / "a.jpg").exists() and (service.cfg.processed / "a.jpg").exists()
+    drive(service, settle * 4)  # as after a restart
+    assert files(service.cfg.processed) == ["a.jpg"] and files(inbox) == []

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from nstd import faults, losslog
 from nstd.daemon.sidecar import PHOTO_SUFFIX
-from nstd.fsutil import atomic_write_json, contained, fit_name, fsync_dir, printable
+from nstd.fsutil import atomic_write_json, contained, fit_name, fsync_dir, printable, sha256_file
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
@@ -32,6 +32,21 @@ def free_name(folder: Path, relpath: str) -> Path:
         target = contained(folder, str(PurePosixPath(relpath).parent / fit_name(f"{stem}-{n}{ext}")))
         n += 1
     return target
+
+
+def finished_before(src: Path, folder: Path, relpath: str, sha256: str | None) -> Path | None:
+    """The copy an interrupted cross-filesystem move already completed (same name, same
+    bytes), after removing the original it left behind; None when there is none."""
+    if not sha256:
+        return None
+    done = contained(folder, relpath)
+    try:
+        if os.path.islink(done) or not os.path.isfile(done) or sha256_file(done) != sha256:
+            return None
+    except OSError:
+        return None
+    os.unlink(src)
+    return done
 
 
 def durable_move(src: Path, dst: Path) -> None:
@@ -58,9 +73,12 @@ def durable_move(src: Path, dst: Path) -> None:
 
 
 def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str | None,
-              attempts: int = 0, moved_from: Path | None = None) -> Path | None:
-    """Move an input to failed/ beside `<name>.error.json`. Returns the new path, if moved."""
+              attempts: int = 0, moved_from: Path | None = None, finishing: bool = False) -> Path | None:
+    """Move an input to failed/ beside `<name>.error.json`. Returns the new path, if moved.
+    `finishing`: this input's own disposal, perhaps begun before a crash (not a re-drop)."""
     src = moved_from or inbox / relpath
+    if finishing and os.path.lexists(src) and finished_before(src, failed, relpath, sha256):
+        return contained(failed, relpath)
     target = free_name(failed, relpath)
     record = {"input": printable(relpath), "file": printable(target.name), "reason": reason,
               "attempts": attempts, "sha256": sha256,
@@ -86,7 +104,9 @@ def _take_sidecar(inbox: Path, relpath: str, moved_to: Path | None, mode: str) -
         durable_move(side, moved_to.with_name(moved_to.name + PHOTO_SUFFIX))
 
 
-def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | None:
+def on_success(inbox: Path, processed: Path, relpath: str, mode: str, sha256: str | None = None) -> Path | None:
+    """Dispose of a done input. `sha256`, given when finishing this input's own disposal,
+    lets a move that a crash interrupted be completed rather than done twice."""
     src = inbox / relpath
     if not os.path.lexists(src):
         return None
@@ -96,6 +116,9 @@ def on_success(inbox: Path, processed: Path, relpath: str, mode: str) -> Path | 
         os.unlink(src)
         _take_sidecar(inbox, relpath, None, mode)
         return None
+    done = finished_before(src, processed, relpath, sha256)
+    if done is not None:
+        return done
     target = free_name(processed, relpath)
     durable_move(src, target)
     _take_sidecar(inbox, relpath, target, mode)

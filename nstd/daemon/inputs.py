@@ -131,11 +131,12 @@ class Inputs:
         if failed:
             reason = "; ".join(f"{j.style}: {j.error}" for j in failed)
             attempts = max(j.attempts for j in failed)
-            dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts)
+            dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts,
+                              finishing=True)
             self.journal.close_input(inp.id, State.FAILED, reason)
             log.warning("input_failed", input=inp.relpath, reason=reason)
         else:
-            dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success)
+            dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success, inp.sha256)
             self.journal.close_input(inp.id, State.DONE)
             log.info("input_done", input=inp.relpath, outputs=[j.output for j in jobs])
         self.accepted.pop(inp.relpath, None)
