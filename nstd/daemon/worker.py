@@ -63,7 +63,12 @@ class Worker(threading.Thread):
         self._probed = float("-inf")
 
     def run(self) -> None:
-        journal = Journal(self.cfg.state_dir / "journal.sqlite3")
+        try:
+            journal = Journal(self.cfg.state_dir / "journal.sqlite3")
+        except BaseException as e:  # noqa: BLE001 - reported by the health loop, as below
+            self.error = e
+            log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
+            return
         self._say_speed()
         scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for,
                               owner=owner_id(self.device))
@@ -87,8 +92,12 @@ class Worker(threading.Thread):
         """Log how long a photo will take here at the configured settings: on a CPU it is
         minutes, and a user should hear that before waiting for the first one."""
         p = self.cfg.transfer
-        model, _ = self._model(p)
-        rate = speed.measure(model, self.cfg.worker.switches)
+        try:
+            model, _ = self._model(p)
+            rate = speed.measure(model, self.cfg.worker.switches)
+        except Exception as e:  # noqa: BLE001 - an estimate is worth a line, not the worker
+            log.warning("expected_speed_unknown", device=str(self.device), error=f"{type(e).__name__}: {e}")
+            return
         seconds = speed.photo_seconds(rate, p.typical_scales(), p.settings().layers)
         log.info("expected_speed", device=str(self.device), per_photo_and_style=speed.say(seconds),
                  size=p.size, iterations=p.iterations, gflops=round(rate / 1e9, 1))
