@@ -23,7 +23,7 @@ def setup(level: str = "info", json_lines: bool | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # Looked up per logger, not bound once: stderr may be replaced (tests, redirects).
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        logger_factory=lambda *_: LineLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Libraries (watchdog, for one) log through the standard library: give them the
@@ -36,6 +36,23 @@ def setup(level: str = "info", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+
+
+class LineLogger:
+    """Writes each event as one line in a single write.
+
+    Worker processes share the supervisor's stdout, and with PYTHONUNBUFFERED (the unit
+    sets it) print() writes a message and its newline separately, so two processes'
+    lines could run together into one that is neither's JSON."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def msg(self, message: str) -> None:
+        self._file.write(message + "\n")
+        self._file.flush()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
 
 
 class _StderrHandler(logging.StreamHandler):
