@@ -16,7 +16,7 @@ from nstd.engine.device import free_memory, resolve_device
 from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine.runner import Engine
-from nstd.engine.types import TransferResult
+from nstd.engine.types import Progress, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.fsutil import fit_name
@@ -24,10 +24,6 @@ from nstd.params import TransferParams
 from nstd.publish import STEM_ROOM
 from nstd.pipeline import Photo, Pipeline, Task, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
-
-PHOTO_SUFFIXES = DEFAULT_EXTENSIONS
-
-Progress = Callable[[int, "list | None"], None]
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,7 @@ def expand(paths: list[Path]) -> list[Path]:
     out = []
     for path in paths:
         if path.is_dir():
-            out += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+            out += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DEFAULT_EXTENSIONS)
         else:
             out.append(path)
     return out

@@ -134,7 +134,7 @@ def error_record(target: Path) -> Path:
 def failed_records(failed: Path) -> list[tuple[Path, dict]]:
     """Each input in failed/ with its error record, oldest name first."""
     out = []
-    for record_path in sorted(failed.rglob("*.error.json")) if failed.is_dir() else []:
+    for record_path in sorted(failed.rglob(f"*{ERROR_SUFFIX}")) if failed.is_dir() else []:
         try:
             record = json.loads(record_path.read_text())
         except (OSError, ValueError):
