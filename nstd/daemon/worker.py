@@ -74,7 +74,8 @@ class Worker(threading.Thread):
                               owner=owner_id(self.device))
         try:
             while not self.stopping.is_set():
-                if self._outbox_unwritable(time.monotonic()):
+                # Only with work waiting: an idle worker has no reason to write to a share.
+                if journal.oldest_queued(time.time()) is not None and self._outbox_unwritable(time.monotonic()):
                     self.stopping.wait(1.0)
                     continue
                 batch = scheduler.next_batch()
