@@ -62,7 +62,7 @@ class WorkerConfig:
     max_attempts: int = 3
     retry_backoff: float = 30.0
     isolation: str = "auto"  # thread | process per device; auto: processes where there are several
-    # worker.precision, cuda_graphs, checkpoint and memory_budget: how batches run
+    # worker.precision, cuda_graphs, checkpoint, reproducible and memory_budget: how batches run
     switches: Switches = Switches()
 
 
@@ -230,7 +230,7 @@ def _watch(raw: Any) -> WatchConfig:
 def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
                                  "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
-                                 "checkpoint"})
+                                 "checkpoint", "reproducible"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -245,6 +245,7 @@ def _worker(raw: Any) -> WorkerConfig:
             precision=_choice(m.get("precision", d.switches.precision), "worker.precision", PRECISIONS),
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
             checkpoint=_auto_bool(m.get("checkpoint", "auto"), "worker.checkpoint"),
+            reproducible=_auto_bool(m.get("reproducible", "auto"), "worker.reproducible"),
             memory_budget=_float(m.get("memory_budget", d.switches.memory_budget), "worker.memory_budget", 0.05, 1.0)),
     )
 

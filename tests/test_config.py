@@ -22,7 +22,7 @@ def test_example_config_loads_and_documents_every_key():
     for key in ("content_weight", "tv_weight", "lbfgs_history", "settle_seconds", "rescan_interval",
                 "max_batch", "batch_window", "stop_timeout", "on_success", "max_pixels", "snapshot_every",
                 "precision", "cuda_graphs", "checkpoint", "multiscale_start", "multiscale_factor",
-                "multiscale_iterations", "preserve_color"):
+                "multiscale_iterations", "preserve_color", "reproducible"):
         assert f"{key}:" in text
 
 
@@ -36,10 +36,11 @@ def test_size_original_and_multiscale_parse(tmp_path):
 def test_fast_path_keys_default_to_auto_and_parse(tmp_path):
     cfg = config.load(write(tmp_path, BASE))
     s = cfg.worker.switches
-    assert (s.precision, s.cuda_graph, s.checkpoint) == ("auto", None, None)
-    cfg = config.load(write(tmp_path, BASE + "worker: {precision: fp32, cuda_graphs: false, checkpoint: true}\n"))
+    assert (s.precision, s.cuda_graph, s.checkpoint, s.reproducible) == ("auto", None, None, None)
+    cfg = config.load(write(tmp_path, BASE + "worker: {precision: fp32, cuda_graphs: false, checkpoint: true, "
+                            "reproducible: true}\n"))
     s = cfg.worker.switches
-    assert (s.precision, s.cuda_graph, s.checkpoint) == ("fp32", False, True)
+    assert (s.precision, s.cuda_graph, s.checkpoint, s.reproducible) == ("fp32", False, True, True)
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):

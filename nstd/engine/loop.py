@@ -22,12 +22,13 @@ class Trace:
     snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
-def optimise(iteration: Callable[[], torch.Tensor], x: torch.Tensor, settings: BatchSettings,
+def optimise(iteration: Callable[[], torch.Tensor], pixels: Callable[[], torch.Tensor], settings: BatchSettings,
              use_graph: bool, progress: Progress | None) -> Trace:
-    """Run `settings.iterations` iterations; `iteration()` steps x and returns its loss rows."""
+    """Run `settings.iterations` iterations; `iteration()` steps the images and returns
+    their loss rows, and `pixels()` is the images now, for snapshots."""
     step = Stepper(iteration, use_graph)
     trace = Trace()
-    reporter = LossReporter(settings.style_names, x.device)
+    reporter = LossReporter(settings.style_names, pixels().device)
     for it in range(settings.iterations):
         row = step()
         if it % settings.log_every == 0:
@@ -35,7 +36,7 @@ def optimise(iteration: Callable[[], torch.Tensor], x: torch.Tensor, settings: B
             reporter.push(it, trace.records[-1][1])
         done = it + 1
         if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.iterations:
-            trace.snapshots.append((done, x.detach().clamp(0, 1).cpu()))
+            trace.snapshots.append((done, pixels().clamp(0, 1).cpu()))
         if progress is not None:
             progress(done, reporter.ready())
     del step  # frees a captured graph's memory pool

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -58,26 +59,54 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
             return model(x, channels_last=r.channels_last, checkpoint=r.checkpoint)
 
     content = torch.stack([j.content for j in jobs]).to(r.device, torch.float32)
-    with torch.no_grad():
-        objective = _objective(model, features, jobs, settings, content, cache, r)
-    x = _init(jobs, content).requires_grad_(True)
-    opt = make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history)
+    problems = [_Problem.build(model, features, [jobs[i] for i in group], settings, content[group], cache, r)
+                for group in _groups(len(jobs), r.reproducible)]
 
     def iteration() -> torch.Tensor:
-        x.grad = None
-        total, row = objective(x, features(x))
-        total.sum().backward()
-        opt.step(total.detach())
-        return row
+        return torch.cat([p.iteration(features) for p in problems])
 
-    trace = optimise(iteration, x, settings, r.cuda_graph, progress)
+    def pixels() -> torch.Tensor:
+        return torch.cat([p.x.detach() for p in problems])
+
+    trace = optimise(iteration, pixels, settings, r.cuda_graph, progress)
     with torch.no_grad():
-        _, row = objective(x, features(x))
+        row = torch.cat([p.objective(p.x, features(p.x))[1] for p in problems])
     trace.records.append((settings.iterations, row))
-    images = x.detach().clamp(0, 1).cpu()
+    images = pixels().clamp(0, 1).cpu()
     rows = histories(trace.records, settings.style_names, len(jobs))
     return [TransferResult(images[i], rows[i], [(k, s[i]) for k, s in trace.snapshots])
             for i in range(len(jobs))]
+
+
+def _groups(n: int, reproducible: bool) -> list[list[int]]:
+    """Which images share a pass through the network: all of them, or each alone."""
+    return [[i] for i in range(n)] if reproducible else [list(range(n))]
+
+
+@dataclass
+class _Problem:
+    """Some of a batch's images, their objective and optimiser: one forward and backward
+    pass per iteration. A reproducible batch is one problem per image, so each image
+    meets exactly the arithmetic it would alone."""
+
+    x: torch.Tensor
+    objective: Objective
+    opt: object
+
+    @classmethod
+    def build(cls, model: VGGFeatures, features, jobs: list[TransferJob], settings: BatchSettings,
+              content: torch.Tensor, cache: GramCache, r: Resolved) -> "_Problem":
+        with torch.no_grad():
+            objective = _objective(model, features, jobs, settings, content, cache, r)
+        x = _init(jobs, content).requires_grad_(True)
+        return cls(x, objective, make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history))
+
+    def iteration(self, features) -> torch.Tensor:
+        self.x.grad = None
+        total, row = self.objective(self.x, features(self.x))
+        total.sum().backward()
+        self.opt.step(total.detach())
+        return row
 
 
 def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: BatchSettings,

@@ -71,6 +71,7 @@ class RunStats:
     channels_last: bool
     cuda_graph: bool
     checkpoint: bool
+    reproducible: bool = False  # each image ran alone, interleaved
     peak_bytes: int | None = None  # CUDA: allocated beyond what was held before
     peak_reserved_bytes: int | None = None
 
@@ -78,7 +79,8 @@ class RunStats:
         """The loss log's `runs` entry."""
         out = {"size": list(self.size), "batch": self.batch, "iterations": self.iterations,
                "seconds": self.seconds, "precision": self.precision, "channels_last": self.channels_last,
-               "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint, "peak_bytes": self.peak_bytes}
+               "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint, "reproducible": self.reproducible,
+               "peak_bytes": self.peak_bytes}
         if self.peak_reserved_bytes is not None:
             out["peak_reserved_bytes"] = self.peak_reserved_bytes
         return out
