@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 STAMP := $(VENV)/.nstd-installed
 
-.PHONY: run test install weights bench clean browser
+.PHONY: run test install weights bench clean browser postgres
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,16 @@ browser:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) $(APT_INSTALL) chromium >/dev/null; } || \
 	  echo "make: could not install chromium; the gallery test will fail until it is installed"; }
 
-test: $(STAMP) browser
+# The journal tests run on SQLite and on a real PostgreSQL server, which the tests start
+# from Debian's postgresql package in a temporary folder (no system cluster is used).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	{ echo "make: installing Debian's postgresql (no recommends) for the journal tests"; \
+	  $(SUDO) $(APT_INSTALL) postgresql >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) $(APT_INSTALL) postgresql >/dev/null; } || \
+	  echo "make: could not install postgresql; the PostgreSQL journal tests will fail until it is installed"; }
+
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 clean:

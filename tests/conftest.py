@@ -89,3 +89,21 @@ def session_models(tmp_path_factory):
     assert main(["weights", "import", str(d / "random.pth"), "--name", "random", "--preprocessing",
                  "torchvision", "--models-dir", str(d)]) == 0
     return d
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session, from Debian's postgresql package."""
+    from pg import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_target(request, tmp_path):
+    """Where a journal lives, once per backend: the same tests hold for both."""
+    if request.param == "sqlite":
+        return tmp_path / "j.db"
+    return request.getfixturevalue("pg_server").new_database()

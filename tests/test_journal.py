@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 
 from nstd.daemon.journal import JobSpec, Journal
@@ -9,8 +11,8 @@ def spec(style, w=32, h=24, key="k1"):
                    width=w, height=h, batch_key=key)
 
 
-def test_same_photo_twice_shares_jobs(tmp_path):
-    j = Journal(tmp_path / "j.db")
+def test_same_photo_twice_shares_jobs(journal_target):
+    j = Journal(journal_target)
     a = j.add_input("a.jpg", "sha1", "/s/sha1.jpg", [spec("x"), spec("y")], now=1)
     b = j.add_input("copy/a.jpg", "sha1", "/s/sha1.jpg", [spec("x"), spec("y")], now=2)
     assert a.id != b.id
@@ -21,8 +23,8 @@ def test_same_photo_twice_shares_jobs(tmp_path):
     assert j.counts()["queued"] == 2
 
 
-def test_claim_recover_and_finish(tmp_path):
-    j = Journal(tmp_path / "j.db")
+def test_claim_recover_and_finish(journal_target):
+    j = Journal(journal_target)
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
     j.add_input("b.jpg", "s2", "/s", [spec("x")], now=2)
     claimed = j.claim("k1", 8, "b1", now=5)
@@ -36,8 +38,8 @@ def test_claim_recover_and_finish(tmp_path):
     assert [(i.relpath, [job.state for job in js]) for i, js in settled] == [("a.jpg", ["done"])]
 
 
-def test_retry_waits_for_its_time(tmp_path):
-    j = Journal(tmp_path / "j.db")
+def test_retry_waits_for_its_time(journal_target):
+    j = Journal(journal_target)
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
     [job] = j.claim("k1", 1, "b", now=2)
     j.retry(job.id, "EIO", delay=1000)
@@ -45,8 +47,8 @@ def test_retry_waits_for_its_time(tmp_path):
     assert j.oldest_queued(now=10**12).id == job.id
 
 
-def test_scheduler_waits_for_company_but_not_forever(tmp_path):
-    j = Journal(tmp_path / "j.db")
+def test_scheduler_waits_for_company_but_not_forever(journal_target):
+    j = Journal(journal_target)
     clock = [100.0]
     s = Scheduler(j, window=2.0, max_batch_for=lambda job: 4, clock=lambda: clock[0])
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=100)
@@ -56,8 +58,8 @@ def test_scheduler_waits_for_company_but_not_forever(tmp_path):
     assert [x.relpath for x in s.next_batch()] == ["a.jpg", "b.jpg"]
 
 
-def test_scheduler_oldest_first_never_starves_an_odd_size(tmp_path):
-    j = Journal(tmp_path / "j.db")
+def test_scheduler_oldest_first_never_starves_an_odd_size(journal_target):
+    j = Journal(journal_target)
     clock = [100.0]
     s = Scheduler(j, window=1.0, max_batch_for=lambda job: 2, clock=lambda: clock[0])
     j.add_input("odd.jpg", "odd", "/s", [spec("x", 50, 20, key="odd")], now=100)
@@ -72,8 +74,8 @@ def test_scheduler_oldest_first_never_starves_an_odd_size(tmp_path):
     assert [x.relpath for x in s.next_batch()] == ["c0.jpg", "c1.jpg"]  # full batch goes at once
 
 
-def test_kills_do_not_use_up_attempts(tmp_path):
-    j = Journal(tmp_path / "j.db")
+def test_kills_do_not_use_up_attempts(journal_target):
+    j = Journal(journal_target)
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
     for n in range(5):  # five kill -9s in a row, each mid-run
         j.claim("k1", 1, f"b{n}", now=2)
@@ -82,8 +84,8 @@ def test_kills_do_not_use_up_attempts(tmp_path):
     assert job.attempts == 1
 
 
-def test_a_job_its_worker_dies_under_twice_is_set_aside(tmp_path):
-    j = Journal(tmp_path / "j.db")
+def test_a_job_its_worker_dies_under_twice_is_set_aside(journal_target):
+    j = Journal(journal_target)
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
     j.add_input("b.jpg", "s2", "/s", [spec("y", key="k2")], now=1)
     j.claim("k1", 1, "b1", now=2, owner="host:1:cuda:0")
@@ -96,6 +98,98 @@ def test_a_job_its_worker_dies_under_twice_is_set_aside(tmp_path):
     assert a.state == "failed" and "stopped 2 times" in a.error
     # Another device's batch is not touched.
     assert j.get_jobs([k2.id])[0].state == "running"
+
+
+def test_claims_from_many_connections_never_share_a_job(journal_target):
+    """Four workers claiming at once, each on its own connection: every job once."""
+    j = Journal(journal_target)
+    for n in range(60):
+        j.add_input(f"p{n}.jpg", f"s{n}", "/s", [spec("x")], now=1)
+    claimed: list[list[int]] = [[] for _ in range(4)]
+
+    def work(k):
+        mine = Journal(journal_target)
+        while batch := mine.claim("k1", 3, f"w{k}-{len(claimed[k])}", now=2, owner=f"h{k}:1:cpu"):
+            claimed[k].extend(job.id for job in batch)
+        mine.close()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [i for ids in claimed for i in ids]
+    assert sorted(every) == sorted(job.id for job in j.running()) and len(every) == len(set(every)) == 60
+
+
+def test_a_lost_lease_frees_the_jobs_and_its_holder_cannot_settle_them(journal_target):
+    j = Journal(journal_target)
+    j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
+    [job] = j.claim("k1", 1, "old", now=100, owner="a:1:cuda:0", lease=30)
+    assert j.renew("old", now=120, lease=30) == 1  # holds until 150
+    assert j.requeue_expired(now=149) == (0, [])
+    assert j.requeue_expired(now=151) == (1, [])  # host a went quiet: the job is free again
+    assert not j.holds(job.id, "old") and j.renew("old", now=152) == 0
+    [again] = j.claim("k1", 1, "new", now=152, owner="b:1:cuda:0")
+    assert again.attempts == 1  # a lost host is not the job's failure
+    # Host a comes back and tries to record its result: refused, b's claim stands.
+    assert not j.finish(job.id, "x/a.jpg", token="old")
+    assert not j.fail(job.id, "late", token="old")
+    assert j.get_jobs([job.id])[0].state == "running"
+    assert j.finish(job.id, "x/a.jpg", token="new")
+    assert j.get_jobs([job.id])[0].state == "done"
+
+
+def test_a_job_that_loses_two_leases_is_set_aside(journal_target):
+    j = Journal(journal_target)
+    j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
+    j.claim("k1", 1, "b1", now=10, lease=5)
+    assert j.requeue_expired(now=20) == (1, [])
+    j.claim("k1", 1, "b2", now=20, lease=5)
+    back, aside = j.requeue_expired(now=30)
+    assert back == 0 and [job.relpath for job in aside] == ["a.jpg"]
+    assert "stopped 2 times" in j.get_jobs([aside[0].id])[0].error
+
+
+def test_recover_for_a_host_leaves_other_hosts_running(journal_target):
+    j = Journal(journal_target)
+    j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
+    j.add_input("b.jpg", "s2", "/s", [spec("y", key="k2")], now=1)
+    [a] = j.claim("k1", 1, "b1", now=2, owner="gpu1:10:cuda:0")
+    [b] = j.claim("k2", 1, "b2", now=2, owner="gpu10:11:cuda:0")  # a host name that gpu1 prefixes
+    assert j.recover("gpu1") == 1
+    assert [x.state for x in j.get_jobs([a.id, b.id])] == ["queued", "running"]
+
+
+def test_the_schema_version_is_recorded(journal_target):
+    from nstd.daemon.journal import SCHEMA_VERSION
+
+    assert Journal(journal_target).schema_version() == SCHEMA_VERSION
+    assert Journal(journal_target).schema_version() == SCHEMA_VERSION  # opening again adds no row
+
+
+def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path):
+    import sqlite3
+
+    from nstd.daemon.journal import SCHEMA, SCHEMA_VERSION
+
+    old = SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL")
+    for column in ("claimed_by TEXT,", "crashes INTEGER NOT NULL DEFAULT 0,", "progress INTEGER,",
+                   "progress_total INTEGER,", "lease_until REAL,"):
+        old = "\n".join(line for line in old.splitlines() if not line.strip().startswith(column))
+    old = old.replace("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "")
+    db = sqlite3.connect(tmp_path / "j.db")
+    db.executescript(old)
+    db.execute("INSERT INTO jobs (input_sha256, style, params_hash, relpath, spool, width, height, batch_key, "
+               "params, state, created, queued) VALUES ('s', 'x', 'h', 'a.jpg', '/s', 32, 24, 'k1', '{}', "
+               "'queued', 1, 1)")
+    db.commit()
+    assert {"claimed_by", "lease_until"}.isdisjoint(r[1] for r in db.execute("PRAGMA table_info(jobs)"))
+    db.close()
+    j = Journal(tmp_path / "j.db")
+    assert j.schema_version() == SCHEMA_VERSION
+    [job] = j.claim("k1", 1, "b1", now=5, owner="h:1:cpu", lease=10)
+    assert j.requeue_expired(now=20) == (1, [])
 
 
 def damaged_journal(path):

@@ -1,19 +1,23 @@
-"""The SQLite job store. Every state change is a committed row before its side effect.
+"""The job store. Every state change is a committed row before its side effect.
 
 An *input* is one version (sha256) of one file in the inbox. A *job* is one photo
 (by content) x one style x parameters; the same photo dropped twice links to the
-same jobs, so it is never computed twice.
+same jobs, so it is never computed twice. A running job is held by a claim: its batch
+id is the claim's token, and its lease runs out unless the worker renews it.
+
+The statements are written once for both engines (`database.py`): SQLite in the state
+folder for one host, PostgreSQL for several.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from nstd.daemon.database import SqliteDatabase, Unavailable, connect
 from nstd.errors import JournalError
 from nstd.log import get
 
@@ -28,20 +32,21 @@ class State(str, Enum):
     DONE = "done"
     FAILED = "failed"
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
-    id INTEGER PRIMARY KEY,
+    id {pk},
     relpath TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     spool TEXT,
     state TEXT NOT NULL,            -- queued | done | failed
     error TEXT,
-    created REAL NOT NULL,
-    finished REAL,
+    created {real} NOT NULL,
+    finished {real},
     UNIQUE (relpath, sha256)
 );
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
+    id {pk},
     input_sha256 TEXT NOT NULL,
     style TEXT NOT NULL,
     params_hash TEXT NOT NULL,
@@ -60,11 +65,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     crashes INTEGER NOT NULL DEFAULT 0,  -- times its worker died under it
     progress INTEGER,               -- iterations done by the running batch, and of how many
     progress_total INTEGER,
-    created REAL NOT NULL,
-    queued REAL NOT NULL,
-    not_before REAL NOT NULL DEFAULT 0,
-    started REAL,
-    finished REAL,
+    lease_until {real},             -- a running job whose lease has passed is free to take again
+    created {real} NOT NULL,
+    queued {real} NOT NULL,
+    not_before {real} NOT NULL DEFAULT 0,
+    started {real},
+    finished {real},
     UNIQUE (input_sha256, style, params_hash)
 );
 CREATE TABLE IF NOT EXISTS input_jobs (
@@ -74,7 +80,13 @@ CREATE TABLE IF NOT EXISTS input_jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, batch_key, queued);
 CREATE INDEX IF NOT EXISTS inputs_state ON inputs (state);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)
 """
+# Columns added since version 1, for journals made before them.
+ADDED_COLUMNS = (("claimed_by", "TEXT"), ("crashes", "INTEGER NOT NULL DEFAULT 0"), ("progress", "INTEGER"),
+                 ("progress_total", "INTEGER"), ("lease_until", "{real}"))
+LESS_ONE = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"  # an attempt given back
+LEASE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -137,42 +149,64 @@ def _input(row) -> Input:
 
 
 class Journal:
-    def __init__(self, path: Path, readonly: bool = False):
-        self.path = path
-        if not readonly and path.exists() and path.stat().st_size == 0:
-            log.warning("journal_empty_file", path=str(path), meaning="starting with no history")
+    """The job store on SQLite (a path) or PostgreSQL (a postgresql:// URL)."""
+
+    def __init__(self, target: Path | str, readonly: bool = False):
+        self.path = target
+        if isinstance(target, Path) and not readonly and target.exists() and target.stat().st_size == 0:
+            log.warning("journal_empty_file", path=str(target), meaning="starting with no history")
+        self.db = connect(target, readonly)
+        self.shared = not isinstance(self.db, SqliteDatabase)  # several hosts may use it
         try:
-            if readonly:
-                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
-            else:
-                self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self._check()
             if not readonly:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                # FULL: a commit survives a power cut, not just a crash of nstd.
-                self.db.execute("PRAGMA synchronous=FULL")
-                self.db.executescript(SCHEMA)
-                self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise _damaged(path, str(e)) from None
+                self._create()
+        except self.db.lost as e:
+            self.db.close()
+            raise Unavailable(f"journal {self.db.label}: {e}") from None
+        except self.db.errors as e:
+            self.db.close()
+            raise _damaged(target, str(e)) from None
 
     def _check(self) -> None:
         """Refuse a damaged file before anything reads or writes it."""
+        if self.shared:
+            return  # the server checks its own pages
         problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
         if problems != ["ok"]:
             self.db.close()
             raise _damaged(self.path, problems[0])
 
-    def _migrate(self) -> None:
-        """Columns added since a journal was created."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        if "claimed_by" not in columns:
-            self.db.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
-        if "crashes" not in columns:
-            self.db.execute("ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
-        for column in ("progress", "progress_total"):
-            if column not in columns:
-                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER")
+    def _create(self) -> None:
+        """The schema, made or brought up to date, with its version recorded."""
+        if not self.shared:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives a power cut, not just a crash of nstd.
+            self.db.execute("PRAGMA synchronous=FULL")
+        with self._tx():
+            if self.shared:  # one host at a time creates or migrates
+                self.db.execute("SELECT pg_advisory_xact_lock(7346110)")
+            for statement in SCHEMA.format(pk=self.db.pk, real=self.db.real).split(";"):
+                self.db.execute(statement)
+            columns = self._columns("jobs")
+            for name, kind in ADDED_COLUMNS:
+                if name not in columns:
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind.format(real=self.db.real)}")
+            if self.schema_version() is None:
+                self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            else:
+                self.db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def _columns(self, table: str) -> set[str]:
+        if self.shared:
+            rows = self.db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                                   "AND table_schema = current_schema()", (table,))
+            return {r[0] for r in rows}
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def schema_version(self) -> int | None:
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         self.db.close()
@@ -193,17 +227,17 @@ class Journal:
         failed ones start again: dropping a photo again is asking for another try."""
         now = time.time() if now is None else now
         with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO inputs (relpath, sha256, spool, state, created) "
-                            "VALUES (?, ?, ?, 'queued', ?)", (relpath, sha256, spool, now))
+            self.db.execute("INSERT INTO inputs (relpath, sha256, spool, state, created) "
+                            "VALUES (?, ?, ?, 'queued', ?) ON CONFLICT DO NOTHING", (relpath, sha256, spool, now))
             self.db.execute("UPDATE inputs SET state = 'queued', error = NULL, finished = NULL, spool = ? "
                             "WHERE relpath = ? AND sha256 = ?", (spool, relpath, sha256))
             input_id = self.db.execute("SELECT id FROM inputs WHERE relpath = ? AND sha256 = ?",
                                        (relpath, sha256)).fetchone()[0]
             for s in specs:
                 self.db.execute(
-                    "INSERT OR IGNORE INTO jobs (input_sha256, style, params_hash, relpath, spool, width, "
+                    "INSERT INTO jobs (input_sha256, style, params_hash, relpath, spool, width, "
                     "height, batch_key, params, state, created, queued) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?) ON CONFLICT DO NOTHING",
                     (sha256, s.style, s.params_hash, relpath, spool, s.width, s.height, s.batch_key,
                      json.dumps(s.params, sort_keys=True), now, now))
                 job_id = self.db.execute("SELECT id FROM jobs WHERE input_sha256 = ? AND style = ? AND "
@@ -211,15 +245,15 @@ class Journal:
                 self.db.execute("UPDATE jobs SET state = 'queued', attempts = 0, crashes = 0, error = NULL, "
                                 "not_before = 0, queued = ?, spool = ? WHERE id = ? AND state = 'failed'",
                                 (now, spool, job_id))
-                self.db.execute("INSERT OR IGNORE INTO input_jobs VALUES (?, ?)", (input_id, job_id))
+                self.db.execute("INSERT INTO input_jobs VALUES (?, ?) ON CONFLICT DO NOTHING", (input_id, job_id))
         return self.find_input(relpath, sha256)
 
     def fail_input(self, relpath: str, sha256: str, error: str, now: float | None = None) -> None:
         """An input refused at intake (undecodable, unknown style folder): no jobs."""
         now = time.time() if now is None else now
         with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO inputs (relpath, sha256, state, created) "
-                            "VALUES (?, ?, 'failed', ?)", (relpath, sha256, now))
+            self.db.execute("INSERT INTO inputs (relpath, sha256, state, created) "
+                            "VALUES (?, ?, 'failed', ?) ON CONFLICT DO NOTHING", (relpath, sha256, now))
             self.db.execute("UPDATE inputs SET state = 'failed', error = ?, finished = ? "
                             "WHERE relpath = ? AND sha256 = ?", (error, now, relpath, sha256))
 
@@ -256,12 +290,15 @@ class Journal:
 
     # --- jobs -------------------------------------------------------------------------
 
-    def recover(self) -> int:
-        """After a crash or stop: running jobs go back to the queue. A run that a kill cut
-        short is not one of the job's attempts: those count its own outcomes."""
+    def recover(self, host: str | None = None) -> int:
+        """After a crash or stop: running jobs go back to the queue; with `host`, only those
+        this host's workers held (on a shared journal the others are still running). A run
+        that a kill cut short is not one of the job's attempts: those count its own outcomes."""
+        where, params = ("", ()) if host is None else (" AND substr(claimed_by, 1, ?) = ?",
+                                                       (len(host) + 1, host + ":"))
         with self._tx():
-            cur = self.db.execute("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
-                                  "batch_id = NULL WHERE state = 'running'")
+            cur = self.db.execute("UPDATE jobs SET state = 'queued', attempts = " + LESS_ONE + ", "
+                                  "batch_id = NULL, lease_until = NULL WHERE state = 'running'" + where, params)
         return cur.rowcount
 
     def oldest_queued(self, now: float) -> Job | None:
@@ -273,15 +310,29 @@ class Journal:
         return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND batch_key = ? AND "
                                "not_before <= ?", (batch_key, now)).fetchone()[0]
 
-    def claim(self, batch_key: str, limit: int, batch_id: str, now: float, owner: str | None = None) -> list[Job]:
-        """Mark the oldest `limit` queued jobs of one batch key as running by `owner`, atomically."""
+    def claim(self, batch_key: str, limit: int, batch_id: str, now: float, owner: str | None = None,
+              lease: float = LEASE_SECONDS) -> list[Job]:
+        """Mark the oldest `limit` queued jobs of one batch key as running by `owner`, in one
+        statement. On PostgreSQL, rows another host is claiming are skipped, not waited on.
+        `batch_id` is the claim's token; the lease runs `lease` seconds from `now`."""
         with self._tx():
             ids = [r[0] for r in self.db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' AND batch_key = ? AND not_before <= ? "
-                "ORDER BY queued, id LIMIT ?", (batch_key, now, limit))]
-            self.db.executemany("UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ?, "
-                                "batch_id = ?, claimed_by = ? WHERE id = ?", [(now, batch_id, owner, i) for i in ids])
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ?, batch_id = ?, "
+                "claimed_by = ?, lease_until = ?, progress = NULL, progress_total = NULL WHERE id IN "
+                "(SELECT id FROM jobs WHERE state = 'queued' AND batch_key = ? AND not_before <= ? "
+                "ORDER BY queued, id LIMIT ?" + self.db.lock_rows + ") RETURNING id",
+                (now, batch_id, owner, now + lease, batch_key, now, limit)).fetchall()]
         return self.get_jobs(ids)
+
+    def renew(self, batch_id: str, now: float, lease: float = LEASE_SECONDS) -> int:
+        """Extend a running batch's lease; returns how many of its jobs it still holds."""
+        return self.db.execute("UPDATE jobs SET lease_until = ? WHERE batch_id = ? AND state = 'running'",
+                               (now + lease, batch_id)).rowcount
+
+    def holds(self, job_id: int, batch_id: str) -> bool:
+        """Whether the claim `batch_id` still holds the job (its lease was not lost to another)."""
+        return self.db.execute("SELECT 1 FROM jobs WHERE id = ? AND batch_id = ? AND state = 'running'",
+                               (job_id, batch_id)).fetchone() is not None
 
     def get_jobs(self, ids: list[int]) -> list[Job]:
         if not ids:
@@ -295,45 +346,66 @@ class Journal:
         rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'queued'").fetchall()
         return [_job(r) for r in rows]
 
-    def finish(self, job_id: int, output: str) -> None:
-        self.db.execute("UPDATE jobs SET state = 'done', output = ?, error = NULL, finished = ? WHERE id = ?",
-                        (output, time.time(), job_id))
+    def _settle(self, job_id: int, token: str | None, sets: str, params: tuple) -> bool:
+        """Apply a running job's outcome, only while `token` (its batch id) still holds it.
+        Returns False for a stale claim: its lease ran out and another worker has the job."""
+        if token is None:
+            cur = self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", params + (job_id,))
+        else:
+            cur = self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND batch_id = ? AND state = 'running'",
+                                  params + (job_id, token))
+        return cur.rowcount == 1
 
-    def adopt(self, job_id: int, output: str) -> None:
+    def finish(self, job_id: int, output: str, token: str | None = None) -> bool:
+        return self._settle(job_id, token, "state = 'done', output = ?, error = NULL, finished = ?, "
+                            "lease_until = NULL", (output, time.time()))
+
+    def adopt(self, job_id: int, output: str) -> bool:
         """A queued job whose outputs a run completed before a crash could record it: done,
         and that run counted."""
-        self.db.execute("UPDATE jobs SET state = 'done', output = ?, error = NULL, finished = ?, "
-                        "attempts = attempts + 1 WHERE id = ?", (output, time.time(), job_id))
+        return self.db.execute("UPDATE jobs SET state = 'done', output = ?, error = NULL, finished = ?, "
+                               "attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
+                               (output, time.time(), job_id)).rowcount == 1
 
-    def fail(self, job_id: int, error: str) -> None:
-        self.db.execute("UPDATE jobs SET state = 'failed', error = ?, finished = ? WHERE id = ?",
-                        (error, time.time(), job_id))
+    def fail(self, job_id: int, error: str, token: str | None = None) -> bool:
+        return self._settle(job_id, token, "state = 'failed', error = ?, finished = ?, lease_until = NULL",
+                            (error, time.time()))
 
-    def retry(self, job_id: int, error: str, delay: float) -> None:
-        self.db.execute("UPDATE jobs SET state = 'queued', error = ?, not_before = ?, batch_id = NULL "
-                        "WHERE id = ?", (error, time.time() + delay, job_id))
+    def retry(self, job_id: int, error: str, delay: float, token: str | None = None) -> bool:
+        return self._settle(job_id, token, "state = 'queued', error = ?, not_before = ?, batch_id = NULL, "
+                            "lease_until = NULL", (error, time.time() + delay))
 
-    def defer(self, job_id: int, error: str, delay: float) -> None:
+    def defer(self, job_id: int, error: str, delay: float, token: str | None = None) -> bool:
         """Back to the queue after `delay` seconds without using up an attempt: the
         destination failed (a full or read-only outbox), not the photo."""
-        self.db.execute("UPDATE jobs SET state = 'queued', error = ?, not_before = ?, batch_id = NULL, "
-                        "attempts = MAX(attempts - 1, 0) WHERE id = ?", (error, time.time() + delay, job_id))
+        return self._settle(job_id, token, "state = 'queued', error = ?, not_before = ?, batch_id = NULL, "
+                            "lease_until = NULL, attempts = " + LESS_ONE, (error, time.time() + delay))
 
     def requeue_claimed_by(self, owner: str, quarantine_after: int = 2) -> tuple[int, list[Job]]:
         """Give back what a worker that died was running; a job under which its worker
         has now died `quarantine_after` times fails instead, so the queue moves on.
         Returns how many went back, and the jobs quarantined."""
+        return self._give_back("claimed_by = ?", (owner,), quarantine_after)
+
+    def requeue_expired(self, now: float, quarantine_after: int = 2) -> tuple[int, list[Job]]:
+        """Give back running jobs whose lease has run out: their host died or lost the
+        database. As with a dead worker, the second such loss sets the job aside."""
+        return self._give_back("lease_until < ?", (now,), quarantine_after)
+
+    def _give_back(self, where: str, params: tuple, quarantine_after: int) -> tuple[int, list[Job]]:
         with self._tx():
-            self.db.execute("UPDATE jobs SET crashes = crashes + 1 WHERE state = 'running' AND claimed_by = ?",
-                            (owner,))
-            rows = self.db.execute("SELECT id, crashes FROM jobs WHERE state = 'running' AND claimed_by = ?",
-                                   (owner,)).fetchall()
+            rows = self.db.execute(f"UPDATE jobs SET crashes = crashes + 1 WHERE state = 'running' AND {where} "
+                                   "RETURNING id, crashes", params).fetchall()
             bad = [i for i, crashes in rows if crashes >= quarantine_after]
-            self.db.executemany("UPDATE jobs SET state = 'failed', error = ?, finished = ? WHERE id = ?",
+            self.db.executemany("UPDATE jobs SET state = 'failed', error = ?, finished = ?, lease_until = NULL "
+                                "WHERE id = ?",
                                 [(f"its worker stopped {quarantine_after} times while running it "
-                                  "(a crash of the device or the process); set aside so the queue "
+                                  "(a crash of the device, the process or the host); set aside so the queue "
                                   "moves on", time.time(), i) for i in bad])
-        return self.requeue([i for i, _ in rows if i not in bad]), self.get_jobs(bad)
+            back = self.db.executemany("UPDATE jobs SET state = 'queued', attempts = " + LESS_ONE + ", "
+                                       "batch_id = NULL, lease_until = NULL WHERE id = ?",
+                                       [(i,) for i, _ in rows if i not in bad])
+        return back, self.get_jobs(bad)
 
     def requeue(self, job_ids: list[int]) -> int:
         """Give running jobs back untouched, as if never started (a stop, not a failure).
@@ -342,10 +414,9 @@ class Journal:
         given, and some of those may have finished or failed since. Returns how many.
         """
         with self._tx():
-            cur = self.db.executemany("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), "
-                                      "batch_id = NULL WHERE id = ? AND state = 'running'",
-                                      [(i,) for i in job_ids])
-        return cur.rowcount
+            return self.db.executemany("UPDATE jobs SET state = 'queued', attempts = " + LESS_ONE + ", "
+                                       "batch_id = NULL, lease_until = NULL WHERE id = ? AND state = 'running'",
+                                       [(i,) for i in job_ids])
 
     # --- reports ----------------------------------------------------------------------
 
@@ -387,19 +458,27 @@ class Journal:
                                "ORDER BY finished DESC LIMIT ?", (limit,)).fetchall()
 
 
-def _damaged(path: Path, detail: str) -> JournalError:
+def _damaged(path: Path | str, detail: str) -> JournalError:
+    if not isinstance(path, Path):
+        return JournalError(f"journal {path}: {detail}")
     return JournalError(f"{path}: the journal is damaged ({detail}); stop nstd, move it aside "
                         f"(mv {path} {path}.damaged) and start again: photos still in the inbox are "
                         f"taken in afresh, and failed/ and processed/ keep what was decided")
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db):
         self.db = db
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.begin()
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            self.db.commit()
+        else:
+            try:
+                self.db.rollback()
+            except self.db.errors:
+                pass  # a lost connection has rolled back already
         return False
