@@ -172,7 +172,9 @@ def _journal_finding(cfg):
     from nstd.daemon import preflight
     from nstd.daemon.journal import Journal
 
-    db = cfg.state_dir / "journal.sqlite3"
+    db = cfg.journal_target
+    if cfg.journal:
+        return _shared_journal_finding(cfg)
     if not db.exists() or db.stat().st_size == 0:
         return preflight.Finding(True, f"journal: {db} (new: none yet)")
     try:
@@ -180,6 +182,41 @@ def _journal_finding(cfg):
     except NstdError as e:
         return preflight.Finding(False, f"journal: {e}")
     return preflight.Finding(True, f"journal: {db} (intact)")
+
+
+def _shared_journal_finding(cfg):
+    """A PostgreSQL journal: reachable, its schema's version, and this host's clock
+    against the server's (leases are times written by one host and read by others)."""
+    import time
+
+    from nstd.daemon import preflight
+    from nstd.daemon.journal import SCHEMA_VERSION, Journal
+
+    try:
+        journal = Journal(cfg.journal, readonly=True)
+    except NstdError as e:
+        return preflight.Finding(False, f"journal: {e}")
+    try:
+        label = journal.db.label
+        try:
+            version = journal.schema_version()
+        except journal.db.errors:
+            version = None
+        before = time.time()
+        server = journal.server_time()
+        skew = server - (before + time.time()) / 2
+    finally:
+        journal.close()
+    if version is None:
+        return preflight.Finding(True, f"journal: {label} (reachable; nstd creates its tables on first run)")
+    if version > SCHEMA_VERSION:
+        return preflight.Finding(False, f"journal: {label} has schema version {version}, newer than this "
+                                        f"nstd's {SCHEMA_VERSION}; upgrade nstd on this host")
+    if abs(skew) > 5:
+        return preflight.Finding(False, f"journal: this host's clock is {skew:+.1f} s off the database "
+                                        f"server's; leases need clocks within a few seconds (run NTP)")
+    return preflight.Finding(True, f"journal: {label} (schema {version}, clock within {abs(skew):.2f} s "
+                                   f"of the server's)")
 
 
 def _daemon_findings(cfg) -> list:
@@ -212,8 +249,8 @@ def cmd_status(args) -> int:
     from nstd.daemon.journal import Journal
 
     cfg = config.load(args.config)
-    db = cfg.state_dir / "journal.sqlite3"
-    if not db.exists():
+    db = cfg.journal_target
+    if not cfg.journal and not db.exists():
         raise NstdError(f"no journal at {db}; has the daemon run with this config?")
     journal = Journal(db, readonly=True)
     try:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from nstd import images
+from nstd.daemon.database import POSTGRES_PREFIXES
 from nstd.engine.switches import PRECISIONS, Switches
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
@@ -92,6 +93,16 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"
     health_interval: float = field(default=5.0)
+    journal: str | None = None  # a postgresql:// URL shared by several hosts; None: SQLite in state_dir
+    spool: Path | None = None  # where accepted photos wait for their jobs; None: state_dir/spool
+
+    @property
+    def journal_target(self) -> Path | str:
+        return self.journal or self.state_dir / "journal.sqlite3"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool or self.state_dir / "spool"
 
     def model_ids(self) -> set[str]:
         """Every weight set the config's styles and blends use."""
@@ -100,7 +111,7 @@ class Config:
 
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success",
-            "max_pixels", "styles", "blends", "transfer", "output", "watch", "worker", "log"}
+            "max_pixels", "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool"}
 
 
 def load(path: Path) -> Config:
@@ -145,7 +156,22 @@ def parse(raw: Any, path: Path) -> Config:
         worker=_worker(m.get("worker", {})),
         log_level=_choice(log.get("level", "info"), "log.level", ("debug", "info", "warning", "error")),
         log_format=_choice(log.get("format", "auto"), "log.format", ("auto", "json", "console")),
+        **_shared(m, folders["state_dir"], root),
     )
+
+
+def _shared(m: dict, state_dir: Path, root: Path) -> dict:
+    """The journal and the spool: what several hosts must share, and only they."""
+    journal = m.get("journal")
+    if journal is not None and not (isinstance(journal, str) and journal.startswith(POSTGRES_PREFIXES)):
+        raise ConfigError("journal: a postgresql:// URL shared by several hosts, or leave it out "
+                          "for SQLite in state_dir")
+    spool = _path(m["spool"], "spool", root) if m.get("spool") else None
+    if journal and (spool is None or spool.resolve().is_relative_to(state_dir.resolve())):
+        raise ConfigError("spool: with a shared journal, name a folder every host mounts (e.g. beside "
+                          "the inbox on the share), not one in state_dir: any host may run a photo "
+                          "another took in")
+    return {"journal": journal, "spool": spool}
 
 
 def _blends(raw: Any, styles: dict[str, Style], transfer: TransferParams) -> dict[str, Blend]:

@@ -161,6 +161,17 @@ def test_recover_for_a_host_leaves_other_hosts_running(journal_target):
     assert [x.state for x in j.get_jobs([a.id, b.id])] == ["queued", "running"]
 
 
+def test_one_host_at_a_time_moves_an_input_out(journal_target):
+    j = Journal(journal_target)
+    inp = j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
+    assert j.claim_disposal(inp.id, "gpu1", now=10, lease=30)
+    assert not j.claim_disposal(inp.id, "gpu2", now=20, lease=30)
+    assert j.claim_disposal(inp.id, "gpu1", now=25, lease=30)  # its own retry after a failed move
+    assert j.claim_disposal(inp.id, "gpu2", now=60, lease=30)  # gpu1 went quiet mid-move
+    j.close_input(inp.id, "done")
+    assert not j.claim_disposal(inp.id, "gpu1", now=100)  # moved and closed: nothing left to do
+
+
 def test_the_schema_version_is_recorded(journal_target):
     from nstd.daemon.journal import SCHEMA_VERSION
 
@@ -175,7 +186,7 @@ def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path)
 
     old = SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL")
     for column in ("claimed_by TEXT,", "crashes INTEGER NOT NULL DEFAULT 0,", "progress INTEGER,",
-                   "progress_total INTEGER,", "lease_until REAL,"):
+                   "progress_total INTEGER,", "lease_until REAL,", "disposer TEXT,", "dispose_until REAL,"):
         old = "\n".join(line for line in old.splitlines() if not line.strip().startswith(column))
     old = old.replace("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "")
     db = sqlite3.connect(tmp_path / "j.db")

@@ -4,6 +4,8 @@ have all ended leaves the inbox for processed/ or failed/."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -107,6 +109,8 @@ class Inputs:
         for inp, jobs in self.journal.inputs_settled():
             if self.deferred.get(inp.id, (0.0, 0.0))[0] > now:
                 continue  # tried a moment ago; the folder will not have mended yet
+            if not self.journal.claim_disposal(inp.id, socket.gethostname(), time.time()):
+                continue  # another host watching this inbox is moving it
             try:
                 self._dispose(inp, jobs)
             except OSError as e:

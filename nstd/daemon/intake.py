@@ -71,7 +71,7 @@ def read_settled(path: Path, key: tuple[int, int, int]) -> bytes:
 class Intake:
     def __init__(self, runtime: Callable[[], Runtime], journal: Journal):
         self.runtime, self.journal = runtime, journal
-        self.spool_dir = self.cfg.state_dir / "spool"
+        self.spool_dir = self.cfg.spool_dir
         self.spool_dir.mkdir(parents=True, exist_ok=True)
 
     @property

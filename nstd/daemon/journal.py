@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS inputs (
     spool TEXT,
     state TEXT NOT NULL,            -- queued | done | failed
     error TEXT,
+    disposer TEXT,                  -- the host moving it out of the inbox, until dispose_until
+    dispose_until {real},
     created {real} NOT NULL,
     finished {real},
     UNIQUE (relpath, sha256)
@@ -83,8 +85,9 @@ CREATE INDEX IF NOT EXISTS inputs_state ON inputs (state);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)
 """
 # Columns added since version 1, for journals made before them.
-ADDED_COLUMNS = (("claimed_by", "TEXT"), ("crashes", "INTEGER NOT NULL DEFAULT 0"), ("progress", "INTEGER"),
-                 ("progress_total", "INTEGER"), ("lease_until", "{real}"))
+ADDED_COLUMNS = {"jobs": (("claimed_by", "TEXT"), ("crashes", "INTEGER NOT NULL DEFAULT 0"), ("progress", "INTEGER"),
+                          ("progress_total", "INTEGER"), ("lease_until", "{real}")),
+                 "inputs": (("disposer", "TEXT"), ("dispose_until", "{real}"))}
 LESS_ONE = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"  # an attempt given back
 LEASE_SECONDS = 120.0
 
@@ -188,10 +191,11 @@ class Journal:
                 self.db.execute("SELECT pg_advisory_xact_lock(7346110)")
             for statement in SCHEMA.format(pk=self.db.pk, real=self.db.real).split(";"):
                 self.db.execute(statement)
-            columns = self._columns("jobs")
-            for name, kind in ADDED_COLUMNS:
-                if name not in columns:
-                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind.format(real=self.db.real)}")
+            for table, added in ADDED_COLUMNS.items():
+                columns = self._columns(table)
+                for name, kind in added:
+                    if name not in columns:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.format(real=self.db.real)}")
             if self.schema_version() is None:
                 self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             else:
@@ -207,6 +211,12 @@ class Journal:
     def schema_version(self) -> int | None:
         row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
         return row[0] if row else None
+
+    def server_time(self) -> float:
+        """The database's clock (the host's own for SQLite), in Unix seconds."""
+        if not self.shared:
+            return time.time()
+        return float(self.db.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
@@ -275,6 +285,14 @@ class Journal:
                                "FROM jobs j JOIN input_jobs l ON l.job_id = j.id WHERE l.input_id = ? "
                                "ORDER BY j.id", (input_id,)).fetchall()
         return [_job(r) for r in rows]
+
+    def claim_disposal(self, input_id: int, host: str, now: float, lease: float = LEASE_SECONDS) -> bool:
+        """Whether `host` may move a settled input out of the inbox: one host at a time, so
+        a photo is moved once however many hosts watch the inbox. A host that dies
+        mid-move loses the claim when its lease runs out."""
+        return self.db.execute("UPDATE inputs SET disposer = ?, dispose_until = ? WHERE id = ? AND state = "
+                               "'queued' AND (disposer IS NULL OR disposer = ? OR dispose_until < ?)",
+                               (host, now + lease, input_id, host, now)).rowcount == 1
 
     def close_input(self, input_id: int, state: State, error: str | None = None) -> None:
         self.db.execute("UPDATE inputs SET state = ?, error = ?, finished = ? WHERE id = ?",
@@ -407,16 +425,18 @@ class Journal:
                                        [(i,) for i, _ in rows if i not in bad])
         return back, self.get_jobs(bad)
 
-    def requeue(self, job_ids: list[int]) -> int:
+    def requeue(self, job_ids: list[int], token: str | None = None) -> int:
         """Give running jobs back untouched, as if never started (a stop, not a failure).
 
-        Only jobs still running go back: a batch's callers pass every job they were
-        given, and some of those may have finished or failed since. Returns how many.
+        Only jobs still running (under `token`, when given) go back: a batch's callers pass
+        every job they were given, and some may have finished, failed or gone to another
+        worker since. Returns how many.
         """
+        where, extra = ("", ()) if token is None else (" AND batch_id = ?", (token,))
         with self._tx():
             return self.db.executemany("UPDATE jobs SET state = 'queued', attempts = " + LESS_ONE + ", "
-                                       "batch_id = NULL, lease_until = NULL WHERE id = ? AND state = 'running'",
-                                       [(i,) for i in job_ids])
+                                       "batch_id = NULL, lease_until = NULL WHERE id = ? AND state = 'running'"
+                                       + where, [(i,) + extra for i in job_ids])
 
     # --- reports ----------------------------------------------------------------------
 

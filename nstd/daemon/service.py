@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Callable
@@ -70,11 +71,13 @@ class Service:
             raise ConfigError(f"worker.device: {e}") from None
         self.lock = StateLock(self.cfg.state_dir)
         self.lock.acquire()
-        self.claim = InboxClaim(self.cfg.inbox, self.cfg.state_dir.resolve())
-        self.claim.take(time.time())
+        # On a shared journal, other hosts on the same inbox are the point: no claim on it.
+        self.claim = None if self.cfg.journal else InboxClaim(self.cfg.inbox, self.cfg.state_dir.resolve())
+        if self.claim is not None:
+            self.claim.take(time.time())
         self.claimed_at: float | None = None
         self.runtime = Runtime.load(self.cfg)
-        self.journal = Journal(self.cfg.state_dir / "journal.sqlite3")
+        self.journal = Journal(self.cfg.journal_target)
         self.inputs = Inputs(lambda: self.runtime, self.journal, self.hints)
 
     def load_weights(self, model_id: str):
@@ -85,19 +88,18 @@ class Service:
             return self._weights[model_id]
 
     def recover(self) -> None:
-        """After a crash: running jobs back to the queue, finished outputs recognised."""
-        requeued = self.journal.recover()
+        """After a crash: running jobs back to the queue, finished outputs recognised. On a
+        shared journal, only this host's: the other hosts' batches are still running."""
+        requeued = self.journal.recover(socket.gethostname() if self.journal.shared else None)
         adopted = 0
         for job in self.journal.queued_jobs():
             image = outbox.complete(self.cfg.outbox, job)
             if image is not None:
                 self.journal.adopt(job.id, str(image.relative_to(self.cfg.outbox)))
                 adopted += 1
-        # Litter from writes and moves a crash interrupted; the originals are intact.
-        litter = outbox.stray_temp_files(self.cfg.outbox)
-        litter += dispose.stray_moves(self.cfg.processed) + dispose.stray_moves(self.cfg.failed)
-        in_use = self.journal.spools_in_use()
-        litter += [p for p in self.inputs.intake.spool_dir.iterdir() if str(p) not in in_use]
+        # Litter from writes and moves a crash interrupted; the originals are intact. On
+        # shared folders, another host's half-written file is not litter.
+        litter = [] if self.journal.shared else self._litter()
         for path in litter:
             path.unlink(missing_ok=True)
         if requeued or adopted or litter:
@@ -106,6 +108,12 @@ class Service:
             gallery.write(self.cfg.outbox, self.journal)
         except OSError as e:
             log.warning("gallery_not_written", error=str(e))
+
+    def _litter(self) -> list:
+        litter = outbox.stray_temp_files(self.cfg.outbox)
+        litter += dispose.stray_moves(self.cfg.processed) + dispose.stray_moves(self.cfg.failed)
+        in_use = self.journal.spools_in_use()
+        return litter + [p for p in self.inputs.intake.spool_dir.iterdir() if str(p) not in in_use]
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -177,12 +185,18 @@ class Service:
                 log.error("worker_restarted", device=str(w.device), error=w.error, requeued=requeued,
                           quarantined=[j.id for j in quarantined])
                 self.workers[i] = self._start_worker(w.device)
+        # Batches whose worker stopped renewing: a host that died or lost the database.
+        requeued, quarantined = self.journal.requeue_expired(time.time())
+        if requeued or quarantined:
+            log.warning("leases_expired", requeued=requeued, quarantined=[j.id for j in quarantined])
         c = self.journal.counts()
         paused = outbox.unwritable(self.cfg.outbox)
         notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, failed {c['failed']}"
                f"{f'; paused: {paused}' if paused else ''}\nWATCHDOG=1")
 
     def _refresh_claim(self) -> None:
+        if self.claim is None:
+            return
         try:
             self.claim.refresh()
         except OSError as e:  # the inbox's share is away; the rescan says so too
@@ -191,7 +205,8 @@ class Service:
     def close(self) -> None:
         """Let go of the journal, the inbox and the state folder."""
         self.journal.close()
-        self.claim.release()
+        if self.claim is not None:
+            self.claim.release()
         self.lock.release()
 
     def reload(self) -> None:
@@ -214,7 +229,8 @@ class Service:
         for w in self.workers:
             w.join(max(0.0, deadline - time.time()) + 10)
         self.watcher.stop()
-        self.journal.recover()  # anything the worker could not hand back cleanly
+        # Anything the workers could not hand back cleanly (on a shared journal, this host's).
+        self.journal.recover(socket.gethostname() if self.journal.shared else None)
         self.close()
         log.info("stopped")
         return 0

@@ -16,7 +16,7 @@ import torch
 from nstd import faults, images
 from nstd.config import Config
 from nstd.daemon import gallery, outbox
-from nstd.daemon.journal import Job, Journal
+from nstd.daemon.journal import LEASE_SECONDS, Job, Journal
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
 from nstd.engine.device import free_memory
@@ -25,7 +25,7 @@ from nstd.engine import speed
 from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
-from nstd.errors import ImageError
+from nstd.errors import ImageError, NstdError
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
 from nstd.pipeline import Pipeline, Task, load_photo, output_exif
@@ -37,6 +37,40 @@ PROBE_EVERY = 5.0  # seconds between checks that the outbox can be written
 
 class StopBatch(Exception):
     """Raised from the progress callback when a stop's grace period has run out."""
+
+
+class ClaimLost(Exception):
+    """Raised from the progress callback when the batch's lease was lost to another worker."""
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews a running batch's lease, on its own connection, whatever the iterations'
+    pace. A renewal that finds the jobs gone means another worker has them now."""
+
+    def __init__(self, target, batch_id: str, every: float = LEASE_SECONDS / 4):
+        super().__init__(name=f"lease-{batch_id}", daemon=True)
+        self.target, self.batch_id, self.every = target, batch_id, every
+        self.done = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        journal = None
+        while not self.done.wait(self.every):
+            try:
+                journal = journal or Journal(self.target)
+                if journal.renew(self.batch_id, time.time()) == 0:
+                    self.lost = True
+                    log.error("claim_lost", batch=self.batch_id,
+                              meaning="its lease ran out and another worker took the jobs; not publishing")
+                    return
+            except NstdError as e:  # the database is away: keep working, renew when it is back
+                log.warning("lease_not_renewed", batch=self.batch_id, error=str(e))
+                journal = None
+        if journal is not None:
+            journal.close()
+
+    def stop(self) -> None:
+        self.done.set()
 
 
 def owner_id(device: torch.device | str, pid: int | None = None) -> str:
@@ -64,7 +98,7 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         try:
-            journal = Journal(self.cfg.state_dir / "journal.sqlite3")
+            journal = Journal(self.cfg.journal_target)
         except BaseException as e:  # noqa: BLE001 - reported by the health loop, as below
             self.error = e
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
@@ -125,9 +159,14 @@ class Worker(threading.Thread):
         return self.planner.max_batch(job.height, job.width, p.settings(), finest)
 
     def process(self, journal: Journal, batch: list[Job]) -> None:
-        tasks = self._load(journal, batch)
-        if tasks:
-            self._run(journal, batch, tasks)
+        keeper = LeaseKeeper(self.cfg.journal_target, batch[0].batch_id)
+        keeper.start()
+        try:
+            tasks = self._load(journal, batch)
+            if tasks:
+                self._run(journal, batch, tasks, keeper)
+        finally:
+            keeper.stop()
 
     def _load(self, journal: Journal, batch: list[Job]) -> list[Task]:
         """The load stage: each job's spooled photo at its recorded size, or its failure."""
@@ -135,12 +174,12 @@ class Worker(threading.Thread):
         tasks = []
         for job in batch:
             if not book.has(job.style):
-                journal.fail(job.id, f"style '{job.style}' is no longer configured")
+                journal.fail(job.id, f"style '{job.style}' is no longer configured", job.batch_id)
                 continue
             try:
                 decoded = images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
             except ImageError as e:
-                journal.fail(job.id, str(e))
+                journal.fail(job.id, str(e), job.batch_id)
                 continue
             except OSError as e:
                 self._transient(journal, job, f"cannot read spooled input: {e}")
@@ -151,22 +190,25 @@ class Worker(threading.Thread):
                               job.batch_id))
         return tasks
 
-    def _run(self, journal: Journal, batch: list[Job], tasks: list[Task]) -> None:
+    def _run(self, journal: Journal, batch: list[Job], tasks: list[Task], keeper: LeaseKeeper) -> None:
         sink = _Outbox(self, journal, {j.id: j for j in batch})
         p = tasks[0].params
         total = p.total_iterations(max(batch[0].height, batch[0].width))
+        token = batch[0].batch_id
         try:
-            self.pipeline.run(tasks, sink, self._progress(journal, [int(t.job_id) for t in tasks], total))
+            self.pipeline.run(tasks, sink, self._progress(journal, [int(t.job_id) for t in tasks], total, keeper))
         except StopBatch:
             ids = [int(t.job_id) for t in tasks]
-            journal.requeue(ids)
+            journal.requeue(ids, token)
             log.info("batch_requeued", jobs=ids, reason="stopping")
             return
+        except ClaimLost:
+            return  # the jobs are another worker's now; nothing of ours is recorded
         except Exception as e:  # noqa: BLE001 - a deterministic engine error fails what it had not published
             error = f"{type(e).__name__}: {e}"
             for t in tasks:
                 if int(t.job_id) not in sink.ended:
-                    journal.fail(int(t.job_id), error)
+                    journal.fail(int(t.job_id), error, token)
             log.error("batch_failed", jobs=[t.job_id for t in tasks], error=error)
             return
         self._update_gallery(journal)
@@ -180,15 +222,17 @@ class Worker(threading.Thread):
     def _transient(self, journal: Journal, job: Job, error: str, final: bool = False) -> None:
         fresh = journal.get_jobs([job.id])[0]
         if final or fresh.attempts >= self.cfg.worker.max_attempts:
-            journal.fail(job.id, f"{error} (after {fresh.attempts} attempts)")
+            journal.fail(job.id, f"{error} (after {fresh.attempts} attempts)", job.batch_id)
             log.warning("failed", job=job.id, input=job.relpath, error=error, attempts=fresh.attempts)
         else:
             delay = self.cfg.worker.retry_backoff * 2 ** (fresh.attempts - 1)
-            journal.retry(job.id, error, delay)
+            journal.retry(job.id, error, delay, job.batch_id)
             log.warning("retry_later", job=job.id, input=job.relpath, error=error, in_seconds=delay)
 
-    def _progress(self, journal: Journal, ids: list[int], total: int):
+    def _progress(self, journal: Journal, ids: list[int], total: int, keeper: LeaseKeeper):
         def update(iteration: int, losses: list | None) -> None:
+            if keeper.lost:
+                raise ClaimLost()
             deadline = self.deadline
             if deadline is None and self._deadline_source is not None:
                 deadline = self._deadline_source()
@@ -221,22 +265,29 @@ class _Outbox:
         job = self.jobs[int(task.job_id)]
         self.ended.add(job.id)
         outbox_dir = self.worker.cfg.outbox
+        if not self.journal.holds(job.id, job.batch_id):
+            # Our lease ran out (a long cut from the database) and another worker has the
+            # job: its output is the one that counts, so ours is not written over it.
+            log.warning("not_published", job=job.id, input=job.relpath, reason="claim lost to another worker")
+            return
         try:
             path = outbox.write(outbox_dir, job, result.image, entry, result.snapshots,
                                 output_exif(task.photo, task.style), task.photo.bits)
         except ValueError as e:  # a name that would leave the outbox
-            self.journal.fail(job.id, f"refused output path: {e}")
+            self.journal.fail(job.id, f"refused output path: {e}", job.batch_id)
             return
         except OSError as e:
             if e.errno in outbox.DESTINATION_ERRNOS:  # the outbox's trouble, not the photo's
                 delay = self.worker.cfg.worker.retry_backoff
-                self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay)
+                self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay, job.batch_id)
                 self.worker._probed = float("-inf")  # look at the outbox before the next claim
                 log.warning("output_deferred", job=job.id, input=job.relpath, error=e.strerror, in_seconds=delay)
             else:
-                self.journal.fail(job.id, f"cannot write output: {e}")
+                self.journal.fail(job.id, f"cannot write output: {e}", job.batch_id)
             return
-        self.journal.finish(job.id, str(path.relative_to(outbox_dir)))
+        if not self.journal.finish(job.id, str(path.relative_to(outbox_dir)), job.batch_id):
+            log.warning("finish_refused", job=job.id, input=job.relpath, reason="claim lost to another worker")
+            return
         faults.point("after_finish")
         gallery.job_done(outbox_dir, job.id, job.input_sha256, task.photo.pixels, task.style, result.image)
         log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),

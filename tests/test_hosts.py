@@ -1,0 +1,104 @@
+"""Several hosts on one inbox and one PostgreSQL journal: two daemons in-process, each with
+its own state folder, sharing the folders, the spool and a real database."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from nstd import config
+from nstd.cli import main
+from nstd.daemon.journal import State
+from nstd.daemon.scheduler import Scheduler
+from nstd.daemon.service import Service
+from nstd.daemon.worker import Worker
+from nstd.errors import ConfigError
+
+from conftest import random_vgg_state_dict
+from daemon_harness import files, photo_bytes, write_config
+
+
+@pytest.fixture
+def hosts(tmp_path, pg_server):
+    models = tmp_path / "models"
+    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
+    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
+                 "torchvision", "--models-dir", str(models)]) == 0
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "spool").mkdir()
+    url = pg_server.new_database()
+    services = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        folders = {f: str(share / f) for f in ("inbox", "outbox", "failed", "processed")}
+        write_config(share, models)  # the shared folders and the style image
+        cfg = config.load(write_config(root, models, **folders, journal=url, spool=str(share / "spool"),
+                                       styles={"ink": {"image": str(share / "style.png")}},
+                                       worker={"max_attempts": 2, "retry_backoff": 0, "max_batch": 4,
+                                               "batch_window": 0}))
+        svc = Service(cfg)
+        svc.prepare()
+        svc.worker = Worker(cfg, lambda svc=svc: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
+        services.append(svc)
+    yield services
+    for svc in services:
+        svc.close()
+
+
+def test_two_hosts_on_one_inbox_make_each_output_once(hosts):
+    a, b = hosts
+    inbox = a.cfg.inbox
+    for n in range(6):
+        (inbox / f"p{n}.png").write_bytes(photo_bytes(40, 32, n, "PNG"))
+    schedulers = [Scheduler(svc.journal, 0, lambda job: 2, clock=time.time, owner=f"{name}:1:cpu")
+                  for svc, name in ((a, "a"), (b, "b"))]
+    now = 1000.0
+    for _ in range(12):  # settle, take in, run and move out: a round more than needed for each
+        now += 10
+        for svc, scheduler in zip(hosts, schedulers):  # both see every file, and both claim
+            svc.inputs.step(now)
+            batch = scheduler.next_batch()
+            if batch:
+                svc.worker.process(svc.journal, batch)
+    images = [f for f in files(a.cfg.outbox) if f.endswith(".jpg") and "/." not in f and not f.startswith(".")]
+    assert sorted(images) == sorted(f"ink/p{n}.jpg" for n in range(6))
+    assert sorted(files(a.cfg.processed)) == sorted(f"p{n}.png" for n in range(6))  # each moved once
+    assert files(inbox) == [] and files(a.cfg.failed) == []
+    assert a.journal.counts() == {"queued": 0, "running": 0, "done": 6, "failed": 0}
+    owners = {r[0].split(":")[0] for r in a.journal.db.execute("SELECT claimed_by FROM jobs")}
+    assert owners == {"a", "b"}  # the work was shared
+    assert a.journal.input_counts()["done"] == 6
+
+
+def test_a_shared_journal_needs_a_shared_spool(tmp_path):
+    path = write_config(tmp_path, tmp_path / "models", journal="postgresql://nstd@db/nstd")
+    with pytest.raises(ConfigError, match="^spool: with a shared journal"):
+        config.load(path)
+    path = write_config(tmp_path, tmp_path / "models", journal="postgresql://nstd@db/nstd", spool="state/spool")
+    with pytest.raises(ConfigError, match="^spool: "):
+        config.load(path)
+    path = write_config(tmp_path, tmp_path / "models", journal="sqlite.db")
+    with pytest.raises(ConfigError, match="^journal: a postgresql:// URL"):
+        config.load(path)
+    cfg = config.load(write_config(tmp_path, tmp_path / "models", journal="postgresql://nstd@db/nstd",
+                                   spool="share/spool"))
+    assert cfg.journal_target == "postgresql://nstd@db/nstd" and cfg.spool_dir == tmp_path / "share/spool"
+
+
+def test_check_reports_the_database_its_schema_and_clock(hosts, capsys):
+    a, _ = hosts
+    assert main(["check", "--config", str(a.cfg.path)]) == 0
+    out = capsys.readouterr().out
+    assert "journal: postgresql://postgres@/" in out and "schema 2, clock within" in out
+
+
+def test_a_daemon_whose_database_is_down_says_so_in_one_line(tmp_path, capsys):
+    path = write_config(tmp_path, tmp_path / "models", journal="postgresql://nstd@127.0.0.1:1/nstd",
+                        spool="share/spool")
+    assert main(["status", "--config", str(path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "journal postgresql://nstd@127.0.0.1:1/nstd: cannot connect" in err
+    assert State.DONE == "done"
