@@ -102,3 +102,22 @@ def test_a_daemon_whose_database_is_down_says_so_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "journal postgresql://nstd@127.0.0.1:1/nstd: cannot connect" in err
     assert State.DONE == "done"
+
+
+def test_the_journal_reconnects_after_the_database_cut_it_off(pg_server):
+    """A server restart or a network cut ends the connection; the journal says so in one
+    line (Unavailable) and connects again on its next statement."""
+    import psycopg
+
+    from nstd.daemon.database import Unavailable
+    from nstd.daemon.journal import JobSpec, Journal
+
+    url = pg_server.new_database()
+    j = Journal(url)
+    j.add_input("a.jpg", "s1", "/s", [JobSpec("x", "h", {}, 32, 24, "k1")], now=1)
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (j.db.conn.info.backend_pid,)).fetchone()[0]
+    with pytest.raises(Unavailable) as e:
+        j.counts()  # the cut shows on the first statement after it
+    assert "\n" not in str(e.value) and str(e.value).startswith("journal postgresql://")
+    assert j.counts()["queued"] == 1

@@ -74,17 +74,30 @@ class PostgresDatabase:
             raise JournalError("journal: a PostgreSQL URL needs the postgres extra "
                                "(pip install 'nstd[postgres]')") from None
         self.psycopg = psycopg
+        self.url, self.readonly = url, readonly
         self.label = _redact(url)
-        self.errors = (psycopg.Error,)
-        self.lost = (psycopg.OperationalError, psycopg.InterfaceError)
+        self.errors = (psycopg.Error, Unavailable)
+        self.lost = (psycopg.OperationalError, psycopg.InterfaceError, Unavailable)
         self._sql: dict[str, str] = {}
+        self._in_tx = False
+        self.conn = None
+        self._connect()
+
+    def _connect(self) -> None:
         try:
-            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
-                                        application_name="nstd")
-        except psycopg.Error as e:
+            self.conn = self.psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+                                             application_name="nstd")
+            if self.readonly:
+                self.conn.execute("SET default_transaction_read_only = on")
+        except self.psycopg.Error as e:
             raise Unavailable(f"journal {self.label}: cannot connect ({_first_line(e)})") from None
-        if readonly:
-            self.conn.execute("SET default_transaction_read_only = on")
+
+    def _ready(self):
+        """The connection, made again after a server restart or a network cut; never in
+        the middle of a transaction, which the server has rolled back."""
+        if (self.conn is None or self.conn.closed or self.conn.broken) and not self._in_tx:
+            self._connect()
+        return self.conn
 
     def _translate(self, sql: str) -> str:
         out = self._sql.get(sql)
@@ -93,28 +106,38 @@ class PostgresDatabase:
         return out
 
     def execute(self, sql: str, params=()):
-        return self.conn.execute(self._translate(sql), params)
+        try:
+            return self._ready().execute(self._translate(sql), params)
+        except (self.psycopg.OperationalError, self.psycopg.InterfaceError) as e:
+            raise Unavailable(f"journal {self.label}: {_first_line(e)}") from None
 
     def executemany(self, sql: str, rows) -> int:
         rows = list(rows)
         if not rows:
             return 0
-        with self.conn.cursor() as cur:
-            cur.executemany(self._translate(sql), rows)
-            return cur.rowcount
+        try:
+            with self._ready().cursor() as cur:
+                cur.executemany(self._translate(sql), rows)
+                return cur.rowcount
+        except (self.psycopg.OperationalError, self.psycopg.InterfaceError) as e:
+            raise Unavailable(f"journal {self.label}: {_first_line(e)}") from None
 
     def begin(self) -> None:
-        self.conn.execute("BEGIN")
+        self.execute("BEGIN")
+        self._in_tx = True
 
     def commit(self) -> None:
-        self.conn.execute("COMMIT")
+        self._in_tx = False
+        self.execute("COMMIT")
 
     def rollback(self) -> None:
-        if not self.conn.closed:
+        self._in_tx = False
+        if self.conn is not None and not self.conn.closed and not self.conn.broken:
             self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
 
 def connect(target: str | Path, readonly: bool = False):
