@@ -172,9 +172,9 @@ def _journal_finding(cfg):
     from nstd.daemon import preflight
     from nstd.daemon.journal import Journal
 
-    db = cfg.journal_target
     if cfg.journal:
         return _shared_journal_finding(cfg)
+    db = cfg.journal_target
     if not db.exists() or db.stat().st_size == 0:
         return preflight.Finding(True, f"journal: {db} (new: none yet)")
     try:
@@ -198,10 +198,7 @@ def _shared_journal_finding(cfg):
         return preflight.Finding(False, f"journal: {e}")
     try:
         label = journal.db.label
-        try:
-            version = journal.schema_version()
-        except journal.db.errors:
-            version = None
+        version = journal.schema_version()
         before = time.time()
         server = journal.server_time()
         skew = server - (before + time.time()) / 2

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from nstd import images
-from nstd.daemon.database import POSTGRES_PREFIXES
+from nstd.daemon.database import is_postgres
 from nstd.engine.switches import PRECISIONS, Switches
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
@@ -163,7 +163,7 @@ def parse(raw: Any, path: Path) -> Config:
 def _shared(m: dict, state_dir: Path, root: Path) -> dict:
     """The journal and the spool: what several hosts must share, and only they."""
     journal = m.get("journal")
-    if journal is not None and not (isinstance(journal, str) and journal.startswith(POSTGRES_PREFIXES)):
+    if journal is not None and not is_postgres(journal):
         raise ConfigError("journal: a postgresql:// URL shared by several hosts, or leave it out "
                           "for SQLite in state_dir")
     spool = _path(m["spool"], "spool", root) if m.get("spool") else None

@@ -177,6 +177,9 @@ def test_the_schema_version_is_recorded(journal_target):
 
     assert Journal(journal_target).schema_version() == SCHEMA_VERSION
     assert Journal(journal_target).schema_version() == SCHEMA_VERSION  # opening again adds no row
+    # A newer nstd's journal is not written back down to this version by an older one.
+    Journal(journal_target).db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    assert Journal(journal_target).schema_version() == SCHEMA_VERSION + 1
 
 
 def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path):

@@ -164,9 +164,9 @@ class Journal:
             self._check()
             if not readonly:
                 self._create()
-        except self.db.lost as e:
+        except Unavailable:
             self.db.close()
-            raise Unavailable(f"journal {self.db.label}: {e}") from None
+            raise
         except self.db.errors as e:
             self.db.close()
             raise _damaged(target, str(e)) from None
@@ -181,11 +181,14 @@ class Journal:
             raise _damaged(self.path, problems[0])
 
     def _create(self) -> None:
-        """The schema, made or brought up to date, with its version recorded."""
+        """The schema, made or brought up to date, with its version recorded. A journal
+        already at this version (or a newer one) is left as it is: no write on open."""
         if not self.shared:
             self.db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit survives a power cut, not just a crash of nstd.
             self.db.execute("PRAGMA synchronous=FULL")
+        if (self.schema_version() or 0) >= SCHEMA_VERSION:
+            return
         with self._tx():
             if self.shared:  # one host at a time creates or migrates
                 self.db.execute("SELECT pg_advisory_xact_lock(7346110)")
@@ -196,10 +199,9 @@ class Journal:
                 for name, kind in added:
                     if name not in columns:
                         self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.format(real=self.db.real)}")
+            self.db.execute("DELETE FROM schema_version WHERE version < ?", (SCHEMA_VERSION,))
             if self.schema_version() is None:
                 self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            else:
-                self.db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def _columns(self, table: str) -> set[str]:
         if self.shared:
@@ -209,7 +211,11 @@ class Journal:
         return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
 
     def schema_version(self) -> int | None:
-        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        """The schema's version, or None where nstd has not made its tables yet."""
+        try:
+            row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        except self.db.no_table:
+            return None
         return row[0] if row else None
 
     def server_time(self) -> float:

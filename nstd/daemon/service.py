@@ -90,7 +90,7 @@ class Service:
     def recover(self) -> None:
         """After a crash: running jobs back to the queue, finished outputs recognised. On a
         shared journal, only this host's: the other hosts' batches are still running."""
-        requeued = self.journal.recover(socket.gethostname() if self.journal.shared else None)
+        requeued = self._give_back_running()
         adopted = 0
         for job in self.journal.queued_jobs():
             image = outbox.complete(self.cfg.outbox, job)
@@ -108,6 +108,11 @@ class Service:
             gallery.write(self.cfg.outbox, self.journal)
         except OSError as e:
             log.warning("gallery_not_written", error=str(e))
+
+    def _give_back_running(self) -> int:
+        """Running jobs back to the queue: all of them, or on a shared journal this host's
+        (owner ids begin with the host name: worker.owner_id)."""
+        return self.journal.recover(socket.gethostname() if self.journal.shared else None)
 
     def _litter(self) -> list:
         litter = outbox.stray_temp_files(self.cfg.outbox)
@@ -229,8 +234,7 @@ class Service:
         for w in self.workers:
             w.join(max(0.0, deadline - time.time()) + 10)
         self.watcher.stop()
-        # Anything the workers could not hand back cleanly (on a shared journal, this host's).
-        self.journal.recover(socket.gethostname() if self.journal.shared else None)
+        self._give_back_running()  # anything the workers could not hand back cleanly
         self.close()
         log.info("stopped")
         return 0
