@@ -156,6 +156,9 @@ def _speed_findings(cfg, devices, models_dir) -> list:
     return out
 
 
+SILENT_AFTER = 90.0  # seconds without a heartbeat before nstd status calls a worker silent
+
+
 def _eta(progress: tuple[int, int, float] | None, now: float) -> str:
     """", iteration 150 of 500, 2.1 it/s, about 3 min left" for a batch under way."""
     from nstd.engine.speed import say
@@ -259,13 +262,7 @@ def cmd_status(args) -> int:
         c = journal.counts()
         print(f"jobs (photo x style): {c['queued']} queued, {c['running']} running, {c['done']} done, "
               f"{c['failed']} failed")
-        running = journal.running()
-        if running:
-            first = running[0]
-            print(f"running batch {first.batch_id}: {len(running)} × {first.width}x{first.height}"
-                  f"{_eta(journal.batch_progress(first.batch_id), time.time())}")
-            for job in running:
-                print(f"  {job.id:>6}  {job.style:<14} {job.relpath}")
+        _print_workers(journal, time.time())
         failures = journal.recent_failures(10)
         if failures:
             print("recent failed photos:")
@@ -276,6 +273,39 @@ def cmd_status(args) -> int:
     finally:
         journal.close()
     return 0
+
+
+def _print_workers(journal, now: float) -> None:
+    """Each worker on every host, with its running batch; then batches of workers not listed."""
+    from collections import defaultdict
+
+    from nstd.engine.speed import say
+
+    batches = defaultdict(list)
+    for job in journal.running():
+        batches[job.batch_id].append(job)
+    workers = journal.workers()
+    if workers:
+        print("workers:")
+    for w in workers:
+        age = now - w.heartbeat
+        memory = f", {w.memory / 2**30:.0f} GiB" if w.memory else ""
+        doing = f"silent for {say(age)}" if age > SILENT_AFTER else f"{w.state}, heard {say(max(age, 0))} ago"
+        print(f"  {w.host}  {w.device}{memory}: {doing}")
+        for batch_id in sorted({j.batch_id for j in journal.running_of(w.owner)}):
+            _print_batch(journal, batch_id, batches.pop(batch_id, []), now, "    ")
+    for batch_id, jobs in batches.items():
+        _print_batch(journal, batch_id, jobs, now, "")
+
+
+def _print_batch(journal, batch_id: str, jobs: list, now: float, indent: str) -> None:
+    if not jobs:
+        return  # it began after the listing was read
+    first = jobs[0]
+    print(f"{indent}running batch {batch_id}: {len(jobs)} × {first.width}x{first.height}"
+          f"{_eta(journal.batch_progress(batch_id), now)}")
+    for job in jobs:
+        print(f"{indent}  {job.id:>6}  {job.style:<14} {job.relpath}")
 
 
 # --- init -------------------------------------------------------------------------

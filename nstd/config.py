@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class Config:
     health_interval: float = field(default=5.0)
     journal: str | None = None  # a postgresql:// URL shared by several hosts; None: SQLite in state_dir
     spool: Path | None = None  # where accepted photos wait for their jobs; None: state_dir/spool
+    host: str = field(default_factory=socket.gethostname)  # what this daemon's claims are made under
 
     @property
     def journal_target(self) -> Path | str:
@@ -111,7 +113,7 @@ class Config:
 
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success",
-            "max_pixels", "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool"}
+            "max_pixels", "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host"}
 
 
 def load(path: Path) -> Config:
@@ -161,7 +163,8 @@ def parse(raw: Any, path: Path) -> Config:
 
 
 def _shared(m: dict, state_dir: Path, root: Path) -> dict:
-    """The journal and the spool: what several hosts must share, and only they."""
+    """The journal and the spool, which several hosts must share, and the name this one
+    goes by there (set it where one machine runs several daemons on one journal)."""
     journal = m.get("journal")
     if journal is not None and not is_postgres(journal):
         raise ConfigError("journal: a postgresql:// URL shared by several hosts, or leave it out "
@@ -171,7 +174,11 @@ def _shared(m: dict, state_dir: Path, root: Path) -> dict:
         raise ConfigError("spool: with a shared journal, name a folder every host mounts (e.g. beside "
                           "the inbox on the share), not one in state_dir: any host may run a photo "
                           "another took in")
-    return {"journal": journal, "spool": spool}
+    host = m.get("host", socket.gethostname())
+    if not isinstance(host, str) or not re.fullmatch(r"[^\s:]{1,64}", host):
+        raise ConfigError("host: a name of up to 64 characters without spaces or ':' (the default is "
+                          "this machine's host name)")
+    return {"journal": journal, "spool": spool, "host": host}
 
 
 def _blends(raw: Any, styles: dict[str, Style], transfer: TransferParams) -> dict[str, Blend]:

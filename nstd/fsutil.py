@@ -5,8 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
+
+# Temporary names carry their writer, `@host@pid`, so that on folders several hosts share,
+# each host clears only what its own dead processes left half-written.
+WRITER = re.compile(r"\.@(?P<host>[A-Za-z0-9-]{1,32})@(?P<pid>\d+)\.")
 
 
 def sha256_file(path: Path) -> str:
@@ -67,6 +73,26 @@ def fit_name(name: str, room: int = 0) -> str:
     return head + tag + ext
 
 
+def host_tag(host: str | None = None) -> str:
+    """A host name as temporary names carry it."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", host or socket.gethostname())[:32] or "-"
+
+
+def left_by_dead_writer(path: Path, host: str | None = None) -> bool:
+    """Whether a temporary file was written by a process of `host` (this one by default)
+    that is no longer running: the litter of a crash, not another writer's work."""
+    found = WRITER.search(path.name)
+    if found is None or found["host"] != host_tag(host):
+        return False
+    try:
+        os.kill(int(found["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, under another user
+    return False
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Either the old file or the complete new one is visible, never a partial one.
 
@@ -74,7 +100,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     file is private while it is written, and a studio's group must read the results."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A short temporary name: the final one may already be close to NAME_MAX.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{fit_name(path.name, 40)[:40]}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{fit_name(path.name, 40)[:40]}.@{host_tag()}@{os.getpid()}.",
+                               suffix=".tmp")
     try:
         os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:

@@ -15,6 +15,7 @@ import torch
 
 from nstd import images, losslog
 from nstd.engine.device import describe
+from nstd.engine.memory import least_bytes
 from nstd.engine.resize import long_side_size, resize_photo
 from nstd.engine.runner import Engine
 from nstd.engine.types import Progress, TransferResult
@@ -50,6 +51,20 @@ def working_size(name: str, h: int, w: int, params: TransferParams, max_pixels: 
         raise ImageError(f"{name}: size {params.size} makes it {size[1]}x{size[0]}, {size[0] * size[1]:,} "
                          f"pixels, over the limit of {max_pixels:,} (max_pixels)")
     return size
+
+
+def check_fits(name: str, size: tuple[int, int], params: TransferParams, memory: int | None) -> None:
+    """An ImageError naming the photo when even alone, in bf16 with checkpointing, it
+    needs more than `memory` bytes (the largest device's); None says nothing is known."""
+    if memory is None:
+        return
+    h, w = size
+    settings = params.settings()
+    history = params.scales(max(h, w))[-1].lbfgs_history
+    need = least_bytes(h, w, settings.layers, settings.optimizer, history)
+    if need > memory:
+        raise ImageError(f"{name}: at {w}x{h} one image needs about {need / 2**30:.1f} GiB, more than the "
+                         f"largest device has ({memory / 2**30:.1f} GiB); lower its size")
 
 
 def load_photo(decoded: images.Decoded, size: tuple[int, int]) -> Photo:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from nstd import images, publish, weights
 from nstd.config import DEFAULT_EXTENSIONS
-from nstd.engine.device import free_memory, resolve_device
+from nstd.engine.device import free_memory, resolve_device, total_memory
 from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine.runner import Engine
@@ -22,7 +22,7 @@ from nstd.errors import ImageError
 from nstd.fsutil import fit_name
 from nstd.params import TransferParams
 from nstd.publish import STEM_ROOM
-from nstd.pipeline import Photo, Pipeline, Task, load_photo, output_exif, working_size
+from nstd.pipeline import Photo, Pipeline, Task, check_fits, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
 
 
@@ -70,7 +70,7 @@ def run(req: Request, on_error: Callable[[str], None],
     model = VGGFeatures(sd, info.preprocessing, req.params.settings().layers,
                         req.params.pooling, info.model_id).to(device)
     styles = _styles(req)
-    groups, failures = _load(req, on_error)
+    groups, failures = _load(req, on_error, total_memory(device))
     switches = Switches()
     pipeline = Pipeline(Engine(MemoryPlanner(device, switches, partial(free_memory, device)), switches),
                         lambda _params: (model, info))
@@ -87,7 +87,7 @@ def run(req: Request, on_error: Callable[[str], None],
     return failures * len(styles) + sink.failures
 
 
-def _load(req: Request, on_error: Callable[[str], None]) -> tuple[dict[tuple, list], int]:
+def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> tuple[dict[tuple, list], int]:
     """The photos by working size, as (path, sha256, Photo); and how many could not be read."""
     groups: dict[tuple, list[tuple[Path, str, Photo]]] = defaultdict(list)
     failures = 0
@@ -98,8 +98,9 @@ def _load(req: Request, on_error: Callable[[str], None]) -> tuple[dict[tuple, li
             except OSError as e:
                 raise ImageError(f"{path}: cannot read ({e.strerror})") from None
             decoded = images.decode(data, str(path), req.max_pixels)
-            photo = load_photo(decoded, working_size(str(path), *decoded.pixels.shape[-2:], req.params,
-                                                      req.max_pixels))
+            size = working_size(str(path), *decoded.pixels.shape[-2:], req.params, req.max_pixels)
+            check_fits(str(path), size, req.params, memory)  # refused now, not after the others' compute
+            photo = load_photo(decoded, size)
         except ImageError as e:
             on_error(str(e))
             failures += 1

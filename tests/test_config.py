@@ -128,3 +128,13 @@ def test_nstd_init_writes_a_config_that_checks_and_never_overwrites(tmp_path, ca
     assert main(["init", str(target)]) == 1
     assert "exists already" in capsys.readouterr().err
     assert (target / "config.yaml").read_text().startswith("# edited by hand")
+
+
+def test_host_defaults_to_the_machines_name_and_is_checked(tmp_path):
+    import socket
+
+    assert config.load(write(tmp_path, BASE)).host == socket.gethostname()
+    assert config.load(write(tmp_path, BASE + "host: gpu-b\n")).host == "gpu-b"
+    for bad in ("'a:b'", "''", "'two words'", "[x]"):
+        with pytest.raises(ConfigError, match="^host: a name of up to 64 characters"):
+            config.load(write(tmp_path, BASE + f"host: {bad}\n"))

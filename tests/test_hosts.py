@@ -9,6 +9,7 @@ import torch
 
 from nstd import config
 from nstd.cli import main
+from nstd.daemon.journal import SCHEMA_VERSION
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
@@ -18,8 +19,9 @@ from conftest import random_vgg_state_dict
 from daemon_harness import files, photo_bytes, write_config
 
 
-@pytest.fixture
-def hosts(tmp_path, pg_server):
+def make_hosts(tmp_path, url: str, names=("a", "b")) -> list[Service]:
+    """Prepared daemons, one per name, each with its own state folder, sharing the folders,
+    the spool and the database at `url`; their workers are driven by the test."""
     models = tmp_path / "models"
     torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
     assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
@@ -27,9 +29,8 @@ def hosts(tmp_path, pg_server):
     share = tmp_path / "share"
     share.mkdir()
     (share / "spool").mkdir()
-    url = pg_server.new_database()
     services = []
-    for name in ("a", "b"):
+    for name in names:
         root = tmp_path / name
         root.mkdir()
         folders = {f: str(share / f) for f in ("inbox", "outbox", "failed", "processed")}
@@ -42,6 +43,12 @@ def hosts(tmp_path, pg_server):
         svc.prepare()
         svc.worker = Worker(cfg, lambda svc=svc: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
         services.append(svc)
+    return services
+
+
+@pytest.fixture
+def hosts(tmp_path, pg_server):
+    services = make_hosts(tmp_path, pg_server.new_database())
     yield services
     for svc in services:
         svc.close()
@@ -91,7 +98,7 @@ def test_check_reports_the_database_its_schema_and_clock(hosts, capsys):
     a, _ = hosts
     assert main(["check", "--config", str(a.cfg.path)]) == 0
     out = capsys.readouterr().out
-    assert "journal: postgresql://postgres@/" in out and "schema 2, clock within" in out
+    assert "journal: postgresql://postgres@/" in out and f"schema {SCHEMA_VERSION}, clock within" in out
 
 
 def test_a_daemon_whose_database_is_down_says_so_in_one_line(tmp_path, capsys):
@@ -119,3 +126,78 @@ def test_the_journal_reconnects_after_the_database_cut_it_off(pg_server):
         j.counts()  # the cut shows on the first statement after it
     assert "\n" not in str(e.value) and str(e.value).startswith("journal postgresql://")
     assert j.counts()["queued"] == 1
+
+
+def test_a_host_keeps_its_batch_through_a_database_outage_and_takes_nothing_new(tmp_path, monkeypatch):
+    """The database stops while a batch runs: the batch's outcome waits for it and is
+    recorded once it is back; the supervisor says so once, takes nothing in meanwhile,
+    and judges no lease until the live hosts have had time to renew theirs."""
+    from nstd.daemon import outage
+    from nstd.daemon.outage import PatientJournal
+    from pg import PostgresServer
+
+    monkeypatch.setattr(outage, "RETRY_SECONDS", 0.05)
+    server = PostgresServer().start()
+    try:
+        [a] = make_hosts(tmp_path, server.new_database(), names=("a",))
+        a.cfg.inbox.joinpath("p.png").write_bytes(photo_bytes(40, 32, 1, "PNG"))
+        a.inputs.step(0.0)
+        a.inputs.step(10.0)
+        [job] = Scheduler(a.journal, 0, lambda job: 2, clock=time.time, owner="a:1:cpu").next_batch()
+        waits = []
+        patient = PatientJournal(a.journal, give_up=lambda: False, wait=lambda s: (waits.append(s), time.sleep(s)))
+        a.next_health = float("inf")  # no watcher here; the lease judgement is asked of the outage below
+        server.pause()
+        a.cfg.inbox.joinpath("q.png").write_bytes(photo_bytes(40, 32, 2, "PNG"))
+        a.step(20.0)  # the supervisor: no traceback, the outage noted
+        a.step(30.0)
+        assert a.outage.down_since == 20.0
+        runner = threading.Thread(target=a.worker.process, args=(patient, [job]))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not waits and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the batch has computed and waits to record its outcome
+        assert waits and runner.is_alive()
+        server.resume()
+        runner.join(60)
+        assert a.journal.get_jobs([job.id])[0].state.value == "done"
+        assert files(a.cfg.outbox.joinpath("ink")) == ["p.jpg", "p.json", "p.loss.svg"]
+        a.step(40.0)  # back: q.png is taken in now
+        assert a.outage.down_since is None and not a.outage.settled(40.0)
+        assert a.outage.settled(40.0 + a.outage.grace)
+        a.step(50.0)
+        a.step(60.0)
+        assert sorted(j.relpath for j in a.journal.queued_jobs()) == ["q.png"]
+        a.close()
+    finally:
+        server.stop()
+
+
+def test_a_host_clears_only_the_temp_files_its_own_dead_processes_left(hosts, monkeypatch):
+    """Temporary names carry host and pid: on a shared outbox, a restarting host removes
+    what its crashed process half-wrote, never another host's write in progress."""
+    import os
+    import subprocess
+    import sys
+
+    from nstd.fsutil import atomic_write, host_tag
+
+    a, _ = hosts
+    ink = a.cfg.outbox / "ink"
+    ink.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    mine_dead = ink / f".p.jpg.@{host_tag()}@{dead}.abc123.tmp"
+    mine_alive = ink / f".q.jpg.@{host_tag()}@{os.getpid()}.abc123.tmp"
+    other_host = ink / f".r.jpg.@{host_tag('gpu-b.studio.lan')}@{dead}.abc123.tmp"
+    for p in (mine_dead, mine_alive, other_host):
+        p.write_bytes(b"half")
+    a.recover()
+    assert not mine_dead.exists() and mine_alive.exists() and other_host.exists()
+    # And atomic writes name their writer so.
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append(os.path.basename(src)), real_replace(src, dst)))
+    atomic_write(ink / "s.jpg", b"x")
+    monkeypatch.undo()
+    assert seen and seen[0].startswith(f".s.jpg.@{host_tag()}@{os.getpid()}.") and seen[0].endswith(".tmp")

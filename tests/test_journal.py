@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from nstd.daemon.journal import JobSpec, Journal
+from nstd.daemon.journal import SILENT_SECONDS, JobSpec, Journal, WorkerInfo
 from nstd.daemon.scheduler import Scheduler
 
 
@@ -145,6 +145,8 @@ def test_a_job_that_loses_two_leases_is_set_aside(journal_target):
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
     j.claim("k1", 1, "b1", now=10, lease=5)
     assert j.requeue_expired(now=20) == (1, [])
+    j.beat(WorkerInfo("h:1:cpu", "h", "cpu", 1 << 30), "idle", now=20)
+    assert [w.owner for w in j.workers()] == ["h:1:cpu"]
     j.claim("k1", 1, "b2", now=20, lease=5)
     back, aside = j.requeue_expired(now=30)
     assert back == 0 and [job.relpath for job in aside] == ["a.jpg"]
@@ -191,7 +193,7 @@ def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path)
     for column in ("claimed_by TEXT,", "crashes INTEGER NOT NULL DEFAULT 0,", "progress INTEGER,",
                    "progress_total INTEGER,", "lease_until REAL,", "disposer TEXT,", "dispose_until REAL,"):
         old = "\n".join(line for line in old.splitlines() if not line.strip().startswith(column))
-    old = old.replace("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "")
+    old = old.split("CREATE TABLE IF NOT EXISTS schema_version")[0]  # and the workers table after it
     db = sqlite3.connect(tmp_path / "j.db")
     db.executescript(old)
     db.execute("INSERT INTO jobs (input_sha256, style, params_hash, relpath, spool, width, height, batch_key, "
@@ -238,3 +240,34 @@ def test_status_check_and_run_say_so_without_a_traceback(service, capsys):
         text = captured.out + captured.err
         assert "the journal is damaged" in text and "Traceback" not in text, command
 
+
+
+def test_workers_are_listed_by_heartbeat_and_forgotten_when_silent(journal_target):
+    j = Journal(journal_target)
+    gpu = WorkerInfo("a:10:cuda:0", "a", "cuda:0 (H100)", 80 << 30)
+    cpu = WorkerInfo("b:20:cpu", "b", "cpu", 24 << 30)
+    j.beat(gpu, "idle", now=100)
+    j.beat(cpu, "idle", now=100)
+    j.beat(gpu, "working", now=130)  # a second beat updates the row, keeping its start
+    listed = {w.owner: w for w in j.workers()}
+    assert listed["a:10:cuda:0"].state == "working"
+    assert (listed["a:10:cuda:0"].started, listed["a:10:cuda:0"].heartbeat) == (100, 130)
+    assert j.largest_memory(now=140) == 80 << 30
+    # A worker silent for long no longer counts toward what a job may need, and is forgotten.
+    assert j.largest_memory(now=115 + SILENT_SECONDS) == 80 << 30
+    assert j.largest_memory(now=131 + SILENT_SECONDS) is None
+    assert j.forget_workers(now=120 + SILENT_SECONDS) == 1
+    assert [w.owner for w in j.workers()] == ["a:10:cuda:0"]
+    # A host starting again forgets its own earlier rows; a clean stop removes its own.
+    j.beat(cpu, "idle", now=200)
+    assert j.forget_workers(now=200, host="a") == 1
+    j.leave("b:20:cpu")
+    assert j.workers() == []
+
+
+def test_a_workers_running_jobs_are_its_own_claims(journal_target):
+    j = Journal(journal_target)
+    j.add_input("p.jpg", "s1", "/s", [spec("x"), spec("y", key="k2")], now=1)
+    j.claim("k1", 4, "b1", now=2, owner="a:1:cpu")
+    j.claim("k2", 4, "b2", now=2, owner="b:1:cpu")
+    assert [job.style for job in j.running_of("a:1:cpu")] == ["x"]

@@ -8,6 +8,7 @@ each test decides exactly how much time passes between what it does.
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -379,3 +380,27 @@ def test_a_move_a_crash_interrupted_is_finished_not_done_twice(service, settle, 
     assert (inbox / "a.jpg").exists() and (service.cfg.processed / "a.jpg").exists()
     drive(service, settle * 4)  # as after a restart
     assert files(service.cfg.processed) == ["a.jpg"] and files(inbox) == []
+
+
+def test_status_lists_each_worker_with_its_batch_and_says_which_went_silent(service, capsys):
+    import time
+
+    from nstd.cli import main
+    from nstd.daemon.journal import WorkerInfo
+
+    (service.cfg.inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 1))
+    service.inputs.step(0.0)
+    service.inputs.step(10.0)
+    now = time.time()
+    gpu = WorkerInfo("gpu-a:7:cuda:0", "gpu-a", "cuda:0 (NVIDIA H100 80GB HBM3)", 80 << 30)
+    service.journal.beat(gpu, "working", now - 5)
+    service.journal.beat(WorkerInfo("gpu-b:9:cuda:0", "gpu-b", "cuda:0 (NVIDIA L4)", 24 << 30), "idle", now - 600)
+    [job] = service.journal.claim(service.journal.oldest_queued(1e12).batch_key, 4, "b1", now=now,
+                                  owner=gpu.owner)
+    capsys.readouterr()
+    assert main(["status", "--config", str(service.cfg.path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"  gpu-a  cuda:0 \(NVIDIA H100 80GB HBM3\), 80 GiB: working, heard [56] s ago\n"
+                     r"    running batch b1: 1 × 32x32, starting\n"
+                     rf"      +{job.id}  ink +a\.jpg\n", out), out
+    assert "  gpu-b  cuda:0 (NVIDIA L4), 24 GiB: silent for 10 min" in out

@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import pytest
 
@@ -89,3 +90,28 @@ def test_a_size_far_above_the_photo_is_refused_at_intake_not_run(service):
     assert out.kind is Kind.FAILED
     assert "huge.jpg: size 20000 makes it 15000x20000, 300,000,000 pixels, over the limit" in out.detail
     assert service.journal.queued_jobs() == []
+
+
+def test_a_size_no_device_can_ever_hold_is_refused_at_intake(service):
+    from nstd.daemon.journal import WorkerInfo
+
+    # Under max_pixels, but past what the largest worker that has said (on any host) holds.
+    (service.cfg.inbox / "big.jpg.nstd.yaml").write_text("size: 4000\n")
+    path = service.cfg.inbox / "big.jpg"
+    path.write_bytes(photo_bytes(40, 30, 1))
+    st = path.stat()
+    key = (st.st_size, st.st_mtime_ns, st.st_ino)
+    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", 8 << 30), "idle", time.time())
+    out = service.intake.accept("big.jpg", key)
+    assert out.kind is Kind.FAILED
+    assert "big.jpg: at 3000x4000 one image needs about" in out.detail
+    assert "more than the largest device has (8.0 GiB); lower its size" in out.detail
+    assert service.journal.queued_jobs() == []
+    # A host with a bigger device joins: the photo dropped again (its sidecar went to failed/ with it).
+    (service.cfg.inbox / "big.jpg.nstd.yaml").write_text("size: 4000\n")
+    path.write_bytes(photo_bytes(40, 30, 2))
+    st = path.stat()
+    service.journal.beat(WorkerInfo("g:1:cuda:0", "g", "cuda:0", 80 << 30), "idle", time.time())
+    out = service.intake.accept("big.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert out.kind is Kind.QUEUED
+    assert [(j.width, j.height) for j in service.journal.queued_jobs()] == [(3000, 4000)]

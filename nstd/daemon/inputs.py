@@ -4,13 +4,13 @@ have all ended leaves the inbox for processed/ or failed/."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Callable
 
 from nstd.config import Config
 from nstd.daemon import dispose
+from nstd.daemon.database import Unavailable
 from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, relative, scan, settle_seconds
 from nstd.daemon.intake import Intake, Kind
 from nstd.daemon.journal import Input, Journal, State
@@ -73,6 +73,9 @@ class Inputs:
                 continue
             try:
                 self._take(rel, key)
+            except Unavailable:
+                self.settle.watch(rel)  # taken in once the database is back
+                raise
             except OSError as e:
                 log.warning("intake_deferred", input=printable(rel), error=str(e))
             except Exception as e:  # noqa: BLE001 - one file's trouble must not stop the files beside it
@@ -109,7 +112,7 @@ class Inputs:
         for inp, jobs in self.journal.inputs_settled():
             if self.deferred.get(inp.id, (0.0, 0.0))[0] > now:
                 continue  # tried a moment ago; the folder will not have mended yet
-            if not self.journal.claim_disposal(inp.id, socket.gethostname(), time.time()):
+            if not self.journal.claim_disposal(inp.id, self.cfg.host, time.time()):
                 continue  # another host watching this inbox is moving it
             try:
                 self._dispose(inp, jobs)

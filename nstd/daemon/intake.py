@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -22,7 +23,7 @@ from nstd.daemon.styles import StyleBook
 from nstd.errors import ConfigError, ImageError
 from nstd.fsutil import atomic_write, is_utf8, printable
 from nstd.log import get
-from nstd.pipeline import working_size
+from nstd.pipeline import check_fits, working_size
 
 log = get("nstd.intake")
 
@@ -136,10 +137,12 @@ class Intake:
     def _specs(self, relpath: str, styles: tuple[str, ...], h: int, w: int) -> list[JobSpec]:
         """One job per style, with the sidecars' overrides, at the photo's working size."""
         found = sidecar.overrides_for(self.cfg.inbox, relpath)
+        memory = self.journal.largest_memory(time.time())  # of every worker that has said, on any host
         specs = []
         for name in styles:
             params = sidecar.apply(self.styles.get(name).params, found, self.models)
             hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
+            check_fits(relpath, (hh, ww), params, memory)
             stored = self.styles.job_params(name, self.cfg.output, params)
             specs.append(JobSpec(style=name, params_hash=_digest(stored), params=stored, width=ww,
                                  height=hh, batch_key=_digest([ww, hh, repr(params.batch_key())])))

@@ -32,7 +32,7 @@ class State(str, Enum):
     DONE = "done"
     FAILED = "failed"
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: leases and claims; 3: the workers table
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
     id {pk},
@@ -82,7 +82,16 @@ CREATE TABLE IF NOT EXISTS input_jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, batch_key, queued);
 CREATE INDEX IF NOT EXISTS inputs_state ON inputs (state);
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (
+    owner TEXT PRIMARY KEY,         -- as its claims carry it: host, pid and device
+    host TEXT NOT NULL,
+    device TEXT NOT NULL,           -- as the log names it, e.g. cuda:0 (NVIDIA H100 80GB HBM3)
+    memory BIGINT,                  -- the device's total bytes: the most one image can ever have
+    state TEXT NOT NULL,            -- idle | working | paused: why
+    started {real} NOT NULL,
+    heartbeat {real} NOT NULL
+)
 """
 # Columns added since version 1, for journals made before them.
 ADDED_COLUMNS = {"jobs": (("claimed_by", "TEXT"), ("crashes", "INTEGER NOT NULL DEFAULT 0"), ("progress", "INTEGER"),
@@ -90,6 +99,7 @@ ADDED_COLUMNS = {"jobs": (("claimed_by", "TEXT"), ("crashes", "INTEGER NOT NULL 
                  "inputs": (("disposer", "TEXT"), ("dispose_until", "{real}"))}
 LESS_ONE = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"  # an attempt given back
 LEASE_SECONDS = 120.0
+SILENT_SECONDS = 3600.0  # a worker row with no heartbeat for this long is forgotten
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,19 @@ class Input:
 _JOB_COLS = ("id, input_sha256, style, params_hash, relpath, spool, width, height, batch_key, params, "
              "state, attempts, queued, error, output, batch_id, finished")
 _JOB_COLS_J = ", ".join("j." + c.strip() for c in _JOB_COLS.split(","))  # for joins
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as the journal lists it, for nstd status and the intake's size check."""
+
+    owner: str
+    host: str
+    device: str
+    memory: int | None
+    state: str = "idle"
+    started: float = 0.0
+    heartbeat: float = 0.0
 
 
 def _job(row) -> Job:
@@ -443,6 +466,42 @@ class Journal:
             return self.db.executemany("UPDATE jobs SET state = 'queued', attempts = " + LESS_ONE + ", "
                                        "batch_id = NULL, lease_until = NULL WHERE id = ? AND state = 'running'"
                                        + where, [(i,) + extra for i in job_ids])
+
+    # --- workers ----------------------------------------------------------------------
+
+    def beat(self, worker: WorkerInfo, state: str, now: float) -> None:
+        """A worker's heartbeat: here, doing `state`, as of `now`."""
+        self.db.execute("INSERT INTO workers (owner, host, device, memory, state, started, heartbeat) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner) DO UPDATE SET state = ?, heartbeat = ?",
+                        (worker.owner, worker.host, worker.device, worker.memory, state, now, now, state, now))
+
+    def leave(self, owner: str) -> None:
+        """A worker that stopped cleanly is no longer listed."""
+        self.db.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+
+    def forget_workers(self, now: float, host: str | None = None) -> int:
+        """Rows of workers silent for SILENT_SECONDS; with `host`, also every row of that
+        host (at its start: they are its earlier processes)."""
+        where, params = "heartbeat < ?", (now - SILENT_SECONDS,)
+        if host is not None:
+            where, params = where + " OR host = ?", params + (host,)
+        return self.db.execute(f"DELETE FROM workers WHERE {where}", params).rowcount
+
+    def workers(self) -> list[WorkerInfo]:
+        rows = self.db.execute("SELECT owner, host, device, memory, state, started, heartbeat FROM workers "
+                               "ORDER BY host, owner").fetchall()
+        return [WorkerInfo(*r) for r in rows]
+
+    def largest_memory(self, now: float, within: float = SILENT_SECONDS) -> int | None:
+        """The largest device memory among workers heard from lately: what the biggest job
+        can ever have. None while no worker has said."""
+        return self.db.execute("SELECT MAX(memory) FROM workers WHERE heartbeat >= ?",
+                               (now - within,)).fetchone()[0]
+
+    def running_of(self, owner: str) -> list[Job]:
+        rows = self.db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'running' AND claimed_by = ? "
+                               "ORDER BY id", (owner,)).fetchall()
+        return [_job(r) for r in rows]
 
     # --- reports ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import contained, fit_name
+from nstd.fsutil import contained, fit_name, left_by_dead_writer
 from nstd.publish import STEM_ROOM
 
 
@@ -72,9 +72,11 @@ def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes |
     return image
 
 
-def stray_temp_files(outbox: Path) -> list[Path]:
-    """Temporary files an interrupted write left behind (names from fsutil.atomic_write)."""
-    return [p for p in outbox.rglob(".*.tmp") if p.is_file()]
+def stray_temp_files(outbox: Path, shared: bool = False) -> list[Path]:
+    """Temporary files an interrupted write left behind (names from fsutil.atomic_write).
+    On an outbox `shared` with other hosts, only those this host's dead processes left."""
+    found = [p for p in outbox.rglob(".*.tmp") if p.is_file()]
+    return [p for p in found if left_by_dead_writer(p)] if shared else found
 
 
 # Errors of the outbox itself, not of the photo: the photo waits for the outbox to mend.

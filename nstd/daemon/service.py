@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from typing import Callable
@@ -17,9 +16,11 @@ from nstd.daemon import dispose, gallery, outbox, preflight
 from nstd.daemon.inbox import Hints, Watcher, choose_mode
 from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
-from nstd.daemon.journal import Journal
+from nstd.daemon.database import Unavailable
+from nstd.daemon.journal import LEASE_SECONDS, Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
+from nstd.daemon.outage import Outage
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.daemon.workers import ProcessWorker, ThreadWorker, isolation_for
@@ -41,6 +42,7 @@ class Service:
         self.reload_requested = threading.Event()
         self.hints = Hints()
         self.next_health: float | None = None
+        self.outage = Outage(renew_every=LEASE_SECONDS / 4)
         self._weights: dict[str, tuple] = {}
         self._weights_lock = threading.Lock()
 
@@ -91,15 +93,15 @@ class Service:
         """After a crash: running jobs back to the queue, finished outputs recognised. On a
         shared journal, only this host's: the other hosts' batches are still running."""
         requeued = self._give_back_running()
+        self.journal.forget_workers(time.time(), self.cfg.host)  # this host's earlier processes
         adopted = 0
         for job in self.journal.queued_jobs():
             image = outbox.complete(self.cfg.outbox, job)
             if image is not None:
                 self.journal.adopt(job.id, str(image.relative_to(self.cfg.outbox)))
                 adopted += 1
-        # Litter from writes and moves a crash interrupted; the originals are intact. On
-        # shared folders, another host's half-written file is not litter.
-        litter = [] if self.journal.shared else self._litter()
+        # Litter from writes and moves a crash interrupted; the originals are intact.
+        litter = self._litter()
         for path in litter:
             path.unlink(missing_ok=True)
         if requeued or adopted or litter:
@@ -112,9 +114,13 @@ class Service:
     def _give_back_running(self) -> int:
         """Running jobs back to the queue: all of them, or on a shared journal this host's
         (owner ids begin with the host name: worker.owner_id)."""
-        return self.journal.recover(socket.gethostname() if self.journal.shared else None)
+        return self.journal.recover(self.cfg.host if self.journal.shared else None)
 
     def _litter(self) -> list:
+        if self.journal.shared:
+            # On shared folders another host's half-written file is its work in progress,
+            # and a spooled photo not in the journal yet may be another host's intake.
+            return outbox.stray_temp_files(self.cfg.outbox, shared=True)
         litter = outbox.stray_temp_files(self.cfg.outbox)
         litter += dispose.stray_moves(self.cfg.processed) + dispose.stray_moves(self.cfg.failed)
         in_use = self.journal.spools_in_use()
@@ -145,10 +151,19 @@ class Service:
         return self.shutdown()
 
     def step(self, now: float) -> None:
-        """One round: a pending reload, the inputs, and the health checks when due."""
+        """One round: a pending reload, the inputs, and the health checks when due. With
+        the database away, it waits: the workers keep their batches and take nothing new."""
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self.reload()
+        try:
+            self._step(now)
+        except Unavailable as e:
+            self.outage.down(str(e), now)
+        else:
+            self.outage.up(now)
+
+    def _step(self, now: float) -> None:
         self.inputs.step(now)
         if self.claimed_at is None or now - self.claimed_at >= CLAIM_REFRESH:
             self.claimed_at = now
@@ -170,7 +185,7 @@ class Service:
 
     def _start_worker(self, device) -> ThreadWorker | ProcessWorker:
         if isolation_for(self.cfg.worker.isolation, len(self.devices)) == "process":
-            handle = ProcessWorker(self.cfg.path, device)
+            handle = ProcessWorker(self.cfg.path, self.cfg.host, device)
         else:
             handle = ThreadWorker(lambda: self.runtime, self.load_weights, device)
         handle.start()
@@ -191,9 +206,12 @@ class Service:
                           quarantined=[j.id for j in quarantined])
                 self.workers[i] = self._start_worker(w.device)
         # Batches whose worker stopped renewing: a host that died or lost the database.
-        requeued, quarantined = self.journal.requeue_expired(time.time())
-        if requeued or quarantined:
-            log.warning("leases_expired", requeued=requeued, quarantined=[j.id for j in quarantined])
+        # Just after an outage nobody could renew, so the live hosts get time to first.
+        if self.outage.settled(self.clock()):
+            requeued, quarantined = self.journal.requeue_expired(time.time())
+            if requeued or quarantined:
+                log.warning("leases_expired", requeued=requeued, quarantined=[j.id for j in quarantined])
+        self.journal.forget_workers(time.time())
         c = self.journal.counts()
         paused = outbox.unwritable(self.cfg.outbox)
         notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, failed {c['failed']}"

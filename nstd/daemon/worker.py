@@ -4,7 +4,6 @@ from the spool and publishing to the outbox and the journal."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from functools import partial
@@ -16,10 +15,12 @@ import torch
 from nstd import faults, images
 from nstd.config import Config
 from nstd.daemon import gallery, outbox
-from nstd.daemon.journal import LEASE_SECONDS, Job, Journal
+from nstd.daemon.database import Unavailable
+from nstd.daemon.journal import LEASE_SECONDS, Job, Journal, WorkerInfo
+from nstd.daemon.outage import PatientJournal
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
-from nstd.engine.device import free_memory
+from nstd.engine.device import describe, free_memory, total_memory
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine import speed
 from nstd.engine.runner import Engine
@@ -33,6 +34,7 @@ from nstd.weights import WeightInfo
 
 log = get("nstd.worker")
 PROBE_EVERY = 5.0  # seconds between checks that the outbox can be written
+BEAT_EVERY = 15.0  # seconds between an idle worker's heartbeats in the journal
 
 
 class StopBatch(Exception):
@@ -47,9 +49,9 @@ class LeaseKeeper(threading.Thread):
     """Renews a running batch's lease, on its own connection, whatever the iterations'
     pace. A renewal that finds the jobs gone means another worker has them now."""
 
-    def __init__(self, target, batch_id: str, every: float = LEASE_SECONDS / 4):
+    def __init__(self, target, batch_id: str, worker: WorkerInfo | None = None, every: float = LEASE_SECONDS / 4):
         super().__init__(name=f"lease-{batch_id}", daemon=True)
-        self.target, self.batch_id, self.every = target, batch_id, every
+        self.target, self.batch_id, self.worker, self.every = target, batch_id, worker, every
         self.done = threading.Event()
         self.lost = False
 
@@ -58,6 +60,8 @@ class LeaseKeeper(threading.Thread):
         while not self.done.wait(self.every):
             try:
                 journal = journal or Journal(self.target)
+                if self.worker is not None:
+                    journal.beat(self.worker, "working", time.time())
                 if journal.renew(self.batch_id, time.time()) == 0:
                     self.lost = True
                     log.error("claim_lost", batch=self.batch_id,
@@ -73,9 +77,9 @@ class LeaseKeeper(threading.Thread):
         self.done.set()
 
 
-def owner_id(device: torch.device | str, pid: int | None = None) -> str:
-    """What a worker's claims are recorded under: host, process and device."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}:{device}"
+def owner_id(host: str, device: torch.device | str, pid: int | None = None) -> str:
+    """What a worker's claims are recorded under: host (config `host`), process and device."""
+    return f"{host}:{pid or os.getpid()}:{device}"
 
 
 class Worker(threading.Thread):
@@ -92,36 +96,57 @@ class Worker(threading.Thread):
         switches = cfg.worker.switches
         self.planner = MemoryPlanner(device, switches, partial(free_memory, device))
         self.pipeline = Pipeline(Engine(self.planner, switches), self._model)
+        self.info = WorkerInfo(owner_id(cfg.host, device), cfg.host, describe(device), total_memory(device))
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
         self._probed = float("-inf")
 
     def run(self) -> None:
         try:
-            journal = Journal(self.cfg.journal_target)
+            journal = PatientJournal(Journal(self.cfg.journal_target), self._give_up, self.stopping.wait)
+            journal.beat(self.info, "starting", time.time())
         except BaseException as e:  # noqa: BLE001 - reported by the health loop, as below
             self.error = e
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
             return
         self._say_speed()
-        scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for,
-                              owner=owner_id(self.device))
         try:
-            while not self.stopping.is_set():
-                # Only with work waiting: an idle worker has no reason to write to a share.
-                if journal.oldest_queued(time.time()) is not None and self._outbox_unwritable(time.monotonic()):
-                    self.stopping.wait(1.0)
-                    continue
-                batch = scheduler.next_batch()
-                if not batch:
-                    self.stopping.wait(0.2)
-                    continue
-                self.process(journal, batch)
+            self._loop(journal)
+            journal.raw.leave(self.info.owner)
+        except Unavailable:
+            log.info("worker_stopped", device=str(self.device), note="without the database")
         except BaseException as e:  # noqa: BLE001 - reported by the health loop, which restarts us
             self.error = e
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
         finally:
-            journal.close()
+            journal.raw.close()
+
+    def _loop(self, journal: PatientJournal) -> None:
+        scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for, owner=self.info.owner)
+        beaten = float("-inf")
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now - beaten >= BEAT_EVERY:
+                beaten = now
+                journal.beat(self.info, f"paused: {self.paused}" if self.paused else "idle", time.time())
+            # Only with work waiting: an idle worker has no reason to write to a share.
+            if journal.oldest_queued(time.time()) is not None and self._outbox_unwritable(now):
+                self.stopping.wait(1.0)
+                continue
+            batch = scheduler.next_batch()
+            if not batch:
+                self.stopping.wait(0.2)
+                continue
+            journal.beat(self.info, "working", time.time())
+            self.process(journal, batch)
+            beaten = float("-inf")  # say it is idle again at once
+
+    def _give_up(self) -> bool:
+        """Stop waiting for the database: stopping with no batch, or the stop's grace is over."""
+        if not self.stopping.is_set():
+            return False
+        deadline = self.deadline if self._deadline_source is None else self._deadline_source()
+        return not deadline or time.time() > deadline
 
     def _say_speed(self) -> None:
         """Log how long a photo will take here at the configured settings: on a CPU it is
@@ -159,7 +184,7 @@ class Worker(threading.Thread):
         return self.planner.max_batch(job.height, job.width, p.settings(), finest)
 
     def process(self, journal: Journal, batch: list[Job]) -> None:
-        keeper = LeaseKeeper(self.cfg.journal_target, batch[0].batch_id)
+        keeper = LeaseKeeper(self.cfg.journal_target, batch[0].batch_id, self.info)
         keeper.start()
         try:
             tasks = self._load(journal, batch)
@@ -241,7 +266,10 @@ class Worker(threading.Thread):
             if losses is not None:
                 log.info("progress", jobs=ids, iteration=losses[0]["iteration"], of=total,
                          loss=[round(r["total"], 5) for r in losses])
-                journal.progress(ids, iteration, total)
+                try:  # for nstd status only: not worth holding the batch for the database
+                    getattr(journal, "raw", journal).progress(ids, iteration, total)
+                except Unavailable:
+                    pass
 
         return update
 

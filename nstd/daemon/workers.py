@@ -33,13 +33,13 @@ def isolation_for(setting: str, devices: int) -> str:
 
 class ThreadWorker:
     def __init__(self, runtime: Callable[[], Runtime], load_weights, device: torch.device):
-        self.device = device
+        self.device, self.host = device, runtime().cfg.host
         self._stop = threading.Event()
         self.worker = Worker(runtime().cfg, lambda: runtime().styles, load_weights, device, self._stop)
 
     @property
     def owner(self) -> str:
-        return owner_id(self.device)
+        return owner_id(self.host, self.device)
 
     @property
     def error(self) -> str | None:
@@ -66,8 +66,8 @@ class ProcessWorker:
     """A worker in a child process (spawned, not forked: CUDA and threads do not survive
     a fork). It opens its own journal and weights, and reloads when told to."""
 
-    def __init__(self, config_path: Path, device: torch.device):
-        self.device = device
+    def __init__(self, config_path: Path, host: str, device: torch.device):
+        self.device, self.host = device, host
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
         self._deadline = ctx.Value("d", 0.0)  # 0: none yet
@@ -78,7 +78,7 @@ class ProcessWorker:
 
     @property
     def owner(self) -> str:
-        return owner_id(self.device, self._proc.pid)
+        return owner_id(self.host, self.device, self._proc.pid)
 
     @property
     def error(self) -> str | None:

@@ -51,6 +51,18 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
+def total_memory(device: torch.device) -> int | None:
+    """The device's whole memory in bytes (the machine's RAM for the CPU), or None."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
 def _available_ram() -> int | None:
     # MemAvailable counts the page cache the kernel would give up; free pages alone
     # would be a fraction of it on any machine that has read a few photos.

@@ -82,6 +82,11 @@ def batch_bytes(n: int, h: int, w: int, layers: frozenset[str], optimizer: str, 
     return n * bytes_per_image(h, w, layers, optimizer, lbfgs_history, precision, checkpoint) + WORKSPACE_BYTES
 
 
+def least_bytes(h: int, w: int, layers: frozenset[str], optimizer: str, lbfgs_history: int) -> int:
+    """The least one image of h x w can ever run in: bf16 with checkpointing, alone."""
+    return batch_bytes(1, h, w, layers, optimizer, lbfgs_history, "bf16", checkpoint=True)
+
+
 def auto_batch(free_bytes: int, h: int, w: int, layers: frozenset[str], optimizer: str,
                lbfgs_history: int, budget: float = 0.8, cap: int = 64,
                measured: MeasuredMemory | None = None, key: tuple = (), precision: str = "fp32") -> int:
