@@ -64,6 +64,7 @@ class WorkerConfig:
     max_attempts: int = 3
     retry_backoff: float = 30.0
     isolation: str = "auto"  # thread | process per device; auto: processes where there are several
+    lease: float = 120.0  # seconds a claim holds without renewal before another worker may take it
     # worker.precision, cuda_graphs, checkpoint, reproducible and memory_budget: how batches run
     switches: Switches = Switches()
 
@@ -263,7 +264,7 @@ def _watch(raw: Any) -> WatchConfig:
 def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
                                  "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
-                                 "checkpoint", "reproducible"})
+                                 "checkpoint", "reproducible", "lease"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -274,6 +275,7 @@ def _worker(raw: Any) -> WorkerConfig:
         max_attempts=_int(m.get("max_attempts", d.max_attempts), "worker.max_attempts", 1),
         retry_backoff=_float(m.get("retry_backoff", d.retry_backoff), "worker.retry_backoff", 0),
         isolation=_choice(m.get("isolation", d.isolation), "worker.isolation", ("auto", "thread", "process")),
+        lease=_float(m.get("lease", d.lease), "worker.lease", 2),
         switches=Switches(
             precision=_choice(m.get("precision", d.switches.precision), "worker.precision", PRECISIONS),
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),

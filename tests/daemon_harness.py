@@ -61,14 +61,15 @@ class Daemon:
         self.log = self.root / "daemon.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, **extra_env) -> "Daemon":
+    def start(self, wait: bool = True, **extra_env) -> "Daemon":
         env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         env.pop("NOTIFY_SOCKET", None)
         env.update(extra_env)
         self._out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "nstd", "run", "--config", str(self.config)],
                                      stdout=self._out, stderr=subprocess.STDOUT, env=env)
-        self.wait_log("started", timeout=60)
+        if wait:
+            self.wait_log("started", timeout=60)
         return self
 
     def events(self) -> list[dict]:

@@ -22,7 +22,7 @@ def test_example_config_loads_and_documents_every_key():
     for key in ("content_weight", "tv_weight", "lbfgs_history", "settle_seconds", "rescan_interval",
                 "max_batch", "batch_window", "stop_timeout", "on_success", "max_pixels", "snapshot_every",
                 "precision", "cuda_graphs", "checkpoint", "multiscale_start", "multiscale_factor",
-                "multiscale_iterations", "preserve_color", "reproducible"):
+                "multiscale_iterations", "preserve_color", "reproducible", "lease", "host"):
         assert f"{key}:" in text
 
 

@@ -36,7 +36,7 @@ def outputs_done(root, names, styles=("ink", "wash")):
 
 
 def test_kill9_mid_batch_then_restart_loses_nothing(tmp_path, daemon):
-    d = daemon(transfer={"iterations": 100, "size": 48, "log_every": 10})
+    d = daemon(transfer={"iterations": 40, "size": 48, "log_every": 10})
     names = [f"p{i}" for i in range(3)]
     for i, n in enumerate(names):
         (tmp_path / "inbox" / f"{n}.jpg").write_bytes(photo_bytes(48, 48, 10 + i))

@@ -140,17 +140,29 @@ def test_a_lost_lease_frees_the_jobs_and_its_holder_cannot_settle_them(journal_t
     assert j.get_jobs([job.id])[0].state == "done"
 
 
-def test_a_job_that_loses_two_leases_is_set_aside(journal_target):
+def test_a_job_that_loses_three_leases_is_set_aside(journal_target):
     j = Journal(journal_target)
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
     j.claim("k1", 1, "b1", now=10, lease=5)
     assert j.requeue_expired(now=20) == (1, [])
-    j.beat(WorkerInfo("h:1:cpu", "h", "cpu", 1 << 30), "idle", now=20)
-    assert [w.owner for w in j.workers()] == ["h:1:cpu"]
     j.claim("k1", 1, "b2", now=20, lease=5)
-    back, aside = j.requeue_expired(now=30)
+    assert j.requeue_expired(now=30) == (1, [])  # a second host freezing is not the job's fault yet
+    j.claim("k1", 1, "b3", now=30, lease=5)
+    back, aside = j.requeue_expired(now=40)
     assert back == 0 and [job.relpath for job in aside] == ["a.jpg"]
-    assert "stopped 2 times" in j.get_jobs([aside[0].id])[0].error
+    assert "stopped 3 times" in j.get_jobs([aside[0].id])[0].error
+
+
+def test_a_dead_worker_and_a_lost_lease_count_together(journal_target):
+    j = Journal(journal_target)
+    j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)
+    j.claim("k1", 1, "b1", now=10, owner="h:1:cpu", lease=5)
+    assert j.requeue_claimed_by("h:1:cpu") == (1, [])
+    j.claim("k1", 1, "b2", now=20, lease=5)
+    assert j.requeue_expired(now=30) == (1, [])
+    j.claim("k1", 1, "b3", now=30, owner="h:2:cpu", lease=5)
+    back, aside = j.requeue_claimed_by("h:2:cpu")  # a second dead worker under it: set aside
+    assert back == 0 and [job.relpath for job in aside] == ["a.jpg"]
 
 
 def test_recover_for_a_host_leaves_other_hosts_running(journal_target):
@@ -206,6 +218,8 @@ def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path)
     assert j.schema_version() == SCHEMA_VERSION
     [job] = j.claim("k1", 1, "b1", now=5, owner="h:1:cpu", lease=10)
     assert j.requeue_expired(now=20) == (1, [])
+    j.beat(WorkerInfo("h:1:cpu", "h", "cpu", 1 << 30), "idle", now=20)
+    assert [w.owner for w in j.workers()] == ["h:1:cpu"]
 
 
 def damaged_journal(path):

@@ -112,7 +112,7 @@ class Inputs:
         for inp, jobs in self.journal.inputs_settled():
             if self.deferred.get(inp.id, (0.0, 0.0))[0] > now:
                 continue  # tried a moment ago; the folder will not have mended yet
-            if not self.journal.claim_disposal(inp.id, self.cfg.host, time.time()):
+            if not self.journal.claim_disposal(inp.id, self.cfg.host, time.time(), self.cfg.worker.lease):
                 continue  # another host watching this inbox is moving it
             try:
                 self._dispose(inp, jobs)

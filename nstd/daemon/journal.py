@@ -434,9 +434,11 @@ class Journal:
         Returns how many went back, and the jobs quarantined."""
         return self._give_back("claimed_by = ?", (owner,), quarantine_after)
 
-    def requeue_expired(self, now: float, quarantine_after: int = 2) -> tuple[int, list[Job]]:
-        """Give back running jobs whose lease has run out: their host died or lost the
-        database. As with a dead worker, the second such loss sets the job aside."""
+    def requeue_expired(self, now: float, quarantine_after: int = 3) -> tuple[int, list[Job]]:
+        """Give back running jobs whose lease has run out: their host died, froze or lost
+        the database. A lost lease is weaker evidence against the job than a worker dying
+        under it (a host can freeze or lose its network for its own reasons), so it takes
+        a third loss, counting both kinds, to set the job aside."""
         return self._give_back("lease_until < ?", (now,), quarantine_after)
 
     def _give_back(self, where: str, params: tuple, quarantine_after: int) -> tuple[int, list[Job]]:

@@ -42,7 +42,7 @@ class PatientJournal:
                         raise
                     if not said:
                         log.warning("database_unavailable", waiting_to=name, error=str(e),
-                                    meaning="the running batch goes on; no new work until it is back")
+                                    meaning="a running batch goes on; no new work until it is back")
                         said = True
                     self._wait(RETRY_SECONDS)
                     continue

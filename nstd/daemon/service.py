@@ -17,7 +17,7 @@ from nstd.daemon.inbox import Hints, Watcher, choose_mode
 from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
 from nstd.daemon.database import Unavailable
-from nstd.daemon.journal import LEASE_SECONDS, Journal
+from nstd.daemon.journal import Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
 from nstd.daemon.outage import Outage
@@ -42,7 +42,7 @@ class Service:
         self.reload_requested = threading.Event()
         self.hints = Hints()
         self.next_health: float | None = None
-        self.outage = Outage(renew_every=LEASE_SECONDS / 4)
+        self.outage = Outage(renew_every=cfg.worker.lease / 4)
         self._weights: dict[str, tuple] = {}
         self._weights_lock = threading.Lock()
 

@@ -49,9 +49,10 @@ class LeaseKeeper(threading.Thread):
     """Renews a running batch's lease, on its own connection, whatever the iterations'
     pace. A renewal that finds the jobs gone means another worker has them now."""
 
-    def __init__(self, target, batch_id: str, worker: WorkerInfo | None = None, every: float = LEASE_SECONDS / 4):
+    def __init__(self, target, batch_id: str, worker: WorkerInfo | None = None, lease: float = LEASE_SECONDS):
         super().__init__(name=f"lease-{batch_id}", daemon=True)
-        self.target, self.batch_id, self.worker, self.every = target, batch_id, worker, every
+        self.target, self.batch_id, self.worker, self.lease = target, batch_id, worker, lease
+        self.every = lease / 4  # three renewals may fail before the lease runs out
         self.done = threading.Event()
         self.lost = False
 
@@ -62,7 +63,7 @@ class LeaseKeeper(threading.Thread):
                 journal = journal or Journal(self.target)
                 if self.worker is not None:
                     journal.beat(self.worker, "working", time.time())
-                if journal.renew(self.batch_id, time.time()) == 0:
+                if journal.renew(self.batch_id, time.time(), self.lease) == 0:
                     self.lost = True
                     log.error("claim_lost", batch=self.batch_id,
                               meaning="its lease ran out and another worker took the jobs; not publishing")
@@ -122,7 +123,8 @@ class Worker(threading.Thread):
             journal.raw.close()
 
     def _loop(self, journal: PatientJournal) -> None:
-        scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for, owner=self.info.owner)
+        scheduler = Scheduler(journal, self.cfg.worker.batch_window, self.max_batch_for, owner=self.info.owner,
+                              lease=self.cfg.worker.lease)
         beaten = float("-inf")
         while not self.stopping.is_set():
             now = time.monotonic()
@@ -184,7 +186,7 @@ class Worker(threading.Thread):
         return self.planner.max_batch(job.height, job.width, p.settings(), finest)
 
     def process(self, journal: Journal, batch: list[Job]) -> None:
-        keeper = LeaseKeeper(self.cfg.journal_target, batch[0].batch_id, self.info)
+        keeper = LeaseKeeper(self.cfg.journal_target, batch[0].batch_id, self.info, self.cfg.worker.lease)
         keeper.start()
         try:
             tasks = self._load(journal, batch)
