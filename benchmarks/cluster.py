@@ -67,8 +67,16 @@ class Cluster:
         for d in self.daemons:
             d.wait_log("started", timeout=120)
 
-    def restart(self, i: int) -> None:
-        self.daemons[i] = Daemon(self.configs[i]).start()
+    def restart(self, i: int, tries: int = 30) -> None:
+        """Start host i again. A daemon that starts while the database is down exits with
+        a one-line error; like systemd's Restart=on-failure, try again a moment later."""
+        for _ in range(tries):
+            try:
+                self.daemons[i] = Daemon(self.configs[i]).start()
+                return
+            except AssertionError:
+                time.sleep(1.0)
+        raise RuntimeError(f"host h{i} did not start in {tries} tries")
 
     def stop(self) -> list[int]:
         return [d.stop(timeout=60) for d in self.daemons]

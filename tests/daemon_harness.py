@@ -65,11 +65,13 @@ class Daemon:
         env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         env.pop("NOTIFY_SOCKET", None)
         env.update(extra_env)
+        # A restart appends to the same log: wait for this process's own "started".
+        started_before = sum(e.get("event") == "started" for e in self.events()) if self.log.exists() else 0
         self._out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "nstd", "run", "--config", str(self.config)],
                                      stdout=self._out, stderr=subprocess.STDOUT, env=env)
         if wait:
-            self.wait_log("started", timeout=60)
+            self.wait_log("started", timeout=60, count=started_before + 1)
         return self
 
     def events(self) -> list[dict]:
