@@ -214,6 +214,8 @@ def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path)
     db.commit()
     assert {"claimed_by", "lease_until"}.isdisjoint(r[1] for r in db.execute("PRAGMA table_info(jobs)"))
     db.close()
+    # nstd status from a newer nstd reads it as it is, before any daemon has migrated it.
+    assert Journal(tmp_path / "j.db", readonly=True).workers() == []
     j = Journal(tmp_path / "j.db")
     assert j.schema_version() == SCHEMA_VERSION
     [job] = j.claim("k1", 1, "b1", now=5, owner="h:1:cpu", lease=10)

@@ -490,8 +490,11 @@ class Journal:
         return self.db.execute(f"DELETE FROM workers WHERE {where}", params).rowcount
 
     def workers(self) -> list[WorkerInfo]:
-        rows = self.db.execute("SELECT owner, host, device, memory, state, started, heartbeat FROM workers "
-                               "ORDER BY host, owner").fetchall()
+        try:
+            rows = self.db.execute("SELECT owner, host, device, memory, state, started, heartbeat FROM workers "
+                                   "ORDER BY host, owner").fetchall()
+        except self.db.no_table:  # read-only, before a newer daemon has migrated the journal
+            return []
         return [WorkerInfo(*r) for r in rows]
 
     def largest_memory(self, now: float, within: float = SILENT_SECONDS) -> int | None:
