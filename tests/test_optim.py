@@ -15,7 +15,7 @@ def test_single_image_follows_torch_lbfgs_step_for_step():
     x0 = torch.randn(1, 3, 4, 4)
     ours = x0.clone().requires_grad_(True)
     ref = x0.clone().requires_grad_(True)
-    opt = BatchedLBFGS(ours, history=5, lr=1.0)
+    opt = BatchedLBFGS(ours, history=5, lr=1.0, clamp=None)  # unbounded, as torch's is
     torch_opt = torch.optim.LBFGS([ref], lr=1.0, max_iter=1, history_size=5, tolerance_grad=-1,
                                   tolerance_change=-1, line_search_fn=None)
 
@@ -48,6 +48,21 @@ def test_each_image_has_its_own_curvature():
     assert (x - a).abs().max() < 1e-4
 
 
+def test_lbfgs_keeps_each_step_in_range_and_reaches_the_bounded_minimum():
+    # Targets partly outside [0, 1]: the answer is the target clamped, and no iterate leaves the box.
+    torch.manual_seed(1)
+    a = torch.rand(2, 3, 4, 4) * 3 - 1
+    x = torch.rand(2, 3, 4, 4).requires_grad_(True)
+    opt = BatchedLBFGS(x, history=10)
+    for _ in range(60):
+        x.grad = None
+        loss = rosenbrock_like(x, a)
+        loss.sum().backward()
+        opt.step(loss)
+        assert x.min() >= 0.0 and x.max() <= 1.0
+    assert torch.allclose(x.detach(), a.clamp(0, 1), atol=1e-3)
+
+
 def test_adam_decreases_and_clamps():
     a = torch.full((2, 3, 4, 4), 0.5)
     x = torch.rand(2, 3, 4, 4).requires_grad_(True)
@@ -67,7 +82,7 @@ def test_a_rising_loss_is_rejected_and_the_step_halved():
         return torch.where(x.abs() > 2, torch.full_like(x, 1e6), (x - 1.5) ** 2).flatten(1).sum(1)
 
     x = torch.zeros(2, 4).requires_grad_(True)
-    opt = BatchedLBFGS(x, history=5, lr=1.0)
+    opt = BatchedLBFGS(x, history=5, lr=1.0, clamp=None)  # its minimum, 1.5, is out of [0, 1]
     best = f(x).detach()
     for _ in range(40):
         x.grad = None
