@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
 from pg import PostgresServer  # noqa: E402
-from soak import models_dir  # noqa: E402
+from soak import count_outputs, models_dir  # noqa: E402
+from soak import failed_reasons as failed_reasons_in  # noqa: E402
 
 STYLES = ("ink", "wash")
 FOLDERS = ("inbox", "outbox", "failed", "processed", "spool")
@@ -261,25 +262,15 @@ def audit(cluster: Cluster, tally: Tally) -> dict:
     from nstd.daemon.journal import Journal
 
     share = cluster.share
-    outputs: dict[tuple[str, str], int] = {}
-    incomplete = []
-    for style in STYLES:
-        for js in sorted((share / "outbox" / style).rglob("*.json")) if (share / "outbox" / style).exists() else []:
-            log = json.loads(js.read_text())
-            if not (share / "outbox" / log["output"]["path"]).exists():
-                incomplete.append(str(js))
-            key = (style, log["input"]["sha256"])
-            outputs[key] = outputs.get(key, 0) + 1
-    failed_reasons = {}
-    for ej in (share / "failed").rglob("*.error.json"):
-        rec = json.loads(ej.read_text())
-        failed_reasons[rec.get("sha256")] = rec.get("reason")
+    outputs, incomplete = count_outputs(share / "outbox", STYLES)
+    failed_reasons = failed_reasons_in(share / "failed")
     # Where each dropped version ended, by content: processed/ or failed/, once.
     ended: dict[str, int] = {}
     for folder in ("processed", "failed"):
         for p in (share / folder).rglob("*"):
             if p.is_file() and not p.name.endswith(".error.json"):
-                ended[_sha(p)] = ended.get(_sha(p), 0) + 1
+                sha = _sha(p)
+                ended[sha] = ended.get(sha, 0) + 1
     missing, duplicated, lost, disposed_twice = [], [], [], []
     for name, sha in tally.versions.items():
         for style in STYLES:

@@ -216,22 +216,33 @@ def _retries(work: Path) -> int:
     return n
 
 
-def audit(work: Path, tally: Tally) -> dict:
-    """Every dropped version has exactly one complete output per style, or a failed/ entry."""
+def count_outputs(outbox: Path, styles) -> tuple[dict[tuple[str, str], int], list[str]]:
+    """Outputs per (style, input sha256), by their loss logs; and the logs whose image is missing."""
     outputs: dict[tuple[str, str], int] = {}
     incomplete = []
-    for style in STYLES:
-        for js in (work / "outbox" / style).rglob("*.json") if (work / "outbox" / style).exists() else []:
+    for style in styles:
+        for js in sorted((outbox / style).rglob("*.json")) if (outbox / style).exists() else []:
             log = json.loads(js.read_text())
-            image = work / "outbox" / log["output"]["path"]
-            if not image.exists():
+            if not (outbox / log["output"]["path"]).exists():
                 incomplete.append(str(js))
             key = (style, log["input"]["sha256"])
             outputs[key] = outputs.get(key, 0) + 1
-    failed = {}
-    for ej in (work / "failed").rglob("*.error.json"):
+    return outputs, incomplete
+
+
+def failed_reasons(failed: Path) -> dict[str | None, str | None]:
+    """Input sha256 -> reason, from failed/'s error records."""
+    out = {}
+    for ej in failed.rglob("*.error.json"):
         rec = json.loads(ej.read_text())
-        failed[rec.get("sha256")] = rec.get("reason")
+        out[rec.get("sha256")] = rec.get("reason")
+    return out
+
+
+def audit(work: Path, tally: Tally) -> dict:
+    """Every dropped version has exactly one complete output per style, or a failed/ entry."""
+    outputs, incomplete = count_outputs(work / "outbox", STYLES)
+    failed = failed_reasons(work / "failed")
     versions = [(n, s) for n, shas in tally.versions.items() for s in shas]
     missing, duplicated = [], []
     for name, sha in versions:
