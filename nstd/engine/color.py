@@ -76,15 +76,21 @@ def prepare(job: TransferJob) -> TransferJob:
     """The job as the optimiser sees it under colour preservation. Its style targets then
     depend on the photo, so they bypass the Gram cache (key None)."""
     if job.preserve_color == "luminance":
-        styles = tuple(StyleImage(gray(match_luminance(s.image, job.content)), None, s.weight, s.scale)
-                       for s in job.styles)
+        job = _restyle(job, lambda s: gray(match_luminance(s, job.content)))
         init = None if job.init_image is None else gray(luminance(job.init_image))
-        return replace(job, content=gray(luminance(job.content)), styles=styles, init_image=init)
+        return replace(job, content=gray(luminance(job.content)), init_image=init)
     if job.preserve_color == "histogram":
-        styles = tuple(StyleImage(match_histogram(s.image, job.content), None, s.weight, s.scale)
-                       for s in job.styles)
-        return replace(job, styles=styles)
+        return _restyle(job, lambda s: match_histogram(s, job.content))
     return job
+
+
+def _restyle(job: TransferJob, change) -> TransferJob:
+    """The job with `change` applied to every style image, its regions' included."""
+    def each(styles: tuple[StyleImage, ...]) -> tuple[StyleImage, ...]:
+        return tuple(StyleImage(change(s.image), None, s.weight, s.scale) for s in styles)
+
+    regions = tuple(replace(r, styles=each(r.styles)) for r in job.regions)
+    return replace(job, styles=each(job.styles), regions=regions)
 
 
 def finish(job: TransferJob, result: TransferResult) -> None:

@@ -125,8 +125,13 @@ class LossReporter:
 
 
 def record(it: int, v: list[float], style_names: list[str]) -> dict:
-    return {"iteration": it, "total": v[0], "content": v[1], "style": v[2], "tv": v[3],
-            "style_by_layer": dict(zip(style_names, v[4:]))}
+    """One image's loss record; a guided batch's row ends with its regions' style losses,
+    listed here in order for the transfer to name."""
+    out = {"iteration": it, "total": v[0], "content": v[1], "style": v[2], "tv": v[3],
+           "style_by_layer": dict(zip(style_names, v[4:4 + len(style_names)]))}
+    if len(v) > 4 + len(style_names):
+        out["style_by_region"] = v[4 + len(style_names):]
+    return out
 
 
 def histories(records, style_names, n) -> list[list[dict]]:

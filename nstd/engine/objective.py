@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nstd.engine.guides import at_layer, guided_gram
 from nstd.engine.losses import content_loss, style_loss, tv_loss
 
 
@@ -44,6 +45,32 @@ class StyleLoss(nn.Module):
         return torch.stack([style_loss(feats[n], t) for n, t in zip(self.layers, self.targets)], 1) / self.norm
 
 
+class GuidedStyleLoss(nn.Module):
+    """Per region, the normalised distance of the region's own Gram to its style's.
+
+    Returns (N, layers), each region weighted by its share of the image (so a lone full
+    region is exactly StyleLoss), and (N, R) layer-weighted region losses for the log."""
+
+    def __init__(self, targets: dict[str, torch.Tensor], guides: torch.Tensor, layer_weights: torch.Tensor):
+        super().__init__()
+        self.layers = list(targets)
+        self.targets = [targets[n] for n in self.layers]  # (N, R, C, C)
+        self.register_buffer("guides", guides)  # (N, R, H, W) at the image's size
+        self.register_buffer("area", guides.flatten(2).mean(2))
+        self.register_buffer("norm", torch.stack([t.float().pow(2).flatten(2).mean(2).clamp_min(1e-12)
+                                                  for t in self.targets], 2))  # (N, R, layers)
+        self.register_buffer("layer_weights", layer_weights)
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        per = []
+        for name, target in zip(self.layers, self.targets):
+            f = feats[name]
+            g = guided_gram(f, at_layer(self.guides, tuple(f.shape[-2:])))
+            per.append((g - target).pow(2).flatten(2).mean(2))
+        losses = torch.stack(per, 2) / self.norm  # (N, R, layers)
+        return (losses * self.area[..., None]).sum(1), (losses * self.layer_weights).sum(2)
+
+
 class TVLoss(nn.Module):
     """Total variation of the image itself: smoothness against pixel-level speckle."""
 
@@ -54,9 +81,10 @@ class TVLoss(nn.Module):
 class Objective(nn.Module):
     """The weighted sum, with a row of its parts per image for the loss log.
 
-    The row is total, content, style, tv, then each style layer unweighted."""
+    The row is total, content, style, tv, then each style layer unweighted, then (guided
+    style only) each region's layer-weighted style loss."""
 
-    def __init__(self, content: list[ContentLoss], style: StyleLoss, layer_weights: torch.Tensor,
+    def __init__(self, content: list[ContentLoss], style: StyleLoss | GuidedStyleLoss, layer_weights: torch.Tensor,
                  weights: torch.Tensor):
         super().__init__()
         self.content = nn.ModuleList(content)
@@ -67,9 +95,11 @@ class Objective(nn.Module):
 
     def forward(self, x: torch.Tensor, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         c = sum(term(feats) for term in self.content)
-        s_layers = self.style(feats)
+        out = self.style(feats)
+        s_layers, regions = out if isinstance(out, tuple) else (out, None)
         s = (s_layers * self.layer_weights).sum(1)
         tv = self.tv(x)
         cw, sw, tw = self.weights.unbind(1)
         total = cw * c + sw * s + tw * tv
-        return total, torch.cat([torch.stack([total, c, s, tv], 1), s_layers], 1)
+        parts = [torch.stack([total, c, s, tv], 1), s_layers] + ([] if regions is None else [regions])
+        return total, torch.cat(parts, 1)

@@ -9,7 +9,7 @@ import torch
 
 from nstd.engine.losses import gram
 from nstd.engine.resize import resize_long_side
-from nstd.engine.types import TransferJob
+from nstd.engine.types import StyleImage, TransferJob
 
 Features = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -42,16 +42,16 @@ def content_targets(features: Features, content: torch.Tensor, layers: tuple[str
     return {n: feats[n].detach() for n in layers}
 
 
-def style_targets(features: Features, device: torch.device, jobs: list[TransferJob], names: list[str],
+def style_targets(features: Features, device: torch.device, sets: list[tuple[StyleImage, ...]], names: list[str],
                   long_side: int, cache: GramCache, cache_key: tuple) -> dict[str, torch.Tensor]:
-    """Per layer, an (N, C, C) stack of each job's (weighted, blended) Gram target.
+    """Per layer, a (K, C, C) stack with one (weighted, blended) Gram target per style set.
 
     `cache_key` names what else shapes a Gram (model, pooling, layers, precision)."""
-    per_job = []
-    for job in jobs:
-        total_w = sum(s.weight for s in job.styles)
+    per_set = []
+    for styles in sets:
+        total_w = sum(s.weight for s in styles)
         blended: dict[str, torch.Tensor] = {}
-        for style in job.styles:
+        for style in styles:
             size = max(16, round(long_side * style.scale))
 
             def compute(style=style, size=size):
@@ -65,6 +65,26 @@ def style_targets(features: Features, device: torch.device, jobs: list[TransferJ
             for n in names:
                 part = grams[n] * (style.weight / total_w)
                 blended[n] = part if n not in blended else blended[n] + part
-        per_job.append(blended)
-    return {n: torch.stack([b[n] for b in per_job]) for n in names}
+        per_set.append(blended)
+    return {n: torch.stack([b[n] for b in per_set]) for n in names}
 
+
+def region_targets(jobs: list[TransferJob], targets: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """Targets of `style_sets(jobs)` laid out as (N, count, C, C), zeros where a job has
+    fewer styled regions than the batch's most."""
+    out = {}
+    for n, stacked in targets.items():
+        c = stacked.shape[-1]
+        grid = stacked.new_zeros(len(jobs), count, c, c)
+        k = 0
+        for i, job in enumerate(jobs):
+            m = max(len(job.styled_regions), 1)
+            grid[i, :m] = stacked[k:k + m]
+            k += m
+        out[n] = grid
+    return out
+
+
+def style_sets(jobs: list[TransferJob]) -> list[tuple[StyleImage, ...]]:
+    """Each job's styles, or each styled region's, in order: what the targets are made of."""
+    return [s for j in jobs for s in ([r.styles for r in j.styled_regions] if j.regions else [j.styles])]

@@ -14,9 +14,10 @@ from nstd.engine.device import PeakMemory
 from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import histories, optimise
 from nstd.engine.memory import batch_bytes
-from nstd.engine.objective import ContentLoss, Objective, StyleLoss
+from nstd.engine.guides import blend_keep, pixel_guides
+from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
-from nstd.engine.targets import GramCache, content_targets, style_targets
+from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
 from nstd.engine.types import INITS, BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
@@ -45,6 +46,8 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
                      **r.describe(), **peak.read())
     for job, result in zip(jobs, results):
         color.finish(job, result)
+        result.image = blend_keep(job, result.image)
+        result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
         result.runs = [stats]
     return results
 
@@ -63,19 +66,36 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
                 for group in _groups(len(jobs), r.reproducible)]
 
     def iteration() -> torch.Tensor:
-        return torch.cat([p.iteration(features) for p in problems])
+        return _rows([p.iteration(features) for p in problems])
 
     def pixels() -> torch.Tensor:
         return torch.cat([p.x.detach() for p in problems])
 
     trace = optimise(iteration, pixels, settings, r.cuda_graph, progress)
     with torch.no_grad():
-        row = torch.cat([p.objective(p.x, features(p.x))[1] for p in problems])
+        row = _rows([p.objective(p.x, features(p.x))[1] for p in problems])
     trace.records.append((settings.iterations, row))
     images = pixels().clamp(0, 1).cpu()
     rows = histories(trace.records, settings.style_names, len(jobs))
+    for job, history in zip(jobs, rows):
+        _name_regions(job, history)
     return [TransferResult(images[i], rows[i], [(k, s[i]) for k, s in trace.snapshots])
             for i in range(len(jobs))]
+
+
+def _rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """The problems' loss rows as one; an image run alone without regions has fewer columns."""
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([F.pad(r, (0, width - r.shape[1])) for r in rows])
+
+
+def _name_regions(job: TransferJob, history: list[dict]) -> None:
+    """Give a job's records its regions' style losses by name (and drop them for a job
+    without regions, which then logs exactly what it would alone)."""
+    for rec in history:
+        values = rec.pop("style_by_region", [])
+        if job.regions:
+            rec["style_by_region"] = {r.name: v for r, v in zip(job.styled_regions, values)}
 
 
 def _groups(n: int, reproducible: bool) -> list[list[int]]:
@@ -113,11 +133,16 @@ def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: 
                content: torch.Tensor, cache: GramCache, r: Resolved) -> Objective:
     names = settings.style_names
     c_targets = content_targets(features, content, settings.content_layers)
-    s_targets = style_targets(features, r.device, jobs, names, max(content.shape[-2:]), cache,
+    s_targets = style_targets(features, r.device, style_sets(jobs), names, max(content.shape[-2:]), cache,
                               (model.model_id, model.pooling, tuple(names), r.precision))
     layer_w = torch.tensor([w for _, w in settings.style_layers], device=r.device)
     weights = torch.tensor([[j.content_weight, j.style_weight, j.tv_weight] for j in jobs], device=r.device)
-    return Objective([ContentLoss(n, t) for n, t in c_targets.items()], StyleLoss(s_targets), layer_w, weights)
+    if any(j.regions for j in jobs):
+        guides = pixel_guides(jobs, tuple(content.shape[-2:]), r.device)
+        style = GuidedStyleLoss(region_targets(jobs, s_targets, guides.shape[1]), guides, layer_w)
+    else:
+        style = StyleLoss(s_targets)
+    return Objective([ContentLoss(n, t) for n, t in c_targets.items()], style, layer_w, weights)
 
 
 def check_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings) -> None:
@@ -136,6 +161,10 @@ def check_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSett
     for j in jobs:
         if not j.styles:
             raise ValueError("every job needs at least one style")
+        if j.regions and not j.styled_regions:
+            raise ValueError("a job with regions needs at least one region with a style")
+        if any(r.mask.dim() != 2 for r in j.regions):
+            raise ValueError("a region's mask must be (height, width)")
         if j.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
         if j.init_image is not None and j.init_image.shape != j.content.shape:

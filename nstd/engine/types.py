@@ -47,6 +47,20 @@ class StyleImage:
 
 
 @dataclass(frozen=True)
+class Region:
+    """A part of the photo as a soft mask, and the style it takes there. A region with no
+    styles keeps the photo: it has no style loss, and the photo is blended back into it."""
+
+    mask: torch.Tensor  # (h, w) in [0, 1] at any size of the content's aspect
+    styles: tuple[StyleImage, ...] = ()
+    name: str = ""
+
+    @property
+    def keep(self) -> bool:
+        return not self.styles
+
+
+@dataclass(frozen=True)
 class TransferJob:
     content: torch.Tensor  # (3, H, W) RGB in [0, 1]
     styles: tuple[StyleImage, ...]
@@ -57,6 +71,11 @@ class TransferJob:
     seed: int = 0
     preserve_color: str = "none"  # none | luminance | histogram
     init_image: torch.Tensor | None = None  # (3, H, W): start here instead of `init`
+    regions: tuple[Region, ...] = ()  # none: `styles` everywhere; else each region its own
+
+    @property
+    def styled_regions(self) -> tuple[Region, ...]:
+        return tuple(r for r in self.regions if not r.keep)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""Spatial control, after Gatys et al., "Controlling Perceptual Factors in Neural Style
+Transfer" (CVPR 2017): each region's style statistics are taken over that region only, and
+the photo is blended back, feathered, where a region keeps it.
+
+A guide is a per-pixel weight in [0, 1] for each styled region of a job. A job without
+regions has one region covering everything, so masked and unmasked jobs share a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from nstd.engine.types import TransferJob
+
+FEATHER = 0.01  # of the long side: the blur (sigma) of a keep region's edge in the final blend
+
+
+def fit(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A (h, w) mask at exactly `size`, its edges averaged rather than aliased."""
+    if tuple(mask.shape) == tuple(size):
+        return mask.float()
+    out = F.interpolate(mask.float()[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0, 0].clamp(0, 1)
+
+
+def pixel_guides(jobs: list[TransferJob], size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(N, R, H, W): each job's styled regions' weights, zero-padded to the batch's most."""
+    count = max(max(len(j.styled_regions), 1) for j in jobs)
+    out = torch.zeros(len(jobs), count, *size, device=device)
+    for i, job in enumerate(jobs):
+        if not job.regions:
+            out[i, 0] = 1.0
+        for k, region in enumerate(job.styled_regions):
+            out[i, k] = fit(region.mask.to(device), size)
+    return out
+
+
+def at_layer(guides: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Guides at a layer's feature size: the share of each cell's pixels in the region."""
+    if tuple(guides.shape[-2:]) == tuple(size):
+        return guides
+    return F.adaptive_avg_pool2d(guides, size)
+
+
+def guided_gram(features: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) features, (N, R, H, W) weights -> (N, R, C, C): per region, the
+    weighted mean of the activations' outer products (a plain Gram for a full region)."""
+    n, c, h, w = features.shape
+    r = guides.shape[1]
+    f = features.float().reshape(n, 1, c, h * w)
+    g = guides.reshape(n, r, 1, h * w)
+    weighted = (f * g).reshape(n, r * c, h * w)
+    grams = torch.bmm(weighted, f[:, 0].transpose(1, 2)).reshape(n, r, c, c)
+    return grams / g.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+def keep_alpha(job: TransferJob, size: tuple[int, int]) -> torch.Tensor | None:
+    """(H, W): how much of the photo to blend back at each pixel, feathered; None: nowhere."""
+    keeps = [fit(r.mask.cpu(), size) for r in job.regions if r.keep]
+    if not keeps:
+        return None
+    alpha = torch.stack(keeps).sum(0).clamp(0, 1)
+    sigma = FEATHER * max(size)
+    radius = min(math.ceil(3 * sigma), (min(size) - 1) // 2)
+    if radius >= 1:
+        alpha = gaussian_blur(alpha[None], [2 * radius + 1] * 2, [sigma, sigma])[0]
+    return alpha
+
+
+def blend_keep(job: TransferJob, image: torch.Tensor) -> torch.Tensor:
+    """The result with the photo put back where its regions keep it."""
+    alpha = keep_alpha(job, tuple(image.shape[-2:]))
+    if alpha is None:
+        return image
+    photo = job.content.to(image.device, image.dtype)
+    return (alpha * photo + (1 - alpha) * image).clamp(0, 1)
