@@ -378,6 +378,13 @@ def _add_stylize(sub) -> None:
     p.add_argument("--style", "-s", action="append", required=True, type=Path,
                    help="style image (repeat for several)")
     p.add_argument("-o", "--outdir", type=Path, required=True)
+    p.add_argument("--mask", type=Path, metavar="FILE", help="white: stylize, black: keep the photo, grey: between "
+                   "(default: each photo's own PHOTO.mask.png beside it, if any)")
+    p.add_argument("--regions", type=Path, metavar="FILE", help="a map of flat colours, one style per colour "
+                   "(default: each photo's own PHOTO.regions.png, if any)")
+    p.add_argument("--region", action="append", default=[], metavar="#RRGGBB=STYLE",
+                   help="what a region map's colour takes: a --style image's name (its file name without "
+                        "extension) or keep; repeat for each colour")
     for f in FLAGS:
         p.add_argument("--" + f.name.replace("_", "-"), type=partial(parse_flag_or_usage, f.name),
                        default=getattr(d, f.name), choices=f.metadata["choices"], metavar=_metavar(f),
@@ -409,7 +416,8 @@ def cmd_stylize(args) -> int:
     req = stylize.Request(contents=contents, styles=args.style, outdir=args.outdir, params=params,
                           device=args.device, fmt=images.output_format(args.format),
                           quality=args.quality, max_batch=args.max_batch, max_pixels=args.max_pixels,
-                          models_dir=_models_dir(args), blend=args.blend)
+                          models_dir=_models_dir(args), blend=args.blend, mask=args.mask, regions=args.regions,
+                          colours=_region_colours(args))
     try:
         failures = stylize.run(req, on_error=lambda msg: print(f"nstd: error: {msg}", file=sys.stderr),
                                make_progress=_tqdm_progress)
@@ -418,6 +426,26 @@ def cmd_stylize(args) -> int:
     total = len(contents) * (1 if args.blend else len(args.style))
     print(f"nstd: {total - failures} of {total} written to {args.outdir}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _region_colours(args) -> tuple[tuple[str, str], ...]:
+    """--region '#rrggbb=STYLE' pairs, checked against the --style names."""
+    from nstd import masks
+
+    if args.mask and args.regions:
+        raise NstdError("--mask and --regions: give one of them")
+    names = {p.stem for p in args.style}
+    out = []
+    for text in args.region:
+        colour, sep, target = text.partition("=")
+        if not sep:
+            raise NstdError(f"--region {text}: write it as '#rrggbb=STYLE' or '#rrggbb=keep'")
+        masks.parse_colour(colour, f"--region {text}")
+        if target != masks.KEEP and (target not in names or args.blend):
+            raise NstdError(f"--region {text}: {target!r} is not a --style name ({', '.join(sorted(names))}) "
+                            f"or keep" + (" (a region map takes single styles, not --blend)" if args.blend else ""))
+        out.append(("#" + colour.strip().lstrip("#").lower(), target))
+    return tuple(out)
 
 
 def _tqdm_progress(label: str, total: int):

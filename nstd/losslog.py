@@ -17,13 +17,16 @@ SCHEMA = 1
 def loss_log(*, input_path: str, input_sha256: str, styles: list[dict], params: TransferParams,
              weights: WeightInfo, device: str, batch_id: str, batch_size: int, batch_index: int,
              output: dict, timings: dict, history: list[dict], job_id: str | None = None,
-             runs: list[dict] | None = None) -> dict:
-    """`runs`: how each scale ran (size, seconds, precision, checkpointing, peak memory)."""
+             runs: list[dict] | None = None, guide: dict | None = None) -> dict:
+    """`runs`: how each scale ran (size, seconds, precision, checkpointing, peak memory).
+    `guide`: the mask, region map or faces that shaped it (its records then carry
+    `style_by_region`)."""
     return {
         "schema": SCHEMA,
         "job_id": job_id,
         "input": {"path": input_path, "sha256": input_sha256},
         "styles": styles,
+        **({"guide": guide} if guide else {}),
         "params": params.as_dict(),
         "weights": {"id": weights.model_id, "file_sha256": weights.file_sha256,
                     "source_sha256": weights.source_sha256, "preprocessing": weights.preprocessing},

@@ -7,15 +7,17 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import yaml
 
-from nstd.engine.types import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings, StyleImage,
-                               TransferJob)
+from nstd.engine.types import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings, Region,
+                               StyleImage, TransferJob)
 from nstd.engine.color import MODES as COLOR_MODES
 from nstd.engine.multiscale import Scale, schedule
 from nstd.engine.resize import long_side_size
 from nstd.engine.vgg import LAYER_INDEX
+from nstd import faces
 from nstd.errors import ConfigError
 
 OPTIMIZERS = ("lbfgs", "adam")
+PROTECT = ("none", "faces")
 POOLINGS = ("max", "avg")
 
 
@@ -47,6 +49,7 @@ class TransferParams:
     preserve_color: str = _flag("none", "keep the photo's colours: transfer luminance only, or match the "
                                         "style's colours first", COLOR_MODES)
     style_scale: float = _flag(1.0, "style size relative to the photo's")
+    protect: str = _flag("none", "keep what is found as it is in the photo: faces (needs nstd[faces])", PROTECT)
     pooling: str = _flag("max", "VGG pooling", POOLINGS)
     model: str = _flag("caffe", "weights id (see: nstd weights list)")
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
@@ -79,9 +82,9 @@ class TransferParams:
         """Jobs may share a batch when these agree (and their images are the same size)."""
         return (self.size, self.model, self.settings())
 
-    def job(self, content, styles: tuple[StyleImage, ...]) -> TransferJob:
+    def job(self, content, styles: tuple[StyleImage, ...], regions: tuple[Region, ...] = ()) -> TransferJob:
         own = {f.name: getattr(self, f.name) for f in fields(TransferJob) if f.name in FIELD_NAMES}
-        return TransferJob(content=content, styles=styles, **own)
+        return TransferJob(content=content, styles=styles, regions=regions, **own)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -138,6 +141,10 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
         raise bad("preserve_color", f"must be one of {', '.join(COLOR_MODES)}, got {p.preserve_color!r}")
     if not 0.05 <= p.style_scale <= 4:
         raise bad("style_scale", f"must be between 0.05 and 4, got {p.style_scale}")
+    if p.protect not in PROTECT:
+        raise bad("protect", f"must be one of {', '.join(PROTECT)}, got {p.protect!r}")
+    if p.protect == "faces" and not faces.available():
+        raise bad("protect", faces.missing())
     if p.pooling not in POOLINGS:
         raise bad("pooling", f"must be one of {', '.join(POOLINGS)}, got {p.pooling!r}")
     if not p.content_layers:

@@ -21,6 +21,7 @@ from nstd.engine.runner import Engine
 from nstd.engine.types import Progress, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
+from nstd.guide import Guide, GuideSpec, engine_regions, load, protect_faces
 from nstd.params import TransferParams
 from nstd.style import Style
 from nstd.weights import WeightInfo
@@ -72,6 +73,16 @@ def load_photo(decoded: images.Decoded, size: tuple[int, int]) -> Photo:
     return Photo(resize_photo(decoded.pixels, size), decoded.exif, decoded.bits)
 
 
+def load_guide(spec: GuideSpec | None, data: bytes | None, decoded: images.Decoded, params: TransferParams,
+               max_pixels: int) -> Guide | None:
+    """The photo's mask or region map, and its faces when asked to keep them: the load
+    stage's other half. An ImageError names a bad mask file."""
+    guide = None if spec is None else load(spec, data, tuple(decoded.pixels.shape[-2:]), max_pixels)
+    if params.protect == "faces":
+        guide = protect_faces(guide, decoded.pixels)
+    return guide
+
+
 @dataclass(frozen=True)
 class Task:
     """One output to make: a photo in one style, with the parameters that shape it."""
@@ -84,6 +95,7 @@ class Task:
     job_id: str | None = None
     queued: float | None = None
     batch_id: str | None = None  # the claim's, in the daemon; else one is made per batch
+    guide: Guide | None = None  # masks: which parts take which style, and which keep the photo
 
 
 class Sink(Protocol):
@@ -96,15 +108,18 @@ class Sink(Protocol):
 
 class Pipeline:
     def __init__(self, engine: Engine, model: Callable[[TransferParams], tuple[VGGFeatures, WeightInfo]],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, style_for: Callable[[str], Style] | None = None):
         self.engine, self.model, self.clock = engine, model, clock
+        self.style_for = style_for  # the styles a region map's colours may name
 
     def run(self, tasks: list[Task], sink: Sink, progress: Progress | None = None) -> None:
         """Run same-size tasks that share their batch settings as one batch."""
         params = tasks[0].params
         model, info = self.model(params)
         long_side = max(tasks[0].photo.pixels.shape[-2:])
-        jobs = [t.params.job(t.photo.pixels, t.style.style_images(t.params)) for t in tasks]
+        size = tuple(tasks[0].photo.pixels.shape[-2:])
+        jobs = [t.params.job(t.photo.pixels, t.style.style_images(t.params),
+                             engine_regions(t.guide, t.style, self.style_for, t.params, size)) for t in tasks]
         started = self.clock()
 
         def done(positions: list[int], results: list[TransferResult]) -> None:
@@ -132,7 +147,8 @@ class Pipeline:
             timings=({} if task.queued is None else {"queued": losslog.iso_time(task.queued)}) |
                     {"started": losslog.iso_time(started), "finished": losslog.iso_time(finished),
                      "seconds": round(finished - started, 3)},
-            history=result.history, runs=[r.as_dict() for r in result.runs])
+            history=result.history, runs=[r.as_dict() for r in result.runs],
+            guide=None if task.guide is None else task.guide.log)
 
 
 def output_exif(photo: Photo, style: Style) -> bytes | None:

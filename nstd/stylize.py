@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from nstd import images, publish, weights
+from nstd import images, masks, publish, weights
 from nstd.config import DEFAULT_EXTENSIONS
 from nstd.engine.device import free_memory, resolve_device, total_memory
 from nstd.engine.switches import Switches
@@ -22,7 +22,8 @@ from nstd.errors import ImageError
 from nstd.fsutil import fit_name
 from nstd.params import TransferParams
 from nstd.publish import STEM_ROOM
-from nstd.pipeline import Photo, Pipeline, Task, check_fits, load_photo, output_exif, working_size
+from nstd.guide import Guide, GuideSpec, regions_style
+from nstd.pipeline import Photo, Pipeline, Task, check_fits, load_guide, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
 
 
@@ -39,6 +40,9 @@ class Request:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     models_dir: Path = field(default_factory=weights.default_models_dir)
     blend: tuple[float, ...] | None = None  # one blended style of all `styles`, with these weights
+    mask: Path | None = None  # for every photo; else each photo's own photo.jpg.mask.png, if any
+    regions: Path | None = None  # a region map for every photo; else each photo's own, if any
+    colours: tuple[tuple[str, str], ...] = ()  # the region map's ("#rrggbb", style stem or keep)
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -46,7 +50,8 @@ def expand(paths: list[Path]) -> list[Path]:
     out = []
     for path in paths:
         if path.is_dir():
-            out += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DEFAULT_EXTENSIONS)
+            out += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DEFAULT_EXTENSIONS
+                          and masks.kind_of(p.name) is None)
         else:
             out.append(path)
     return out
@@ -70,14 +75,18 @@ def run(req: Request, on_error: Callable[[str], None],
     model = VGGFeatures(sd, info.preprocessing, req.params.settings().layers,
                         req.params.pooling, info.model_id).to(device)
     styles = _styles(req)
+    by_name = {s.name: s for s in styles}
     groups, failures = _load(req, on_error, total_memory(device))
     switches = Switches()
     pipeline = Pipeline(Engine(MemoryPlanner(device, switches, partial(free_memory, device)), switches),
-                        lambda _params: (model, info))
+                        lambda _params: (model, info), style_for=by_name.__getitem__)
     sink = _Folder(req, on_error)
     batches = []
     for group in groups.values():
-        tasks = [Task(photo, style, req.params, str(path), sha) for style in styles for path, sha, photo in group]
+        tasks = [Task(photo, style, req.params, str(path), sha, guide=guide)
+                 for path, sha, photo, guide, spec in group
+                 for style in ([regions_style(spec, req.params, by_name.__getitem__)]
+                               if spec is not None and spec.kind == "regions" else styles)]
         batches += [tasks[i:i + req.max_batch] for i in range(0, len(tasks), req.max_batch)]
     for n, batch in enumerate(batches, 1):
         _, h, w = batch[0].photo.pixels.shape
@@ -88,8 +97,9 @@ def run(req: Request, on_error: Callable[[str], None],
 
 
 def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> tuple[dict[tuple, list], int]:
-    """The photos by working size, as (path, sha256, Photo); and how many could not be read."""
-    groups: dict[tuple, list[tuple[Path, str, Photo]]] = defaultdict(list)
+    """The photos by working size, as (path, sha256, Photo, Guide, GuideSpec); and how many
+    could not be read."""
+    groups: dict[tuple, list[tuple[Path, str, Photo, Guide | None, GuideSpec | None]]] = defaultdict(list)
     failures = 0
     for path in req.contents:
         try:
@@ -101,12 +111,33 @@ def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> 
             size = working_size(str(path), *decoded.pixels.shape[-2:], req.params, req.max_pixels)
             check_fits(str(path), size, req.params, memory)  # refused now, not after the others' compute
             photo = load_photo(decoded, size)
+            spec, mask_data = _guide_spec(req, path)
+            guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels)
         except ImageError as e:
             on_error(str(e))
             failures += 1
             continue
-        groups[tuple(photo.pixels.shape)].append((path, hashlib.sha256(data).hexdigest(), photo))
+        groups[tuple(photo.pixels.shape)].append((path, hashlib.sha256(data).hexdigest(), photo, guide, spec))
     return groups, failures
+
+
+def _guide_spec(req: Request, photo: Path) -> tuple[GuideSpec | None, bytes | None]:
+    """The mask or region map for a photo: the one given, or its own beside it."""
+    found = [(kind, p) for kind, p in (("mask", req.mask), ("regions", req.regions)) if p is not None]
+    for kind in masks.KINDS:
+        if not found:
+            found = [(kind, p) for p in map(Path, masks.own_names(str(photo), kind)) if p.is_file()][:1]
+    if not found:
+        return None, None
+    kind, path = found[0]
+    if kind == "regions" and not req.colours:
+        raise ImageError(f"{path}: a region map needs its colours: --region '#rrggbb=STYLE' (or =keep)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+    colours = req.colours if kind == "regions" else ()
+    return GuideSpec(kind, str(path), hashlib.sha256(data).hexdigest(), colours), data
 
 
 def output_stem(req: Request, photo_path: Path, sha256: str, style: Style) -> str:

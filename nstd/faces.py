@@ -1,0 +1,72 @@
+"""Faces found in a photo, as a feathered mask of ellipses to keep them as they are.
+
+The detector is MTCNN (Zhang et al. 2016) from `facenet-pytorch`, the optional extra
+`nstd[faces]`: its wheel carries the three small networks' weights, so nothing is
+downloaded at run time, and it runs on torch as nstd does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+
+import torch
+
+from nstd import images
+
+EXTRA = "faces"
+DETECT_SIDE = 1024  # faces are found on the photo at most this large: enough for a face of 2%
+MIN_PROBABILITY = 0.9
+GROW = (1.25, 1.4)  # the ellipse beyond the detector's box, across and down: hair, chin, ears
+SOFT = 0.2  # of the ellipse's radius: the width of its soft edge
+
+_lock = threading.Lock()
+_detector = None
+
+
+def available() -> bool:
+    return importlib.util.find_spec("facenet_pytorch") is not None
+
+
+def missing() -> str:
+    """What a user reads when `protect: faces` is set without the extra."""
+    return f"'faces' needs the face detector: pip install 'nstd[{EXTRA}]'"
+
+
+def _mtcnn():
+    global _detector
+    if _detector is None:
+        from facenet_pytorch import MTCNN
+
+        _detector = MTCNN(keep_all=True, device="cpu")
+    return _detector
+
+
+def detect(pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
+    """Each face as (left, top, right, bottom), fractions of the photo's width and height."""
+    h, w = pixels.shape[-2:]
+    scale = min(1.0, DETECT_SIDE / max(h, w))
+    small = torch.nn.functional.interpolate(pixels[None], size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                            mode="bilinear", antialias=True, align_corners=False)[0]
+    with _lock, torch.inference_mode():  # one detector per process, not made for threads
+        boxes, probs = _mtcnn().detect(images.to_pil(small))
+    if boxes is None:
+        return []
+    sh, sw = small.shape[-2:]
+    return [(float(b[0]) / sw, float(b[1]) / sh, float(b[2]) / sw, float(b[3]) / sh)
+            for b, p in zip(boxes, probs) if p is not None and p >= MIN_PROBABILITY]
+
+
+def mask(boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) in [0, 1]: one at the faces, falling smoothly to zero around them."""
+    h, w = size
+    y = (torch.arange(h, dtype=torch.float32) + 0.5)[:, None] / h
+    x = (torch.arange(w, dtype=torch.float32) + 0.5)[None, :] / w
+    out = torch.zeros(h, w)
+    for left, top, right, bottom in boxes:
+        cx, cy = (left + right) / 2, (top + bottom) / 2
+        rx, ry = (right - left) / 2 * GROW[0], (bottom - top) / 2 * GROW[1]
+        r = (((x - cx) / max(rx, 1e-6)) ** 2 + ((y - cy) / max(ry, 1e-6)) ** 2).sqrt()
+        t = ((1 - r) / SOFT).clamp(0, 1)
+        out = torch.maximum(out, t * t * (3 - 2 * t))  # smoothstep: no visible seam
+    return out

@@ -1,0 +1,106 @@
+"""A photo's spatial control as the pipeline applies it: which parts take which style.
+
+A `GuideSpec` is plain data (stored with a job: the mask's name and sha256, and for a
+region map its colours); `load` decodes it against the photo into a `Guide`, whose parts
+become the engine's regions at the working size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from nstd import faces, masks
+from nstd.engine.guides import fit
+from nstd.engine.types import Region
+from nstd.errors import ImageError
+from nstd.params import TransferParams
+from nstd.style import Style
+
+REGIONS_STYLE = "regions"  # the outbox folder of outputs made from a region map
+
+
+@dataclass(frozen=True)
+class GuideSpec:
+    kind: str  # mask | regions
+    name: str  # the mask file, as the loss log names it
+    sha256: str
+    colours: tuple[tuple[str, str], ...] = ()  # regions: ("#rrggbb", style or keep)
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "sha256": self.sha256, "colours": dict(self.colours)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "GuideSpec | None":
+        if not d:
+            return None
+        return cls(d["kind"], d["name"], d["sha256"], tuple(d.get("colours", {}).items()))
+
+    def styles(self) -> list[str]:
+        """The styles a region map names."""
+        return sorted({t for _, t in self.colours if t != masks.KEEP})
+
+
+OWN = ""  # a part that takes the output's own style (a plain mask's white)
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    mask: torch.Tensor  # (h, w) in [0, 1], of the photo's aspect
+    style: str | None  # a style's name, OWN, or None to keep the photo
+
+
+@dataclass(frozen=True)
+class Guide:
+    """A photo's parts, decoded once and shared by all of its outputs."""
+
+    parts: tuple[Part, ...]
+    log: dict  # the loss log's "guide" entry
+
+
+def load(spec: GuideSpec, data: bytes, photo_hw: tuple[int, int], max_pixels: int) -> Guide:
+    """The spec's file decoded against its photo, or an ImageError naming the file."""
+    log = {"source": spec.kind, "file": spec.name, "sha256": spec.sha256}
+    if spec.kind == "mask":
+        m = masks.decode_mask(data, spec.name, photo_hw, max_pixels)
+        return Guide((Part(OWN, m, OWN), Part(masks.KEEP, 1 - m, None)), log)
+    colours = {masks.parse_colour(c, spec.name): target for c, target in spec.colours}
+    found = masks.decode_regions(data, spec.name, photo_hw, colours, max_pixels)
+    if all(target == masks.KEEP for target, _ in found):
+        raise ImageError(f"{spec.name}: every region keeps the photo; map a colour to a style")
+    parts = tuple(Part(t, m, None if t == masks.KEEP else t) for t, m in found)
+    return Guide(parts, log | {"regions": dict(spec.colours)})
+
+
+def regions_style(spec: GuideSpec, params: TransferParams, style_for: Callable[[str], Style]) -> Style:
+    """What a region map's output is named after: every painting its regions use."""
+    paintings = tuple(p for name in spec.styles() for p in style_for(name).parts)
+    return Style(REGIONS_STYLE, params, paintings)
+
+
+def protect_faces(guide: Guide | None, pixels: torch.Tensor) -> Guide | None:
+    """The guide with the photo's faces kept; unchanged where no face is found."""
+    boxes = faces.detect(pixels)
+    if not boxes:
+        return guide if guide is None else replace(guide, log=guide.log | {"faces": 0})
+    f = faces.mask(boxes, tuple(pixels.shape[-2:]))
+    if guide is None:
+        guide = Guide((Part(OWN, torch.ones_like(f), OWN),), {"source": "faces"})
+    parts = tuple(p if p.style is None else replace(p, mask=fit(p.mask, f.shape) * (1 - f)) for p in guide.parts)
+    return Guide(parts + (Part("faces", f, None),), guide.log | {"faces": len(boxes)})
+
+
+def engine_regions(guide: Guide | None, style: Style, style_for: Callable[[str], Style], params: TransferParams,
+                   size: tuple[int, int]) -> tuple[Region, ...]:
+    """The guide's parts as the engine's regions at the working size; OWN is `style`."""
+    if guide is None:
+        return ()
+    out = []
+    for p in guide.parts:
+        chosen = None if p.style is None else style if p.style == OWN else style_for(p.style)
+        out.append(Region(fit(p.mask, size), () if chosen is None else chosen.style_images(params),
+                          style.name if p.style == OWN else p.name))
+    return tuple(out)

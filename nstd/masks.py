@@ -1,0 +1,108 @@
+"""Masks and region maps: their names beside a photo, and their decoding, checked against it.
+
+`photo.jpg.mask.png` (white: stylize, black: keep the photo, grey: in between) and
+`photo.jpg.regions.png` (flat colours, each mapped to a style or `keep` by a sidecar)
+belong to `photo.jpg`. A name like `vignette.mask.png` is a mask that sidecars may name.
+Neither is ever taken for a photo.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+import torch
+import torch.nn.functional as F
+
+from nstd import images
+from nstd.errors import ConfigError, ImageError
+
+KINDS = ("mask", "regions")
+KEEP = "keep"
+EXTENSIONS = ("png", "tif", "tiff", "jpg", "jpeg", "webp", "bmp")
+ASPECT_TOLERANCE = 0.02  # exports round sizes by a pixel or two; a crop changes the aspect more
+UNMAPPED_SHARE = 0.005  # a colour covering more of a region map than this must be mapped
+MAP_SIDE = 2048  # a region map is read at most this large: its labels need no more
+NEAR = 60.0  # an anti-aliased edge pixel within this RGB distance of a mapped colour takes it
+
+_MASK_NAME = re.compile(r"^(?P<base>.+)\.(?P<kind>mask|regions)\.(?P<ext>[A-Za-z0-9]+)$")
+_PHOTO_BASE = re.compile(r"\.[A-Za-z0-9]{2,5}$")
+_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+def kind_of(relpath: str) -> str | None:
+    """'mask' or 'regions' for a mask file's name, else None."""
+    m = _MASK_NAME.match(PurePosixPath(relpath).name)
+    return m["kind"] if m and m["ext"].lower() in EXTENSIONS else None
+
+
+def photo_of(relpath: str) -> str | None:
+    """The photo a mask file belongs to (`a/p.jpg` for `a/p.jpg.mask.png`), or None for a
+    mask that sidecars name."""
+    m = _MASK_NAME.match(relpath)
+    if not m or kind_of(relpath) is None or not _PHOTO_BASE.search(PurePosixPath(m["base"]).name):
+        return None
+    return m["base"]
+
+
+def own_names(relpath: str, kind: str) -> list[str]:
+    """The names a photo's own mask of `kind` may have."""
+    return [f"{relpath}.{kind}.{ext}" for ext in EXTENSIONS]
+
+
+def parse_colour(text, where: str) -> tuple[int, int, int]:
+    m = _COLOUR.match(str(text).strip())
+    if not m:
+        raise ConfigError(f"{where}: {text!r} is not a colour; write it as \"#rrggbb\", e.g. \"#ff0000\"")
+    v = int(m[1], 16)
+    return (v >> 16) & 255, (v >> 8) & 255, v & 255
+
+
+def _decode(data: bytes, name: str, photo_hw: tuple[int, int], max_pixels: int) -> torch.Tensor:
+    """(3, h, w) in [0, 1], upright, with an aspect that matches the photo's."""
+    pixels = images.decode(data, name, max_pixels).pixels
+    h, w = pixels.shape[-2:]
+    ph, pw = photo_hw
+    if abs((w / h) / (pw / ph) - 1) > ASPECT_TOLERANCE:
+        raise ImageError(f"{name}: {w}x{h} does not match its photo's shape ({pw}x{ph}); "
+                         f"export the mask from the photo as it is, uncropped")
+    return pixels
+
+
+def decode_mask(data: bytes, name: str, photo_hw: tuple[int, int], max_pixels: int) -> torch.Tensor:
+    """(h, w) weights in [0, 1]: white stylizes, black keeps the photo, grey is between."""
+    pixels = _decode(data, name, photo_hw, max_pixels)
+    return (0.299 * pixels[0] + 0.587 * pixels[1] + 0.114 * pixels[2]).clamp(0, 1)
+
+
+def decode_regions(data: bytes, name: str, photo_hw: tuple[int, int], colours: dict[tuple[int, int, int], str],
+                   max_pixels: int) -> list[tuple[str, torch.Tensor]]:
+    """(target, (h, w) mask) for each target in `colours` found in the map. Each pixel takes
+    the nearest mapped colour; a colour that covers a real area and is mapped to nothing
+    is an ImageError naming it."""
+    rgb = _decode(data, name, photo_hw, max_pixels)
+    if max(rgb.shape[-2:]) > MAP_SIDE:  # labels need no more; nearest keeps the colours flat
+        scale = MAP_SIDE / max(rgb.shape[-2:])
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[2] * scale)))
+        rgb = F.interpolate(rgb[None], size=size, mode="nearest-exact")[0]
+    rgb = (rgb * 255).round()
+    flat = rgb.reshape(3, -1).T  # (pixels, 3)
+    palette = torch.tensor(list(colours), dtype=flat.dtype)
+    dist = torch.cdist(flat, palette)  # (pixels, colours)
+    nearest = dist.argmin(1)
+    far = dist.min(1).values > NEAR
+    if far.any():
+        values, counts = flat[far].unique(dim=0, return_counts=True)
+        worst = int(counts.argmax())
+        if counts[worst] > UNMAPPED_SHARE * flat.shape[0]:
+            r, g, b = (int(v) for v in values[worst])
+            share = 100 * int(counts[worst]) / flat.shape[0]
+            raise ImageError(f"{name}: colour #{r:02x}{g:02x}{b:02x} covers {share:.1f}% of the map and names "
+                             f"no style; map it in the sidecar's regions (to a style or to keep)")
+    targets = list(colours.values())
+    found: dict[str, torch.Tensor] = {}
+    for k, target in enumerate(targets):
+        hit = (nearest == k).reshape(rgb.shape[1:]).float()
+        if hit.any():
+            found[target] = found[target] + hit if target in found else hit
+    return list(found.items())
