@@ -17,6 +17,7 @@ from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
 
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RESERVED = ("regions", "keep")  # the outbox folder of region-map outputs; a region that keeps the photo
 WATCH_MODES = ("auto", "native", "polling")
 ON_SUCCESS = ("move", "delete", "keep")
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
@@ -188,6 +189,8 @@ def _blends(raw: Any, styles: dict[str, Style], transfer: TransferParams) -> dic
         key = f"blends.{name}"
         if not isinstance(name, str) or not STYLE_NAME.match(name):
             raise ConfigError(f"{key}: a blend name is a folder name: letters, digits, '.', '_' and '-'")
+        if name in RESERVED:
+            raise ConfigError(f"{key}: '{name}' is reserved for masks; choose another name")
         if name in styles:
             raise ConfigError(f"{key}: a style has this name already")
         spec = dict(_mapping(spec, key))
@@ -220,6 +223,8 @@ def _styles(raw: Any, transfer: TransferParams, root: Path) -> dict[str, Style]:
         key = f"styles.{name}"
         if not isinstance(name, str) or not STYLE_NAME.match(name):
             raise ConfigError(f"{key}: a style name is a folder name: letters, digits, '.', '_' and '-'")
+        if name in RESERVED:
+            raise ConfigError(f"{key}: '{name}' is reserved for masks; choose another name")
         if isinstance(spec, str):
             spec = {"image": spec}
         spec = dict(_mapping(spec, key))

@@ -51,6 +51,7 @@ class Part:
     name: str
     mask: torch.Tensor  # (h, w) in [0, 1], of the photo's aspect
     style: str | None  # a style's name, OWN, or None to keep the photo
+    colour: tuple[int, int, int] | None = None  # a region map's colour, for pictures of the guide
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ def load(spec: GuideSpec, data: bytes, photo_hw: tuple[int, int], max_pixels: in
     found = masks.decode_regions(data, spec.name, photo_hw, colours, max_pixels)
     if all(target == masks.KEEP for target, _ in found):
         raise ImageError(f"{spec.name}: every region keeps the photo; map a colour to a style")
-    parts = tuple(Part(t, m, None if t == masks.KEEP else t) for t, m in found)
+    first = {}
+    for rgb, target in colours.items():
+        first.setdefault(target, rgb)
+    parts = tuple(Part(t, m, None if t == masks.KEEP else t, first[t]) for t, m in found)
     return Guide(parts, log | {"regions": dict(spec.colours)})
 
 
@@ -91,6 +95,16 @@ def protect_faces(guide: Guide | None, pixels: torch.Tensor) -> Guide | None:
         guide = Guide((Part(OWN, torch.ones_like(f), OWN),), {"source": "faces"})
     parts = tuple(p if p.style is None else replace(p, mask=fit(p.mask, f.shape) * (1 - f)) for p in guide.parts)
     return Guide(parts + (Part("faces", f, None),), guide.log | {"faces": len(boxes)})
+
+
+def picture(guide: Guide, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) RGB of the guide for people: a region map's colours, else white where the
+    photo is stylized and black where it is kept."""
+    out = torch.zeros(3, *size)
+    for p in guide.parts:
+        rgb = p.colour if p.colour is not None else (0, 0, 0) if p.style is None else (255, 255, 255)
+        out += fit(p.mask, size)[None] * torch.tensor(rgb, dtype=torch.float32)[:, None, None] / 255
+    return out.clamp(0, 1)
 
 
 def engine_regions(guide: Guide | None, style: Style, style_for: Callable[[str], Style], params: TransferParams,

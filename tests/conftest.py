@@ -67,6 +67,12 @@ def service(tmp_path):
 
 
 @pytest.fixture
+def settle(service):
+    """The service's settle time: how long a file must hold still to be taken in."""
+    return service.inputs.settle.seconds
+
+
+@pytest.fixture
 def models(tmp_path, vgg_sd):
     """A models folder holding the random-weight VGG19 as "random"."""
     from nstd.cli import main

@@ -58,7 +58,7 @@ def test_each_region_moves_toward_its_own_style_and_kept_region_stays(tiny_model
     a, b = StyleImage(reds(), key="reds"), StyleImage(blues(), key="blues")
     job = TransferJob(photo, (a, b), tv_weight=0.0,
                       regions=(Region(left, (a,), "a"), Region(middle, (b,), "b"), Region(right, (), "keep")))
-    [result] = run_batch(tiny_model, [job], BatchSettings(iterations=30, log_every=10))
+    [result] = run_batch(tiny_model, [job], BatchSettings(iterations=60, log_every=20))
     out = result.image
     for mask, own, other in ((left, reds(), blues()), (middle, blues(), reds())):
         after = style_distance(tiny_model, out, mask, own)

@@ -37,11 +37,6 @@ def queued_inputs(svc) -> list[str]:
     return sorted(r[0] for r in svc.journal.db.execute("SELECT relpath FROM inputs"))
 
 
-@pytest.fixture
-def settle(service):
-    return service.inputs.settle.seconds
-
-
 def test_a_file_still_being_copied_is_taken_only_once_it_has_held_still(service, settle):
     inbox = service.cfg.inbox
     data = photo_bytes(40, 40, 2)

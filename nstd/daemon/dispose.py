@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path, PurePosixPath
 
-from nstd import faults, losslog
+from nstd import faults, losslog, masks
 from nstd.daemon.sidecar import PHOTO_SUFFIX
 from nstd.fsutil import atomic_write_json, contained, fit_name, fsync_dir, printable, sha256_file
 
@@ -94,14 +94,19 @@ def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str 
 
 
 def _take_sidecar(inbox: Path, relpath: str, moved_to: Path | None, mode: str) -> None:
-    """A photo's own sidecar follows it; folder sidecars stay for the folder's next photos."""
-    side = inbox / (relpath + PHOTO_SUFFIX)
-    if not os.path.isfile(side) or os.path.islink(side) or mode == "keep":
+    """A photo's own sidecar and masks follow it; folder sidecars and the masks they name
+    stay for the folder's next photos."""
+    if mode == "keep":
         return
-    if mode == "delete" or moved_to is None:
-        os.unlink(side)
-    else:
-        durable_move(side, moved_to.with_name(moved_to.name + PHOTO_SUFFIX))
+    own = [relpath + PHOTO_SUFFIX] + [m for kind in masks.KINDS for m in masks.own_names(relpath, kind)]
+    for rel in own:
+        side = inbox / rel
+        if not os.path.isfile(side) or os.path.islink(side):
+            continue
+        if mode == "delete" or moved_to is None:
+            os.unlink(side)
+        else:
+            durable_move(side, moved_to.with_name(moved_to.name + rel[len(relpath):]))
 
 
 def on_success(inbox: Path, processed: Path, relpath: str, mode: str, sha256: str | None = None) -> Path | None:

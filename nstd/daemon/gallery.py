@@ -17,6 +17,7 @@ from nstd import images
 from nstd.daemon.journal import Journal
 from nstd.engine.resize import resize_long_side
 from nstd.fsutil import atomic_write, contained
+from nstd.guide import Guide, picture
 from nstd.log import get
 from nstd.plot import curve_name
 from nstd.style import Style
@@ -40,6 +41,10 @@ def result_thumb(job_id: int) -> str:
     return f"{FOLDER}/out-{job_id}.jpg"
 
 
+def mask_thumb(job_id: int) -> str:
+    return f"{FOLDER}/mask-{job_id}.jpg"
+
+
 def save_thumb(outbox: Path, rel: str, pixels: torch.Tensor) -> None:
     """Write a small JPEG once; names carry content hashes or job ids, so never stale.
     A path that a planted symlink would lead out of the outbox is refused (ValueError)."""
@@ -52,11 +57,13 @@ def save_thumb(outbox: Path, rel: str, pixels: torch.Tensor) -> None:
 
 
 def job_done(outbox: Path, job_id: int, photo_sha256: str, photo: torch.Tensor, style: Style,
-             result: torch.Tensor) -> None:
-    """The thumbnails of one finished job: its photo, its style and its result."""
+             result: torch.Tensor, guide: Guide | None = None) -> None:
+    """The thumbnails of one finished job: its photo, its style, its mask and its result."""
     try:
         save_thumb(outbox, photo_thumb(photo_sha256), photo)
         save_thumb(outbox, style_thumb(style.sha256), style.parts[0].pixels)
+        if guide is not None:
+            save_thumb(outbox, mask_thumb(job_id), picture(guide, tuple(result.shape[-2:])))
         save_thumb(outbox, result_thumb(job_id), result)
     except (OSError, ValueError) as e:  # the page is a convenience; the outputs are what matter
         log.warning("gallery_thumbnail_not_written", job=job_id, error=str(e))
@@ -65,14 +72,16 @@ def job_done(outbox: Path, job_id: int, photo_sha256: str, photo: torch.Tensor, 
 def write(outbox: Path, journal: Journal, now: float | None = None) -> Path:
     done = journal.recent_done(SHOWN)
     failures = journal.recent_failures(50)
-    page = render(done, failures, now or time.time())
+    masked = {job.id for job in done if (outbox / mask_thumb(job.id)).is_file()}
+    page = render(done, failures, now or time.time(), masked)
     target = outbox / "index.html"
     atomic_write(target, page.encode())
     return target
 
 
-def render(done, failures, now: float) -> str:
-    rows = "\n".join(_row(job) for job in done) or '<tr><td colspan="4">Nothing finished yet.</td></tr>'
+def render(done, failures, now: float, masked: set[int] = frozenset()) -> str:
+    rows = "\n".join(_row(job, job.id in masked) for job in done) or \
+        '<tr><td colspan="5">Nothing finished yet.</td></tr>'
     fails = "\n".join(
         f"<li><b>{_e(rel)}</b> <span class=when>{_when(at)}</span><br>{_e(reason or 'unknown reason')}</li>"
         for rel, reason, at in failures) or "<li>None.</li>"
@@ -91,7 +100,7 @@ img[data-broken] {{ outline: 2px dashed #c00; min-width: 60px; min-height: 40px;
 <h1>nstd outbox</h1>
 <p class=when>Updated {_when(now)}. Newest first; the last {SHOWN} results.</p>
 <table>
-<tr><th>Photo</th><th>Style</th><th>Result</th><th>Details</th></tr>
+<tr><th>Photo</th><th>Style</th><th>Mask</th><th>Result</th><th>Details</th></tr>
 {rows}
 </table>
 <h2>Failures</h2>
@@ -102,12 +111,13 @@ img[data-broken] {{ outline: 2px dashed #c00; min-width: 60px; min-height: 40px;
 """
 
 
-def _row(job) -> str:
+def _row(job, masked: bool) -> str:
     out = job.output or ""
     stem = out.rsplit(".", 1)[0]
     style_sha = job.params.get("style_sha256", "")
     return (f"<tr><td>{_img(photo_thumb(job.input_sha256), job.relpath)}<div>{_e(job.relpath)}</div></td>"
             f"<td>{_img(style_thumb(style_sha), job.style)}<div>{_e(job.style)}</div></td>"
+            f"<td>{_img(mask_thumb(job.id), 'mask') if masked else ''}</td>"
             f"<td><a href=\"{_u(out)}\">{_img(result_thumb(job.id), out)}</a></td>"
             f"<td><a href=\"{_u(stem + '.json')}\">loss log</a><br>"
             f"<a href=\"{_u(curve_name(stem + '.json'))}\">loss curve</a><br>"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from nstd import masks
 from nstd.config import Config
 from nstd.daemon import dispose
 from nstd.daemon.database import Unavailable
@@ -30,7 +31,7 @@ class Inputs:
         self.rules = IgnoreRules(cfg.watch.extensions, cfg.watch.ignore)
         self.settle = SettleTracker(settle_seconds(cfg.watch.settle_seconds, cfg.inbox))
         self.accepted: dict[str, tuple[int, int, int]] = {}  # relpath -> stat key when taken in
-        self.intake = Intake(runtime, journal)
+        self.intake = Intake(runtime, journal, self._settled)
         self.next_rescan: float | None = None
         self.deferred: dict[int, tuple[float, float]] = {}  # input id -> (retry at, last wait)
         self.refused: set[str] = set()  # inputs whose disposal was refused, logged once
@@ -68,7 +69,8 @@ class Inputs:
                 self.settle.watch(rel)
 
     def take_settled(self, now: float) -> None:
-        for rel, key in self.settle.poll(self.cfg.inbox, now):
+        # Masks first: a photo that settles with its mask is then taken in at once, with it.
+        for rel, key in sorted(self.settle.poll(self.cfg.inbox, now), key=lambda r: masks.kind_of(r[0]) is None):
             if self.accepted.get(rel) == key:
                 continue
             try:
@@ -87,10 +89,25 @@ class Inputs:
         outcome = self.intake.accept(rel, key)
         if outcome.kind is Kind.CHANGED:
             self.settle.watch(rel)
-        elif outcome.kind in (Kind.QUEUED, Kind.KNOWN):
+            if outcome.detail:  # its mask, still arriving
+                self.settle.watch(outcome.detail)
+        elif outcome.kind in (Kind.QUEUED, Kind.KNOWN, Kind.COMPANION):
             self.accepted[rel] = key
             if outcome.kind is Kind.KNOWN:
                 self._redispose(rel, outcome.known)
+
+    def _settled(self, rel: str) -> tuple[int, int, int] | None:
+        """A mask file's stat key if it has settled and not changed since; else None, and
+        it is watched until it settles."""
+        key = self.accepted.get(rel)
+        try:
+            st = os.lstat(self.cfg.inbox / rel)
+        except OSError:
+            return None
+        if key is not None and key == (st.st_size, st.st_mtime_ns, st.st_ino):
+            return key
+        self.settle.watch(rel)
+        return None
 
     def _redispose(self, rel: str, known: Input) -> None:
         """A file whose fate was decided before (a re-drop, or a crash before it was moved)."""
@@ -146,9 +163,12 @@ class Inputs:
             dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success, inp.sha256)
             self.journal.close_input(inp.id, State.DONE)
             log.info("input_done", input=inp.relpath, outputs=[j.output for j in jobs])
-        self.accepted.pop(inp.relpath, None)
+        for rel in [inp.relpath] + [m for kind in masks.KINDS for m in masks.own_names(inp.relpath, kind)]:
+            self.accepted.pop(rel, None)
         if inp.spool and not self.journal.spool_in_use(inp.spool):
             Path(inp.spool).unlink(missing_ok=True)
+            for mask in Path(inp.spool).parent.glob(f"{inp.sha256}.mask-*"):  # its masks' copies go with it
+                mask.unlink(missing_ok=True)
 
     def _same_version(self, rel: str, sha: str) -> bool:
         key = self.accepted.get(rel)

@@ -10,18 +10,19 @@ import stat
 import time
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from nstd import images
+from nstd import guide, images, masks
 from nstd.config import Config
-from nstd.daemon import dispose, sidecar
+from nstd.daemon import companions, dispose, sidecar
 from nstd.daemon.inbox import route
 from nstd.daemon.journal import Input, JobSpec, Journal, State
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.errors import ConfigError, ImageError
 from nstd.fsutil import atomic_write, is_utf8, printable
+from nstd.guide import REGIONS_STYLE, GuideSpec
 from nstd.log import get
 from nstd.pipeline import check_fits, working_size
 
@@ -38,8 +39,9 @@ class Kind(Enum):
     QUEUED = "queued"  # new: its jobs are queued
     KNOWN = "known"  # this very version was taken in before
     FAILED = "failed"  # refused, into failed/ with a reason
-    CHANGED = "changed"  # it moved under us: look again once it settles
+    CHANGED = "changed"  # it moved under us, or its mask is still arriving: look again once settled
     GONE = "gone"  # no longer there
+    COMPANION = "companion"  # a mask: it waits for its photo, or for the sidecars that name it
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ def read_settled(path: Path, key: tuple[int, int, int]) -> bytes:
 
 
 class Intake:
-    def __init__(self, runtime: Callable[[], Runtime], journal: Journal):
+    def __init__(self, runtime: Callable[[], Runtime], journal: Journal, settled: companions.Settled):
         self.runtime, self.journal = runtime, journal
+        self.settled = settled  # a mask file's stat key once the watcher has seen it settle
         self.spool_dir = self.cfg.spool_dir
         self.spool_dir.mkdir(parents=True, exist_ok=True)
 
@@ -91,25 +94,40 @@ class Intake:
         if not is_utf8(relpath):  # the journal, the outputs and the logs all need text names
             return self._refuse(relpath, None, f"{printable(relpath)}: the file name is not valid UTF-8 "
                                                f"(written by an old Windows share?); rename it and drop it again")
+        if masks.kind_of(relpath):
+            return self._companion(relpath, key)
         data = self._read(relpath, key)
         if isinstance(data, Outcome):
             return data
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
         if known is not None and not (known.state is State.FAILED and self.journal.had_jobs(known.id)):
-            return Outcome(Kind.KNOWN, known.state, known)
+            changed = self._mask_changed(relpath, known)
+            if changed is not True:
+                return changed or Outcome(Kind.KNOWN, known.state, known)
         # New, or its jobs failed before (a full disk, say): dropped again, it is new work.
         where = route(relpath, self.styles.names())
         if where.error:
             return self._refuse(relpath, sha, where.error)
         try:
             decoded = images.decode(data, relpath, self.cfg.max_pixels)
-            specs = self._specs(relpath, where.styles, *decoded.pixels.shape[-2:])
+            sidecars = sidecar.overrides_for(self.cfg.inbox, relpath)
+            found = companions.find(self.cfg.inbox, relpath, sidecars, self.styles.names(), self.settled,
+                                    lambda rel, k: read_settled(self.cfg.inbox / rel, k))
+            if found.waiting:
+                return Outcome(Kind.CHANGED, found.waiting)
+            if found.spec is not None:  # refused now, with its reason, rather than at the worker
+                guide.load(found.spec, found.data, tuple(decoded.pixels.shape[-2:]), self.cfg.max_pixels)
+            specs = self._specs(relpath, where.styles, *decoded.pixels.shape[-2:], sidecars, found.spec)
+        except (Changed, FileNotFoundError):
+            return Outcome(Kind.CHANGED, "")  # the mask moved under us
         except (ImageError, ConfigError) as e:
             return self._refuse(relpath, sha, str(e))
         spool = self.spool_dir / f"{sha}{Path(relpath).suffix.lower()}"
         if not spool.exists():
             atomic_write(spool, data)
+        if found.spec is not None:
+            atomic_write(companions.spool_path(spool, sha, found.spec), found.data)
         inp = self.journal.add_input(relpath, sha, str(spool), specs)
         h, w = decoded.pixels.shape[-2:]
         log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
@@ -134,19 +152,54 @@ class Intake:
                 return self._refuse(relpath, None, f"cannot read ({e.strerror})")
             raise  # EIO and friends: the share may be back soon; the next scan retries
 
-    def _specs(self, relpath: str, styles: tuple[str, ...], h: int, w: int) -> list[JobSpec]:
-        """One job per style, with the sidecars' overrides, at the photo's working size."""
-        found = sidecar.overrides_for(self.cfg.inbox, relpath)
+    def _mask_changed(self, relpath: str, known: Input) -> bool | Outcome:
+        """Whether a photo seen before comes with another mask (or none) than its jobs used:
+        a new mask is new work. An Outcome when its mask is still arriving."""
+        try:
+            found = companions.find(self.cfg.inbox, relpath, sidecar.overrides_for(self.cfg.inbox, relpath),
+                                    self.styles.names(), self.settled,
+                                    lambda rel, k: read_settled(self.cfg.inbox / rel, k))
+        except (Changed, FileNotFoundError):
+            return Outcome(Kind.CHANGED, "")
+        except (ConfigError, ImageError, OSError):
+            return False  # judged as new work only once its sidecar can be read
+        if found.waiting:
+            return Outcome(Kind.CHANGED, found.waiting)
+        used = {(j.params.get("guide") or {}).get("sha256") for j in self.journal.jobs_of(known.id)}
+        return bool(used) and (found.spec.sha256 if found.spec else None) not in used
+
+    def _companion(self, relpath: str, key: tuple[int, int, int]) -> Outcome:
+        """A mask waits beside its photo (or for the sidecars that name it); alone, it fails."""
+        if key[0] < 0:
+            return self._refuse(relpath, None, "not a regular file (a link, FIFO or device); nstd follows no links")
+        photo = masks.photo_of(relpath)
+        if photo is None or os.path.lexists(self.cfg.inbox / photo):
+            return Outcome(Kind.COMPANION)
+        return self._refuse(relpath, None, f"no photo {PurePosixPath(photo).name} beside it; a mask must "
+                                           f"arrive with its photo or before it")
+
+    def _specs(self, relpath: str, styles: tuple[str, ...], h: int, w: int, sidecars: list[tuple[str, dict]],
+               spec: GuideSpec | None) -> list[JobSpec]:
+        """One job per style (or one for a region map), with the sidecars' overrides, at the
+        photo's working size."""
         memory = self.journal.largest_memory(time.time())  # of every worker that has said, on any host
+        if spec is not None and spec.kind == "regions":
+            params = sidecar.apply(self.cfg.transfer, sidecars, self.models)
+            return [self._spec(relpath, REGIONS_STYLE, params, h, w, memory,
+                               self.styles.regions_params(spec, self.cfg.output, params))]
         specs = []
         for name in styles:
-            params = sidecar.apply(self.styles.get(name).params, found, self.models)
-            hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
-            check_fits(relpath, (hh, ww), params, memory)
+            params = sidecar.apply(self.styles.get(name).params, sidecars, self.models)
             stored = self.styles.job_params(name, self.cfg.output, params)
-            specs.append(JobSpec(style=name, params_hash=_digest(stored), params=stored, width=ww,
-                                 height=hh, batch_key=_digest([ww, hh, repr(params.batch_key())])))
+            specs.append(self._spec(relpath, name, params, h, w, memory,
+                                    stored | ({"guide": spec.as_dict()} if spec else {})))
         return specs
+
+    def _spec(self, relpath: str, style: str, params, h: int, w: int, memory: int | None, stored: dict) -> JobSpec:
+        hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
+        check_fits(relpath, (hh, ww), params, memory)
+        return JobSpec(style=style, params_hash=_digest(stored), params=stored, width=ww, height=hh,
+                       batch_key=_digest([ww, hh, repr(params.batch_key())]))
 
     def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
         self.journal.fail_input(printable(relpath), sha or "", reason)

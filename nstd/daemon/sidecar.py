@@ -2,9 +2,11 @@
 
 `photo.jpg.nstd.yaml` applies to that photo; `.nstd.yaml` in a folder applies to every
 photo below it, the nearest folder winning and the photo's own file last. A sidecar
-holds transfer keys only, validated like the config's: it has no way to name a style
-image, a path or a folder, so it can neither reach outside the configured styles nor
-write outside the outbox.
+holds transfer keys, validated like the config's, and the guide keys: `mask` or
+`region_map` (a mask file's name in the sidecar's own folder) and `regions` (a region
+map's colours, each to a configured style or keep). It has no way to name a style image,
+a path or a folder, so it can neither reach outside the configured styles and the inbox
+nor write outside the outbox.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nstd.params import TransferParams, with_overrides
 PHOTO_SUFFIX = ".nstd.yaml"
 FOLDER_NAME = ".nstd.yaml"
 MAX_BYTES = 64 * 1024
+GUIDE_KEYS = ("mask", "region_map", "regions")
 
 
 def paths_for(relpath: str) -> list[str]:
@@ -47,11 +50,19 @@ def overrides_for(inbox: Path, relpath: str) -> list[tuple[str, dict]]:
 def apply(params: TransferParams, found: list[tuple[str, dict]], models: set[str]) -> TransferParams:
     """params with every sidecar's overrides; a bad key raises ConfigError naming file and key."""
     for rel, overrides in found:
-        params = with_overrides(params, overrides, rel)
+        params = with_overrides(params, {k: v for k, v in overrides.items() if k not in GUIDE_KEYS}, rel)
         if params.model not in models:
             raise ConfigError(f"{rel}.model: {params.model!r} is not a model this config uses "
                               f"({', '.join(sorted(models))})")
     return params
+
+
+def guide_keys(found: list[tuple[str, dict]]) -> dict[str, tuple[str, object]]:
+    """Each guide key set by the sidecars, the nearest winning: key -> (sidecar relpath, value)."""
+    out: dict[str, tuple[str, object]] = {}
+    for rel, mapping in found:
+        out |= {k: (rel, v) for k, v in mapping.items() if k in GUIDE_KEYS}
+    return out
 
 
 def _read(path: Path, rel: str) -> dict | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nstd.config import Config, OutputConfig
 from nstd.errors import ConfigError, ImageError
+from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style
 from nstd.params import TransferParams
 from nstd.style import Painting, Style, read_painting
 
@@ -38,9 +39,17 @@ class StyleBook:
     def has(self, name: str) -> bool:
         return name in self._styles
 
+    def regions_params(self, spec: GuideSpec, output: OutputConfig, params: TransferParams) -> dict:
+        """What shapes a region map's one output: its styles' paintings, the map and its
+        colours, and the settings."""
+        style = regions_style(spec, params, self.get)
+        return params.as_dict() | {"style": REGIONS_STYLE, "style_sha256": style.sha256, "format": output.format,
+                                   "quality": output.quality, "guide": spec.as_dict()}
+
     def job_params(self, name: str, output: OutputConfig, params: TransferParams | None = None) -> dict:
         """Everything that shapes a job's output: a change makes it a new job. `params`
         replaces the style's own (with a sidecar's overrides, say)."""
         s = self._styles[name]
         return (params or s.params).as_dict() | {"style": name, "style_sha256": s.sha256,
                                      "format": output.format, "quality": output.quality}
+

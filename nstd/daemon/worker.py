@@ -14,7 +14,7 @@ import torch
 
 from nstd import faults, images
 from nstd.config import Config
-from nstd.daemon import gallery, outbox
+from nstd.daemon import companions, gallery, outbox
 from nstd.daemon.database import Unavailable
 from nstd.daemon.journal import LEASE_SECONDS, Job, Journal, WorkerInfo
 from nstd.daemon.outage import PatientJournal
@@ -29,7 +29,8 @@ from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError, NstdError
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
-from nstd.pipeline import Pipeline, Task, load_photo, output_exif
+from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style
+from nstd.pipeline import Pipeline, Task, load_guide, load_photo, output_exif
 from nstd.weights import WeightInfo
 
 log = get("nstd.worker")
@@ -96,7 +97,8 @@ class Worker(threading.Thread):
         # The configured switches; the engine decides what is left on auto per scale.
         switches = cfg.worker.switches
         self.planner = MemoryPlanner(device, switches, partial(free_memory, device))
-        self.pipeline = Pipeline(Engine(self.planner, switches), self._model)
+        self.pipeline = Pipeline(Engine(self.planner, switches), self._model,
+                                 style_for=lambda name: self.styles().get(name))
         self.info = WorkerInfo(owner_id(cfg.host, device), cfg.host, describe(device), total_memory(device))
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
@@ -196,25 +198,33 @@ class Worker(threading.Thread):
             keeper.stop()
 
     def _load(self, journal: Journal, batch: list[Job]) -> list[Task]:
-        """The load stage: each job's spooled photo at its recorded size, or its failure."""
+        """The load stage: each job's spooled photo at its recorded size (with its mask), or
+        its failure."""
         book = self.styles()
         tasks = []
         for job in batch:
-            if not book.has(job.style):
-                journal.fail(job.id, f"style '{job.style}' is no longer configured", job.batch_id)
+            spec = GuideSpec.from_dict(job.params.get("guide"))
+            names = spec.styles() if job.style == REGIONS_STYLE and spec else [job.style]
+            gone = [n for n in names if not book.has(n)]
+            if gone:
+                journal.fail(job.id, f"style '{gone[0]}' is no longer configured", job.batch_id)
                 continue
+            params = from_dict(job.params)
             try:
                 decoded = images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
+                data = None if spec is None else \
+                    companions.spool_path(Path(job.spool), job.input_sha256, spec).read_bytes()
+                guide = load_guide(spec, data, decoded, params, self.cfg.max_pixels)
             except ImageError as e:
                 journal.fail(job.id, str(e), job.batch_id)
                 continue
             except OSError as e:
                 self._transient(journal, job, f"cannot read spooled input: {e}")
                 continue
+            style = regions_style(spec, params, book.get) if job.style == REGIONS_STYLE else book.get(job.style)
             # Exactly the size intake recorded, so every job of a batch matches.
-            tasks.append(Task(load_photo(decoded, (job.height, job.width)), book.get(job.style),
-                              from_dict(job.params), job.relpath, job.input_sha256, str(job.id), job.queued,
-                              job.batch_id))
+            tasks.append(Task(load_photo(decoded, (job.height, job.width)), style, params, job.relpath,
+                              job.input_sha256, str(job.id), job.queued, job.batch_id, guide))
         return tasks
 
     def _run(self, journal: Journal, batch: list[Job], tasks: list[Task], keeper: LeaseKeeper) -> None:
@@ -319,7 +329,8 @@ class _Outbox:
             log.warning("finish_refused", job=job.id, input=job.relpath, reason="claim lost to another worker")
             return
         faults.point("after_finish")
-        gallery.job_done(outbox_dir, job.id, job.input_sha256, task.photo.pixels, task.style, result.image)
+        gallery.job_done(outbox_dir, job.id, job.input_sha256, task.photo.pixels, task.style, result.image,
+                         task.guide)
         log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
                  seconds=entry["timings"]["seconds"], batch=entry["batch"]["size"])
 

@@ -1,0 +1,208 @@
+"""Masks, region maps and faces: decoded like photos, carried by the daemon, kept by the engine."""
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from nstd import faces, masks
+from nstd.daemon.journal import State
+from nstd.errors import ConfigError, ImageError
+from nstd.params import TransferParams, validate
+
+from daemon_harness import files, photo_bytes
+from test_service import drive, queued_inputs
+
+
+def png(arr: np.ndarray, mode: str | None = None, exif=None) -> bytes:
+    buf = io.BytesIO()
+    im = Image.fromarray(arr, mode) if mode else Image.fromarray(arr)
+    im.save(buf, "PNG", **({"exif": exif} if exif is not None else {}))
+    return buf.getvalue()
+
+
+def half_mask(h: int = 40, w: int = 40) -> np.ndarray:
+    """White (stylize) on the left, black (keep) on the right."""
+    arr = np.zeros((h, w), np.uint8)
+    arr[:, : w // 2] = 255
+    return arr
+
+
+def region_map(h: int = 40, w: int = 40, third=(0, 0, 0)) -> np.ndarray:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)
+    arr[:, w // 2:] = (0, 0, 0)
+    arr[: h // 3, w // 2:] = third
+    return arr
+
+
+# --- decoding -------------------------------------------------------------------------
+
+def test_a_16bit_mask_keeps_its_precision_and_its_orientation_is_applied():
+    arr = np.zeros((20, 40), np.uint16)
+    arr[:, :10] = 65535
+    arr[:, 10:] = 32768  # the middle of 16 bits: 8 bits would give 128/255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90° clockwise, as the photo beside it is
+    m = masks.decode_mask(png(arr, exif=exif), "p.jpg.mask.png", (40, 20), 10**6)
+    assert m.shape == (40, 20)  # upright, like its photo
+    assert float(m[-1, 5]) == pytest.approx(32768 / 65535, abs=1e-6)
+    assert float(m[0, 5]) == 1.0 and float(m[-1, 5]) < 1.0  # the white band is now along the top
+
+
+def test_a_mask_of_another_shape_than_its_photo_is_refused_by_name():
+    with pytest.raises(ImageError, match=r"^p\.jpg\.mask\.png: 40x20 does not match its photo's shape \(30x30\)"):
+        masks.decode_mask(png(np.zeros((20, 40), np.uint8)), "p.jpg.mask.png", (30, 30), 10**6)
+
+
+def test_a_region_map_takes_the_nearest_colour_at_soft_edges_and_names_an_unmapped_one():
+    arr = region_map()
+    arr[:, 19] = (250, 12, 8)  # an anti-aliased edge
+    found = dict(masks.decode_regions(png(arr), "m.png", (40, 40), {(255, 0, 0): "ink", (0, 0, 0): "keep"}, 10**6))
+    assert float(found["ink"][:, :20].min()) == 1.0 and float(found["keep"][:, 20:].min()) == 1.0
+    with pytest.raises(ImageError, match=r"^m\.png: colour #00ff00 covers 16\.\d% of the map and names no style"):
+        masks.decode_regions(png(region_map(third=(0, 255, 0))), "m.png", (40, 40),
+                             {(255, 0, 0): "ink", (0, 0, 0): "keep"}, 10**6)
+
+
+def test_protect_faces_without_the_extra_is_a_config_error_naming_it(monkeypatch):
+    monkeypatch.setattr(faces, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^transfer\.protect: 'faces' needs the face detector: "
+                                          r"pip install 'nstd\[faces\]'$"):
+        validate(TransferParams(protect="faces"))
+
+
+def test_names_tell_masks_from_photos():
+    assert masks.kind_of("a/p.jpg.mask.png") == "mask" and masks.photo_of("a/p.jpg.mask.png") == "a/p.jpg"
+    assert masks.kind_of("p.jpeg.regions.tif") == "regions" and masks.photo_of("p.jpeg.regions.tif") == "p.jpeg"
+    assert masks.kind_of("vignette.mask.png") == "mask" and masks.photo_of("vignette.mask.png") is None
+    assert masks.kind_of("the.mask.of.zorro.jpg") is None and masks.kind_of("p.jpg") is None
+
+
+# --- the daemon -----------------------------------------------------------------------
+
+def test_a_mask_beside_its_photo_shapes_each_output_and_travels_with_it(service, settle):
+    inbox = service.cfg.inbox
+    (inbox / "p.jpg").write_bytes(photo_bytes(40, 40, 1))
+    mask = png(half_mask())
+    (inbox / "p.jpg.mask.png").write_bytes(mask)
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    [job] = service.journal.get_jobs([1])
+    assert job.state == State.DONE and job.params["guide"]["sha256"] == hashlib.sha256(mask).hexdigest()
+    log = json.loads((service.cfg.outbox / "ink" / "p.json").read_text())
+    assert log["guide"] == {"source": "mask", "file": "p.jpg.mask.png", "sha256": hashlib.sha256(mask).hexdigest()}
+    assert set(log["history"][-1]["style_by_region"]) == {"ink"}
+    assert files(service.cfg.processed) == ["p.jpg", "p.jpg.mask.png"] and files(inbox) == []
+    assert (service.cfg.outbox / ".gallery" / "mask-1.jpg").is_file()
+    assert "mask-1.jpg" in (service.cfg.outbox / "index.html").read_text()
+    assert not list(service.cfg.spool_dir.glob("*.mask-*"))  # its spool copy went with the photo's
+
+
+def test_a_mask_still_arriving_holds_its_photo_back(service, settle):
+    inbox = service.cfg.inbox
+    (inbox / "p.jpg").write_bytes(photo_bytes(40, 40, 1))
+    service.inputs.step(0.0)
+    (inbox / "p.jpg.mask.png").write_bytes(png(half_mask())[:100])  # the copy has begun
+    service.inputs.next_rescan = settle * 1.1
+    service.inputs.step(settle * 1.1)  # the photo has settled; its mask has not
+    assert queued_inputs(service) == []
+    (inbox / "p.jpg.mask.png").write_bytes(png(half_mask()))  # the copy ends
+    service.inputs.step(settle * 1.5)
+    assert queued_inputs(service) == []
+    for k in range(3, 8):
+        service.inputs.step(settle * k)
+    assert queued_inputs(service) == ["p.jpg"]
+    assert service.journal.get_jobs([1])[0].params["guide"]["name"] == "p.jpg.mask.png"
+
+
+def test_a_mask_alone_or_a_bad_one_fails_with_its_reason_and_nothing_is_lost(service, settle):
+    inbox = service.cfg.inbox
+    (inbox / "q.jpg.mask.png").write_bytes(png(half_mask()))  # its photo never comes
+    (inbox / "r.jpg").write_bytes(photo_bytes(40, 40, 2))
+    (inbox / "r.jpg.mask.png").write_bytes(png(half_mask(20, 40)))  # cropped: another shape
+    (inbox / "s.jpg").write_bytes(photo_bytes(40, 40, 3))  # fine, and unharmed
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    reasons = {p.name: json.loads(p.read_text())["reason"] for p in service.cfg.failed.glob("*.error.json")}
+    assert reasons == {
+        "q.jpg.mask.png.error.json": "no photo q.jpg beside it; a mask must arrive with its photo or before it",
+        "r.jpg.error.json": "r.jpg.mask.png: 40x20 does not match its photo's shape (40x40); export the mask "
+                            "from the photo as it is, uncropped"}
+    assert set(files(service.cfg.failed)) >= {"q.jpg.mask.png", "r.jpg", "r.jpg.mask.png"}
+    assert files(service.cfg.processed) == ["s.jpg"] and files(inbox) == []
+
+
+def test_a_region_map_makes_one_output_in_its_regions(service, settle):
+    inbox = service.cfg.inbox
+    (inbox / "p.jpg").write_bytes(photo_bytes(40, 40, 1))
+    (inbox / "p.jpg.regions.png").write_bytes(png(region_map()))
+    (inbox / "p.jpg.nstd.yaml").write_text(yaml.safe_dump({"regions": {"#ff0000": "ink", "#000000": "keep"}}))
+    (inbox / "t.jpg").write_bytes(photo_bytes(40, 40, 2))
+    (inbox / "t.jpg.regions.png").write_bytes(png(region_map()))
+    (inbox / "t.jpg.nstd.yaml").write_text(yaml.safe_dump({"regions": {"#ff0000": "oils", "#000000": "keep"}}))
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    [job] = [j for j in service.journal.get_jobs([1, 2]) if j.relpath == "p.jpg"]
+    assert job.style == "regions" and job.state == State.DONE
+    log = json.loads((service.cfg.outbox / "regions" / "p.json").read_text())
+    assert log["guide"]["regions"] == {"#ff0000": "ink", "#000000": "keep"}
+    assert set(log["history"][-1]["style_by_region"]) == {"ink"}
+    assert files(service.cfg.processed) == ["p.jpg", "p.jpg.nstd.yaml", "p.jpg.regions.png"]
+    [record] = service.cfg.failed.glob("t.jpg.error.json")
+    assert json.loads(record.read_text())["reason"] == ("t.jpg.nstd.yaml.regions.#ff0000: 'oils' is not a "
+                                                        "configured style or keep (styles: ink)")
+
+
+def test_a_new_mask_for_a_photo_done_before_is_new_work(service, settle):
+    inbox = service.cfg.inbox
+    photo = photo_bytes(40, 40, 1)
+    now = 0.0
+
+    def drop(mask: bytes) -> None:
+        nonlocal now
+        (inbox / "p.jpg").write_bytes(photo)
+        (inbox / "p.jpg.mask.png").write_bytes(mask)
+        service.inputs.next_rescan = now
+        service.inputs.step(now)
+        now += settle * 2
+        drive(service, now)
+        now += settle * 2
+
+    first, second = png(half_mask()), png(255 - half_mask())
+    drop(first)
+    drop(second)  # the same photo with another mask: new work
+    drop(second)  # and that again: known, not recomputed
+    done = service.journal.get_jobs([1, 2, 3])
+    assert [(j.state, j.params["guide"]["sha256"]) for j in done] == [
+        (State.DONE, hashlib.sha256(first).hexdigest()), (State.DONE, hashlib.sha256(second).hexdigest())]
+    assert files(inbox) == []
+
+
+# --- faces ----------------------------------------------------------------------------
+
+def test_faces_are_found_and_kept_by_the_one_shot_command(tmp_path, models):
+    """The real detector on a real photo (NASA's portrait of Eileen Collins, public domain)."""
+    from pathlib import Path
+
+    from nstd.cli import main
+
+    photo = Path(__file__).parent / "data" / "astronaut.jpg"
+    style = tmp_path / "style.png"
+    style.write_bytes(photo_bytes(48, 48, 7, "PNG"))
+    out = tmp_path / "out"
+    assert main(["stylize", str(photo), "--style", str(style), "-o", str(out), "--size", "64", "--iterations", "4",
+                 "--model", "random", "--models-dir", str(models), "--format", "png", "--protect", "faces",
+                 "--style-weight", "1000"]) == 0
+    log = json.loads((out / "astronaut.style.json").read_text())
+    assert log["guide"] == {"source": "faces", "faces": 1}
+    with Image.open(out / "astronaut.style.png") as im, Image.open(photo) as src:
+        result = np.asarray(im, np.float32) / 255
+        before = np.asarray(src.convert("RGB").resize(im.size, Image.BICUBIC), np.float32) / 255
+    face = np.abs(result[12:20, 26:32] - before[12:20, 26:32]).mean()  # inside the detected face
+    elsewhere = np.abs(result[44:, :] - before[44:, :]).mean()  # the suit and the flag
+    assert face < 0.04 and elsewhere > 2 * face
