@@ -206,3 +206,31 @@ def test_faces_are_found_and_kept_by_the_one_shot_command(tmp_path, models):
     face = np.abs(result[12:20, 26:32] - before[12:20, 26:32]).mean()  # inside the detected face
     elsewhere = np.abs(result[44:, :] - before[44:, :]).mean()  # the suit and the flag
     assert face < 0.04 and elsewhere > 2 * face
+
+
+def test_the_one_shot_command_takes_a_mask_and_a_region_map(tmp_path, models, capsys):
+    from nstd.cli import main
+
+    photo, style = tmp_path / "p.png", tmp_path / "ink.png"
+    photo.write_bytes(photo_bytes(40, 40, 1, "PNG"))
+    style.write_bytes(photo_bytes(48, 48, 7, "PNG"))
+    mask, regions = tmp_path / "any.png", tmp_path / "map.png"
+    mask.write_bytes(png(half_mask()))
+    regions.write_bytes(png(region_map()))
+    common = ["--style", str(style), "--size", "32", "--iterations", "2", "--model", "random",
+              "--models-dir", str(models), "--format", "png"]
+    assert main(["stylize", str(photo), "-o", str(tmp_path / "a"), "--mask", str(mask), *common]) == 0
+    log = json.loads((tmp_path / "a" / "p.ink.json").read_text())
+    assert log["guide"]["source"] == "mask" and log["guide"]["sha256"] == hashlib.sha256(mask.read_bytes()).hexdigest()
+    assert main(["stylize", str(photo), "-o", str(tmp_path / "b"), "--regions", str(regions),
+                 "--region", "#ff0000=ink", "--region", "#000000=keep", *common]) == 0
+    log = json.loads((tmp_path / "b" / "p.regions.json").read_text())
+    assert log["guide"]["regions"] == {"#ff0000": "ink", "#000000": "keep"}
+    capsys.readouterr()
+    assert main(["stylize", str(photo), "-o", str(tmp_path / "c"), "--regions", str(regions),
+                 "--region", "#ff0000=oils", *common]) == 1
+    assert capsys.readouterr().err.strip() == "nstd: error: --region #ff0000=oils: 'oils' is not a --style name " \
+                                              "(ink) or keep"
+    (tmp_path / "p.png.regions.png").write_bytes(png(region_map()))  # its own map, but no colours given
+    assert main(["stylize", str(photo), "-o", str(tmp_path / "d"), *common]) == 1
+    assert f"nstd: error: {tmp_path / 'p.png.regions.png'}: a region map needs its colours" in capsys.readouterr().err
