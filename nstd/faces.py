@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections import OrderedDict
 
 import torch
 
@@ -22,6 +23,8 @@ SOFT = 0.2  # of the ellipse's radius: the width of its soft edge
 
 _lock = threading.Lock()
 _detector = None
+_found: OrderedDict[str, list] = OrderedDict()  # by photo sha256: each style of a photo detects once
+REMEMBERED = 64
 
 
 def available() -> bool:
@@ -42,8 +45,23 @@ def _mtcnn():
     return _detector
 
 
-def detect(pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
-    """Each face as (left, top, right, bottom), fractions of the photo's width and height."""
+def detect(pixels: torch.Tensor, key: str | None = None) -> list[tuple[float, float, float, float]]:
+    """Each face as (left, top, right, bottom), fractions of the photo's width and height.
+    `key` (the photo's sha256) lets the other styles of a photo reuse what was found."""
+    with _lock:
+        if key is not None and key in _found:
+            _found.move_to_end(key)
+            return _found[key]
+    boxes = _detect(pixels)
+    if key is not None:
+        with _lock:
+            _found[key] = boxes
+            if len(_found) > REMEMBERED:
+                _found.popitem(last=False)
+    return boxes
+
+
+def _detect(pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
     h, w = pixels.shape[-2:]
     scale = min(1.0, DETECT_SIDE / max(h, w))
     small = torch.nn.functional.interpolate(pixels[None], size=(max(1, round(h * scale)), max(1, round(w * scale))),

@@ -85,11 +85,13 @@ def regions_style(spec: GuideSpec, params: TransferParams, style_for: Callable[[
     return Style(REGIONS_STYLE, params, paintings)
 
 
-def protect_faces(guide: Guide | None, pixels: torch.Tensor) -> Guide | None:
-    """The guide with the photo's faces kept; unchanged where no face is found."""
-    boxes = faces.detect(pixels)
-    if not boxes:
-        return guide if guide is None else replace(guide, log=guide.log | {"faces": 0})
+def protect_faces(guide: Guide | None, pixels: torch.Tensor, key: str | None = None) -> Guide:
+    """The guide with the photo's faces kept; unchanged where no face is found. `key`:
+    the photo's sha256, so that its other outputs reuse the detection."""
+    boxes = faces.detect(pixels, key)
+    if not boxes:  # said in the loss log, so that a user sees the detector ran
+        return Guide((), {"source": "faces", "faces": 0}) if guide is None else \
+            replace(guide, log=guide.log | {"faces": 0})
     f = faces.mask(boxes, tuple(pixels.shape[-2:]))
     if guide is None:
         guide = Guide((Part(OWN, torch.ones_like(f), OWN),), {"source": "faces"})

@@ -112,12 +112,13 @@ def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> 
             check_fits(str(path), size, req.params, memory)  # refused now, not after the others' compute
             photo = load_photo(decoded, size)
             spec, mask_data = _guide_spec(req, path)
-            guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels)
+            sha = hashlib.sha256(data).hexdigest()
+            guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, sha)
         except ImageError as e:
             on_error(str(e))
             failures += 1
             continue
-        groups[tuple(photo.pixels.shape)].append((path, hashlib.sha256(data).hexdigest(), photo, guide, spec))
+        groups[tuple(photo.pixels.shape)].append((path, sha, photo, guide, spec))
     return groups, failures
 
 

@@ -62,7 +62,7 @@ def job_done(outbox: Path, job_id: int, photo_sha256: str, photo: torch.Tensor, 
     try:
         save_thumb(outbox, photo_thumb(photo_sha256), photo)
         save_thumb(outbox, style_thumb(style.sha256), style.parts[0].pixels)
-        if guide is not None:
+        if guide is not None and guide.parts:
             save_thumb(outbox, mask_thumb(job_id), picture(guide, tuple(result.shape[-2:])))
         save_thumb(outbox, result_thumb(job_id), result)
     except (OSError, ValueError) as e:  # the page is a convenience; the outputs are what matter
