@@ -59,6 +59,19 @@ def sheet(cells: list[tuple[Path, str]], dst: Path, width: int = 300) -> None:
     out.save(dst, quality=90)
 
 
+def faces_example(photo: Path, style: Path, out: Path, docs: Path, common: list[str]) -> None:
+    """The photo, the faces nstd keeps (as the mask it makes of them) and the result."""
+    from nstd import faces, images
+
+    pixels = images.decode(photo).pixels
+    kept = faces.mask(faces.detect(pixels), tuple(pixels.shape[-2:]))
+    picture = out / f"{photo.stem}.faces.png"
+    images.to_pil(kept.expand(3, -1, -1)).save(picture)
+    stylize([str(photo), "--style", str(style), "--protect", "faces", *common])
+    sheet([(photo, "photo"), (picture, "faces found (white: kept)"),
+           (out / "out" / f"{photo.stem}.{style.stem}.jpg", "result: protect: faces")], docs / "faces.jpg")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=Path("../shared/images"))
@@ -66,6 +79,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--docs", type=Path, default=Path("docs/masks"))
+    ap.add_argument("--faces", type=Path, help="also a photo with people, stylized with protect: faces")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     photo = args.out / "tubingen.jpg"
@@ -84,7 +98,9 @@ def main() -> int:
     sheet([(regions, "tubingen.jpg.regions.png"),
            (args.out / "out" / "tubingen.regions.jpg", "result: red Starry Night, blue Shipwreck, black kept")],
           args.docs / "regions.jpg")
-    print(f"wrote {args.docs / 'mask.jpg'} and {args.docs / 'regions.jpg'}")
+    if args.faces:
+        faces_example(args.faces, starry, args.out, args.docs, common)
+    print(f"wrote the pictures in {args.docs}")
     return 0
 
 

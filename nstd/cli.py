@@ -419,12 +419,12 @@ def cmd_stylize(args) -> int:
                           models_dir=_models_dir(args), blend=args.blend, mask=args.mask, regions=args.regions,
                           colours=_region_colours(args))
     try:
+        counts: dict = {}
         failures = stylize.run(req, on_error=lambda msg: print(f"nstd: error: {msg}", file=sys.stderr),
-                               make_progress=_tqdm_progress)
+                               make_progress=_tqdm_progress, counts=counts)
     except ValueError as e:  # e.g. an unusable --device
         raise NstdError(str(e)) from None
-    total = len(contents) * (1 if args.blend else len(args.style))
-    print(f"nstd: {total - failures} of {total} written to {args.outdir}", file=sys.stderr)
+    print(f"nstd: {counts['written']} of {counts['expected']} written to {args.outdir}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -68,8 +68,9 @@ def _styles(req: Request) -> list[Style]:
 
 
 def run(req: Request, on_error: Callable[[str], None],
-        make_progress: Callable[[str, int], Progress] | None = None) -> int:
-    """Stylize every content with every style; returns how many outputs failed."""
+        make_progress: Callable[[str, int], Progress] | None = None, counts: dict | None = None) -> int:
+    """Stylize every content with every style (or in its region map's styles); returns how
+    many outputs failed, and fills `counts` with how many were written and expected."""
     sd, info = weights.load(req.models_dir, req.params.model)
     device = resolve_device(req.device)
     model = VGGFeatures(sd, info.preprocessing, req.params.settings().layers,
@@ -93,7 +94,10 @@ def run(req: Request, on_error: Callable[[str], None],
         label = f"batch {n}/{len(batches)}: {len(batch)} × {w}x{h}"
         total = req.params.total_iterations(max(h, w))
         pipeline.run(batch, sink, make_progress(label, total) if make_progress else None)
-    return failures * len(styles) + sink.failures
+    failed = failures * len(styles) + sink.failures
+    if counts is not None:
+        counts.update(written=sink.written, expected=sink.written + failed)
+    return failed
 
 
 def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> tuple[dict[tuple, list], int]:
@@ -153,6 +157,7 @@ class _Folder:
     def __init__(self, req: Request, on_error: Callable[[str], None]):
         self.req, self.on_error = req, on_error
         self.failures = 0
+        self.written = 0
 
     def publish(self, task: Task, result: TransferResult, log: dict) -> None:
         stem = self._keep_earlier(output_stem(self.req, Path(task.input_path), task.input_sha256, task.style), log)
@@ -161,6 +166,7 @@ class _Folder:
         log = log | {"output": {"path": out.image.name, "format": self.req.fmt.lower()} | log["output"]}
         publish.write(out, result.image, log, f"{Path(task.input_path).name} × {task.style.parts[0].path.name}",
                       result.snapshots, output_exif(task.photo, task.style), task.photo.bits)
+        self.written += 1
 
     def _keep_earlier(self, stem: str, log: dict) -> str:
         """The stem, or, where a run with other settings or inputs made that name, the stem

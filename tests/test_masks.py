@@ -226,7 +226,7 @@ def test_the_one_shot_command_takes_a_mask_and_a_region_map(tmp_path, models, ca
                  "--region", "#ff0000=ink", "--region", "#000000=keep", *common]) == 0
     log = json.loads((tmp_path / "b" / "p.regions.json").read_text())
     assert log["guide"]["regions"] == {"#ff0000": "ink", "#000000": "keep"}
-    capsys.readouterr()
+    assert capsys.readouterr().err.strip().endswith(f"nstd: 1 of 1 written to {tmp_path / 'b'}")
     assert main(["stylize", str(photo), "-o", str(tmp_path / "c"), "--regions", str(regions),
                  "--region", "#ff0000=oils", *common]) == 1
     assert capsys.readouterr().err.strip() == "nstd: error: --region #ff0000=oils: 'oils' is not a --style name " \
