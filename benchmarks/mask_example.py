@@ -2,7 +2,10 @@
 then a region map with the river in The Shipwreck as well. Masks are made from the photo
 (the sky by its colour), the outputs by `nstd stylize`, and both laid side by side.
 
-    python benchmarks/mask_example.py --images ../shared/images --out /tmp/masks
+    python benchmarks/mask_example.py --images ../shared/images --out /tmp/masks [--faces PORTRAIT]
+
+The README's pictures: 384 px, 300 iterations, on the CPU; the portrait is scikit-image's
+`astronaut.png` (NASA, public domain).
 """
 
 from __future__ import annotations
