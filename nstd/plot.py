@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 
-from matplotlib.backends.backend_svg import FigureCanvasSVG
-from matplotlib.figure import Figure
 
 
 def curve_name(log_name: str) -> str:
@@ -15,6 +13,10 @@ def curve_name(log_name: str) -> str:
 
 def loss_curve_svg(history: list[dict], title: str) -> bytes:
     """Content, style and total loss against iteration, log scale; scale changes marked."""
+    # Imported here: matplotlib takes half a second, which every start of the daemon would pay.
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.6))
     FigureCanvasSVG(fig)  # the OO API: no pyplot, so no global state and no display needed
     ax = fig.add_subplot()

@@ -12,7 +12,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from nstd.engine.types import TransferJob
 
@@ -64,11 +63,20 @@ def keep_alpha(job: TransferJob, size: tuple[int, int]) -> torch.Tensor | None:
     if not keeps:
         return None
     alpha = torch.stack(keeps).sum(0).clamp(0, 1)
-    sigma = FEATHER * max(size)
-    radius = min(math.ceil(3 * sigma), (min(size) - 1) // 2)
-    if radius >= 1:
-        alpha = gaussian_blur(alpha[None], [2 * radius + 1] * 2, [sigma, sigma])[0]
-    return alpha
+    return blur(alpha, FEATHER * max(size))
+
+
+def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(H, W) blurred by a Gaussian of `sigma` px, edges reflected (separable: rows, then columns)."""
+    radius = min(math.ceil(3 * sigma), (min(image.shape) - 1) // 2)
+    if radius < 1:
+        return image
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(image)
+    x = F.pad(image[None, None], (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))[0, 0]
 
 
 def blend_keep(job: TransferJob, image: torch.Tensor) -> torch.Tensor:
