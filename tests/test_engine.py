@@ -265,3 +265,24 @@ def test_an_image_whose_loss_is_not_finite_is_refused_and_its_batch_mates_are_no
     engine.run(tiny_model, [good, bad], [Scale(32, 3, 10)], BatchSettings(iterations=3), on_done, on_refused)
     assert done == [0]
     assert refused == [([1], "the loss became NaN or infinite; lower the weights or the learning rate")]
+
+
+def test_odd_sizes_stylize_their_last_row_and_column_like_the_rest(tiny_model, monkeypatch):
+    """VGG's pools drop the last row and column of an odd size; mirrored out to a multiple
+    of 16 (and cropped back), they change about as much as the interior. The control,
+    without the margin, shows the starved edge the test would catch."""
+    from nstd.engine import transfer
+
+    photo = rand_image(47, 63, seed=3)
+    job = TransferJob(photo, (StyleImage(rand_image(48, 48, seed=9), key="s"),), style_weight=100.0, tv_weight=0.0)
+
+    def edge_shares() -> tuple[float, float]:
+        [r] = run_batch(tiny_model, [job], BatchSettings(iterations=10, log_every=10))
+        assert r.image.shape == photo.shape
+        change = (r.image - photo).abs().sum(0)
+        inner = change[8:-8, 8:-8].mean()
+        return float(change[-1].mean() / inner), float(change[:, -1].mean() / inner)
+
+    assert min(edge_shares()) > 0.7
+    monkeypatch.setattr(transfer, "pool_padding", lambda h, w: (0, 0, 0, 0))
+    assert max(edge_shares()) < 0.6

@@ -34,3 +34,31 @@ def resize_photo(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """One scale's result as the start of the next, finer one."""
     return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+
+POOLED = 16  # VGG19 halves an image four times before relu5_1
+
+
+def pool_padding(h: int, w: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) that make h x w divide evenly through VGG's pools.
+
+    A pool drops the last row or column of an odd size, so without padding the last row
+    and column get far less of the deep layers' gradient than the first ones, and stay
+    sharp (benchmarks/edges.py). Split between both sides; none at a multiple of 16."""
+    dh, dw = -h % POOLED, -w % POOLED
+    return dw // 2, dw - dw // 2, dh // 2, dh - dh // 2
+
+
+def pad(image: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """(C, H, W) or (H, W) mirrored outward by `padding`, so the margin has the image's texture."""
+    if not any(padding):
+        return image
+    x = image[None] if image.dim() == 3 else image[None, None]
+    x = F.pad(x, padding, mode="reflect")
+    return x[0] if image.dim() == 3 else x[0, 0]
+
+
+def crop(image: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """The inverse of `pad`."""
+    left, right, top, bottom = padding
+    return image[..., top:image.shape[-2] - bottom, left:image.shape[-1] - right]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -14,7 +14,8 @@ from nstd.engine.device import PeakMemory
 from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import histories, optimise
 from nstd.engine.memory import batch_bytes
-from nstd.engine.guides import blend_keep, pixel_guides
+from nstd.engine.resize import crop, pad, pool_padding
+from nstd.engine.guides import blend_keep, fit, pixel_guides
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
 from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
@@ -31,20 +32,24 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
     without it, memory decides nothing."""
     check_batch(model, jobs, settings)
     h, w = jobs[0].content.shape[-2:]
+    margin = pool_padding(h, w)
+    ph, pw = h + margin[2] + margin[3], w + margin[0] + margin[1]
 
     def need(precision: str, checkpoint: bool) -> int:
-        return batch_bytes(len(jobs), h, w, settings.layers, settings.optimizer, settings.lbfgs_history,
+        return batch_bytes(len(jobs), ph, pw, settings.layers, settings.optimizer, settings.lbfgs_history,
                            precision, checkpoint)
 
     r = resolve(switches, model.mean.device, need, None if free is None else free())
     peak = PeakMemory(r.device)
     started = time.perf_counter()
     with running(r):
-        results = _run(model, [color.prepare(j) for j in jobs], settings,
-                       cache if cache is not None else GramCache(), progress, r)
+        results = _run(model, [_padded(color.prepare(j), margin) for j in jobs], settings,
+                       cache if cache is not None else GramCache(), progress, r, max(h, w))
     stats = RunStats((h, w), len(jobs), settings.iterations, round(time.perf_counter() - started, 3),
                      **r.describe(), **peak.read())
     for job, result in zip(jobs, results):
+        result.image = crop(result.image, margin)
+        result.snapshots = [(k, crop(snap, margin)) for k, snap in result.snapshots]
         color.finish(job, result)
         result.image = blend_keep(job, result.image)
         result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
@@ -52,8 +57,18 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
     return results
 
 
+def _padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
+    """The job mirrored outward to a size VGG's pools divide evenly; its masks with it."""
+    if not any(margin):
+        return job
+    size = tuple(job.content.shape[-2:])
+    regions = tuple(replace(g, mask=pad(fit(g.mask, size), margin)) for g in job.regions)
+    init = None if job.init_image is None else pad(job.init_image, margin)
+    return replace(job, content=pad(job.content, margin), init_image=init, regions=regions)
+
+
 def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
-         progress: Progress | None, r: Resolved) -> list[TransferResult]:
+         progress: Progress | None, r: Resolved, long_side: int) -> list[TransferResult]:
     if r.channels_last:
         model.to(memory_format=torch.channels_last)  # once per model; a no-op after
 
@@ -62,8 +77,8 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
             return model(x, channels_last=r.channels_last, checkpoint=r.checkpoint)
 
     content = torch.stack([j.content for j in jobs]).to(r.device, torch.float32)
-    problems = [_Problem.build(model, features, [jobs[i] for i in group], settings, content[group], cache, r)
-                for group in _groups(len(jobs), r.reproducible)]
+    problems = [_Problem.build(model, features, [jobs[i] for i in group], settings, content[group], cache, r,
+                               long_side) for group in _groups(len(jobs), r.reproducible)]
 
     def iteration() -> torch.Tensor:
         return _rows([p.iteration(features) for p in problems])
@@ -115,9 +130,9 @@ class _Problem:
 
     @classmethod
     def build(cls, model: VGGFeatures, features, jobs: list[TransferJob], settings: BatchSettings,
-              content: torch.Tensor, cache: GramCache, r: Resolved) -> "_Problem":
+              content: torch.Tensor, cache: GramCache, r: Resolved, long_side: int) -> "_Problem":
         with torch.no_grad():
-            objective = _objective(model, features, jobs, settings, content, cache, r)
+            objective = _objective(model, features, jobs, settings, content, cache, r, long_side)
         x = _init(jobs, content).requires_grad_(True)
         return cls(x, objective, make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history))
 
@@ -130,10 +145,11 @@ class _Problem:
 
 
 def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: BatchSettings,
-               content: torch.Tensor, cache: GramCache, r: Resolved) -> Objective:
+               content: torch.Tensor, cache: GramCache, r: Resolved, long_side: int) -> Objective:
+    """`long_side`: the photo's, before any margin: the style's size follows it."""
     names = settings.style_names
     c_targets = content_targets(features, content, settings.content_layers)
-    s_targets = style_targets(features, r.device, style_sets(jobs), names, max(content.shape[-2:]), cache,
+    s_targets = style_targets(features, r.device, style_sets(jobs), names, long_side, cache,
                               (model.model_id, model.pooling, tuple(names), r.precision))
     layer_w = torch.tensor([w for _, w in settings.style_layers], device=r.device)
     weights = torch.tensor([[j.content_weight, j.style_weight, j.tv_weight] for j in jobs], device=r.device)
