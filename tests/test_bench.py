@@ -22,6 +22,14 @@ def test_bench_compares_with_the_baseline_and_writes_json_and_markdown(tmp_path,
     assert [b["batch"] for b in data["batches"]] == [1, 2]
     s = data["summary"]
     assert s["speedup_batch1_fast"] == std["nstd_fast"]["images_per_hour"] / std["baseline"]["images_per_hour"]
+    ttq = data["time_to_quality"]
+    rows = {r["name"]: r for r in ttq["contenders"]}
+    assert set(rows) == {"nstd_fp32", "nstd_fast", "nstd_fast_coarse_to_fine", "tutorial"}
+    # The reference run reaches its own picture by its standard iterations, at the latest.
+    assert rows["nstd_fp32"]["reached"] and rows["nstd_fp32"]["iterations"] <= 3
+    assert rows["nstd_fp32"]["objective"] <= ttq["reference_objective"] * 1.01
+    for r in rows.values():
+        assert r["best_vs_reference"] > 0 and r["seconds"] > 0
     md = (out / "bench.md").read_text()
-    assert "| baseline |" in md and "### Batch sweep" in md
+    assert "| baseline |" in md and "### Batch sweep" in md and "### Time to quality" in md
     assert "bench.md" in capsys.readouterr().err

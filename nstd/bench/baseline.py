@@ -8,6 +8,8 @@ definitions, so both loops do the same work and reach comparable numbers.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from nstd.engine.losses import content_loss, gram, style_loss, tv_loss
@@ -30,8 +32,10 @@ def content_and_style(model: VGGFeatures, x: torch.Tensor, content: torch.Tensor
     return c, s
 
 
-def run(model: VGGFeatures, job: TransferJob, settings: BatchSettings) -> torch.Tensor:
-    """Stylize one image; returns it (3, H, W) on the model's device."""
+def run(model: VGGFeatures, job: TransferJob, settings: BatchSettings,
+        seen: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Stylize one image; returns it (3, H, W) on the model's device. `seen` is shown the
+    pixels after each iteration (for time-to-quality snapshots)."""
     device = model.mean.device
     content = job.content.to(device)[None]
     style = resize_long_side(job.styles[0].image.to(device), max(content.shape[-2:]))[None]
@@ -50,9 +54,11 @@ def run(model: VGGFeatures, job: TransferJob, settings: BatchSettings) -> torch.
         return loss.sum()
 
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        for _ in range(settings.iterations):
+        for done in range(1, settings.iterations + 1):
             opt.step(closure)
             if settings.optimizer == "adam":
                 with torch.no_grad():
                     x.clamp_(0, 1)
+            if seen is not None:
+                seen(done, x)
     return x.detach()[0].clamp(0, 1)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from nstd import __version__
-from nstd.bench import measure
+from nstd.bench import measure, ttq
 from nstd.bench.measure import Workload
 from nstd.engine.device import describe
 from nstd.engine.switches import Switches, resolve
@@ -30,6 +30,7 @@ class Plan:
     sweep_iterations: int | None = None  # None: the same as `iterations`
     baseline: bool = True
     latency: bool = True
+    time_to_quality: bool = True
 
 
 def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Plan,
@@ -62,6 +63,10 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
     for name, row in std.items():
         row["final_losses"] = measure.final_losses(model, w, row.pop("image"))
     out["standard"] = std
+    if plan.time_to_quality:
+        say(f"time to quality: to within {100 * ttq.TOLERANCE:.0f}% of nstd fp32's objective after "
+            f"{plan.iterations} iterations")
+        out["time_to_quality"] = ttq.run(model, w, switches, say)
 
     out["batches"], out["sizes"] = _sweeps(model, content, style, plan, settings, switches, say)
 
@@ -121,6 +126,11 @@ def summary(out: dict) -> dict:
     for name in ("content", "style"):
         s[f"{name}_loss_fast_vs_fp32"] = (std["nstd_fast"]["final_losses"][name]
                                           / std["nstd_fp32"]["final_losses"][name])
+    rows = {r["name"]: r for r in out.get("time_to_quality", {}).get("contenders", [])}
+    tutorial = rows.get("tutorial")
+    for name, row in rows.items():
+        if name != "tutorial" and row["reached"] and tutorial and tutorial["reached"]:
+            s[f"time_to_quality_speedup_{name}"] = tutorial["seconds"] / row["seconds"]
     return s
 
 
@@ -143,6 +153,7 @@ def markdown(out: dict) -> str:
         lines.append(f"| {name} | {row['seconds']:.2f} | {row['iterations_per_second_per_image']:.1f} | "
                      f"{row['images_per_hour']:.0f} | {row['final_losses']['content']:.4g} | "
                      f"{row['final_losses']['style']:.4g} |")
+    lines += _ttq_lines(out.get("time_to_quality"))
     sweep_its = out["batches"][0]["iterations"]
     note = (f"Timed over {sweep_its} iterations; images/h are for {out['workload']['iterations']}-iteration "
             "runs at that rate." if sweep_its != out["workload"]["iterations"] else "")
@@ -166,6 +177,21 @@ def markdown(out: dict) -> str:
                      f"(of which the transfer itself {lat['transfer_seconds']:.1f} s; the rest is the "
                      "inbox's settle time and the batch window)")
     return "\n".join(lines) + "\n"
+
+
+def _ttq_lines(t: dict | None) -> list[str]:
+    if not t:
+        return []
+    lines = ["", "### Time to quality, batch 1", "",
+             f"The time to within {100 * t['tolerance']:.0f}% of nstd fp32's objective after "
+             f"{t['reference_iterations']} iterations ({t['reference_objective']:.4g}), each snapshot scored "
+             "by one fp32 evaluator; contenders capped at twice the iterations.", "",
+             "| contender | reached | iterations | seconds | photos/h | best / reference |", "|---|---|---|---|---|---|"]
+    for r in t["contenders"]:
+        lines.append(f"| {r['name']} | {'yes' if r['reached'] else 'no'} | {r['iterations']} | {r['seconds']:.1f} | "
+                     f"{r['photos_per_hour']:.0f} | {r['best_vs_reference']:.3f} |" if r["reached"] else
+                     f"| {r['name']} | no | {r['iterations']} | {r['seconds']:.1f} | – | {r['best_vs_reference']:.3f} |")
+    return lines
 
 
 def write(out: dict, folder: Path) -> tuple[Path, Path]:

@@ -1,0 +1,141 @@
+"""Time to quality: how long a way of running takes to give the picture that nstd's own
+fp32 L-BFGS gives after the standard iterations.
+
+A user wants the picture, not a count of iterations. The reference is the objective of
+nstd's fp32 run after `iterations`; every contender's snapshots are scored afterwards by
+one evaluator (fp32, nstd's normalised objective, on the image as it would be saved),
+and its time is the wall time of the first snapshot within `TOLERANCE` of the reference.
+Scoring happens after the run, so it costs the contender nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from nstd.bench import baseline
+from nstd.bench.measure import Workload, sync
+from nstd.engine.losses import tv_loss
+from nstd.engine.multiscale import Scale, run_scales
+from nstd.engine.resize import resize_long_side
+from nstd.engine.switches import Switches
+from nstd.engine.targets import GramCache
+from nstd.engine.vgg import VGGFeatures
+
+TOLERANCE = 0.01  # within 1% of the reference objective counts as the same picture
+SNAPSHOTS = 50  # per reference run: every 10 iterations of 500
+
+
+@dataclass
+class Trace:
+    """A contender's run: each snapshot with the seconds since its start."""
+
+    name: str
+    snapshots: list[tuple[int, float, torch.Tensor]] = field(default_factory=list)  # iteration, seconds, image
+
+
+@torch.no_grad()
+def objective(model: VGGFeatures, w: Workload, image: torch.Tensor) -> float:
+    """The evaluator: nstd's weighted objective in fp32, of the image clamped as saved."""
+    device = model.mean.device
+    job = w.job()
+    x = image.to(device, torch.float32).clamp(0, 1)[None]
+    content = job.content.to(device)[None]
+    style = resize_long_side(job.styles[0].image.to(device), max(content.shape[-2:]))[None]
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        c, s = baseline.content_and_style(model, x, content, style, w.settings)
+    return float(job.content_weight * c + job.style_weight * s + job.tv_weight * tv_loss(x))
+
+
+def every(w: Workload) -> int:
+    """Iterations between snapshots."""
+    return max(1, w.iterations // SNAPSHOTS)
+
+
+def nstd_trace(name: str, model: VGGFeatures, w: Workload, switches: Switches, scales: list[Scale]) -> Trace:
+    """nstd's engine over `scales` (one scale: the fixed-iteration run), snapshots at the last."""
+    trace = Trace(name)
+    step = every(w)
+    device = model.mean.device
+    job = w.job()
+    settings = replace(w.settings, log_every=10**9, snapshot_every=step)
+    cache = GramCache()
+    run_scales(model, [job], [Scale(s.long_side, 2, s.lbfgs_history) for s in scales[:1]], settings, cache,
+               switches=switches)  # warm: kernels and the Gram cache, as on a running daemon
+    stamps: dict[int, float] = {}
+    sync(device)
+    start = time.perf_counter()
+
+    def progress(done: int, _rows) -> None:
+        if done % step == 0:
+            sync(device)
+            stamps[done] = time.perf_counter() - start
+
+    [result] = run_scales(model, [job], scales, settings, cache, progress, switches)
+    sync(device)
+    stamps[sum(s.iterations for s in scales)] = time.perf_counter() - start
+    before = sum(s.iterations for s in scales[:-1])
+    snaps = [(before + k, image) for k, image in result.snapshots] + [(before + scales[-1].iterations, result.image)]
+    trace.snapshots = [(k, stamps[k], image) for k, image in snaps if k in stamps]
+    return trace
+
+
+def baseline_trace(model: VGGFeatures, w: Workload, iterations: int) -> Trace:
+    """The tutorial loop, with snapshots as nstd's."""
+    trace = Trace("tutorial")
+    step = every(w)
+    device = model.mean.device
+    settings = replace(w.settings, iterations=iterations)
+    baseline.run(model, w.job(), replace(settings, iterations=2))
+    sync(device)
+    start = time.perf_counter()
+
+    def seen(done: int, x: torch.Tensor) -> None:
+        if done % step == 0:
+            sync(device)
+            trace.snapshots.append((done, time.perf_counter() - start, x.detach()[0].clamp(0, 1).cpu()))
+
+    baseline.run(model, w.job(), settings, seen)
+    return trace
+
+
+def reached(model: VGGFeatures, w: Workload, trace: Trace, target: float) -> dict:
+    """When the trace first came within TOLERANCE of `target`, or the best it reached."""
+    scored = [(k, seconds, objective(model, w, image)) for k, seconds, image in trace.snapshots]
+    best = min(loss for _, _, loss in scored)
+    for k, seconds, loss in scored:
+        if loss <= target * (1 + TOLERANCE):
+            return {"name": trace.name, "reached": True, "iterations": k, "seconds": seconds,
+                    "photos_per_hour": 3600 / seconds, "objective": loss, "best_vs_reference": best / target}
+    return {"name": trace.name, "reached": False, "iterations": scored[-1][0], "seconds": scored[-1][1],
+            "photos_per_hour": None, "objective": scored[-1][2], "best_vs_reference": best / target}
+
+
+def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], None]) -> dict:
+    """The reference, then each contender side by side, capped at twice the iterations."""
+    its, history = w.iterations, w.settings.lbfgs_history
+    fp32 = Switches("fp32", checkpoint=False)
+    h, wd = w.content.shape[-2:]
+    half = max(w.size // 2, math.ceil(16 * max(h, wd) / min(h, wd)))  # its short side at least 16 px
+    contenders = {
+        "nstd_fp32": lambda: nstd_trace("nstd_fp32", model, w, fp32, [Scale(w.size, 2 * its, history)]),
+        "nstd_fast": lambda: nstd_trace("nstd_fast", model, w, fast, [Scale(w.size, 2 * its, history)]),
+        "nstd_fast_coarse_to_fine": lambda: nstd_trace(
+            "nstd_fast_coarse_to_fine", model, w, fast,
+            [Scale(half, its, history), Scale(w.size, its, history)]),
+        "tutorial": lambda: baseline_trace(model, w, 2 * its),
+    }
+    traces = {name: make() for name, make in contenders.items()}
+    reference = next(objective(model, w, image) for k, _, image in traces["nstd_fp32"].snapshots if k == its)
+    rows = [reached(model, w, t, reference) for t in traces.values()]
+    for row in rows:
+        say(f"  {row['name']:<26} " + (f"{row['seconds']:7.1f} s  {row['photos_per_hour']:8.0f} photos/h  "
+                                       f"({row['iterations']} iterations)" if row["reached"] else
+                                       f"not reached in {row['iterations']} iterations: best "
+                                       f"{row['best_vs_reference']:.3f}x the reference"))
+    return {"reference_objective": reference, "reference_iterations": its, "tolerance": TOLERANCE,
+            "size": w.size, "contenders": rows}
