@@ -87,11 +87,11 @@ def models_dir(work: Path) -> Path:
     return d
 
 
-def soak(work: Path, photos: int, kills: int, seed: int, log=print) -> dict:
+def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 40) -> dict:
     rng = random.Random(seed)
     tally = Tally()
     outbox_tmpfs = try_tmpfs(work / "outbox", "32m")
-    cfg = write_config(work, models_dir(work), transfer={"iterations": 20, "size": 40, "log_every": 10},
+    cfg = write_config(work, models_dir(work), transfer={"iterations": 20, "size": size, "log_every": 10},
                        watch={"settle_seconds": 0.4, "rescan_interval": 3},
                        worker={"max_attempts": 50, "retry_backoff": 0.5, "stop_timeout": 2})
     inbox = work / "inbox"
