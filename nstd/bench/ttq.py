@@ -107,12 +107,16 @@ def reached(model: VGGFeatures, w: Workload, trace: Trace, target: float) -> dic
     """When the trace first came within TOLERANCE of `target`, or the best it reached."""
     scored = [(k, seconds, objective(model, w, image)) for k, seconds, image in trace.snapshots]
     best = min(loss for _, _, loss in scored)
+    # The whole curve, relative to the reference, so other tolerances can be read off later.
+    curve = [[k, round(seconds, 3), round(loss / target, 5)] for k, seconds, loss in scored]
     for k, seconds, loss in scored:
         if loss <= target * (1 + TOLERANCE):
             return {"name": trace.name, "reached": True, "iterations": k, "seconds": seconds,
-                    "photos_per_hour": 3600 / seconds, "objective": loss, "best_vs_reference": best / target}
+                    "photos_per_hour": 3600 / seconds, "objective": loss, "best_vs_reference": best / target,
+                    "curve": curve}
     return {"name": trace.name, "reached": False, "iterations": scored[-1][0], "seconds": scored[-1][1],
-            "photos_per_hour": None, "objective": scored[-1][2], "best_vs_reference": best / target}
+            "photos_per_hour": None, "objective": scored[-1][2], "best_vs_reference": best / target,
+            "curve": curve}
 
 
 def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], None]) -> dict:
