@@ -18,6 +18,7 @@ from nstd import images
 EXTRA = "faces"
 DETECT_SIDE = 1024  # faces are found on the photo at most this large: enough for a face of 2%
 MIN_PROBABILITY = 0.9
+SMALLEST = 40  # px on the short side: MTCNN's smallest face is 20 px
 GROW = (1.25, 1.4)  # the ellipse beyond the detector's box, across and down: hair, chin, ears
 SOFT = 0.2  # of the ellipse's radius: the width of its soft edge
 
@@ -64,8 +65,11 @@ def detect(pixels: torch.Tensor, key: str | None = None) -> list[tuple[float, fl
 def _detect(pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
     h, w = pixels.shape[-2:]
     scale = min(1.0, DETECT_SIDE / max(h, w))
-    small = torch.nn.functional.interpolate(pixels[None], size=(max(1, round(h * scale)), max(1, round(w * scale))),
-                                            mode="bilinear", antialias=True, align_corners=False)[0]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if min(size) < SMALLEST:  # no face the detector could find, and MTCNN fails on such sizes
+        return []
+    small = torch.nn.functional.interpolate(pixels[None], size=size, mode="bilinear", antialias=True,
+                                            align_corners=False)[0]
     with _lock, torch.inference_mode():  # one detector per process, not made for threads
         boxes, probs = _mtcnn().detect(images.to_pil(small))
     if boxes is None:

@@ -74,12 +74,12 @@ def load_photo(decoded: images.Decoded, size: tuple[int, int]) -> Photo:
 
 
 def load_guide(spec: GuideSpec | None, data: bytes | None, decoded: images.Decoded, params: TransferParams,
-               max_pixels: int, sha256: str | None = None) -> Guide | None:
+               max_pixels: int, sha256: str | None = None, name: str = "photo") -> Guide | None:
     """The photo's mask or region map, and its faces when asked to keep them: the load
     stage's other half. An ImageError names a bad mask file."""
     guide = None if spec is None else load(spec, data, tuple(decoded.pixels.shape[-2:]), max_pixels)
     if params.protect == "faces":
-        guide = protect_faces(guide, decoded.pixels, sha256)
+        guide = protect_faces(guide, decoded.pixels, sha256, name)
     return guide
 
 

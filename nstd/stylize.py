@@ -117,7 +117,7 @@ def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> 
             photo = load_photo(decoded, size)
             spec, mask_data = _guide_spec(req, path)
             sha = hashlib.sha256(data).hexdigest()
-            guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, sha)
+            guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, sha, str(path))
         except ImageError as e:
             on_error(str(e))
             failures += 1

@@ -234,3 +234,26 @@ def test_the_one_shot_command_takes_a_mask_and_a_region_map(tmp_path, models, ca
     (tmp_path / "p.png.regions.png").write_bytes(png(region_map()))  # its own map, but no colours given
     assert main(["stylize", str(photo), "-o", str(tmp_path / "d"), *common]) == 1
     assert f"nstd: error: {tmp_path / 'p.png.regions.png'}: a region map needs its colours" in capsys.readouterr().err
+
+
+def test_protect_faces_on_a_tiny_photo_or_a_failing_detector_is_no_traceback(tmp_path, models, capsys,
+                                                                              monkeypatch):
+    from nstd.cli import main
+
+    photo, style = tmp_path / "tiny.png", tmp_path / "ink.png"
+    photo.write_bytes(photo_bytes(18, 30, 1, "PNG"))  # smaller than any face MTCNN can find
+    style.write_bytes(photo_bytes(48, 48, 7, "PNG"))
+    common = [str(photo), "--style", str(style), "--size", "30", "--iterations", "2", "--model", "random",
+              "--models-dir", str(models), "--protect", "faces"]
+    assert main(["stylize", *common, "-o", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "tiny.ink.json").read_text())["guide"] == {"source": "faces", "faces": 0}
+
+    def broken(pixels):
+        raise RuntimeError("the detector broke")
+
+    monkeypatch.setattr(faces, "_detect", broken)
+    photo.write_bytes(photo_bytes(18, 30, 2, "PNG"))  # a new photo: nothing remembered for it
+    assert main(["stylize", *common, "-o", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert f"nstd: error: {photo}: face detection failed (RuntimeError: the detector broke); not stylized" in err
+    assert "Traceback" not in err

@@ -214,7 +214,7 @@ class Worker(threading.Thread):
                 decoded = images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
                 data = None if spec is None else \
                     companions.spool_path(Path(job.spool), job.input_sha256, spec).read_bytes()
-                guide = load_guide(spec, data, decoded, params, self.cfg.max_pixels, job.input_sha256)
+                guide = load_guide(spec, data, decoded, params, self.cfg.max_pixels, job.input_sha256, job.relpath)
             except ImageError as e:
                 journal.fail(job.id, str(e), job.batch_id)
                 continue
