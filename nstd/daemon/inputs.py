@@ -99,15 +99,19 @@ class Inputs:
     def _settled(self, rel: str) -> tuple[int, int, int] | None:
         """A mask file's stat key if it has settled and not changed since; else None, and
         it is watched until it settles."""
+        key = self._unchanged(rel)
+        if key is None:
+            self.settle.watch(rel)
+        return key
+
+    def _unchanged(self, rel: str) -> tuple[int, int, int] | None:
+        """The stat key `rel` was taken in with, if the file still has it."""
         key = self.accepted.get(rel)
         try:
             st = os.lstat(self.cfg.inbox / rel)
         except OSError:
             return None
-        if key is not None and key == (st.st_size, st.st_mtime_ns, st.st_ino):
-            return key
-        self.settle.watch(rel)
-        return None
+        return key if key is not None and key == (st.st_size, st.st_mtime_ns, st.st_ino) else None
 
     def _redispose(self, rel: str, known: Input) -> None:
         """A file whose fate was decided before (a re-drop, or a crash before it was moved)."""
@@ -171,14 +175,7 @@ class Inputs:
                 mask.unlink(missing_ok=True)
 
     def _same_version(self, rel: str, sha: str) -> bool:
-        key = self.accepted.get(rel)
-        try:
-            st = os.lstat(self.cfg.inbox / rel)
-        except OSError:
-            return False
-        if key is not None and key == (st.st_size, st.st_mtime_ns, st.st_ino):
-            return True
-        return _sha256(self.cfg.inbox / rel) == sha
+        return self._unchanged(rel) is not None or _sha256(self.cfg.inbox / rel) == sha
 
 
 def _sha256(path: Path) -> str | None:
