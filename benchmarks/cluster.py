@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
 from pg import PostgresServer  # noqa: E402
-from soak import count_outputs, models_dir  # noqa: E402
+from soak import count_outputs, missing_and_twice, models_dir  # noqa: E402
 from soak import failed_reasons as failed_reasons_in  # noqa: E402
 
 STYLES = ("ink", "wash")
@@ -271,14 +271,9 @@ def audit(cluster: Cluster, tally: Tally) -> dict:
             if p.is_file() and not p.name.endswith(".error.json"):
                 sha = _sha(p)
                 ended[sha] = ended.get(sha, 0) + 1
-    missing, duplicated, lost, disposed_twice = [], [], [], []
+    missing, duplicated = missing_and_twice(list(tally.versions.items()), outputs, failed_reasons, STYLES)
+    lost, disposed_twice = [], []
     for name, sha in tally.versions.items():
-        for style in STYLES:
-            k = outputs.get((style, sha), 0)
-            if k == 0 and sha not in failed_reasons:
-                missing.append(f"{name} in {style}")
-            if k > 1:
-                duplicated.append(f"{name} in {style}: {k}")
         if ended.get(sha, 0) == 0:
             lost.append(name)
         elif ended[sha] > 1:

@@ -230,6 +230,21 @@ def count_outputs(outbox: Path, styles) -> tuple[dict[tuple[str, str], int], lis
     return outputs, incomplete
 
 
+def missing_and_twice(versions: list[tuple[str, str]], outputs: dict[tuple[str, str], int], failed: dict,
+                      styles) -> tuple[list[str], list[str]]:
+    """Each (label, sha256) dropped, in each style: the outputs that never came (and did
+    not fail for a reason), and those that came more than once."""
+    missing, duplicated = [], []
+    for label, sha in versions:
+        for style in styles:
+            k = outputs.get((style, sha), 0)
+            if k == 0 and sha not in failed:
+                missing.append(f"{label} in {style}")
+            if k > 1:
+                duplicated.append(f"{label} in {style}: {k}")
+    return missing, duplicated
+
+
 def failed_reasons(failed: Path) -> dict[str | None, str | None]:
     """Input sha256 -> reason, from failed/'s error records."""
     out = {}
@@ -244,14 +259,7 @@ def audit(work: Path, tally: Tally) -> dict:
     outputs, incomplete = count_outputs(work / "outbox", STYLES)
     failed = failed_reasons(work / "failed")
     versions = [(n, s) for n, shas in tally.versions.items() for s in shas]
-    missing, duplicated = [], []
-    for name, sha in versions:
-        for style in STYLES:
-            k = outputs.get((style, sha), 0)
-            if k == 0 and sha not in failed:
-                missing.append(f"{name} ({sha[:8]}) in {style}")
-            if k > 1:
-                duplicated.append(f"{name} ({sha[:8]}) in {style}: {k}")
+    missing, duplicated = missing_and_twice([(f"{n} ({s[:8]})", s) for n, s in versions], outputs, failed, STYLES)
     stray = [str(p) for p in (work / "outbox").rglob(".*") if p != work / "outbox" / ".gallery"]
     final_names = set(tally.versions)
     kept = {p.name for p in (work / "processed").rglob("*") if p.is_file()} | \
