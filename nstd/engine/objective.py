@@ -12,6 +12,7 @@ from torch import nn
 
 from nstd.engine.guides import at_layer, guided_gram
 from nstd.engine.losses import content_loss, style_loss, tv_loss
+from nstd.engine.vgg import feature_size
 
 
 def mean_square(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,8 @@ class GuidedStyleLoss(nn.Module):
         super().__init__()
         self.layers = list(targets)
         self.targets = [targets[n] for n in self.layers]  # (N, R, C, C)
-        self.register_buffer("guides", guides)  # (N, R, H, W) at the image's size
+        # Each layer's guides, pooled once to its activations' size: they never change.
+        self.guides = [at_layer(guides, feature_size(n, *guides.shape[-2:])) for n in self.layers]
         self.register_buffer("area", guides.flatten(2).mean(2))
         self.register_buffer("norm", torch.stack([t.float().pow(2).flatten(2).mean(2).clamp_min(1e-12)
                                                   for t in self.targets], 2))  # (N, R, layers)
@@ -63,10 +65,8 @@ class GuidedStyleLoss(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         per = []
-        for name, target in zip(self.layers, self.targets):
-            f = feats[name]
-            g = guided_gram(f, at_layer(self.guides, tuple(f.shape[-2:])))
-            per.append((g - target).pow(2).flatten(2).mean(2))
+        for name, target, guides in zip(self.layers, self.targets, self.guides):
+            per.append((guided_gram(feats[name], guides) - target).pow(2).flatten(2).mean(2))
         losses = torch.stack(per, 2) / self.norm  # (N, R, layers)
         return (losses * self.area[..., None]).sum(1), (losses * self.layer_weights).sum(2)
 

@@ -46,6 +46,13 @@ LAYER_INDEX = {layer.name: layer.index for layer in LAYERS}
 CONV_INDICES = tuple(layer.index for layer in LAYERS if layer.kind == "conv")
 
 
+def feature_size(name: str, h: int, w: int) -> tuple[int, int]:
+    """The (height, width) of a layer's activations for an h x w input: each pool floors."""
+    for _ in range(LAYERS[LAYER_INDEX[name]].scale.bit_length() - 1):
+        h, w = h // 2, w // 2
+    return h, w
+
+
 def weight_shapes() -> dict[str, tuple[int, ...]]:
     """The shape of every tensor a VGG19 feature state dict holds, keyed like torchvision's."""
     shapes: dict[str, tuple[int, ...]] = {}
