@@ -8,8 +8,10 @@ Neither is ever taken for a photo.
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import PurePosixPath
+import stat
+from pathlib import Path, PurePosixPath
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,18 @@ def photo_of(relpath: str) -> str | None:
 def own_names(relpath: str, kind: str) -> list[str]:
     """The names a photo's own mask of `kind` may have."""
     return [f"{relpath}.{kind}.{ext}" for ext in EXTENSIONS]
+
+
+def own_file(photo: Path, kind: str, links: bool = False) -> Path | None:
+    """The photo's own mask of `kind` beside it, if one is there as a regular file; a link
+    counts only with `links` (the daemon follows none; a user's one-shot command may)."""
+    for name in own_names(photo.name, kind):
+        try:
+            if stat.S_ISREG((os.stat if links else os.lstat)(photo.with_name(name)).st_mode):
+                return photo.with_name(name)
+        except OSError:
+            continue
+    return None
 
 
 def parse_colour(text, where: str) -> tuple[int, int, int]:

@@ -128,10 +128,8 @@ def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> 
 
 def _guide_spec(req: Request, photo: Path) -> tuple[GuideSpec | None, bytes | None]:
     """The mask or region map for a photo: the one given, or its own beside it."""
-    found = [(kind, p) for kind, p in (("mask", req.mask), ("regions", req.regions)) if p is not None]
-    for kind in masks.KINDS:
-        if not found:
-            found = [(kind, p) for p in map(Path, masks.own_names(str(photo), kind)) if p.is_file()][:1]
+    given = [(kind, p) for kind, p in (("mask", req.mask), ("regions", req.regions)) if p is not None]
+    found = given or [(kind, p) for kind in masks.KINDS if (p := masks.own_file(photo, kind, links=True))][:1]
     if not found:
         return None, None
     kind, path = found[0]

@@ -4,8 +4,6 @@ waited for until it has settled, and turned into the GuideSpec its jobs carry.""
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -54,13 +52,8 @@ def find(inbox: Path, relpath: str, sidecars: list[tuple[str, dict]], styles: li
 
 
 def _own(inbox: Path, relpath: str, kind: str) -> str | None:
-    for rel in masks.own_names(relpath, kind):
-        try:
-            if stat.S_ISREG(os.lstat(inbox / rel).st_mode):
-                return rel
-        except OSError:
-            continue
-    return None
+    found = masks.own_file(inbox / relpath, kind)
+    return None if found is None else str(PurePosixPath(relpath).parent / found.name)
 
 
 def _named(keys: dict, kind: str) -> str | None:
