@@ -64,7 +64,7 @@ def nstd_trace(name: str, model: VGGFeatures, w: Workload, switches: Switches, s
     job = w.job()
     settings = replace(w.settings, log_every=10**9, snapshot_every=step)
     cache = GramCache()
-    run_scales(model, [job], [Scale(s.long_side, 2, s.lbfgs_history) for s in scales[:1]], settings, cache,
+    run_scales(model, [job], [replace(scales[0], iterations=2)], settings, cache,
                switches=switches)  # warm: kernels and the Gram cache, as on a running daemon
     stamps: dict[int, float] = {}
     sync(device)

@@ -112,8 +112,7 @@ class Intake:
         try:
             decoded = images.decode(data, relpath, self.cfg.max_pixels)
             sidecars = sidecar.overrides_for(self.cfg.inbox, relpath)
-            found = companions.find(self.cfg.inbox, relpath, sidecars, self.styles.names(), self.settled,
-                                    lambda rel, k: read_settled(self.cfg.inbox / rel, k))
+            found = self._guide(relpath, sidecars)
             if found.waiting:
                 return Outcome(Kind.CHANGED, found.waiting)
             if found.spec is not None:  # refused now, with its reason, rather than at the worker
@@ -152,13 +151,16 @@ class Intake:
                 return self._refuse(relpath, None, f"cannot read ({e.strerror})")
             raise  # EIO and friends: the share may be back soon; the next scan retries
 
+    def _guide(self, relpath: str, sidecars: list[tuple[str, dict]]) -> companions.Found:
+        """The photo's mask or region map, read only once it has settled."""
+        return companions.find(self.cfg.inbox, relpath, sidecars, self.styles.names(), self.settled,
+                               lambda rel, key: read_settled(self.cfg.inbox / rel, key))
+
     def _mask_changed(self, relpath: str, known: Input) -> bool | Outcome:
         """Whether a photo seen before comes with another mask (or none) than its jobs used:
         a new mask is new work. An Outcome when its mask is still arriving."""
         try:
-            found = companions.find(self.cfg.inbox, relpath, sidecar.overrides_for(self.cfg.inbox, relpath),
-                                    self.styles.names(), self.settled,
-                                    lambda rel, k: read_settled(self.cfg.inbox / rel, k))
+            found = self._guide(relpath, sidecar.overrides_for(self.cfg.inbox, relpath))
         except (Changed, FileNotFoundError):
             return Outcome(Kind.CHANGED, "")
         except (ConfigError, ImageError, OSError):
