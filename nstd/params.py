@@ -33,7 +33,7 @@ class TransferParams:
     BatchSettings and TransferJob take theirs by name."""
 
     size: int | str = _flag(512, "long side in px, or 'original'")
-    iterations: int = _flag(500, "iterations at the first (or only) scale")
+    iterations: int = _flag(500, "iterations at the first (or only) scale; with --stop-tolerance, the most")
     multiscale_start: int = _flag(512, "above this size, optimise here first and grow by --multiscale-factor")
     multiscale_factor: float = _flag(2.0, "each scale this much larger than the last")
     multiscale_iterations: tuple[int, ...] = _flag((200, 100), "iterations at each later scale, "
@@ -54,6 +54,9 @@ class TransferParams:
     model: str = _flag("caffe", "weights id (see: nstd weights list)")
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
+    stop_tolerance: float = _flag(0.003, "stop a photo early once its loss improves by less than this share "
+                                         "over --stop-window iterations (0: never)")
+    stop_window: int = _flag(50, "iterations over which --stop-tolerance is judged")
     log_every: int = 50
     snapshot_every: int = _flag(0, "also save the image every K iterations (0: never)")
 
@@ -157,6 +160,10 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
                       f"unknown VGG19 layer {name!r} (e.g. relu1_1 … relu5_4)")
     if any(not math.isfinite(w) or w < 0 for _, w in p.style_layers):
         raise bad("style_layers", "layer weights must be finite and not negative")
+    if not 0 <= p.stop_tolerance < 1:
+        raise bad("stop_tolerance", f"must be at least 0 and under 1, got {p.stop_tolerance}")
+    if p.stop_window < 1:
+        raise bad("stop_window", f"must be at least 1, got {p.stop_window}")
     if p.log_every < 1:
         raise bad("log_every", f"must be at least 1, got {p.log_every}")
     if p.snapshot_every < 0:

@@ -18,7 +18,7 @@ from nstd.engine.device import describe
 from nstd.engine.memory import least_bytes
 from nstd.engine.resize import long_side_size, resize_photo
 from nstd.engine.runner import Engine
-from nstd.engine.types import Progress, TransferResult
+from nstd.engine.types import Progress, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.guide import Guide, GuideSpec, engine_regions, load, protect_faces
@@ -112,28 +112,42 @@ class Pipeline:
         self.engine, self.model, self.clock = engine, model, clock
         self.style_for = style_for  # the styles a region map's colours may name
 
-    def run(self, tasks: list[Task], sink: Sink, progress: Progress | None = None) -> None:
-        """Run same-size tasks that share their batch settings as one batch."""
+    def run(self, tasks: list[Task], sink: Sink, progress: Progress | None = None,
+            more: Callable[[int], list[Task]] | None = None) -> None:
+        """Run same-size tasks that share their batch settings as one batch. `more(n)` may
+        give up to n tasks of the same size and settings to take the places of finished
+        images: continuous batching, as a server of language models batches requests."""
+        tasks = list(tasks)
         params = tasks[0].params
         model, info = self.model(params)
         long_side = max(tasks[0].photo.pixels.shape[-2:])
         size = tuple(tasks[0].photo.pixels.shape[-2:])
-        jobs = [t.params.job(t.photo.pixels, t.style.style_images(t.params),
-                             engine_regions(t.guide, t.style, self.style_for, t.params, size)) for t in tasks]
-        started = self.clock()
+        started = [self.clock()] * len(tasks)  # each task's, for its loss log's timings
+        batch_id = tasks[0].batch_id or uuid.uuid4().hex[:12]
+
+        def job(t: Task) -> TransferJob:
+            return t.params.job(t.photo.pixels, t.style.style_images(t.params),
+                                engine_regions(t.guide, t.style, self.style_for, t.params, size))
+
+        def refill(n: int) -> list[TransferJob]:
+            new = more(n)
+            tasks.extend(new)
+            started.extend([self.clock()] * len(new))
+            return [job(t) for t in new]
 
         def done(positions: list[int], results: list[TransferResult]) -> None:
             finished = self.clock()
-            batch_id = tasks[positions[0]].batch_id or uuid.uuid4().hex[:12]
-            for k, (i, result) in enumerate(zip(positions, results)):
-                log = self._log(tasks[i], result, info, batch_id, (len(positions), k), (started, finished))
+            for i, result in zip(positions, results):
+                run = result.runs[-1]
+                log = self._log(tasks[i], result, info, batch_id, (run.batch, run.slot), (started[i], finished))
                 sink.publish(tasks[i], result, log)
 
         def refused(positions: list[int], reason: str) -> None:
             for i in positions:
                 sink.refuse(tasks[i], reason)
 
-        self.engine.run(model, jobs, params.scales(long_side), params.settings(), done, refused, progress)
+        self.engine.run(model, [job(t) for t in tasks], params.scales(long_side), params.settings(), done, refused,
+                        progress, None if more is None else refill)
 
     def _log(self, task: Task, result: TransferResult, info: WeightInfo, batch_id: str,
              batch: tuple[int, int], times: tuple[float, float]) -> dict:

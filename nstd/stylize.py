@@ -82,22 +82,40 @@ def run(req: Request, on_error: Callable[[str], None],
     pipeline = Pipeline(Engine(MemoryPlanner(device, switches, partial(free_memory, device)), switches),
                         lambda _params: (model, info), style_for=by_name.__getitem__)
     sink = _Folder(req, on_error)
-    batches = []
+    runs = []
     for group in groups.values():
         tasks = [Task(photo, style, req.params, str(path), sha, guide=guide)
                  for path, sha, photo, guide, spec in group
                  for style in ([regions_style(spec, req.params, by_name.__getitem__)]
                                if spec is not None and spec.kind == "regions" else styles)]
-        batches += [tasks[i:i + req.max_batch] for i in range(0, len(tasks), req.max_batch)]
-    for n, batch in enumerate(batches, 1):
-        _, h, w = batch[0].photo.pixels.shape
-        label = f"batch {n}/{len(batches)}: {len(batch)} × {w}x{h}"
-        total = req.params.total_iterations(max(h, w))
-        pipeline.run(batch, sink, make_progress(label, total) if make_progress else None)
+        # Photos without a mask run as one batch whose finished places the next ones take;
+        # those with one, whose regions shape their batch, in batches of max_batch.
+        plain, guided = [t for t in tasks if t.guide is None], [t for t in tasks if t.guide is not None]
+        runs += ([plain] if plain else []) + [guided[i:i + req.max_batch]
+                                              for i in range(0, len(guided), req.max_batch)]
+    for n, tasks in enumerate(runs, 1):
+        _, h, w = tasks[0].photo.pixels.shape
+        label = f"{n}/{len(runs)}: {len(tasks)} × {w}x{h}"
+        # Iterations of the loop, for max_batch places at a time: a ceiling when photos stop early.
+        total = req.params.total_iterations(max(h, w)) * -(-len(tasks) // req.max_batch)
+        progress = make_progress(label, total) if make_progress else None
+        queue = tasks[req.max_batch:]
+        pipeline.run(tasks[:req.max_batch], sink, progress, _taker(queue))
+        if progress is not None:
+            progress(total, None)
     failed = failures * len(styles) + sink.failures
     if counts is not None:
         counts.update(written=sink.written, expected=sink.written + failed)
     return failed
+
+
+def _taker(queue: list[Task]) -> Callable[[int], list[Task]]:
+    """Hands out the queue's next tasks as places in the running batch come free."""
+    def take(n: int) -> list[Task]:
+        out, queue[:] = queue[:n], queue[n:]
+        return out
+
+    return take
 
 
 def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> tuple[dict[tuple, list], int]:

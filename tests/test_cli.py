@@ -44,6 +44,15 @@ def test_stylize_writes_images_and_loss_logs(tmp_path, models, capsys):
         assert im.getexif()[0x0131].startswith("nstd ")  # Software
 
 
+def test_stylize_feeds_waiting_photos_into_finished_places(tmp_path, models):
+    photos = [write_photo(tmp_path / f"{n}.png", 40, 40, i) for i, n in enumerate("abc")]
+    style = write_photo(tmp_path / "s.png", 40, 40, 9)
+    assert main(["stylize", *map(str, photos), "-s", str(style), "-o", str(tmp_path / "o"), "--size", "32",
+                 "--iterations", "2", "--model", "random", "--models-dir", str(models), "--max-batch", "1"]) == 0
+    batches = [json.loads((tmp_path / "o" / f"{n}.s.json").read_text())["batch"] for n in "abc"]
+    assert [b["size"] for b in batches] == [1, 1, 1] and len({b["id"] for b in batches}) == 1  # one run
+
+
 def test_stylize_out_of_memory_splits_then_checkpoints_then_names_the_photo(tmp_path, models, capsys,
                                                                            monkeypatch):
     from nstd.engine import runner
@@ -55,12 +64,12 @@ def test_stylize_out_of_memory_splits_then_checkpoints_then_names_the_photo(tmp_
     real, tried = runner.run_scales, []
     c_pixels = resize_photo(decode(photos[2].read_bytes(), "c", 10**8).pixels, (32, 32))
 
-    def tight(model, jobs, scales, settings, cache, progress, switches, free=None):
+    def tight(model, jobs, scales, settings, cache, progress, switches, *rest):
         tried.append((len(jobs), switches.checkpoint))
         # Only one image fits, and only with checkpointing; photo c never fits.
         if len(jobs) > 1 or not switches.checkpoint or torch.equal(jobs[0].content, c_pixels):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real(model, jobs, scales, settings, cache, progress, switches, free)
+        return real(model, jobs, scales, settings, cache, progress, switches, *rest)
 
     monkeypatch.setattr(runner, "run_scales", tight)
     rc = main(["stylize", *map(str, photos), "-s", str(style), "-o", str(tmp_path / "o"), "--size", "32",

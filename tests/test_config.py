@@ -53,6 +53,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ("inbx: x\n", "inbx: unknown key"),
     ("transfer: {iterations: many}\n", "transfer.iterations: expected int"),
     ("transfer: {optimizer: sgd}\n", "transfer.optimizer: must be one of lbfgs, adam"),
+    ("transfer: {stop_tolerance: -0.1}\n", "transfer.stop_tolerance: must be at least 0 and under 1"),
+    ("transfer: {stop_window: 0}\n", "transfer.stop_window: must be at least 1"),
     ("transfer: {style_layers: {relu9_1: 1}}\n", "transfer.style_layers: unknown VGG19 layer 'relu9_1'"),
     ("watch: {mode: inotify}\n", "watch.mode: must be one of auto, native, polling"),
     ("watch: {settle_seconds: -1}\n", "watch.settle_seconds: must be at least 0"),

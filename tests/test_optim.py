@@ -92,3 +92,53 @@ def test_a_rising_loss_is_rejected_and_the_step_halved():
         opt.step(loss)
     assert torch.isfinite(x).all()
     assert (best < 1e-6).all()
+
+
+def _steps(opt, x, a, n):
+    for _ in range(n):
+        x.grad = None
+        loss = rosenbrock_like(x, a)
+        loss.sum().backward()
+        opt.step(loss)
+
+
+def test_adam_follows_torch_adam_step_for_step():
+    torch.manual_seed(2)
+    a = torch.randn(2, 3, 4, 4)
+    x0 = torch.randn(2, 3, 4, 4)
+    ours, ref = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+    opt = BatchedAdam(ours, lr=0.05, clamp=None)
+    torch_opt = torch.optim.Adam([ref], lr=0.05)
+    for _ in range(20):
+        _steps(opt, ours, a, 1)
+        torch_opt.zero_grad()
+        rosenbrock_like(ref, a).sum().backward()
+        torch_opt.step()
+        assert torch.allclose(ours, ref, atol=1e-4)  # rounding only: the ops differ in order
+
+
+def test_a_reset_image_starts_over_as_if_alone():
+    # Continuous batching: image 0 leaves after some steps and a new one takes its slot.
+    # The newcomer must follow exactly the path it would in an optimiser of its own, and
+    # its neighbour must not notice.
+    torch.manual_seed(3)
+    a = torch.rand(2, 3, 4, 4)
+    for make in (lambda x: BatchedLBFGS(x, history=4), lambda x: BatchedAdam(x, lr=0.05)):
+        x = torch.rand(2, 3, 4, 4).requires_grad_(True)
+        opt = make(x)
+        neighbour = x[1:].detach().clone().requires_grad_(True)
+        alone_neighbour = make(neighbour)
+        _steps(opt, x, a, 7)
+        _steps(alone_neighbour, neighbour, a[1:], 7)
+        newcomer = torch.rand(1, 3, 4, 4)
+        with torch.no_grad():
+            x[0] = newcomer[0]
+        opt.reset(0)
+        alone = newcomer.clone().requires_grad_(True)
+        alone_opt = make(alone)
+        for _ in range(6):
+            _steps(opt, x, a, 1)
+            _steps(alone_opt, alone, a[:1], 1)
+            _steps(alone_neighbour, neighbour, a[1:], 1)
+            assert torch.allclose(x[:1], alone, atol=1e-6)
+            assert torch.allclose(x[1:], neighbour, atol=1e-6)

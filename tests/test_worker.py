@@ -106,7 +106,7 @@ def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(servi
     take(service, "a.jpg")
     tried = []
 
-    def never(model, jobs, scales, settings, cache, progress, switches, free=None):
+    def never(model, jobs, scales, settings, cache, progress, switches, *rest):
         tried.append(switches.checkpoint)
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
@@ -235,13 +235,13 @@ def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(s
     take(service, "a.jpg", "b.jpg")
     real = runner.run_scales
 
-    def tight(model, jobs, scales, settings, cache, progress, switches, free=None):
+    def tight(model, jobs, scales, settings, cache, progress, switches, *rest):
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         if service.journal.get_jobs([1])[0].state == "done":  # the second half: a stop arrives
             service.worker.deadline = 0.0
             progress(1, None)
-        return real(model, jobs, scales, settings, cache, progress, switches, free)
+        return real(model, jobs, scales, settings, cache, progress, switches, *rest)
 
     monkeypatch.setattr(runner, "run_scales", tight)
     run_once(service)
@@ -287,3 +287,28 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
         service.watcher.stop()
     assert restarted == [service.devices[0]]
     assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]
+
+
+def claim_one(svc, token="b"):
+    return svc.journal.claim(svc.journal.oldest_queued(1e12).batch_key, 1, token, 1e12)
+
+
+def test_queued_photos_of_the_size_take_finished_places_in_the_running_batch(service):
+    take(service, "a.jpg", "b.jpg", "c.jpg")
+    service.worker.process(service.journal, claim_one(service))  # a batch of one place
+    assert [s for _, s, _ in states(service)] == ["done"] * 3
+    logs = [json.loads((service.cfg.outbox / j.output).with_suffix(".json").read_text())
+            for j in service.journal.get_jobs([1, 2, 3])]
+    assert [log["batch"] for log in logs] == [{"id": "b", "size": 1, "index": 0}] * 3
+    assert all(j.attempts == 1 for j in service.journal.get_jobs([1, 2, 3]))
+
+
+def test_an_older_photo_of_another_size_keeps_its_turn(service):
+    take(service, "a.jpg")
+    path = service.cfg.inbox / "wide.jpg"
+    path.write_bytes(photo_bytes(60, 40, 7))
+    st = path.stat()
+    assert service.intake.accept("wide.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind is Kind.QUEUED
+    take(service, "b.jpg", seed=200)
+    service.worker.process(service.journal, claim_one(service))
+    assert states(service) == [("a.jpg", "done", 1), ("wide.jpg", "queued", 0), ("b.jpg", "queued", 0)]

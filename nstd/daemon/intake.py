@@ -188,20 +188,25 @@ class Intake:
         if spec is not None and spec.kind == "regions":
             params = sidecar.apply(self.cfg.transfer, sidecars, self.models)
             return [self._spec(relpath, REGIONS_STYLE, params, h, w, memory,
-                               self.styles.regions_params(spec, self.cfg.output, params))]
+                               self.styles.regions_params(spec, self.cfg.output, params), guided=True)]
         specs = []
         for name in styles:
             params = sidecar.apply(self.styles.get(name).params, sidecars, self.models)
             stored = self.styles.job_params(name, self.cfg.output, params)
             specs.append(self._spec(relpath, name, params, h, w, memory,
-                                    stored | ({"guide": spec.as_dict()} if spec else {})))
+                                    stored | ({"guide": spec.as_dict()} if spec else {}),
+                                    guided=spec is not None or params.protect != "none"))
         return specs
 
-    def _spec(self, relpath: str, style: str, params, h: int, w: int, memory: int | None, stored: dict) -> JobSpec:
+    def _spec(self, relpath: str, style: str, params, h: int, w: int, memory: int | None, stored: dict,
+              guided: bool) -> JobSpec:
+        """`guided`: a mask, region map or face keeping shapes the job's objective, and only
+        jobs of one shape of objective can take each other's places in a running batch."""
         hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
         check_fits(relpath, (hh, ww), params, memory)
+        key = [ww, hh, repr(params.batch_key())] + (["guided"] if guided else [])
         return JobSpec(style=style, params_hash=_digest(stored), params=stored, width=ww, height=hh,
-                       batch_key=_digest([ww, hh, repr(params.batch_key())]))
+                       batch_key=_digest(key))
 
     def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
         self.journal.fail_input(printable(relpath), sha or "", reason)

@@ -232,10 +232,12 @@ class Worker(threading.Thread):
         p = tasks[0].params
         total = p.total_iterations(max(batch[0].height, batch[0].width))
         token = batch[0].batch_id
+        running = _Running({int(t.job_id): 0 for t in tasks})
         try:
-            self.pipeline.run(tasks, sink, self._progress(journal, [int(t.job_id) for t in tasks], total, keeper))
+            self.pipeline.run(tasks, sink, self._progress(journal, running, total, keeper),
+                              self._more(journal, batch[0], sink, running))
         except StopBatch:
-            ids = [int(t.job_id) for t in tasks]
+            ids = [i for i in running.joined if i not in sink.ended]
             journal.requeue(ids, token)
             log.info("batch_requeued", jobs=ids, reason="stopping")
             return
@@ -243,12 +245,37 @@ class Worker(threading.Thread):
             return  # the jobs are another worker's now; nothing of ours is recorded
         except Exception as e:  # noqa: BLE001 - a deterministic engine error fails what it had not published
             error = f"{type(e).__name__}: {e}"
-            for t in tasks:
-                if int(t.job_id) not in sink.ended:
-                    journal.fail(int(t.job_id), error, token)
-            log.error("batch_failed", jobs=[t.job_id for t in tasks], error=error)
+            for job_id in running.joined:
+                if job_id not in sink.ended:
+                    journal.fail(job_id, error, token)
+            log.error("batch_failed", jobs=list(running.joined), error=error)
             return
         self._update_gallery(journal)
+
+    def _more(self, journal: Journal, head: Job, sink: "_Outbox", running: "_Running"):
+        """Continuous batching: queued jobs of the running batch's key take the places of
+        finished photos, under the batch's claim. Only while that key's job is the oldest
+        waiting, so other sizes keep their turn, and never while stopping or paused."""
+        def more(n: int) -> list[Task]:
+            now = time.time()
+            if self.stopping.is_set() or self.paused or self.deadline is not None:
+                return []
+            oldest = journal.oldest_queued(now)
+            if oldest is None or oldest.batch_key != head.batch_key:
+                return []
+            jobs = journal.claim(head.batch_key, n, head.batch_id, now, self.info.owner, self.cfg.worker.lease)
+            sink.jobs.update({j.id: j for j in jobs})
+            tasks = self._load(journal, jobs)
+            guided = [t for t in tasks if t.guide is not None]
+            if guided:  # queued before guided jobs had their own key: they run in a batch of their own
+                journal.requeue([int(t.job_id) for t in guided], head.batch_id)
+                tasks = [t for t in tasks if t.guide is None]
+            running.joined.update({int(t.job_id): running.iteration for t in tasks})
+            if tasks:
+                log.info("joined_batch", batch=head.batch_id, jobs=[t.job_id for t in tasks])
+            return tasks
+
+        return more
 
     def _update_gallery(self, journal: Journal) -> None:
         try:
@@ -266,8 +293,9 @@ class Worker(threading.Thread):
             journal.retry(job.id, error, delay, job.batch_id)
             log.warning("retry_later", job=job.id, input=job.relpath, error=error, in_seconds=delay)
 
-    def _progress(self, journal: Journal, ids: list[int], total: int, keeper: LeaseKeeper):
+    def _progress(self, journal: Journal, running: "_Running", total: int, keeper: LeaseKeeper):
         def update(iteration: int, losses: list | None) -> None:
+            running.iteration = iteration
             if keeper.lost:
                 raise ClaimLost()
             deadline = self.deadline
@@ -276,10 +304,11 @@ class Worker(threading.Thread):
             if deadline is not None and time.time() > deadline:
                 raise StopBatch()
             if losses is not None:
-                log.info("progress", jobs=ids, iteration=losses[0]["iteration"], of=total,
+                log.info("progress", jobs=list(running.joined), iteration=losses[0]["iteration"], of=total,
                          loss=[round(r["total"], 5) for r in losses])
                 try:  # for nstd status only: not worth holding the batch for the database
-                    getattr(journal, "raw", journal).progress(ids, iteration, total)
+                    for joined, ids in running.by_start().items():
+                        getattr(journal, "raw", journal).progress(ids, min(iteration - joined, total), total)
                 except Unavailable:
                     pass
 
@@ -292,6 +321,20 @@ class Worker(threading.Thread):
             model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id)
             self._models[key] = (model.to(self.device), info)
         return self._models[key]
+
+
+class _Running:
+    """A running batch's jobs and the loop iteration each joined at."""
+
+    def __init__(self, joined: dict[int, int]):
+        self.joined = joined
+        self.iteration = 0
+
+    def by_start(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for job_id, start in self.joined.items():
+            out.setdefault(start, []).append(job_id)
+        return out
 
 
 class _Outbox:

@@ -4,43 +4,165 @@ with losses logged without stalling the device."""
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from nstd.engine.types import BatchSettings, Progress
 
 _log = logging.getLogger("nstd.engine")
 
 
-@dataclass
-class Trace:
-    """What a loop leaves besides the image: logged loss rows and snapshots."""
+class Batch(Protocol):
+    """What the loop drives: a fixed number of image slots optimised together."""
 
+    size: int
+
+    def iteration(self) -> torch.Tensor:
+        """One step of every working slot; each slot's loss row, (size, columns)."""
+
+    def pixels(self) -> torch.Tensor:
+        """The images now, (size, 3, H, W)."""
+
+    def rows_now(self, slots: list[int]) -> torch.Tensor:
+        """The loss rows of `slots` at their pixels now, without stepping."""
+
+    def park(self, k: int) -> None:
+        """Slot k has nothing more to do."""
+
+
+@dataclass
+class Slot:
+    """The image in one place of the batch, from the loop iteration it started at."""
+
+    start: int
+    clock: float  # perf_counter at its start
     records: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    totals: list[tuple[int, float]] = field(default_factory=list)  # (iterations done, total) seen on the host
+    working: bool = True
 
 
-def optimise(iteration: Callable[[], torch.Tensor], pixels: Callable[[], torch.Tensor], settings: BatchSettings,
-             use_graph: bool, progress: Progress | None) -> Trace:
-    """Run `settings.iterations` iterations; `iteration()` steps the images and returns
-    their loss rows, and `pixels()` is the images now, for snapshots."""
-    step = Stepper(iteration, use_graph)
-    trace = Trace()
-    reporter = LossReporter(settings.style_names, pixels().device)
-    for it in range(settings.iterations):
+@dataclass(frozen=True)
+class Ended:
+    """A slot's image as it leaves the batch."""
+
+    slot: int
+    image: torch.Tensor  # (3, H, W) on the device, unclamped
+    records: list[tuple[int, torch.Tensor]]  # (iteration, loss row), the last at its final pixels
+    snapshots: list[tuple[int, torch.Tensor]]
+    iterations: int
+    seconds: float
+
+
+def flat(settings: BatchSettings, done: int, totals: list[tuple[int, float]]) -> bool:
+    """Whether an image's loss has stopped improving: by less than `stop_tolerance` of
+    itself over the last `stop_window` iterations (or it is no longer finite)."""
+    if settings.stop_tolerance <= 0 or not totals:
+        return False
+    at, now = totals[-1]
+    if not math.isfinite(now):
+        return True
+    past = [t for k, t in totals if k <= at - settings.stop_window]
+    return bool(past) and past[-1] - now <= settings.stop_tolerance * abs(now)
+
+
+def optimise(batch: Batch, settings: BatchSettings, use_graph: bool, progress: Progress | None,
+             leave: Callable[[Ended], None], join: Callable[[list[int]], list[int]]) -> None:
+    """Step the batch until every slot is done. A slot is done after `settings.iterations`,
+    or sooner once its loss is flat (see `flat`); `leave` gets its image, and `join` may
+    put new images in the slots that came free (it returns the slots it filled)."""
+    step = Stepper(batch.iteration, use_graph)
+    device = batch.pixels().device
+    reporter = LossReporter(settings.style_names, device)
+    watch = Totals(device, max(1, settings.stop_window // 5)) if settings.stop_tolerance > 0 else None
+    slots = [Slot(0, time.perf_counter()) for _ in range(batch.size)]
+    if settings.iterations == 0:
+        _end(batch, slots, list(range(batch.size)), 0, leave)
+    it = 0
+    while any(s.working for s in slots):
         row = step()
+        _note(slots, it, row, batch, settings)
         if it % settings.log_every == 0:
-            trace.records.append((it, row.detach().clone()))
-            reporter.push(it, trace.records[-1][1])
-        done = it + 1
-        if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.iterations:
-            trace.snapshots.append((done, pixels().clamp(0, 1).cpu()))
+            reporter.push(it, row.detach().clone())
+        it += 1
+        if watch is not None:
+            watch.push(it, row, slots)
+        ending = [k for k, s in enumerate(slots) if s.working and
+                  (it - s.start >= settings.iterations or flat(settings, it - s.start, s.totals))]
         if progress is not None:
-            progress(done, reporter.ready())
+            progress(it, reporter.ready())
+        if ending:
+            _end(batch, slots, ending, it, leave)
+            for k in join(ending):
+                slots[k] = Slot(it, time.perf_counter())
+            for k in ending:
+                if not slots[k].working:
+                    batch.park(k)
     del step  # frees a captured graph's memory pool
-    return trace
+
+
+def _note(slots: list[Slot], it: int, row: torch.Tensor, batch: Batch, settings: BatchSettings) -> None:
+    """Each working slot's logged rows and snapshots at loop iteration `it`."""
+    logged = None
+    pixels = None
+    for k, s in enumerate(slots):
+        if not s.working:
+            continue
+        age = it - s.start
+        if age % settings.log_every == 0:
+            logged = row.detach().clone() if logged is None else logged
+            s.records.append((age, logged[k]))
+        done = age + 1
+        if settings.snapshot_every and done % settings.snapshot_every == 0 and done < settings.iterations:
+            pixels = batch.pixels() if pixels is None else pixels
+            s.snapshots.append((done, pixels[k].clamp(0, 1).cpu()))
+
+
+def _end(batch: Batch, slots: list[Slot], ending: list[int], it: int, leave: Callable[[Ended], None]) -> None:
+    final = batch.rows_now(ending)
+    pixels = batch.pixels()
+    now = time.perf_counter()
+    for k, row in zip(ending, final):
+        s = slots[k]
+        s.working = False
+        leave(Ended(k, pixels[k].detach().clone(), s.records + [(it - s.start, row)], s.snapshots, it - s.start,
+                    round(now - s.clock, 3)))
+
+
+class Totals:
+    """Each slot's total loss on the host every `every` iterations, for the stopping rule,
+    without stalling the device: on CUDA each copy is read one interval later."""
+
+    def __init__(self, device: torch.device, every: int):
+        self.every = every
+        self.async_copy = device.type == "cuda"
+        self.pending: tuple[int, torch.Tensor, object] | None = None
+
+    def push(self, it: int, row: torch.Tensor, slots: list[Slot]) -> None:
+        if it % self.every:
+            return
+        if not self.async_copy:
+            return self._give(it, row[:, 0].tolist(), slots)
+        host = torch.empty(row.shape[0], dtype=row.dtype, pin_memory=True)
+        host.copy_(row[:, 0], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        before, self.pending = self.pending, (it, host, event)
+        if before is not None:
+            event_it, values, done = before
+            done.synchronize()  # long done: recorded one interval ago
+            self._give(event_it, values.tolist(), slots)
+
+    @staticmethod
+    def _give(it: int, values: list[float], slots: list[Slot]) -> None:
+        for s, v in zip(slots, values):
+            if s.working and it > s.start:  # a value from before a slot's newcomer is not its
+                s.totals.append((it - s.start, v))
 
 
 class Stepper:
@@ -134,7 +256,9 @@ def record(it: int, v: list[float], style_names: list[str]) -> dict:
     return out
 
 
-def histories(records, style_names, n) -> list[list[dict]]:
-    host = torch.stack([r for _, r in records]).cpu().tolist()  # one sync for the whole run
-    return [[record(it, host[k][i], style_names) for k, (it, _) in enumerate(records)]
-            for i in range(n)]
+def histories(records: list[tuple[int, torch.Tensor]], style_names: list[str]) -> list[dict]:
+    """One image's records, fetched in one copy. Rows may differ in width: a batch pads
+    them to its widest problem's."""
+    width = max(row.shape[0] for _, row in records)
+    host = torch.stack([F.pad(row, (0, width - row.shape[0])) for _, row in records]).cpu().tolist()
+    return [record(it, v, style_names) for (it, _), v in zip(records, host)]

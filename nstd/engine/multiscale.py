@@ -17,8 +17,8 @@ import torch
 from nstd.engine.switches import Switches
 from nstd.engine.resize import long_side_size, resize_long_side, upsample
 from nstd.engine.targets import GramCache
-from nstd.engine.transfer import run_batch
-from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
+from nstd.engine.transfer import Finished, run_batch
+from nstd.engine.types import BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
 
@@ -53,14 +53,43 @@ def schedule(long_side: int, start: int, factor: float, iterations: int,
 
 def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
                cache: GramCache | None = None, progress: Progress | None = None,
-               switches: Switches | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
+               switches: Switches | None = None, free: Callable[[], int | None] | None = None,
+               refill: Refill | None = None, finished: Finished | None = None) -> list[TransferResult]:
     """Run every scale of `scales` on same-size jobs (contents at any one size).
 
     Histories run on across scales: each record gains a "scale" (its long side) and
     iterations count from the first scale's start. Progress counts the same way. Each
-    result's `runs` has one entry per scale.
+    result's `runs` has one entry per scale. `refill` and `finished` are run_batch's; a
+    newcomer cannot join a schedule half done, so several scales take no refill, and
+    each result is finished after the last scale.
     """
     cache = cache if cache is not None else GramCache()
+    if len(scales) == 1:
+        return _one_scale(model, jobs, scales[0], settings, cache, progress, switches, free, refill, finished)
+    results = _scales(model, jobs, scales, settings, cache, progress, switches, free)
+    if finished is None:
+        return results
+    for i, result in enumerate(results):
+        finished(i, result)
+    return []
+
+
+def _one_scale(model, jobs, scale: Scale, settings, cache, progress, switches, free, refill, finished):
+    def mark(result: TransferResult) -> TransferResult:
+        result.history = [rec | {"scale": scale.long_side} for rec in result.history]
+        return result
+
+    sized = [replace(j, content=resize_long_side(j.content, scale.long_side)) for j in jobs]
+    more = None if refill is None else (
+        lambda n: [replace(j, content=resize_long_side(j.content, scale.long_side)) for j in refill(n)])
+    done = None if finished is None else (lambda i, result: finished(i, mark(result)))
+    step_settings = replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
+    return [mark(r) for r in run_batch(model, sized, step_settings, cache, progress, switches, free, more, done)]
+
+
+def _scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
+            cache: GramCache, progress: Progress | None, switches: Switches | None,
+            free: Callable[[], int | None] | None) -> list[TransferResult]:
     starts: list[torch.Tensor] | None = None
     histories: list[list[dict]] = [[] for _ in jobs]
     runs: list[list[RunStats]] = [[] for _ in jobs]

@@ -32,6 +32,10 @@ class ContentLoss(nn.Module):
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return content_loss(feats[self.layer], self.target) / self.norm
 
+    def load(self, k: int, other: "ContentLoss") -> None:
+        self.target[k] = other.target[0]
+        self.norm[k] = other.norm[0]
+
 
 class StyleLoss(nn.Module):
     """Normalised Gram distance to the style at each layer: (N, layers), unweighted."""
@@ -44,6 +48,11 @@ class StyleLoss(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack([style_loss(feats[n], t) for n, t in zip(self.layers, self.targets)], 1) / self.norm
+
+    def load(self, k: int, other: "StyleLoss") -> None:
+        for target, new in zip(self.targets, other.targets):
+            target[k] = new[0]
+        self.norm[k] = other.norm[0]
 
 
 class GuidedStyleLoss(nn.Module):
@@ -103,3 +112,15 @@ class Objective(nn.Module):
         total = cw * c + sw * s + tw * tv
         parts = [torch.stack([total, c, s, tv], 1), s_layers] + ([] if regions is None else [regions])
         return total, torch.cat(parts, 1)
+
+    @torch.no_grad()
+    def load(self, k: int, other: "Objective") -> None:
+        """Image k's targets and weights replaced, in place, by those of `other`, a one-image
+        objective: a new job takes the slot. Only plain style losses are swapped: a guided
+        one's regions differ in number from job to job."""
+        if not isinstance(self.style, StyleLoss) or not isinstance(other.style, StyleLoss):
+            raise ValueError("only jobs without regions take a slot in a running batch")
+        for mine, theirs in zip(self.content, other.content):
+            mine.load(k, theirs)
+        self.style.load(k, other.style)
+        self.weights[k] = other.weights[0]

@@ -57,7 +57,17 @@ class BatchedLBFGS:
         self._prev_f = torch.zeros(n, **z)
         self._slots = torch.arange(m, device=x.device)
         self._rows = torch.arange(n, device=x.device)
-        self._started = False
+        # An image on its first step: it has no previous point to compare with and no pairs.
+        self._fresh = torch.ones(n, dtype=torch.bool, device=x.device)
+
+    @torch.no_grad()
+    def reset(self, k: int) -> None:
+        """Forget image k's history: a new image takes its place in the batch."""
+        for buf in (self._w, self._sy, self._yy, self._count, self._prev_x, self._prev_g, self._prev_step,
+                    self._prev_f):
+            buf[k] = 0
+        self._gamma[k] = 1.0
+        self._fresh[k] = True
 
     @torch.no_grad()
     def step(self, loss: torch.Tensor) -> None:
@@ -70,21 +80,20 @@ class BatchedLBFGS:
         flat_x = x.detach().reshape(n, -1).float()
         g = x.grad.detach().reshape(n, -1).float()
         f = loss.detach().reshape(n).float()
-        if not self._started:
-            # First step: -g scaled by its size, as torch.optim.LBFGS does. Until a
-            # curvature pair is accepted, that scale also stands in for H0.
-            self._started = True
-            self._gamma.copy_((1.0 / g.abs().sum(1).clamp_min(1e-12)).clamp(max=1.0))
-            base = flat_x
-            step = self._direction(g, None) * self.lr
-        else:
-            ok = torch.isfinite(f) & (f <= self._prev_f)
-            keep = ok[:, None]
-            g = torch.where(keep, g, self._prev_g)
-            f = torch.where(ok, f, self._prev_f)
-            base = torch.where(keep, flat_x, self._prev_x)
-            dots = self._remember(g - self._prev_g, self._prev_step, g, ok)
-            step = torch.where(keep, self._direction(g, dots) * self.lr, self._prev_step * 0.5)
+        fresh = self._fresh
+        # First step: -g scaled by its size, as torch.optim.LBFGS does. Until a curvature
+        # pair is accepted, that scale also stands in for H0. A fresh image is always
+        # accepted and stores no pair, so its empty history makes the direction -gamma g.
+        ok = fresh | (torch.isfinite(f) & (f <= self._prev_f))
+        keep = ok[:, None]
+        g = torch.where(keep, g, self._prev_g)
+        f = torch.where(ok, f, self._prev_f)
+        base = torch.where(keep, flat_x, self._prev_x)
+        dots = self._remember(g - self._prev_g, self._prev_step, g, ok & ~fresh)
+        first = (1.0 / g.abs().sum(1).clamp_min(1e-12)).clamp(max=1.0)
+        self._gamma.copy_(torch.where(fresh, first, self._gamma))
+        step = torch.where(keep, self._direction(g, dots) * self.lr, self._prev_step * 0.5)
+        fresh.fill_(False)
         if self.clamp is not None:
             step = self._project(base, step, g)
         x.copy_((base + step).view_as(x))
@@ -129,11 +138,9 @@ class BatchedLBFGS:
         self._gamma.copy_(torch.where(ok, ys / yy, self._gamma))
         return dots[:, :, 2]
 
-    def _direction(self, g: torch.Tensor, dots: torch.Tensor | None) -> torch.Tensor:
+    def _direction(self, g: torch.Tensor, dots: torch.Tensor) -> torch.Tensor:
         """-H g with H0 = gamma I and the stored pairs, per image."""
         gamma = self._gamma[:, None]
-        if dots is None:
-            return -gamma * g
         m = self.m
         # Chronological order of the ring, oldest first. While it is filling, the empty
         # slots come last and are made exact no-ops below.
@@ -174,17 +181,32 @@ def _permute(a: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 class BatchedAdam:
-    """Adam over a batch. Adam is elementwise, so images never share state."""
+    """Adam over a batch, as torch.optim.Adam computes it, but with a step count per image:
+    an image that joins a running batch gets its own bias correction from its first step."""
 
-    def __init__(self, x: torch.Tensor, lr: float = 0.02, clamp: tuple[float, float] | None = (0.0, 1.0)):
-        self.x = x
-        self.clamp = clamp
-        # capturable keeps the step count on the device, so a CUDA graph can replay it.
-        self._adam = torch.optim.Adam([x], lr=lr, capturable=x.is_cuda)
+    def __init__(self, x: torch.Tensor, lr: float = 0.02, clamp: tuple[float, float] | None = (0.0, 1.0),
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.x, self.lr, self.clamp, self.betas, self.eps = x, lr, clamp, betas, eps
+        self._m = torch.zeros_like(x, dtype=torch.float32)
+        self._v = torch.zeros_like(x, dtype=torch.float32)
+        self._t = torch.zeros((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device)
+
+    @torch.no_grad()
+    def reset(self, k: int) -> None:
+        """Forget image k's moments and steps: a new image takes its place."""
+        for buf in (self._m, self._v, self._t):
+            buf[k] = 0
 
     @torch.no_grad()
     def step(self, loss: torch.Tensor | None = None) -> None:
-        self._adam.step()
+        b1, b2 = self.betas
+        g = self.x.grad.float()
+        self._t.add_(1)
+        self._m.lerp_(g, 1 - b1)
+        self._v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        # In place on the device, so a CUDA graph replays it with each image's own count.
+        denom = (self._v.sqrt() / (1 - b2 ** self._t).sqrt()).add_(self.eps)
+        self.x.sub_(self._m / denom * (self.lr / (1 - b1 ** self._t)))
         if self.clamp is not None:
             self.x.clamp_(*self.clamp)
 

@@ -14,7 +14,7 @@ from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner, OomStep
 from nstd.engine.multiscale import Scale, run_scales
 from nstd.engine.targets import GramCache
-from nstd.engine.types import BatchSettings, Progress, TransferJob, TransferResult
+from nstd.engine.types import BatchSettings, Progress, Refill, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
 # Called with the positions (in the jobs given to run) and their results, as each part
@@ -31,31 +31,52 @@ class Engine:
         self.cache = GramCache()
 
     def run(self, model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
-            done: Done, refused: Refused, progress: Progress | None = None) -> None:
-        """Run same-size jobs through every scale. Out of memory halves the batch, then
+            done: Done, refused: Refused, progress: Progress | None = None, refill: Refill | None = None) -> None:
+        """Run same-size jobs through every scale, each result delivered as its image
+        finishes. `refill` may hand over more jobs as places come free; they take the
+        positions after the given jobs', in order. Out of memory halves the batch, then
         recomputes a lone image's activations (where checkpointing is on auto), then
         refuses that image; any other error propagates."""
         self._run(model, list(range(len(jobs))), jobs, scales, settings, done, refused, progress,
-                  self.switches.checkpoint)
+                  self.switches.checkpoint, refill)
 
     def _run(self, model, positions: list[int], jobs: list[TransferJob], scales: list[Scale],
-             settings: BatchSettings, done: Done, refused: Refused, progress, checkpoint: bool | None) -> None:
+             settings: BatchSettings, done: Done, refused: Refused, progress, checkpoint: bool | None,
+             refill: Refill | None = None) -> None:
+        held, where = list(jobs), list(positions)
+        delivered: set[int] = set()
+        last: list[TransferResult] = []
+
+        def more(n: int) -> list[TransferJob]:
+            new = refill(n)
+            where.extend(range(len(held), len(held) + len(new)))
+            held.extend(new)
+            return new
+
+        def finished(i: int, result: TransferResult) -> None:
+            delivered.add(i)
+            last[:] = [result]
+            ok = bool(torch.isfinite(result.image).all()) and math.isfinite(result.history[-1]["total"])
+            if ok:
+                done([where[i]], [result])
+            else:
+                refused([where[i]], "the loss became NaN or infinite; lower the weights or the learning rate")
+
         try:
-            results = run_scales(model, jobs, scales, settings, self.cache, progress,
-                                 replace(self.switches, checkpoint=checkpoint), self.planner.free)
+            run_scales(model, jobs, scales, settings, self.cache, progress,
+                       replace(self.switches, checkpoint=checkpoint), self.planner.free,
+                       None if refill is None else more, finished)
         except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
             if not is_oom(e):
                 raise
             release_cache(self.device)
-            self._after_oom(model, positions, jobs, scales, settings, done, refused, progress, checkpoint)
+            # What had not finished runs again, without refills: this batch was too large.
+            rest = [k for k in range(len(held)) if k not in delivered]
+            if rest:
+                self._after_oom(model, [where[k] for k in rest], [held[k] for k in rest], scales, settings, done,
+                                refused, progress, checkpoint)
             return
-        self.planner.observe(settings, scales[-1].lbfgs_history, results[0].runs)
-        finite = [bool(torch.isfinite(r.image).all()) and math.isfinite(r.history[-1]["total"]) for r in results]
-        if not all(finite):
-            refused([p for p, ok in zip(positions, finite) if not ok],
-                    "the loss became NaN or infinite; lower the weights or the learning rate")
-        if any(finite):
-            done([p for p, ok in zip(positions, finite) if ok], [r for r, ok in zip(results, finite) if ok])
+        self.planner.observe(settings, scales[-1].lbfgs_history, last[0].runs)
 
     def _after_oom(self, model, positions, jobs, scales, settings, done, refused, progress, checkpoint) -> None:
         step = self.planner.after_oom(len(jobs), checkpoint)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable
 
 import torch
@@ -12,26 +12,34 @@ import torch.nn.functional as F
 from nstd.engine import color
 from nstd.engine.device import PeakMemory
 from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
-from nstd.engine.loop import histories, optimise
+from nstd.engine.loop import Ended, histories, optimise
 from nstd.engine.memory import batch_bytes
 from nstd.engine.resize import crop, pad, pool_padding
 from nstd.engine.guides import blend_keep, fit, pixel_guides
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
 from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
-from nstd.engine.types import INITS, BatchSettings, Progress, RunStats, TransferJob, TransferResult
+from nstd.engine.types import INITS, BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
+
+# Given each result as its image finishes, with the job's number in the order given.
+Finished = Callable[[int, TransferResult], None]
 from nstd.engine.vgg import VGGFeatures
 
 
 def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings,
               cache: GramCache | None = None, progress: Progress | None = None,
-              switches: Switches | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
+              switches: Switches | None = None, free: Callable[[], int | None] | None = None,
+              refill: Refill | None = None, finished: Finished | None = None) -> list[TransferResult]:
     """Optimise a batch of same-size jobs together; each image keeps its own state.
 
     `free` tells how many bytes the device has free, for the switches left on auto;
-    without it, memory decides nothing."""
+    without it, memory decides nothing. With `refill`, jobs of the same size take the
+    places of finished images (not in a batch with regions). With `finished`, each result
+    goes there as its image finishes, numbered in the order its job was given (the batch's,
+    then the refills'), and nothing is returned; else the results come back in that order."""
     check_batch(model, jobs, settings)
-    h, w = jobs[0].content.shape[-2:]
+    shape = tuple(jobs[0].content.shape)
+    h, w = shape[-2:]
     margin = pool_padding(h, w)
     ph, pw = h + margin[2] + margin[3], w + margin[0] + margin[1]
 
@@ -41,20 +49,36 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
 
     r = resolve(switches, model.mean.device, need, None if free is None else free())
     peak = PeakMemory(r.device)
-    started = time.perf_counter()
-    with running(r):
-        results = _run(model, [_padded(color.prepare(j), margin) for j in jobs], settings,
-                       cache if cache is not None else GramCache(), progress, r, max(h, w))
-    stats = RunStats((h, w), len(jobs), settings.iterations, round(time.perf_counter() - started, 3),
-                     **r.describe(), **peak.read())
-    for job, result in zip(jobs, results):
+    given = list(jobs)
+    kept: dict[int, TransferResult] = {}
+
+    def take(n: int) -> list[TransferJob]:
+        new = refill(n) if refill is not None and not any(j.regions for j in jobs) else []
+        for job in new:
+            check_job(job, shape)
+            if job.regions:
+                raise ValueError("a job with regions cannot take a place in a running batch")
+        given.extend(new)
+        return [_padded(color.prepare(j), margin) for j in new]
+
+    def out(i: int, result: TransferResult, end: Ended) -> None:
+        job = given[i]
         result.image = crop(result.image, margin)
         result.snapshots = [(k, crop(snap, margin)) for k, snap in result.snapshots]
         color.finish(job, result)
         result.image = blend_keep(job, result.image)
         result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
-        result.runs = [stats]
-    return results
+        result.runs = [RunStats((h, w), len(jobs), end.iterations, end.seconds, **r.describe(), **peak.read(),
+                                slot=end.slot)]
+        if finished is not None:
+            finished(i, result)
+        else:
+            kept[i] = result
+
+    with running(r):
+        _run(model, [_padded(color.prepare(j), margin) for j in jobs], settings,
+             cache if cache is not None else GramCache(), progress, r, max(h, w), take, out)
+    return [kept[i] for i in sorted(kept)]
 
 
 def _padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
@@ -68,7 +92,8 @@ def _padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
 
 
 def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
-         progress: Progress | None, r: Resolved, long_side: int) -> list[TransferResult]:
+         progress: Progress | None, r: Resolved, long_side: int, take: Refill,
+         out: Callable[[int, TransferResult, Ended], None]) -> None:
     if r.channels_last:
         model.to(memory_format=torch.channels_last)  # once per model; a no-op after
 
@@ -77,25 +102,32 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
             return model(x, channels_last=r.channels_last, checkpoint=r.checkpoint)
 
     content = torch.stack([j.content for j in jobs]).to(r.device, torch.float32)
-    problems = [_Problem.build(model, features, [jobs[i] for i in group], settings, content[group], cache, r,
-                               long_side) for group in _groups(len(jobs), r.reproducible)]
+    build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
+    problems = [build([jobs[i] for i in group], content=content[group])
+                for group in _groups(len(jobs), r.reproducible)]
+    batch = _Batch(problems, features, skip_parked=not r.cuda_graph)
+    held = list(jobs)  # every job the batch has held, in the order given
+    holders = list(range(len(jobs)))  # which of them each slot holds now
 
-    def iteration() -> torch.Tensor:
-        return _rows([p.iteration(features) for p in problems])
-
-    def pixels() -> torch.Tensor:
-        return torch.cat([p.x.detach() for p in problems])
-
-    trace = optimise(iteration, pixels, settings, r.cuda_graph, progress)
-    with torch.no_grad():
-        row = _rows([p.objective(p.x, features(p.x))[1] for p in problems])
-    trace.records.append((settings.iterations, row))
-    images = pixels().clamp(0, 1).cpu()
-    rows = histories(trace.records, settings.style_names, len(jobs))
-    for job, history in zip(jobs, rows):
+    def leave(end: Ended) -> None:
+        job = held[holders[end.slot]]
+        history = histories(end.records, settings.style_names)
         _name_regions(job, history)
-    return [TransferResult(images[i], rows[i], [(k, s[i]) for k, s in trace.snapshots])
-            for i in range(len(jobs))]
+        result = TransferResult(end.image.clamp(0, 1).cpu(), history, end.snapshots)
+        out(holders[end.slot], result, end)
+
+    def join(free: list[int]) -> list[int]:
+        new = take(len(free))
+        for k, job in zip(free, new):
+            one = job.content[None].to(r.device, torch.float32)
+            with torch.no_grad():
+                objective = _objective(model, features, [job], settings, one, cache, r, long_side)
+            batch.load(k, objective, _init([job], one))
+            holders[k] = len(held)
+            held.append(job)
+        return free[:len(new)]
+
+    optimise(batch, settings, r.cuda_graph, progress, leave, join)
 
 
 def _rows(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -116,6 +148,50 @@ def _name_regions(job: TransferJob, history: list[dict]) -> None:
 def _groups(n: int, reproducible: bool) -> list[list[int]]:
     """Which images share a pass through the network: all of them, or each alone."""
     return [[i] for i in range(n)] if reproducible else [list(range(n))]
+
+
+class _Batch:
+    """A batch's problems seen as slots, slot k being image k of the batch. A parked slot's
+    problem is not stepped when it is alone in it and the loop runs eagerly."""
+
+    def __init__(self, problems: list["_Problem"], features, skip_parked: bool):
+        self.problems, self.features, self.skip_parked = problems, features, skip_parked
+        self.where = [(p, i) for p, prob in enumerate(problems) for i in range(prob.x.shape[0])]
+        self.size = len(self.where)
+        self.parked: set[int] = set()
+        self.last: list[torch.Tensor | None] = [None] * len(problems)
+
+    def iteration(self) -> torch.Tensor:
+        for p, prob in enumerate(self.problems):
+            idle = all(k in self.parked for k, (q, _) in enumerate(self.where) if q == p)
+            if not (self.skip_parked and idle and self.last[p] is not None):
+                self.last[p] = prob.iteration(self.features)
+        return _rows(self.last)
+
+    def pixels(self) -> torch.Tensor:
+        return torch.cat([p.x.detach() for p in self.problems])
+
+    @torch.no_grad()
+    def rows_now(self, slots: list[int]) -> list[torch.Tensor]:
+        rows: dict[int, torch.Tensor] = {}
+        for p, _ in (self.where[k] for k in slots):
+            if p not in rows:
+                prob = self.problems[p]
+                rows[p] = prob.objective(prob.x, self.features(prob.x))[1]
+        return [rows[p][i] for p, i in (self.where[k] for k in slots)]
+
+    def park(self, k: int) -> None:
+        self.parked.add(k)
+
+    @torch.no_grad()
+    def load(self, k: int, objective: Objective, start: torch.Tensor) -> None:
+        """A new image in slot k: its targets, its start, and a fresh optimiser state."""
+        p, i = self.where[k]
+        prob = self.problems[p]
+        prob.objective.load(i, objective)
+        prob.x[i] = start[0]
+        prob.opt.reset(i)
+        self.parked.discard(k)
 
 
 @dataclass
@@ -175,20 +251,29 @@ def check_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSett
     if missing:
         raise ValueError(f"model lacks layer(s) {sorted(missing)}")
     for j in jobs:
-        if not j.styles:
-            raise ValueError("every job needs at least one style")
-        if j.regions and not j.styled_regions:
-            raise ValueError("a job with regions needs at least one region with a style")
-        if any(r.mask.dim() != 2 for r in j.regions):
-            raise ValueError("a region's mask must be (height, width)")
-        if j.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
-        if j.init_image is not None and j.init_image.shape != j.content.shape:
-            raise ValueError(f"init_image must match the content's shape {tuple(j.content.shape)}")
-        if j.preserve_color not in color.MODES:
-            raise ValueError(f"preserve_color must be one of {', '.join(color.MODES)}, not {j.preserve_color!r}")
+        check_job(j, (c, h, w))
     if settings.iterations < 0 or settings.log_every < 1:
         raise ValueError("iterations must be >= 0 and log_every >= 1")
+    if settings.stop_tolerance < 0 or settings.stop_window < 1:
+        raise ValueError("stop_tolerance must be >= 0 and stop_window >= 1")
+
+
+def check_job(j: TransferJob, shape: tuple[int, ...]) -> None:
+    """Refuse a job that cannot run in a batch of contents of `shape`."""
+    if tuple(j.content.shape) != shape:
+        raise ValueError(f"a batch must be one size: {tuple(j.content.shape)} is not {shape}")
+    if not j.styles:
+        raise ValueError("every job needs at least one style")
+    if j.regions and not j.styled_regions:
+        raise ValueError("a job with regions needs at least one region with a style")
+    if any(r.mask.dim() != 2 for r in j.regions):
+        raise ValueError("a region's mask must be (height, width)")
+    if j.init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
+    if j.init_image is not None and j.init_image.shape != j.content.shape:
+        raise ValueError(f"init_image must match the content's shape {tuple(j.content.shape)}")
+    if j.preserve_color not in color.MODES:
+        raise ValueError(f"preserve_color must be one of {', '.join(color.MODES)}, not {j.preserve_color!r}")
 
 
 def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:

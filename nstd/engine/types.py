@@ -26,6 +26,10 @@ class BatchSettings:
     pooling: str = "max"
     log_every: int = 50
     snapshot_every: int = 0
+    # An image stops once its loss improved by less than this share over the last
+    # `stop_window` iterations; `iterations` is then a cap. 0: always run `iterations`.
+    stop_tolerance: float = 0.0
+    stop_window: int = 50
 
     @property
     def layers(self) -> frozenset[str]:
@@ -93,6 +97,7 @@ class RunStats:
     reproducible: bool = False  # each image ran alone, interleaved
     peak_bytes: int | None = None  # CUDA: allocated beyond what was held before
     peak_reserved_bytes: int | None = None
+    slot: int = 0  # the image's place in the batch
 
     def as_dict(self) -> dict:
         """The loss log's `runs` entry."""
@@ -116,3 +121,6 @@ class TransferResult:
 # Called after each iteration with the iterations done so far and, at logged
 # iterations (one interval late on CUDA), one loss record per image.
 Progress = Callable[[int, "list[dict] | None"], None]
+# Asked, when images of a running batch have finished, for up to n more jobs of the
+# batch's size and settings to take their places; [] when there are none.
+Refill = Callable[[int], "list[TransferJob]"]

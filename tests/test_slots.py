@@ -1,0 +1,113 @@
+"""Per-image stopping and slot refill: a photo leaves the batch when its loss is flat, and
+a queued one of the same size takes its place with a fresh optimiser."""
+
+import pytest
+import torch
+
+from nstd.engine.loop import flat
+from nstd.engine.memory import MemoryPlanner
+from nstd.engine.multiscale import Scale
+from nstd.engine.runner import Engine
+from nstd.engine.switches import Switches
+from nstd.engine.transfer import run_batch
+from nstd.engine.types import BatchSettings, StyleImage, TransferJob
+
+from conftest import rand_image
+
+STYLE = StyleImage(rand_image(36, 36, seed=99), key="style-a")
+
+
+def job(seed: int, **kw) -> TransferJob:
+    return TransferJob(rand_image(32, 40, seed=seed), (STYLE,), init="noise", seed=seed, **kw)
+
+
+def test_flat_needs_a_full_window_and_a_small_gain():
+    rule = BatchSettings(stop_tolerance=0.01, stop_window=20)
+    assert not flat(rule, 10, [(5, 2.0), (10, 2.0)])  # no value a window back yet
+    assert flat(rule, 25, [(5, 1.005), (25, 1.0)])  # 0.5% better over 20 iterations: flat
+    assert not flat(rule, 25, [(5, 1.05), (25, 1.0)])  # 5% better: still improving
+    assert not flat(rule, 25, [(10, 1.0), (25, 1.0)])  # the window reaches back only 15
+    assert flat(rule, 25, [(5, 1.0), (25, float("nan"))])  # a broken image stops at once
+    assert not flat(BatchSettings(stop_tolerance=0.0), 500, [(0, 1.0), (500, 1.0)])  # off
+
+
+def test_a_flat_image_stops_before_the_cap_and_records_its_count(tiny_model):
+    settings = BatchSettings(iterations=60, log_every=5, stop_tolerance=0.2, stop_window=5)
+    [early] = run_batch(tiny_model, [job(0)], settings)
+    [full] = run_batch(tiny_model, [job(0)], BatchSettings(iterations=60, log_every=5))
+    its = early.runs[0].iterations
+    assert 5 <= its < 60 and early.history[-1]["iteration"] == its
+    assert full.runs[0].iterations == 60 and full.history[-1]["iteration"] == 60
+    assert early.history[-1]["total"] > full.history[-1]["total"]  # it did stop short
+
+
+@pytest.mark.parametrize("reproducible", [True, False])
+def test_refilled_jobs_run_as_they_would_alone(tiny_model, reproducible):
+    # Two places, five jobs: three join as places come free, each with its own targets,
+    # start and optimiser state. Every result is handed over once, numbered in order given.
+    switches = Switches("fp32", reproducible=reproducible)
+    settings = BatchSettings(iterations=8, log_every=4)
+    queue = [job(2), job(3, style_weight=30.0), job(4)]
+    asked, got = [], {}
+
+    def refill(n):
+        asked.append(n)
+        out, queue[:] = queue[:n], queue[n:]
+        return out
+
+    def finished(i, result):
+        assert i not in got
+        got[i] = result
+
+    assert run_batch(tiny_model, [job(0), job(1, tv_weight=1.0)], settings, switches=switches,
+                     refill=refill, finished=finished) == []
+    assert sorted(got) == [0, 1, 2, 3, 4] and asked[-1] >= 1
+    for i, j in enumerate([job(0), job(1, tv_weight=1.0), job(2), job(3, style_weight=30.0), job(4)]):
+        [alone] = run_batch(tiny_model, [j], settings, switches=switches)
+        assert [h["iteration"] for h in got[i].history] == [0, 4, 8]
+        if reproducible:  # each image alone, interleaved: bit for bit its own
+            assert torch.equal(got[i].image, alone.image)
+        else:  # batched convolutions round differently, and L-BFGS amplifies it a little
+            start, end = got[i].history[0], got[i].history[-1]
+            for key in ("total", "content", "style", "tv"):  # its own targets and weights
+                assert start[key] == pytest.approx(alone.history[0][key], rel=1e-5)
+            assert end["total"] == pytest.approx(alone.history[-1]["total"], rel=2e-2)
+
+
+def test_stopping_with_refill_keeps_the_batch_busy(tiny_model):
+    settings = BatchSettings(iterations=40, log_every=5, stop_tolerance=0.2, stop_window=5)
+    queue = [job(s) for s in range(2, 6)]
+    order = []
+    run_batch(tiny_model, [job(0), job(1)], settings, refill=lambda n: [queue.pop(0) for _ in range(min(n, len(queue)))],
+              finished=lambda i, r: order.append((i, r.runs[0].iterations, r.runs[0].slot)))
+    assert sorted(i for i, _, _ in order) == list(range(6))
+    assert all(its < 40 for _, its, _ in order) and {slot for _, _, slot in order} == {0, 1}
+
+
+def test_a_job_with_regions_never_joins_and_a_regions_batch_never_asks(tiny_model):
+    from nstd.engine.types import Region
+
+    masked = job(1, regions=(Region(torch.ones(32, 40), (STYLE,), "all"),))
+    with pytest.raises(ValueError, match="regions cannot take a place"):
+        run_batch(tiny_model, [job(0)], BatchSettings(iterations=2), refill=lambda n: [masked])
+    asked = []
+    run_batch(tiny_model, [masked], BatchSettings(iterations=2), refill=lambda n: asked.append(n) or [])
+    assert asked == []
+
+
+def test_engine_reruns_unfinished_newcomers_after_out_of_memory(tiny_model):
+    # The second refill runs out of memory: the newcomer of the first is not lost, and no
+    # result is delivered twice.
+    engine = Engine(MemoryPlanner(torch.device("cpu"), Switches(), lambda: None), Switches())
+    calls, done, refused = [], [], []
+
+    def refill(n):
+        calls.append(n)
+        if len(calls) == 1:
+            return [job(5)]
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    settings = BatchSettings(iterations=4, log_every=2)
+    engine.run(tiny_model, [job(0), job(1)], [Scale(40, 4, 100)], settings,
+               lambda ps, rs: done.extend(ps), lambda ps, why: refused.extend(ps), refill=refill)
+    assert sorted(done) == [0, 1, 2] and refused == []
