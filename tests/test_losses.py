@@ -19,6 +19,15 @@ def test_gram_is_fp32_for_half_inputs():
     assert g.dtype == torch.float32 and torch.isfinite(g).all()
 
 
+def test_bf16_gram_has_the_fp32_grams_value_and_gradient():
+    # Whichever product the device has (a mixed bf16-in, fp32-out one on CUDA, a cast here).
+    f = torch.randn(1, 8, 6, 6).bfloat16().requires_grad_(True)
+    ref = f.detach().float().requires_grad_(True)
+    gram(f).square().sum().backward()
+    gram(ref).square().sum().backward()
+    assert torch.allclose(gram(f), gram(ref)) and torch.allclose(f.grad.float(), ref.grad, rtol=1e-2, atol=1e-2)
+
+
 def test_style_loss_is_gatys_up_to_the_constant_four():
     f, a = torch.randn(1, 6, 4, 4), torch.randn(1, 6, 4, 4)
     n, m = 6, 16

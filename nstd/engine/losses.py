@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -13,10 +15,36 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     n, c, h, w = features.shape
     if c > 1 and features.is_contiguous(memory_format=torch.channels_last):
         # Read channels-last activations as (N, HW, C) in place rather than copying them.
-        f = features.permute(0, 2, 3, 1).reshape(n, h * w, c).float()
-        return torch.bmm(f.transpose(1, 2), f) / (h * w)
-    f = features.reshape(n, c, h * w).float()
-    return torch.bmm(f, f.transpose(1, 2)) / (h * w)
+        f = features.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        return _product(f.transpose(1, 2), f) / (h * w)
+    f = features.reshape(n, c, h * w)
+    return _product(f, f.transpose(1, 2)) / (h * w)
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in fp32. bf16 activations on CUDA go straight into one product with an fp32
+    output (bf16 tensor cores, fp32 accumulation), with no fp32 copy of the activations."""
+    if a.dtype == torch.bfloat16 and a.is_cuda and bf16_products(a.device):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
+@functools.cache
+def bf16_products(device: torch.device) -> bool:
+    """Whether this build multiplies bf16 into fp32 on `device`, with gradients that agree
+    with the cast product's; tried once per device."""
+    try:
+        gen = torch.Generator(device).manual_seed(0)
+        a = torch.randn(2, 64, 96, device=device, generator=gen).bfloat16().requires_grad_(True)
+        b = a.detach().clone().requires_grad_(True)
+        fast = torch.bmm(a, a.transpose(1, 2), out_dtype=torch.float32)
+        slow = torch.bmm(b.float(), b.float().transpose(1, 2))
+        fast.square().sum().backward()
+        slow.square().sum().backward()
+        return bool(torch.allclose(fast, slow, rtol=1e-2, atol=1e-2) and
+                    torch.allclose(a.grad.float(), b.grad.float(), rtol=5e-2, atol=1e-1))
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
