@@ -66,7 +66,7 @@ class WorkerConfig:
     retry_backoff: float = 30.0
     isolation: str = "auto"  # thread | process per device; auto: processes where there are several
     lease: float = 120.0  # seconds a claim holds without renewal before another worker may take it
-    # worker.precision, cuda_graphs, checkpoint, reproducible and memory_budget: how batches run
+    # worker.precision, cuda_graphs, checkpoint, reproducible, compile and memory_budget: how batches run
     switches: Switches = Switches()
 
 
@@ -269,7 +269,7 @@ def _watch(raw: Any) -> WatchConfig:
 def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
                                  "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
-                                 "checkpoint", "reproducible", "lease"})
+                                 "checkpoint", "reproducible", "compile", "lease"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -286,6 +286,7 @@ def _worker(raw: Any) -> WorkerConfig:
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
             checkpoint=_auto_bool(m.get("checkpoint", "auto"), "worker.checkpoint"),
             reproducible=_auto_bool(m.get("reproducible", "auto"), "worker.reproducible"),
+            compile=_auto_bool(m.get("compile", "auto"), "worker.compile"),
             memory_budget=_float(m.get("memory_budget", d.switches.memory_budget), "worker.memory_budget", 0.05, 1.0)),
     )
 

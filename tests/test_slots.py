@@ -111,3 +111,24 @@ def test_engine_reruns_unfinished_newcomers_after_out_of_memory(tiny_model):
     engine.run(tiny_model, [job(0), job(1)], [Scale(40, 4, 100)], settings,
                lambda ps, rs: done.extend(ps), lambda ps, why: refused.extend(ps), refill=refill)
     assert sorted(done) == [0, 1, 2] and refused == []
+
+
+def test_a_compiled_iteration_matches_the_eager_one_and_is_reused_by_the_next_batch(vgg_sd):
+    # A two-layer model keeps the compile short on a CPU; the second batch (a new
+    # objective, new targets) must run the first one's compiled code.
+    import torch._dynamo.utils
+
+    from nstd.engine.vgg import VGGFeatures
+
+    settings = BatchSettings(iterations=3, log_every=1, content_layers=("relu2_1",),
+                             style_layers=(("relu1_1", 0.5), ("relu2_1", 0.5)))
+    model = VGGFeatures(vgg_sd, "torchvision", settings.layers, model_id="random")
+    small = [TransferJob(rand_image(16, 16, seed=s), (STYLE,)) for s in (1, 2)]
+    torch._dynamo.utils.counters.clear()
+    eager = [run_batch(model, [j], settings, switches=Switches("fp32"))[0] for j in small]
+    fused = [run_batch(model, [j], settings, switches=Switches("fp32", compile=True))[0] for j in small]
+    for e, f in zip(eager, fused):
+        assert f.runs[0].compiled and not e.runs[0].compiled
+        assert [h["total"] for h in f.history] == pytest.approx([h["total"] for h in e.history], rel=1e-4)
+        assert torch.allclose(e.image, f.image, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

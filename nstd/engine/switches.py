@@ -28,6 +28,9 @@ class Switches:
     # None: on for the CPU, where batching gains little. On, each image runs as a batch of
     # one, interleaved, so its result does not depend on its company (see `resolve`).
     reproducible: bool | None = None
+    # torch.compile of each iteration's forward and backward, so the elementwise work
+    # between convolutions fuses. None: off; it costs a compile per shape and process.
+    compile: bool | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -42,6 +45,7 @@ class Resolved:
     cuda_graph: bool
     checkpoint: bool
     reproducible: bool = False
+    compile: bool = False
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -49,7 +53,8 @@ class Resolved:
 
     def describe(self) -> dict:
         return {"precision": self.precision, "channels_last": self.channels_last,
-                "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint, "reproducible": self.reproducible}
+                "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint, "reproducible": self.reproducible,
+                "compiled": self.compile}
 
 
 def resolve(switches: Switches | None, device: torch.device, need: Callable[[str, bool], int] | None = None,
@@ -83,7 +88,9 @@ def resolve(switches: Switches | None, device: torch.device, need: Callable[[str
     # at 24 dB PSNR after 300 iterations. Batched convolutions round differently from
     # single ones, so only running each image alone makes its result its own.
     reproducible = not cuda if switches.reproducible is None else switches.reproducible
-    return Resolved(device, precision, channels_last, graph, checkpoint, reproducible)
+    # Recomputed activations would be traced twice over; checkpointed batches run eagerly.
+    compiled = bool(switches.compile) and not checkpoint
+    return Resolved(device, precision, channels_last, graph, checkpoint, reproducible, compiled)
 
 
 def _fast_bf16(device: torch.device) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
@@ -105,7 +106,8 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
     build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
     problems = [build([jobs[i] for i in group], content=content[group])
                 for group in _groups(len(jobs), r.reproducible)]
-    batch = _Batch(problems, features, skip_parked=not r.cuda_graph)
+    loss = partial(compiled_loss(), model, r=r) if r.compile else (lambda objective, x: objective(x, features(x)))
+    batch = _Batch(problems, features, loss, skip_parked=not r.cuda_graph)
     held = list(jobs)  # every job the batch has held, in the order given
     holders = list(range(len(jobs)))  # which of them each slot holds now
 
@@ -154,8 +156,8 @@ class _Batch:
     """A batch's problems seen as slots, slot k being image k of the batch. A parked slot's
     problem is not stepped when it is alone in it and the loop runs eagerly."""
 
-    def __init__(self, problems: list["_Problem"], features, skip_parked: bool):
-        self.problems, self.features, self.skip_parked = problems, features, skip_parked
+    def __init__(self, problems: list["_Problem"], features, loss, skip_parked: bool):
+        self.problems, self.features, self.loss, self.skip_parked = problems, features, loss, skip_parked
         self.where = [(p, i) for p, prob in enumerate(problems) for i in range(prob.x.shape[0])]
         self.size = len(self.where)
         self.parked: set[int] = set()
@@ -165,7 +167,7 @@ class _Batch:
         for p, prob in enumerate(self.problems):
             idle = all(k in self.parked for k, (q, _) in enumerate(self.where) if q == p)
             if not (self.skip_parked and idle and self.last[p] is not None):
-                self.last[p] = prob.iteration(self.features)
+                self.last[p] = prob.iteration(self.loss)
         return _rows(self.last)
 
     def pixels(self) -> torch.Tensor:
@@ -212,12 +214,26 @@ class _Problem:
         x = _init(jobs, content).requires_grad_(True)
         return cls(x, objective, make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history))
 
-    def iteration(self, features) -> torch.Tensor:
+    def iteration(self, loss) -> torch.Tensor:
         self.x.grad = None
-        total, row = self.objective(self.x, features(self.x))
+        total, row = loss(self.objective, self.x)
         total.sum().backward()
         self.opt.step(total.detach())
         return row
+
+
+def _loss(model: VGGFeatures, objective: Objective, x: torch.Tensor, r: Resolved) -> tuple[torch.Tensor, torch.Tensor]:
+    """One evaluation of the objective, as a function torch.compile can trace whole."""
+    with autocast(r):
+        feats = model(x, channels_last=r.channels_last)
+    return objective(x, feats)
+
+
+@functools.cache
+def compiled_loss():
+    """`_loss` compiled once per process. Its guards are on shapes and flags, not on the
+    objective's identity, so every batch of a shape reuses the first one's code."""
+    return torch.compile(_loss)
 
 
 def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: BatchSettings,
