@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from nstd.bench.peer import convert_weights
+
 PAIRS = (("tubingen.jpg", "starry_night.jpg"), ("golden_gate.jpg", "the_scream.jpg"),
          ("tubingen.jpg", "shipwreck.jpg"))
 CONTENT_LAYER = "relu4_2"
@@ -123,13 +125,6 @@ def presize(src: Path, dst: Path, size: int) -> Path:
     return dst
 
 
-def peer_weights(nstd_sd: dict[str, torch.Tensor], dst: Path) -> Path:
-    """nstd's stored Caffe VGG19 in the peer's layout (torchvision's `features.N` keys; the
-    file name must carry 'vgg' and '19' for its loader to pick the architecture)."""
-    torch.save({f"features.{k}": v for k, v in nstd_sd.items()}, dst)
-    return dst
-
-
 @dataclass
 class Run:
     image: Path
@@ -208,7 +203,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     sd, _ = weights.load(args.models_dir, "caffe")
     ev = Evaluator(sd)
-    model = peer_weights(sd, args.out / "vgg19-caffe-from-nstd.pth")
+    model = convert_weights(sd, args.out / "vgg19-caffe-from-nstd.pth")
     results, sheet = [], []
     for photo_name, painting_name in PAIRS[: args.pairs]:
         tag = f"{Path(photo_name).stem}-{Path(painting_name).stem}"

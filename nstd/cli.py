@@ -519,6 +519,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the drop-to-output run of the daemon")
     p.add_argument("--no-time-to-quality", action="store_true",
                    help="skip the time each way of running takes to reach nstd fp32's picture")
+    p.add_argument("--no-compile", action="store_true",
+                   help="leave out the torch.compile contenders (each compiles VGG19 first: a minute on a CPU)")
     p.add_argument("--quick", action="store_true",
                    help="a CPU-sized run: 256 px, 20 iterations, batches 1 and 2, sizes 128 and 256")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench.json and bench.md")
@@ -538,12 +540,13 @@ def cmd_bench(args) -> int:
         raise NstdError(str(e)) from None
     if args.quick:
         plan = suite.Plan(size=256, iterations=20, batches=(1, 2), sizes=(128, 256), latency=False,
-                          baseline=not args.no_baseline, time_to_quality=not args.no_time_to_quality)
+                          baseline=not args.no_baseline, time_to_quality=not args.no_time_to_quality,
+                          compile=not args.no_compile)
     else:
         plan = suite.Plan(size=args.size, iterations=args.iterations, batches=args.batches,
                           max_batch=args.max_batch, sizes=args.sizes, sweep_iterations=args.sweep_iterations,
                           baseline=not args.no_baseline, latency=not args.no_latency,
-                          time_to_quality=not args.no_time_to_quality)
+                          time_to_quality=not args.no_time_to_quality, compile=not args.no_compile)
     content = images.decode(_read(args.content), str(args.content), images.DEFAULT_MAX_PIXELS).pixels
     style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
     models_dir = _models_dir(args)

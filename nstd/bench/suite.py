@@ -31,6 +31,7 @@ class Plan:
     baseline: bool = True
     latency: bool = True
     time_to_quality: bool = True
+    compile: bool = True  # time to quality's torch.compile contenders
 
 
 def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Plan,
@@ -66,7 +67,7 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
     if plan.time_to_quality:
         say(f"time to quality: to within {100 * ttq.TOLERANCE:.0f}% of nstd fp32's objective after "
             f"{plan.iterations} iterations")
-        out["time_to_quality"] = ttq.run(model, w, switches, say)
+        out["time_to_quality"] = ttq.run(model, w, switches, say, plan.compile)
 
     out["batches"], out["sizes"] = _sweeps(model, content, style, plan, settings, switches, say)
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from nstd.bench import baseline
+from nstd.bench import baseline, peer
 from nstd.bench.measure import Workload, sync
 from nstd.engine.losses import tv_loss
 from nstd.engine.multiscale import Scale, run_scales
@@ -25,6 +25,7 @@ from nstd.engine.resize import resize_long_side
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
 from nstd.engine.vgg import VGGFeatures
+from nstd.params import TransferParams
 
 TOLERANCE = 0.01  # within 1% of the reference objective counts as the same picture
 SNAPSHOTS = 50  # per reference run: every 10 iterations of 500
@@ -77,11 +78,18 @@ def nstd_trace(name: str, model: VGGFeatures, w: Workload, switches: Switches, s
 
     [result] = run_scales(model, [job], scales, settings, cache, progress, switches)
     sync(device)
-    stamps[sum(s.iterations for s in scales)] = time.perf_counter() - start
     before = sum(s.iterations for s in scales[:-1])
-    snaps = [(before + k, image) for k, image in result.snapshots] + [(before + scales[-1].iterations, result.image)]
+    last = before + result.runs[-1].iterations  # fewer than the scale's where it stopped early
+    stamps[last] = time.perf_counter() - start
+    snaps = [(before + k, image) for k, image in result.snapshots if before + k < last] + [(last, result.image)]
     trace.snapshots = [(k, stamps[k], image) for k, image in snaps if k in stamps]
     return trace
+
+
+def peer_trace(model: VGGFeatures, w: Workload, iterations: int) -> Trace:
+    """neural-style-pt through its CLI, with the same snapshot spacing."""
+    sd = model.features.state_dict()
+    return Trace(peer.NAME, peer.snapshots(sd, w, iterations, every(w), model.mean.device))
 
 
 def baseline_trace(model: VGGFeatures, w: Workload, iterations: int) -> Trace:
@@ -119,25 +127,49 @@ def reached(model: VGGFeatures, w: Workload, trace: Trace, target: float) -> dic
             "curve": curve}
 
 
-def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], None]) -> dict:
-    """The reference, then each contender side by side, capped at twice the iterations."""
+def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) -> dict[str, Callable[[], Trace]]:
+    """Each way of running, by name: nstd's levers alone and together, and the peers.
+    The fixed-iteration runs go to twice the iterations, so a slower one can still arrive."""
     its, history = w.iterations, w.settings.lbfgs_history
     fp32 = Switches("fp32", checkpoint=False)
     h, wd = w.content.shape[-2:]
     half = max(w.size // 2, math.ceil(16 * max(h, wd) / min(h, wd)))  # its short side at least 16 px
-    contenders = {
-        "nstd_fp32": lambda: nstd_trace("nstd_fp32", model, w, fp32, [Scale(w.size, 2 * its, history)]),
-        "nstd_fast": lambda: nstd_trace("nstd_fast", model, w, fast, [Scale(w.size, 2 * its, history)]),
+    stop = TransferParams()
+    stopping = replace(w, settings=replace(w.settings, stop_tolerance=stop.stop_tolerance,
+                                           stop_window=stop.stop_window))
+    full, twice = [Scale(w.size, its, history)], [Scale(w.size, 2 * its, history)]
+    out = {
+        "nstd_fp32": lambda: nstd_trace("nstd_fp32", model, w, fp32, twice),
+        "nstd_fp32_stopping": lambda: nstd_trace("nstd_fp32_stopping", model, stopping, fp32, full),
+        "nstd_fp32_compiled": lambda: nstd_trace("nstd_fp32_compiled", model, w, replace(fp32, compile=True),
+                                                 twice),
+        "nstd_fast": lambda: nstd_trace("nstd_fast", model, w, fast, twice),
         "nstd_fast_coarse_to_fine": lambda: nstd_trace(
-            "nstd_fast_coarse_to_fine", model, w, fast,
-            [Scale(half, its, history), Scale(w.size, its, history)]),
+            "nstd_fast_coarse_to_fine", model, w, fast, [Scale(half, its, history), Scale(w.size, its, history)]),
+        "nstd_fast_stopping_compiled": lambda: nstd_trace("nstd_fast_stopping_compiled", model, stopping,
+                                                          replace(fast, compile=True), full),
         "tutorial": lambda: baseline_trace(model, w, 2 * its),
     }
-    traces = {name: make() for name, make in contenders.items()}
+    if not compiled:
+        out = {name: make for name, make in out.items() if "compiled" not in name}
+    if peer.available():
+        out[peer.NAME] = lambda: peer_trace(model, w, 2 * its)
+    return out
+
+
+def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], None], compiled: bool = True) -> dict:
+    """The reference, then each contender side by side."""
+    its = w.iterations
+    traces = {}
+    for name, make in contenders(model, w, fast, compiled).items():
+        try:
+            traces[name] = make()
+        except Exception as e:  # noqa: BLE001 - a contender that cannot run is reported, not fatal
+            say(f"  {name:<30} could not run: {type(e).__name__}: {e}")
     reference = next(objective(model, w, image) for k, _, image in traces["nstd_fp32"].snapshots if k == its)
     rows = [reached(model, w, t, reference) for t in traces.values()]
     for row in rows:
-        say(f"  {row['name']:<26} " + (f"{row['seconds']:7.1f} s  {row['photos_per_hour']:8.0f} photos/h  "
+        say(f"  {row['name']:<30} " + (f"{row['seconds']:7.1f} s  {row['photos_per_hour']:8.0f} photos/h  "
                                        f"({row['iterations']} iterations)" if row["reached"] else
                                        f"not reached in {row['iterations']} iterations: best "
                                        f"{row['best_vs_reference']:.3f}x the reference"))
