@@ -143,6 +143,10 @@ def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) 
         "nstd_fp32_stopping": lambda: nstd_trace("nstd_fp32_stopping", model, stopping, fp32, full),
         "nstd_fp32_compiled": lambda: nstd_trace("nstd_fp32_compiled", model, w, replace(fp32, compile=True),
                                                  twice),
+        "nstd_fp32_coarse_to_fine": lambda: nstd_trace(
+            "nstd_fp32_coarse_to_fine", model, w, fp32, [Scale(half, its, history), Scale(w.size, its, history)]),
+        "nstd_fp32_stopping_compiled": lambda: nstd_trace("nstd_fp32_stopping_compiled", model, stopping,
+                                                          replace(fp32, compile=True), full),
         "nstd_fast": lambda: nstd_trace("nstd_fast", model, w, fast, twice),
         "nstd_fast_coarse_to_fine": lambda: nstd_trace(
             "nstd_fast_coarse_to_fine", model, w, fast, [Scale(half, its, history), Scale(w.size, its, history)]),
@@ -163,7 +167,9 @@ def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], No
     traces = {}
     for name, make in contenders(model, w, fast, compiled).items():
         try:
+            started = time.perf_counter()
             traces[name] = make()
+            say(f"  ran {name} ({time.perf_counter() - started:.0f} s with warm-up)")
         except Exception as e:  # noqa: BLE001 - a contender that cannot run is reported, not fatal
             say(f"  {name:<30} could not run: {type(e).__name__}: {e}")
     reference = next(objective(model, w, image) for k, _, image in traces["nstd_fp32"].snapshots if k == its)

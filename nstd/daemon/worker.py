@@ -260,10 +260,14 @@ class Worker(threading.Thread):
             now = time.time()
             if self.stopping.is_set() or self.paused or self.deadline is not None:
                 return []
-            oldest = journal.oldest_queued(now)
-            if oldest is None or oldest.batch_key != head.batch_key:
+            raw = getattr(journal, "raw", journal)  # a database outage must not hold the batch up
+            try:
+                oldest = raw.oldest_queued(now)
+                if oldest is None or oldest.batch_key != head.batch_key:
+                    return []
+                jobs = raw.claim(head.batch_key, n, head.batch_id, now, self.info.owner, self.cfg.worker.lease)
+            except Unavailable:
                 return []
-            jobs = journal.claim(head.batch_key, n, head.batch_id, now, self.info.owner, self.cfg.worker.lease)
             sink.jobs.update({j.id: j for j in jobs})
             tasks = self._load(journal, jobs)
             guided = [t for t in tasks if t.guide is not None]
