@@ -160,6 +160,12 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
                       f"unknown VGG19 layer {name!r} (e.g. relu1_1 … relu5_4)")
     if any(not math.isfinite(w) or w < 0 for _, w in p.style_layers):
         raise bad("style_layers", "layer weights must be finite and not negative")
+    _check_loop(p, bad)
+    return p
+
+
+def _check_loop(p: TransferParams, bad) -> None:
+    """The keys that shape the loop rather than the picture."""
     if not 0 <= p.stop_tolerance < 1:
         raise bad("stop_tolerance", f"must be at least 0 and under 1, got {p.stop_tolerance}")
     if p.stop_window < 1:
@@ -168,7 +174,6 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
         raise bad("log_every", f"must be at least 1, got {p.log_every}")
     if p.snapshot_every < 0:
         raise bad("snapshot_every", f"must not be negative, got {p.snapshot_every}")
-    return p
 
 
 def with_overrides(base: TransferParams, overrides: dict, where: str) -> TransferParams:

@@ -78,7 +78,8 @@ def test_stopping_with_refill_keeps_the_batch_busy(tiny_model):
     settings = BatchSettings(iterations=40, log_every=5, stop_tolerance=0.2, stop_window=5)
     queue = [job(s) for s in range(2, 6)]
     order = []
-    run_batch(tiny_model, [job(0), job(1)], settings, refill=lambda n: [queue.pop(0) for _ in range(min(n, len(queue)))],
+    run_batch(tiny_model, [job(0), job(1)], settings,
+              refill=lambda n: [queue.pop(0) for _ in range(min(n, len(queue)))],
               finished=lambda i, r: order.append((i, r.runs[0].iterations, r.runs[0].slot)))
     assert sorted(i for i, _, _ in order) == list(range(6))
     assert all(its < 40 for _, its, _ in order) and {slot for _, _, slot in order} == {0, 1}
