@@ -452,13 +452,17 @@ def _tqdm_progress(label: str, total: int):
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=label, unit="it", leave=True, file=sys.stderr)
+    closed = []
 
     def update(iteration: int, losses: list | None) -> None:
-        bar.update(iteration - bar.n)
+        if closed:  # the total is a ceiling: photos that stop early end the run sooner
+            return
+        bar.update(min(iteration, total) - bar.n)
         if losses:
             bar.set_postfix(loss=f"{sum(r['total'] for r in losses) / len(losses):.4g}")
         if iteration >= total:
             bar.close()
+            closed.append(True)
 
     return update
 

@@ -66,6 +66,7 @@ class WorkerConfig:
     retry_backoff: float = 30.0
     isolation: str = "auto"  # thread | process per device; auto: processes where there are several
     lease: float = 120.0  # seconds a claim holds without renewal before another worker may take it
+    refill: bool = True  # queued jobs of a running batch's size take its finished photos' places
     # worker.precision, cuda_graphs, checkpoint, reproducible, compile and memory_budget: how batches run
     switches: Switches = Switches()
 
@@ -269,7 +270,7 @@ def _watch(raw: Any) -> WatchConfig:
 def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
                                  "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
-                                 "checkpoint", "reproducible", "compile", "lease"})
+                                 "checkpoint", "reproducible", "compile", "lease", "refill"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -281,6 +282,7 @@ def _worker(raw: Any) -> WorkerConfig:
         retry_backoff=_float(m.get("retry_backoff", d.retry_backoff), "worker.retry_backoff", 0),
         isolation=_choice(m.get("isolation", d.isolation), "worker.isolation", ("auto", "thread", "process")),
         lease=_float(m.get("lease", d.lease), "worker.lease", 2),
+        refill=_bool(m.get("refill", d.refill), "worker.refill"),
         switches=Switches(
             precision=_choice(m.get("precision", d.switches.precision), "worker.precision", PRECISIONS),
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
@@ -300,6 +302,12 @@ def _auto_bool(raw: Any, key: str) -> bool | None:
 
 
 # --- typed readers that name the key --------------------------------------------------
+
+
+def _bool(raw: Any, key: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    raise ConfigError(f"{key}: must be true or false, not {raw!r}")
 
 def _mapping(raw: Any, key: str, allowed: set[str] | None = None) -> dict:
     if raw is None:

@@ -19,7 +19,7 @@ from conftest import random_vgg_state_dict
 from daemon_harness import files, photo_bytes, write_config
 
 
-def make_hosts(tmp_path, url: str, names=("a", "b")) -> list[Service]:
+def make_hosts(tmp_path, url: str, names=("a", "b"), refill: bool = True) -> list[Service]:
     """Prepared daemons, one per name, each with its own state folder, sharing the folders,
     the spool and the database at `url`; their workers are driven by the test."""
     models = tmp_path / "models"
@@ -38,7 +38,7 @@ def make_hosts(tmp_path, url: str, names=("a", "b")) -> list[Service]:
         cfg = config.load(write_config(root, models, **folders, journal=url, spool=str(share / "spool"),
                                        styles={"ink": {"image": str(share / "style.png")}},
                                        worker={"max_attempts": 2, "retry_backoff": 0, "max_batch": 4,
-                                               "batch_window": 0}))
+                                               "batch_window": 0, "refill": refill}))
         svc = Service(cfg)
         svc.prepare()
         svc.worker = Worker(cfg, lambda svc=svc: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
@@ -48,7 +48,9 @@ def make_hosts(tmp_path, url: str, names=("a", "b")) -> list[Service]:
 
 @pytest.fixture
 def hosts(tmp_path, pg_server):
-    services = make_hosts(tmp_path, pg_server.new_database())
+    # Without refills, driven one after the other: the schedulers alone decide which host
+    # takes what (with them, the first host's batch would take every queued photo).
+    services = make_hosts(tmp_path, pg_server.new_database(), refill=False)
     yield services
     for svc in services:
         svc.close()

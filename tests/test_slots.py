@@ -133,3 +133,16 @@ def test_a_compiled_iteration_matches_the_eager_one_and_is_reused_by_the_next_ba
         assert [h["total"] for h in f.history] == pytest.approx([h["total"] for h in e.history], rel=1e-4)
         assert torch.allclose(e.image, f.image, atol=1e-4)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_failing_compile_falls_back_to_the_eager_loss(tiny_model, monkeypatch):
+    from nstd.engine import transfer
+
+    def broken(*args, **kw):
+        raise RuntimeError("BackendCompilerFailed: no C compiler")
+
+    monkeypatch.setattr(transfer, "compiled_loss", lambda: broken)
+    settings = BatchSettings(iterations=3, log_every=1)
+    [fused] = run_batch(tiny_model, [job(0)], settings, switches=Switches("fp32", compile=True))
+    [eager] = run_batch(tiny_model, [job(0)], settings, switches=Switches("fp32"))
+    assert torch.equal(fused.image, eager.image)

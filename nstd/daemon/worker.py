@@ -234,8 +234,8 @@ class Worker(threading.Thread):
         token = batch[0].batch_id
         running = _Running({int(t.job_id): 0 for t in tasks})
         try:
-            self.pipeline.run(tasks, sink, self._progress(journal, running, total, keeper),
-                              self._more(journal, batch[0], sink, running))
+            more = self._more(journal, batch[0], sink, running) if self.cfg.worker.refill else None
+            self.pipeline.run(tasks, sink, self._progress(journal, running, total, keeper), more)
         except StopBatch:
             ids = [i for i in running.joined if i not in sink.ended]
             journal.requeue(ids, token)
@@ -258,7 +258,10 @@ class Worker(threading.Thread):
         waiting, so other sizes keep their turn, and never while stopping or paused."""
         def more(n: int) -> list[Task]:
             now = time.time()
-            if self.stopping.is_set() or self.paused or self.deadline is not None:
+            # Not while stopping, and not once this batch met the outbox's trouble: the
+            # photo it put off would only come straight back.
+            if self.stopping.is_set() or self.deadline is not None or sink.troubled or \
+                    self._outbox_unwritable(time.monotonic()):
                 return []
             raw = getattr(journal, "raw", journal)  # a database outage must not hold the batch up
             try:
@@ -347,6 +350,7 @@ class _Outbox:
     def __init__(self, worker: Worker, journal: Journal, jobs: dict[int, Job]):
         self.worker, self.journal, self.jobs = worker, journal, jobs
         self.ended: set[int] = set()
+        self.troubled = False  # an output was put off for the outbox's sake
 
     def publish(self, task: Task, result: TransferResult, entry: dict) -> None:
         job = self.jobs[int(task.job_id)]
@@ -367,6 +371,7 @@ class _Outbox:
             if e.errno in outbox.DESTINATION_ERRNOS:  # the outbox's trouble, not the photo's
                 delay = self.worker.cfg.worker.retry_backoff
                 self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay, job.batch_id)
+                self.troubled = True
                 self.worker._probed = float("-inf")  # look at the outbox before the next claim
                 log.warning("output_deferred", job=job.id, input=job.relpath, error=e.strerror, in_seconds=delay)
             else:

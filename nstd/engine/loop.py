@@ -90,10 +90,9 @@ def optimise(batch: Batch, settings: BatchSettings, use_graph: bool, progress: P
         if it % settings.log_every == 0:
             reporter.push(it, row.detach().clone())
         it += 1
-        if watch is not None:
-            watch.push(it, row, slots)
+        judged = watch is not None and watch.push(it, row, slots)
         ending = [k for k, s in enumerate(slots) if s.working and
-                  (it - s.start >= settings.iterations or flat(settings, it - s.start, s.totals))]
+                  (it - s.start >= settings.iterations or judged and flat(settings, it - s.start, s.totals))]
         if progress is not None:
             progress(it, reporter.ready())
         if ending:
@@ -143,20 +142,24 @@ class Totals:
         self.async_copy = device.type == "cuda"
         self.pending: tuple[int, torch.Tensor, object] | None = None
 
-    def push(self, it: int, row: torch.Tensor, slots: list[Slot]) -> None:
+    def push(self, it: int, row: torch.Tensor, slots: list[Slot]) -> bool:
+        """Whether new totals reached the slots."""
         if it % self.every:
-            return
+            return False
         if not self.async_copy:
-            return self._give(it, row[:, 0].tolist(), slots)
+            self._give(it, row[:, 0].tolist(), slots)
+            return True
         host = torch.empty(row.shape[0], dtype=row.dtype, pin_memory=True)
         host.copy_(row[:, 0], non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         before, self.pending = self.pending, (it, host, event)
-        if before is not None:
-            event_it, values, done = before
-            done.synchronize()  # long done: recorded one interval ago
-            self._give(event_it, values.tolist(), slots)
+        if before is None:
+            return False
+        event_it, values, done = before
+        done.synchronize()  # long done: recorded one interval ago
+        self._give(event_it, values.tolist(), slots)
+        return True
 
     @staticmethod
     def _give(it: int, values: list[float], slots: list[Slot]) -> None:

@@ -113,9 +113,10 @@ def _scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], se
 
         results = run_batch(model, scaled, step_settings, cache, step_progress, switches, free)
         for i, r in enumerate(results):
-            # The end of one scale and the start of the next are the same iteration.
-            skip = 1 if histories[i] else 0
-            histories[i] += [rec | {"iteration": offset + rec["iteration"], "scale": scale.long_side}
+            # The end of one scale and the start of the next are the same iteration; each
+            # image counts its own, which are fewer than the scale's where it stopped early.
+            skip, before = (1, histories[i][-1]["iteration"]) if histories[i] else (0, 0)
+            histories[i] += [rec | {"iteration": before + rec["iteration"], "scale": scale.long_side}
                              for rec in r.history[skip:]]
             runs[i] += r.runs
         starts = [r.image for r in results]

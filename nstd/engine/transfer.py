@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nstd.engine import color
-from nstd.engine.device import PeakMemory
+from nstd.engine.device import PeakMemory, is_oom
 from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import Ended, histories, optimise
 from nstd.engine.memory import batch_bytes
@@ -21,6 +22,8 @@ from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, Style
 from nstd.engine.optim import make_optimizer
 from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
 from nstd.engine.types import INITS, BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
+
+_log = logging.getLogger("nstd.engine")
 
 # Given each result as its image finishes, with the job's number in the order given.
 Finished = Callable[[int, TransferResult], None]
@@ -106,7 +109,10 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
     build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
     problems = [build([jobs[i] for i in group], content=content[group])
                 for group in _groups(len(jobs), r.reproducible)]
-    loss = partial(compiled_loss(), model, r=r) if r.compile else (lambda objective, x: objective(x, features(x)))
+    def eager(objective: Objective, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return objective(x, features(x))
+
+    loss = _Fused(partial(compiled_loss(), model, r=r), eager) if r.compile else eager
     batch = _Batch(problems, features, loss, skip_parked=not r.cuda_graph)
     held = list(jobs)  # every job the batch has held, in the order given
     holders = list(range(len(jobs)))  # which of them each slot holds now
@@ -227,6 +233,26 @@ def _loss(model: VGGFeatures, objective: Objective, x: torch.Tensor, r: Resolved
     with autocast(r):
         feats = model(x, channels_last=r.channels_last)
     return objective(x, feats)
+
+
+class _Fused:
+    """The compiled loss, or the eager one for the rest of the batch where compiling fails
+    (a host without a C compiler, an op the compiler cannot take): slower, not broken."""
+
+    def __init__(self, compiled, eager):
+        self.compiled, self.eager = compiled, eager
+        self.failed = False
+
+    def __call__(self, objective: Objective, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.failed:
+            try:
+                return self.compiled(objective, x)
+            except Exception as e:  # noqa: BLE001 - out of memory goes on up; anything else falls back
+                if is_oom(e):
+                    raise
+                _log.warning("torch.compile failed, running eagerly: %s", str(e).splitlines()[0][:300])
+                self.failed = True
+        return self.eager(objective, x)
 
 
 @functools.cache
