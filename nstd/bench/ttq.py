@@ -18,10 +18,9 @@ from typing import Callable
 import torch
 
 from nstd.bench import baseline, peer
-from nstd.bench.measure import Workload, sync
+from nstd.bench.measure import Workload, final_losses, sync
 from nstd.engine.losses import tv_loss
 from nstd.engine.multiscale import Scale, run_scales
-from nstd.engine.resize import resize_long_side
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
 from nstd.engine.vgg import VGGFeatures
@@ -42,14 +41,11 @@ class Trace:
 @torch.no_grad()
 def objective(model: VGGFeatures, w: Workload, image: torch.Tensor) -> float:
     """The evaluator: nstd's weighted objective in fp32, of the image clamped as saved."""
-    device = model.mean.device
     job = w.job()
-    x = image.to(device, torch.float32).clamp(0, 1)[None]
-    content = job.content.to(device)[None]
-    style = resize_long_side(job.styles[0].image.to(device), max(content.shape[-2:]))[None]
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        c, s = baseline.content_and_style(model, x, content, style, w.settings)
-    return float(job.content_weight * c + job.style_weight * s + job.tv_weight * tv_loss(x))
+    x = image.float().clamp(0, 1)
+    parts = final_losses(model, w, x)
+    return float(job.content_weight * parts["content"] + job.style_weight * parts["style"] +
+                 job.tv_weight * tv_loss(x[None]))
 
 
 def every(w: Workload) -> int:

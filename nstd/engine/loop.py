@@ -28,7 +28,7 @@ class Batch(Protocol):
     def pixels(self) -> torch.Tensor:
         """The images now, (size, 3, H, W)."""
 
-    def rows_now(self, slots: list[int]) -> torch.Tensor:
+    def rows_now(self, slots: list[int]) -> list[torch.Tensor]:
         """The loss rows of `slots` at their pixels now, without stepping."""
 
     def park(self, k: int) -> None:

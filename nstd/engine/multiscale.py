@@ -79,12 +79,13 @@ def _one_scale(model, jobs, scale: Scale, settings, cache, progress, switches, f
         result.history = [rec | {"scale": scale.long_side} for rec in result.history]
         return result
 
-    sized = [replace(j, content=resize_long_side(j.content, scale.long_side)) for j in jobs]
-    more = None if refill is None else (
-        lambda n: [replace(j, content=resize_long_side(j.content, scale.long_side)) for j in refill(n)])
+    def sized(given: list[TransferJob]) -> list[TransferJob]:
+        return [replace(j, content=resize_long_side(j.content, scale.long_side)) for j in given]
+
+    more = None if refill is None else (lambda n: sized(refill(n)))
     done = None if finished is None else (lambda i, result: finished(i, mark(result)))
     step_settings = replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
-    return [mark(r) for r in run_batch(model, sized, step_settings, cache, progress, switches, free, more, done)]
+    return [mark(r) for r in run_batch(model, sized(jobs), step_settings, cache, progress, switches, free, more, done)]
 
 
 def _scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,

@@ -101,17 +101,12 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
     if r.channels_last:
         model.to(memory_format=torch.channels_last)  # once per model; a no-op after
 
-    def features(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with autocast(r):
-            return model(x, channels_last=r.channels_last, checkpoint=r.checkpoint)
-
+    features = partial(_features, model, r=r)
     content = torch.stack([j.content for j in jobs]).to(r.device, torch.float32)
     build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
     problems = [build([jobs[i] for i in group], content=content[group])
                 for group in _groups(len(jobs), r.reproducible)]
-    def eager(objective: Objective, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return objective(x, features(x))
-
+    eager = partial(_loss, model, r=r)
     loss = _Fused(partial(compiled_loss(), model, r=r), eager) if r.compile else eager
     batch = _Batch(problems, features, loss, skip_parked=not r.cuda_graph)
     held = list(jobs)  # every job the batch has held, in the order given
@@ -165,13 +160,14 @@ class _Batch:
     def __init__(self, problems: list["_Problem"], features, loss, skip_parked: bool):
         self.problems, self.features, self.loss, self.skip_parked = problems, features, loss, skip_parked
         self.where = [(p, i) for p, prob in enumerate(problems) for i in range(prob.x.shape[0])]
+        self.slots_of = [[k for k, (q, _) in enumerate(self.where) if q == p] for p in range(len(problems))]
         self.size = len(self.where)
         self.parked: set[int] = set()
         self.last: list[torch.Tensor | None] = [None] * len(problems)
 
     def iteration(self) -> torch.Tensor:
         for p, prob in enumerate(self.problems):
-            idle = all(k in self.parked for k, (q, _) in enumerate(self.where) if q == p)
+            idle = self.parked.issuperset(self.slots_of[p])
             if not (self.skip_parked and idle and self.last[p] is not None):
                 self.last[p] = prob.iteration(self.loss)
         return _rows(self.last)
@@ -228,11 +224,15 @@ class _Problem:
         return row
 
 
-def _loss(model: VGGFeatures, objective: Objective, x: torch.Tensor, r: Resolved) -> tuple[torch.Tensor, torch.Tensor]:
-    """One evaluation of the objective, as a function torch.compile can trace whole."""
+def _features(model: VGGFeatures, x: torch.Tensor, r: Resolved) -> dict[str, torch.Tensor]:
     with autocast(r):
-        feats = model(x, channels_last=r.channels_last)
-    return objective(x, feats)
+        return model(x, channels_last=r.channels_last, checkpoint=r.checkpoint)
+
+
+def _loss(model: VGGFeatures, objective: Objective, x: torch.Tensor, r: Resolved) -> tuple[torch.Tensor, torch.Tensor]:
+    """One evaluation of the objective: eagerly, or compiled whole (compiled batches never
+    checkpoint, see `resolve`)."""
+    return objective(x, _features(model, x, r))
 
 
 class _Fused:
