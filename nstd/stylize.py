@@ -88,21 +88,23 @@ def run(req: Request, on_error: Callable[[str], None],
                  for path, sha, photo, guide, spec in group
                  for style in ([regions_style(spec, req.params, by_name.__getitem__)]
                                if spec is not None and spec.kind == "regions" else styles)]
-        # Photos without a mask run as one batch whose finished places the next ones take;
-        # those with one, whose regions shape their batch, in batches of max_batch.
-        plain, guided = [t for t in tasks if t.guide is None], [t for t in tasks if t.guide is not None]
-        runs += ([plain] if plain else []) + [guided[i:i + req.max_batch]
-                                              for i in range(0, len(guided), req.max_batch)]
+        # Photos with a mask batch apart: their regions shape the batch, and such a batch
+        # takes no newcomers.
+        runs += [part for part in ([t for t in tasks if t.guide is None], [t for t in tasks if t.guide]) if part]
     for n, tasks in enumerate(runs, 1):
         _, h, w = tasks[0].photo.pixels.shape
-        label = f"{n}/{len(runs)}: {len(tasks)} × {w}x{h}"
-        # Iterations of the loop, for max_batch places at a time: a ceiling when photos stop early.
-        total = req.params.total_iterations(max(h, w)) * -(-len(tasks) // req.max_batch)
-        progress = make_progress(label, total) if make_progress else None
-        queue = tasks[req.max_batch:]
-        pipeline.run(tasks[:req.max_batch], sink, progress, _taker(queue))
-        if progress is not None:
-            progress(total, None)
+        while tasks:
+            # max_batch places, the rest queued for the places that come free. A batch that
+            # takes none (several scales, masks) leaves them for the next.
+            label = f"{n}/{len(runs)}: {len(tasks)} × {w}x{h}"
+            # Iterations of the loop: a ceiling when photos stop early.
+            total = req.params.total_iterations(max(h, w)) * -(-len(tasks) // req.max_batch)
+            progress = make_progress(label, total) if make_progress else None
+            queue = tasks[req.max_batch:]
+            pipeline.run(tasks[:req.max_batch], sink, progress, _taker(queue))
+            if progress is not None:
+                progress(total, None)
+            tasks = queue
     failed = failures * len(styles) + sink.failures
     if counts is not None:
         counts.update(written=sink.written, expected=sink.written + failed)

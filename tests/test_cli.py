@@ -53,6 +53,17 @@ def test_stylize_feeds_waiting_photos_into_finished_places(tmp_path, models):
     assert [b["size"] for b in batches] == [1, 1, 1] and len({b["id"] for b in batches}) == 1  # one run
 
 
+def test_stylize_runs_every_photo_when_several_scales_take_no_newcomers(tmp_path, models):
+    # Coarse to fine: a newcomer cannot join a schedule half done, so the rest wait for
+    # the next batch instead of being dropped.
+    photos = [write_photo(tmp_path / f"{n}.png", 40, 40, i) for i, n in enumerate("abc")]
+    style = write_photo(tmp_path / "s.png", 40, 40, 9)
+    assert main(["stylize", *map(str, photos), "-s", str(style), "-o", str(tmp_path / "o"), "--size", "40",
+                 "--multiscale-start", "20", "--iterations", "2", "--multiscale-iterations", "1",
+                 "--model", "random", "--models-dir", str(models), "--max-batch", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.jpg")) == ["a.s.jpg", "b.s.jpg", "c.s.jpg"]
+
+
 def test_stylize_out_of_memory_splits_then_checkpoints_then_names_the_photo(tmp_path, models, capsys,
                                                                            monkeypatch):
     from nstd.engine import runner
