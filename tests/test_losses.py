@@ -19,6 +19,23 @@ def test_gram_is_fp32_for_half_inputs():
     assert g.dtype == torch.float32 and torch.isfinite(g).all()
 
 
+def test_gram_gradient_is_the_products_in_both_layouts():
+    # The Gram's own backward against autograd through F @ F^T, for an asymmetric upstream
+    # gradient (the loss's is symmetric, which would hide a missing transpose).
+    weight = torch.randn(4, 4, dtype=torch.float64)
+    for channels_last in (False, True):
+        f = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+        if channels_last:
+            f = f.contiguous(memory_format=torch.channels_last)
+        f.requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda t: (gram(t) * weight).sum(), (f,))
+        ref = f.detach().clone().requires_grad_(True)
+        flat = ref.reshape(2, 4, 15)
+        ((flat @ flat.transpose(1, 2) / 15) * weight).sum().backward()
+        (gram(f) * weight).sum().backward()
+        assert torch.allclose(f.grad, ref.grad)
+
+
 def test_bf16_gram_has_the_fp32_grams_value_and_gradient():
     # Whichever product the device has (a mixed bf16-in, fp32-out one on CUDA, a cast here).
     f = torch.randn(1, 8, 6, 6).bfloat16().requires_grad_(True)
