@@ -22,12 +22,12 @@ from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, Style
 from nstd.engine.optim import make_optimizer
 from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
 from nstd.engine.types import INITS, BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
+from nstd.engine.vgg import VGGFeatures
 
 _log = logging.getLogger("nstd.engine")
 
 # Given each result as its image finishes, with the job's number in the order given.
 Finished = Callable[[int, TransferResult], None]
-from nstd.engine.vgg import VGGFeatures
 
 
 def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings,
