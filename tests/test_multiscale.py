@@ -51,6 +51,17 @@ def test_each_scale_starts_from_the_last_and_the_output_has_the_requested_size(t
     assert [(r.size, r.iterations) for r in result.runs] == [((22, 30), 6), ((45, 60), 3), ((90, 120), 3)]
 
 
+def test_progress_counts_the_iterations_run_where_a_scale_stops_early(tiny_model):
+    job = TransferJob(rand_image(45, 60, seed=1), (StyleImage(rand_image(40, 40, seed=2), key="s"),))
+    scales = schedule(60, 30, 2.0, 8, (8,), 10)
+    seen = []
+    settings = BatchSettings(log_every=1, stop_tolerance=1.0, stop_window=2)  # flat as soon as it can tell
+    [result] = run_scales(tiny_model, [job], scales, settings, progress=lambda i, r: seen.append(i))
+    ran = [r.iterations for r in result.runs]
+    assert max(ran) < 8  # both scales stopped early
+    assert seen == sorted(set(seen)) and seen[-1] == sum(ran) == result.history[-1]["iteration"]
+
+
 def test_a_mismatched_init_image_is_refused(tiny_model):
     from nstd.engine.transfer import run_batch
     job = TransferJob(rand_image(32, 32, 1), (StyleImage(rand_image(32, 32, 2)),), init_image=torch.rand(3, 16, 16))

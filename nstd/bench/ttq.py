@@ -36,6 +36,7 @@ class Trace:
 
     name: str
     snapshots: list[tuple[int, float, torch.Tensor]] = field(default_factory=list)  # iteration, seconds, image
+    scales: list[dict] = field(default_factory=list)  # nstd's: each scale's size, iterations run, seconds
 
 
 @torch.no_grad()
@@ -74,11 +75,12 @@ def nstd_trace(name: str, model: VGGFeatures, w: Workload, switches: Switches, s
 
     [result] = run_scales(model, [job], scales, settings, cache, progress, switches)
     sync(device)
-    before = sum(s.iterations for s in scales[:-1])
+    before = sum(r.iterations for r in result.runs[:-1])
     last = before + result.runs[-1].iterations  # fewer than the scale's where it stopped early
     stamps[last] = time.perf_counter() - start
     snaps = [(before + k, image) for k, image in result.snapshots if before + k < last] + [(last, result.image)]
     trace.snapshots = [(k, stamps[k], image) for k, image in snaps if k in stamps]
+    trace.scales = [{"size": list(r.size), "iterations": r.iterations, "seconds": r.seconds} for r in result.runs]
     return trace
 
 
@@ -113,14 +115,15 @@ def reached(model: VGGFeatures, w: Workload, trace: Trace, target: float) -> dic
     best = min(loss for _, _, loss in scored)
     # The whole curve, relative to the reference, so other tolerances can be read off later.
     curve = [[k, round(seconds, 3), round(loss / target, 5)] for k, seconds, loss in scored]
+    extra = {"curve": curve, "scales": trace.scales}
     for k, seconds, loss in scored:
         if loss <= target * (1 + TOLERANCE):
             return {"name": trace.name, "reached": True, "iterations": k, "seconds": seconds,
                     "photos_per_hour": 3600 / seconds, "objective": loss, "best_vs_reference": best / target,
-                    "curve": curve}
+                    **extra}
     return {"name": trace.name, "reached": False, "iterations": scored[-1][0], "seconds": scored[-1][1],
             "photos_per_hour": None, "objective": scored[-1][2], "best_vs_reference": best / target,
-            "curve": curve}
+            **extra}
 
 
 def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) -> dict[str, Callable[[], Trace]]:

@@ -121,7 +121,7 @@ def _scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], se
                              for rec in r.history[skip:]]
             runs[i] += r.runs
         starts = [r.image for r in results]
-        done += scale.iterations
+        done += max(r.runs[-1].iterations for r in results)  # the loop's count, short where all stopped early
     for r, history, run in zip(results, histories, runs):
         r.history, r.runs = history, run
     return results
