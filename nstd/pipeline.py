@@ -22,6 +22,7 @@ from nstd.engine.types import Progress, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.guide import Guide, GuideSpec, engine_regions, load, protect_faces
+from nstd.handoff import Handoff
 from nstd.params import TransferParams
 from nstd.style import Style
 from nstd.weights import WeightInfo
@@ -116,7 +117,9 @@ class Pipeline:
             more: Callable[[int], list[Task]] | None = None) -> None:
         """Run same-size tasks that share their batch settings as one batch. `more(n)` may
         give up to n tasks of the same size and settings to take the places of finished
-        images: continuous batching, as a server of language models batches requests."""
+        images: continuous batching, as a server of language models batches requests.
+        Outcomes reach `sink` on a thread of its own (see handoff), all of them by the
+        time this returns."""
         tasks = list(tasks)
         params = tasks[0].params
         model, info = self.model(params)
@@ -135,19 +138,20 @@ class Pipeline:
             started.extend([self.clock()] * len(new))
             return [job(t) for t in new]
 
-        def done(positions: list[int], results: list[TransferResult]) -> None:
-            finished = self.clock()
-            for i, result in zip(positions, results):
-                run = result.runs[-1]
-                log = self._log(tasks[i], result, info, batch_id, (run.batch, run.slot), (started[i], finished))
-                sink.publish(tasks[i], result, log)
+        with Handoff(sink) as out:
+            def done(positions: list[int], results: list[TransferResult]) -> None:
+                finished = self.clock()
+                for i, result in zip(positions, results):
+                    run = result.runs[-1]
+                    log = self._log(tasks[i], result, info, batch_id, (run.batch, run.slot), (started[i], finished))
+                    out.publish(tasks[i], result, log)
 
-        def refused(positions: list[int], reason: str) -> None:
-            for i in positions:
-                sink.refuse(tasks[i], reason)
+            def refused(positions: list[int], reason: str) -> None:
+                for i in positions:
+                    out.refuse(tasks[i], reason)
 
-        self.engine.run(model, [job(t) for t in tasks], params.scales(long_side), params.settings(), done, refused,
-                        progress, None if more is None else refill)
+            self.engine.run(model, [job(t) for t in tasks], params.scales(long_side), params.settings(), done,
+                            refused, progress, None if more is None else refill)
 
     def _log(self, task: Task, result: TransferResult, info: WeightInfo, batch_id: str,
              batch: tuple[int, int], times: tuple[float, float]) -> dict:

@@ -131,8 +131,8 @@ def test_the_journal_reconnects_after_the_database_cut_it_off(pg_server):
 
 
 def test_a_host_keeps_its_batch_through_a_database_outage_and_takes_nothing_new(tmp_path, monkeypatch):
-    """The database stops while a batch runs: the batch's outcome waits for it and is
-    recorded once it is back; the supervisor says so once, takes nothing in meanwhile,
+    """The database stops while a batch runs: the batch's outcome waits for it (on the
+    publisher's thread) and is recorded once it is back; the supervisor says so once, takes nothing in meanwhile,
     and judges no lease until the live hosts have had time to renew theirs."""
     from nstd.daemon import outage
     from nstd.daemon.outage import PatientJournal
@@ -147,14 +147,23 @@ def test_a_host_keeps_its_batch_through_a_database_outage_and_takes_nothing_new(
         a.inputs.step(10.0)
         [job] = Scheduler(a.journal, 0, lambda job: 2, clock=time.time, owner="a:1:cpu").next_batch()
         waits = []
-        patient = PatientJournal(a.journal, give_up=lambda: False, wait=lambda s: (waits.append(s), time.sleep(s)))
+
+        class Watched(threading.Event):
+            """The worker's stop event, whose waits are the outcome's waits for the database."""
+
+            def wait(self, timeout=None):
+                waits.append(timeout)
+                return super().wait(timeout)
+
+        a.worker.stopping = Watched()
+        patient = PatientJournal(a.journal, give_up=lambda: False, wait=lambda s: time.sleep(s))
         a.next_health = float("inf")  # no watcher here; the lease judgement is asked of the outage below
         server.pause()
         a.cfg.inbox.joinpath("q.png").write_bytes(photo_bytes(40, 32, 2, "PNG"))
         a.step(20.0)  # the supervisor: no traceback, the outage noted
         a.step(30.0)
         assert a.outage.down_since == 20.0
-        runner = threading.Thread(target=a.worker.process, args=(patient, [job]))
+        runner = threading.Thread(target=a.worker.process, args=(patient, [job]), daemon=True)  # no hang if it fails
         runner.start()
         deadline = time.monotonic() + 60
         while not waits and runner.is_alive() and time.monotonic() < deadline:

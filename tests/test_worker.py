@@ -234,11 +234,13 @@ def test_a_blend_folder_gets_a_blended_output(tmp_path):
 def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(service, monkeypatch):
     take(service, "a.jpg", "b.jpg")
     real = runner.run_scales
+    halves = []
 
     def tight(model, jobs, scales, settings, cache, progress, switches, *rest):
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory.")
-        if service.journal.get_jobs([1])[0].state == "done":  # the second half: a stop arrives
+        halves.append(jobs)
+        if len(halves) == 2:  # the second half: a stop arrives
             service.worker.deadline = 0.0
             progress(1, None)
         return real(model, jobs, scales, settings, cache, progress, switches, *rest)
@@ -312,3 +314,50 @@ def test_an_older_photo_of_another_size_keeps_its_turn(service):
     take(service, "b.jpg", seed=200)
     service.worker.process(service.journal, claim_one(service))
     assert states(service) == [("a.jpg", "done", 1), ("wide.jpg", "queued", 0), ("b.jpg", "queued", 0)]
+
+
+def prefetched_first(monkeypatch, newcomers: int, hand_out=True):
+    """Make the first `newcomers` refills wait until the prefetch thread has one ready, so
+    which thread loaded a newcomer does not depend on the machine's speed; `hand_out`
+    False keeps them from the batch."""
+    from nstd.daemon.prefetch import Prefetch
+
+    real = Prefetch.take
+    calls = []
+
+    def take(self, n):
+        calls.append(n)
+        if len(calls) <= newcomers:
+            with self._cond:
+                ready = self._cond.wait_for(lambda: self._ready, timeout=60)
+            if not ready:
+                pytest.fail("nothing was prefetched")  # raised in the batch: the job fails, the test sees it
+        return real(self, n) if hand_out else []
+
+    monkeypatch.setattr(Prefetch, "take", take)
+
+
+def test_newcomers_are_claimed_and_decoded_ahead_off_the_batchs_thread(service, monkeypatch):
+    take(service, "a.jpg", "b.jpg", "c.jpg")
+    prefetched_first(monkeypatch, 2)
+    decoded = {}
+    real = worker_mod.images.decode
+
+    def spy(data, name, *rest):
+        decoded[name] = threading.current_thread().name
+        return real(data, name, *rest)
+
+    monkeypatch.setattr(worker_mod.images, "decode", spy)
+    service.worker.process(service.journal, claim_one(service))  # a batch of one place
+    assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "done", 1), ("c.jpg", "done", 1)]
+    assert decoded["a.jpg"] == threading.current_thread().name
+    assert decoded["b.jpg"] == decoded["c.jpg"] == "prefetch"
+
+
+def test_a_photo_claimed_ahead_and_never_taken_goes_back_to_the_queue_untouched(service, monkeypatch):
+    take(service, "a.jpg", "b.jpg")
+    prefetched_first(monkeypatch, 1, hand_out=False)
+    service.worker.process(service.journal, claim_one(service))
+    assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]
+    run_once(service)
+    assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "done", 1)]

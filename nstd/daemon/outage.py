@@ -9,7 +9,7 @@ takes any as expired: nobody could renew while it was down.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 from nstd.daemon.database import Unavailable
 from nstd.daemon.notify import notify
@@ -17,6 +17,7 @@ from nstd.log import get
 
 log = get("nstd.outage")
 RETRY_SECONDS = 5.0
+T = TypeVar("T")
 
 
 class PatientJournal:
@@ -31,26 +32,27 @@ class PatientJournal:
         attr = getattr(self.raw, name)
         if not callable(attr):
             return attr
+        return lambda *args, **kwargs: patiently(lambda: attr(*args, **kwargs), name, self._give_up, self._wait)
 
-        def patient(*args, **kwargs):
-            said = False
-            while True:
-                try:
-                    result = attr(*args, **kwargs)
-                except Unavailable as e:
-                    if self._give_up():
-                        raise
-                    if not said:
-                        log.warning("database_unavailable", waiting_to=name, error=str(e),
-                                    meaning="a running batch goes on; no new work until it is back")
-                        said = True
-                    self._wait(RETRY_SECONDS)
-                    continue
-                if said:
-                    log.info("database_back", done=name)
-                return result
 
-        return patient
+def patiently(call: Callable[[], T], name: str, give_up: Callable[[], bool], wait: Callable[[float], object]) -> T:
+    """`call()`, tried again every few seconds while the database is away, until `give_up`."""
+    said = False
+    while True:
+        try:
+            result = call()
+        except Unavailable as e:
+            if give_up():
+                raise
+            if not said:
+                log.warning("database_unavailable", waiting_to=name, error=str(e),
+                            meaning="a running batch goes on; no new work until it is back")
+                said = True
+            wait(RETRY_SECONDS)
+            continue
+        if said:
+            log.info("database_back", done=name)
+        return result
 
 
 class Outage:

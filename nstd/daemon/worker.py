@@ -3,6 +3,7 @@ from the spool and publishing to the outbox and the journal."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -17,7 +18,8 @@ from nstd.config import Config
 from nstd.daemon import companions, gallery, outbox
 from nstd.daemon.database import Unavailable
 from nstd.daemon.journal import LEASE_SECONDS, Job, Journal, WorkerInfo
-from nstd.daemon.outage import PatientJournal
+from nstd.daemon.outage import PatientJournal, patiently
+from nstd.daemon.prefetch import Prefetch
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
 from nstd.engine.device import describe, free_memory, total_memory
@@ -36,6 +38,7 @@ from nstd.weights import WeightInfo
 log = get("nstd.worker")
 PROBE_EVERY = 5.0  # seconds between checks that the outbox can be written
 BEAT_EVERY = 15.0  # seconds between an idle worker's heartbeats in the journal
+PREFETCH = 4  # newcomers kept claimed and loaded ahead of a running batch, at most
 
 
 class StopBatch(Exception):
@@ -233,9 +236,12 @@ class Worker(threading.Thread):
         total = p.total_iterations(max(batch[0].height, batch[0].width))
         token = batch[0].batch_id
         running = _Running({int(t.job_id): 0 for t in tasks})
+        ahead = Prefetch(partial(self._fetch, batch[0], sink), partial(Journal, self.cfg.journal_target),
+                         min(len(tasks), PREFETCH)) if self.cfg.worker.refill else None
         try:
-            more = self._more(journal, batch[0], sink, running) if self.cfg.worker.refill else None
-            self.pipeline.run(tasks, sink, self._progress(journal, running, total, keeper), more)
+            with ahead or contextlib.nullcontext():
+                more = None if ahead is None else self._more(journal, batch[0], sink, running, ahead)
+                self.pipeline.run(tasks, sink, self._progress(journal, running, total, keeper), more)
         except StopBatch:
             ids = [i for i in running.joined if i not in sink.ended]
             journal.requeue(ids, token)
@@ -250,39 +256,52 @@ class Worker(threading.Thread):
                     journal.fail(job_id, error, token)
             log.error("batch_failed", jobs=list(running.joined), error=error)
             return
+        finally:
+            if ahead is not None and (back := [job.id for job, _ in ahead.leftover()]):
+                journal.requeue(back, token)  # claimed ahead, never started: as if never claimed
         self._update_gallery(journal)
 
-    def _more(self, journal: Journal, head: Job, sink: "_Outbox", running: "_Running"):
+    def _more(self, journal: Journal, head: Job, sink: "_Outbox", running: "_Running", ahead: Prefetch):
         """Continuous batching: queued jobs of the running batch's key take the places of
-        finished photos, under the batch's claim. Only while that key's job is the oldest
-        waiting, so other sizes keep their turn, and never while stopping or paused."""
+        finished photos, under the batch's claim: prefetched ones first, else claimed and
+        loaded here. Never while stopping or paused (see `_fetch` for the rest)."""
         def more(n: int) -> list[Task]:
-            now = time.time()
-            # Not while stopping, and not once this batch met the outbox's trouble: the
-            # photo it put off would only come straight back.
             if self.stopping.is_set() or self.deadline is not None or sink.troubled or \
                     self._outbox_unwritable(time.monotonic()):
                 return []
-            raw = getattr(journal, "raw", journal)  # a database outage must not hold the batch up
-            try:
-                oldest = raw.oldest_queued(now)
-                if oldest is None or oldest.batch_key != head.batch_key:
-                    return []
-                jobs = raw.claim(head.batch_key, n, head.batch_id, now, self.info.owner, self.cfg.worker.lease)
-            except Unavailable:
-                return []
-            sink.jobs.update({j.id: j for j in jobs})
-            tasks = self._load(journal, jobs)
-            guided = [t for t in tasks if t.guide is not None]
-            if guided:  # queued before guided jobs had their own key: they run in a batch of their own
-                journal.requeue([int(t.job_id) for t in guided], head.batch_id)
-                tasks = [t for t in tasks if t.guide is None]
-            running.joined.update({int(t.job_id): running.iteration for t in tasks})
-            if tasks:
-                log.info("joined_batch", batch=head.batch_id, jobs=[t.job_id for t in tasks])
-            return tasks
+            got = ahead.take(n)
+            if len(got) < n:
+                try:
+                    got += self._fetch(head, sink, journal, n - len(got))
+                except Unavailable:  # a database outage must not hold the batch up
+                    pass
+            sink.jobs.update({job.id: job for job, _ in got})
+            running.joined.update({job.id: running.iteration for job, _ in got})
+            if got:
+                log.info("joined_batch", batch=head.batch_id, jobs=[job.id for job, _ in got])
+            return [task for _, task in got]
 
         return more
+
+    def _fetch(self, head: Job, sink: "_Outbox", journal: Journal, n: int) -> list[tuple[Job, Task]]:
+        """Up to n queued jobs of the batch's key, claimed under its token and loaded. Only
+        while that key's job is the oldest waiting, so other sizes keep their turn; not
+        while stopping, and not once this batch met the outbox's trouble: the photo it put
+        off would only come straight back."""
+        if self.stopping.is_set() or self.deadline is not None or sink.troubled or self.paused:
+            return []
+        now = time.time()
+        raw = getattr(journal, "raw", journal)  # an outage is the caller's to ride out, not to wait for
+        oldest = raw.oldest_queued(now)
+        if oldest is None or oldest.batch_key != head.batch_key:
+            return []
+        jobs = {j.id: j for j in raw.claim(head.batch_key, n, head.batch_id, now, self.info.owner,
+                                           self.cfg.worker.lease)}
+        tasks = self._load(journal, list(jobs.values()))
+        guided = [int(t.job_id) for t in tasks if t.guide is not None]
+        if guided:  # queued before guided jobs had their own key: they run in a batch of their own
+            raw.requeue(guided, head.batch_id)
+        return [(jobs[int(t.job_id)], t) for t in tasks if t.guide is None]
 
     def _update_gallery(self, journal: Journal) -> None:
         try:
@@ -348,9 +367,27 @@ class _Outbox:
     """The daemon's sink: outputs into the outbox, outcomes into the journal."""
 
     def __init__(self, worker: Worker, journal: Journal, jobs: dict[int, Job]):
-        self.worker, self.journal, self.jobs = worker, journal, jobs
+        self.worker, self.jobs = worker, jobs
+        self._home = journal  # the batch's thread's
+        self._local = threading.local()
         self.ended: set[int] = set()
         self.troubled = False  # an output was put off for the outbox's sake
+
+    @property
+    def journal(self) -> Journal:
+        """This thread's journal: a connection belongs to the thread that opened it."""
+        return getattr(self._local, "journal", None) or self._home
+
+    @contextlib.contextmanager
+    def on_thread(self):
+        """The publisher thread's own connection, opened (and used) through an outage."""
+        w = self.worker
+        raw = patiently(lambda: Journal(w.cfg.journal_target), "open the journal", w._give_up, w.stopping.wait)
+        self._local.journal = PatientJournal(raw, w._give_up, w.stopping.wait)
+        try:
+            yield
+        finally:
+            raw.close()
 
     def publish(self, task: Task, result: TransferResult, entry: dict) -> None:
         job = self.jobs[int(task.job_id)]
