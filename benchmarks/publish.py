@@ -63,14 +63,16 @@ class Inline(Handoff):
         self.sink.refuse(*args)
 
 
-def one_run(root: Path, photos: list[bytes], size: int, inline: bool) -> dict:
+def daemon(root: Path, photos: list[bytes], size: int, styles: dict, max_batch: int) -> Service:
+    """The daemon in-process on random weights, its photos queued."""
     models = root / "models"
     torch.save(random_vgg_state_dict(), root / "r.pth")
     cli(["weights", "import", str(root / "r.pth"), "--name", "random", "--preprocessing", "torchvision",
          "--models-dir", str(models)])
-    cfg = config.load(write_config(root, models, styles={"ink": {"image": "style.png"}}, transfer={"size": size, "iterations": 2, "model": "random",
-                                                           "log_every": 1, "stop_tolerance": 0},
-                                   worker={"max_batch": 1, "batch_window": 0}))
+    cfg = config.load(write_config(root, models, styles=styles,
+                                   transfer={"size": size, "iterations": 2, "model": "random", "log_every": 1,
+                                             "stop_tolerance": 0},
+                                   worker={"max_batch": max_batch, "batch_window": 0}))
     svc = Service(cfg)
     svc.prepare()
     svc.worker = worker_mod.Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
@@ -78,6 +80,31 @@ def one_run(root: Path, photos: list[bytes], size: int, inline: bool) -> dict:
         (cfg.inbox / f"p{i}.jpg").write_bytes(data)
         st = (cfg.inbox / f"p{i}.jpg").stat()
         assert svc.intake.accept(f"p{i}.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind is Kind.QUEUED
+    return svc
+
+
+def first_load(root: Path, photos: list[bytes], size: int) -> dict:
+    """A new batch's load (every photo in two styles): one decode at a time, and side by side."""
+    svc = daemon(root, photos, size, {"ink": {"image": "style.png"}, "wash": {"image": "style.png"}}, 64)
+    job = svc.journal.oldest_queued(1e12)
+    batch = svc.journal.claim(job.batch_key, 64, "b", 1e12)
+    out = {"jobs": len(batch), "photos": len(photos)}
+    most = worker_mod.LOADERS
+    try:
+        for loaders in (1, most):
+            worker_mod.LOADERS = loaders
+            start = time.perf_counter()
+            tasks = svc.worker._load(svc.journal, batch)
+            out[f"ms_with_{loaders}_loaders"] = round((time.perf_counter() - start) * 1000, 1)
+            assert len(tasks) == len(batch)
+    finally:
+        worker_mod.LOADERS = most
+        svc.close()
+    return out
+
+
+def one_run(root: Path, photos: list[bytes], size: int, inline: bool) -> dict:
+    svc = daemon(root, photos, size, {"ink": {"image": "style.png"}}, 1)
     handed, sunk, joined = [], [], []
     handoff = Inline if inline else Handoff
     real_sink, real_hand, real_more, real_take = (worker_mod._Outbox.publish, handoff.publish, worker_mod.Worker._more,
@@ -143,6 +170,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as tmp:  # the outbox on the disk that will hold it
             out["runs"][name] = one_run(Path(tmp), photos, args.size, name == "inline")
         print(name, out["runs"][name], flush=True)
+    with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as tmp:
+        out["first_load"] = first_load(Path(tmp), photos, args.size)
+    print("first load", out["first_load"], flush=True)
     args.out.write_text(json.dumps(out, indent=1))
 
 

@@ -6,6 +6,7 @@ go and what to record, and get the same pixels for the same photo, style and set
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ def check_fits(name: str, size: tuple[int, int], params: TransferParams, memory:
     if need > memory:
         raise ImageError(f"{name}: at {w}x{h} one image needs about {need / 2**30:.1f} GiB, more than the "
                          f"largest device has ({memory / 2**30:.1f} GiB); lower its size")
+
+
+# Photos decoded at once, side by side: a 50-megapixel one holds 600 MB of pixels while it
+# is resized, so a few, not one per core.
+LOADERS = min(4, os.cpu_count() or 1)
 
 
 def load_photo(decoded: images.Decoded, size: tuple[int, int]) -> Photo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ from nstd.fsutil import fit_name
 from nstd.params import TransferParams
 from nstd.publish import STEM_ROOM
 from nstd.guide import Guide, GuideSpec, regions_style
-from nstd.pipeline import Photo, Pipeline, Task, check_fits, load_guide, load_photo, output_exif, working_size
+from nstd.pipeline import LOADERS, Photo, Pipeline, Task, check_fits, load_guide, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
 
 
@@ -122,28 +123,37 @@ def _taker(queue: list[Task]) -> Callable[[int], list[Task]]:
 
 def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> tuple[dict[tuple, list], int]:
     """The photos by working size, as (path, sha256, Photo, Guide, GuideSpec); and how many
-    could not be read."""
+    could not be read. Photos are decoded side by side (decoding releases the GIL), their
+    errors said in the order given."""
     groups: dict[tuple, list[tuple[Path, str, Photo, Guide | None, GuideSpec | None]]] = defaultdict(list)
     failures = 0
-    for path in req.contents:
-        try:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise ImageError(f"{path}: cannot read ({e.strerror})") from None
-            decoded = images.decode(data, str(path), req.max_pixels)
-            size = working_size(str(path), *decoded.pixels.shape[-2:], req.params, req.max_pixels)
-            check_fits(str(path), size, req.params, memory)  # refused now, not after the others' compute
-            photo = load_photo(decoded, size)
-            spec, mask_data = _guide_spec(req, path)
-            sha = hashlib.sha256(data).hexdigest()
-            guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, sha, str(path))
-        except ImageError as e:
-            on_error(str(e))
-            failures += 1
-            continue
-        groups[tuple(photo.pixels.shape)].append((path, sha, photo, guide, spec))
+    with ThreadPoolExecutor(max(1, min(LOADERS, len(req.contents))), thread_name_prefix="load") as pool:
+        for outcome in pool.map(partial(_read, req, memory), req.contents):
+            if isinstance(outcome, ImageError):
+                on_error(str(outcome))
+                failures += 1
+            else:
+                groups[tuple(outcome[2].pixels.shape)].append(outcome)
     return groups, failures
+
+
+def _read(req: Request, memory: int | None, path: Path) -> tuple | ImageError:
+    """One photo at its working size, with its guide; or why it cannot be used."""
+    try:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageError(f"{path}: cannot read ({e.strerror})") from None
+        decoded = images.decode(data, str(path), req.max_pixels)
+        size = working_size(str(path), *decoded.pixels.shape[-2:], req.params, req.max_pixels)
+        check_fits(str(path), size, req.params, memory)  # refused now, not after the others' compute
+        photo = load_photo(decoded, size)
+        spec, mask_data = _guide_spec(req, path)
+        sha = hashlib.sha256(data).hexdigest()
+        guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, sha, str(path))
+    except ImageError as e:
+        return e
+    return path, sha, photo, guide, spec
 
 
 def _guide_spec(req: Request, photo: Path) -> tuple[GuideSpec | None, bytes | None]:

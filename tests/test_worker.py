@@ -231,6 +231,34 @@ def test_a_blend_folder_gets_a_blended_output(tmp_path):
         svc.close()
 
 
+def test_each_photo_is_decoded_once_for_all_its_styles_and_photos_side_by_side(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
+    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
+                 "torchvision", "--models-dir", str(models)]) == 0
+    cfg = config.load(write_config(tmp_path, models, worker={"max_batch": 4, "batch_window": 0}))  # ink, wash
+    svc = Service(cfg)
+    svc.prepare()
+    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
+    decodes, both = [], threading.Barrier(2, timeout=60)
+    real = worker_mod.images.decode
+
+    def spy(data, name, *rest):
+        decodes.append(name)
+        both.wait()  # each photo's decode waits for the other's: they only meet if side by side
+        return real(data, name, *rest)
+
+    try:
+        take(svc, "a.jpg", "b.jpg")
+        monkeypatch.setattr(worker_mod, "LOADERS", 2)  # whatever this machine has
+        monkeypatch.setattr(worker_mod.images, "decode", spy)
+        run_once(svc)
+        assert sorted(decodes) == ["a.jpg", "b.jpg"]
+        assert sorted(states(svc)) == [(n, "done", 1) for n in ("a.jpg", "a.jpg", "b.jpg", "b.jpg")]
+    finally:
+        svc.close()
+
+
 def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(service, monkeypatch):
     take(service, "a.jpg", "b.jpg")
     real = runner.run_scales
@@ -337,21 +365,20 @@ def prefetched_first(monkeypatch, newcomers: int, hand_out=True):
     monkeypatch.setattr(Prefetch, "take", take)
 
 
-def test_newcomers_are_claimed_and_decoded_ahead_off_the_batchs_thread(service, monkeypatch):
+def test_newcomers_are_claimed_and_loaded_ahead_off_the_batchs_thread(service, monkeypatch):
     take(service, "a.jpg", "b.jpg", "c.jpg")
     prefetched_first(monkeypatch, 2)
-    decoded = {}
-    real = worker_mod.images.decode
+    loaded = {}
+    real = worker_mod.Worker._load
 
-    def spy(data, name, *rest):
-        decoded[name] = threading.current_thread().name
-        return real(data, name, *rest)
+    def spy(self, journal, jobs):
+        loaded.update({job.relpath: threading.current_thread().name for job in jobs})
+        return real(self, journal, jobs)
 
-    monkeypatch.setattr(worker_mod.images, "decode", spy)
+    monkeypatch.setattr(worker_mod.Worker, "_load", spy)
     service.worker.process(service.journal, claim_one(service))  # a batch of one place
     assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "done", 1), ("c.jpg", "done", 1)]
-    assert decoded["a.jpg"] == threading.current_thread().name
-    assert decoded["b.jpg"] == decoded["c.jpg"] == "prefetch"
+    assert loaded == {"a.jpg": threading.current_thread().name, "b.jpg": "prefetch", "c.jpg": "prefetch"}
 
 
 def test_a_photo_claimed_ahead_and_never_taken_goes_back_to_the_queue_untouched(service, monkeypatch):

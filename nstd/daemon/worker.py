@@ -7,6 +7,8 @@ import contextlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -32,7 +34,7 @@ from nstd.errors import ImageError, NstdError
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
 from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style
-from nstd.pipeline import Pipeline, Task, load_guide, load_photo, output_exif
+from nstd.pipeline import LOADERS, Pipeline, Task, load_guide, load_photo, output_exif
 from nstd.weights import WeightInfo
 
 log = get("nstd.worker")
@@ -202,33 +204,55 @@ class Worker(threading.Thread):
 
     def _load(self, journal: Journal, batch: list[Job]) -> list[Task]:
         """The load stage: each job's spooled photo at its recorded size (with its mask), or
-        its failure."""
+        its failure. Each input is decoded once however many styles it has, and inputs are
+        decoded side by side (decoding and resizing release the GIL); the journal hears of
+        failures here, on the caller's thread and connection."""
         book = self.styles()
+        inputs: dict[str, list[Job]] = {}
+        for job in batch:
+            inputs.setdefault(job.spool, []).append(job)
+        with ThreadPoolExecutor(max(1, min(LOADERS, len(inputs))), thread_name_prefix="load") as pool:
+            outcomes = pool.map(partial(self._read, book), inputs.values())
+            read = {job.id: o for jobs, outs in zip(inputs.values(), outcomes) for job, o in zip(jobs, outs)}
         tasks = []
         for job in batch:
+            outcome = read[job.id]
+            if isinstance(outcome, Task):
+                tasks.append(outcome)
+            elif outcome.transient:
+                self._transient(journal, job, outcome.error)
+            else:
+                journal.fail(job.id, outcome.error, job.batch_id)
+        return tasks
+
+    def _read(self, book: StyleBook, jobs: list[Job]) -> list["Task | _Unread"]:
+        """One input's jobs from one decode of its spooled photo."""
+        decoded = None
+        out: list[Task | _Unread] = []
+        for job in jobs:
             spec = GuideSpec.from_dict(job.params.get("guide"))
             names = spec.styles() if job.style == REGIONS_STYLE and spec else [job.style]
             gone = [n for n in names if not book.has(n)]
             if gone:
-                journal.fail(job.id, f"style '{gone[0]}' is no longer configured", job.batch_id)
+                out.append(_Unread(f"style '{gone[0]}' is no longer configured"))
                 continue
             params = from_dict(job.params)
             try:
-                decoded = images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
+                decoded = decoded or images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
                 data = None if spec is None else \
                     companions.spool_path(Path(job.spool), job.input_sha256, spec).read_bytes()
                 guide = load_guide(spec, data, decoded, params, self.cfg.max_pixels, job.input_sha256, job.relpath)
             except ImageError as e:
-                journal.fail(job.id, str(e), job.batch_id)
+                out.append(_Unread(str(e)))
                 continue
             except OSError as e:
-                self._transient(journal, job, f"cannot read spooled input: {e}")
+                out.append(_Unread(f"cannot read spooled input: {e}", transient=True))
                 continue
             style = regions_style(spec, params, book.get) if job.style == REGIONS_STYLE else book.get(job.style)
             # Exactly the size intake recorded, so every job of a batch matches.
-            tasks.append(Task(load_photo(decoded, (job.height, job.width)), style, params, job.relpath,
-                              job.input_sha256, str(job.id), job.queued, job.batch_id, guide))
-        return tasks
+            out.append(Task(load_photo(decoded, (job.height, job.width)), style, params, job.relpath,
+                            job.input_sha256, str(job.id), job.queued, job.batch_id, guide))
+        return out
 
     def _run(self, journal: Journal, batch: list[Job], tasks: list[Task], keeper: LeaseKeeper) -> None:
         sink = _Outbox(self, journal, {j.id: j for j in batch})
@@ -347,6 +371,14 @@ class Worker(threading.Thread):
             model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id)
             self._models[key] = (model.to(self.device), info)
         return self._models[key]
+
+
+@dataclass(frozen=True)
+class _Unread:
+    """Why a job could not be loaded; `transient` where trying again later may work."""
+
+    error: str
+    transient: bool = False
 
 
 class _Running:
