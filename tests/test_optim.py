@@ -142,3 +142,20 @@ def test_a_reset_image_starts_over_as_if_alone():
             _steps(alone_neighbour, neighbour, a[1:], 1)
             assert torch.allclose(x[:1], alone, atol=1e-6)
             assert torch.allclose(x[1:], neighbour, atol=1e-6)
+
+
+def test_a_selected_state_goes_on_as_the_whole_batch_would_for_those_images():
+    # A batch narrowed to its working images: their optimiser goes on exactly where it was.
+    torch.manual_seed(4)
+    a = torch.rand(3, 3, 4, 4)
+    rows = torch.tensor([0, 2])
+    for make in (lambda x: BatchedLBFGS(x, history=4), lambda x: BatchedAdam(x, lr=0.05)):
+        x = torch.rand(3, 3, 4, 4).requires_grad_(True)
+        opt = make(x)
+        _steps(opt, x, a, 6)  # past the history's length: the ring has wrapped
+        kept = x.detach()[rows].clone().requires_grad_(True)
+        narrow = opt.select(rows, kept)
+        for _ in range(5):
+            _steps(opt, x, a, 1)
+            _steps(narrow, kept, a[rows], 1)
+            assert torch.allclose(x.detach()[rows], kept, atol=1e-6)

@@ -146,3 +146,30 @@ def test_a_failing_compile_falls_back_to_the_eager_loss(tiny_model, monkeypatch)
     [fused] = run_batch(tiny_model, [job(0)], settings, switches=Switches("fp32", compile=True))
     [eager] = run_batch(tiny_model, [job(0)], settings, switches=Switches("fp32"))
     assert torch.equal(fused.image, eager.image)
+
+
+def test_a_batch_left_with_few_working_images_goes_on_with_those_only(tiny_model, monkeypatch):
+    # Four places end together; one newcomer takes a place, the other three are parked. The
+    # batch then steps one image, not four, and the newcomer comes out as it would alone.
+    from nstd.engine import transfer
+
+    rows = []
+    real = transfer._Problem.iteration
+
+    def counted(self, loss):
+        rows.append(self.x.shape[0])
+        return real(self, loss)
+
+    monkeypatch.setattr(transfer._Problem, "iteration", counted)
+    switches = Switches("fp32", reproducible=False)
+    settings = BatchSettings(iterations=8, log_every=4)
+    queue = [job(9, style_weight=30.0)]
+    got = {}
+    run_batch(tiny_model, [job(s) for s in range(4)], settings, switches=switches,
+              refill=lambda n: [queue.pop() for _ in range(min(n, len(queue)))],
+              finished=lambda i, r: got.setdefault(i, r))
+    assert rows == [4] * 8 + [1] * 8 and sorted(got) == [0, 1, 2, 3, 4]
+    [alone] = run_batch(tiny_model, [job(9, style_weight=30.0)], settings, switches=switches)
+    assert [h["iteration"] for h in got[4].history] == [0, 4, 8]
+    assert got[4].history[-1]["total"] == pytest.approx(alone.history[-1]["total"], rel=1e-4)
+    assert torch.allclose(got[4].image, alone.image, atol=1e-3)

@@ -31,8 +31,8 @@ class Batch(Protocol):
     def rows_now(self, slots: list[int]) -> list[torch.Tensor]:
         """The loss rows of `slots` at their pixels now, without stepping."""
 
-    def park(self, k: int) -> None:
-        """Slot k has nothing more to do."""
+    def park(self, slots: list[int]) -> bool:
+        """These slots have nothing more to do; True where the batch's shapes changed."""
 
 
 @dataclass
@@ -99,9 +99,9 @@ def optimise(batch: Batch, settings: BatchSettings, use_graph: bool, progress: P
             _end(batch, slots, ending, it, leave)
             for k in join(ending):
                 slots[k] = Slot(it, time.perf_counter())
-            for k in ending:
-                if not slots[k].working:
-                    batch.park(k)
+            if batch.park([k for k in ending if not slots[k].working]):
+                del step  # the old shapes' graph, and its memory pool
+                step = Stepper(batch.iteration, use_graph)
     del step  # frees a captured graph's memory pool
 
 

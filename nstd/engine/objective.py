@@ -36,6 +36,11 @@ class ContentLoss(nn.Module):
         self.target[k] = other.target[0]
         self.norm[k] = other.norm[0]
 
+    def select(self, rows: torch.Tensor) -> "ContentLoss":
+        out = ContentLoss(self.layer, self.target[rows])
+        out.norm = self.norm[rows]
+        return out
+
 
 class StyleLoss(nn.Module):
     """Normalised Gram distance to the style at each layer: (N, layers), unweighted."""
@@ -53,6 +58,11 @@ class StyleLoss(nn.Module):
         for target, new in zip(self.targets, other.targets):
             target[k] = new[0]
         self.norm[k] = other.norm[0]
+
+    def select(self, rows: torch.Tensor) -> "StyleLoss":
+        out = StyleLoss({n: t[rows] for n, t in zip(self.layers, self.targets)})
+        out.norm = self.norm[rows]
+        return out
 
 
 class GuidedStyleLoss(nn.Module):
@@ -112,6 +122,14 @@ class Objective(nn.Module):
         total = cw * c + sw * s + tw * tv
         parts = [torch.stack([total, c, s, tv], 1), s_layers] + ([] if regions is None else [regions])
         return total, torch.cat(parts, 1)
+
+    @torch.no_grad()
+    def select(self, rows: torch.Tensor) -> "Objective":
+        """The objective of images `rows` only (plain style losses, as for `load`)."""
+        if not isinstance(self.style, StyleLoss):
+            raise ValueError("only an objective without regions is narrowed")
+        return Objective([c.select(rows) for c in self.content], self.style.select(rows), self.layer_weights,
+                         self.weights[rows])
 
     @torch.no_grad()
     def load(self, k: int, other: "Objective") -> None:

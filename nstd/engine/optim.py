@@ -70,6 +70,16 @@ class BatchedLBFGS:
         self._fresh[k] = True
 
     @torch.no_grad()
+    def select(self, rows: torch.Tensor, x: torch.Tensor) -> "BatchedLBFGS":
+        """The state of images `rows` only, now driving `x` (those images' pixels): a batch
+        left with a few working images goes on without the rest."""
+        out = BatchedLBFGS(x, self.m, self.lr, self.clamp)
+        for name in ("_w", "_sy", "_yy", "_count", "_gamma", "_prev_x", "_prev_g", "_prev_step", "_prev_f",
+                     "_fresh"):
+            getattr(out, name).copy_(getattr(self, name)[rows])
+        return out
+
+    @torch.no_grad()
     def step(self, loss: torch.Tensor) -> None:
         with exact_matmul():
             self._step(loss)
@@ -196,6 +206,14 @@ class BatchedAdam:
         """Forget image k's moments and steps: a new image takes its place."""
         for buf in (self._m, self._v, self._t):
             buf[k] = 0
+
+    @torch.no_grad()
+    def select(self, rows: torch.Tensor, x: torch.Tensor) -> "BatchedAdam":
+        """The state of images `rows` only, now driving `x` (see BatchedLBFGS.select)."""
+        out = BatchedAdam(x, self.lr, self.clamp, self.betas, self.eps)
+        for name in ("_m", "_v", "_t"):
+            getattr(out, name).copy_(getattr(self, name)[rows])
+        return out
 
     @torch.no_grad()
     def step(self, loss: torch.Tensor | None = None) -> None:

@@ -108,7 +108,8 @@ def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, c
                 for group in _groups(len(jobs), r.reproducible)]
     eager = partial(_loss, model, r=r)
     loss = _Fused(partial(compiled_loss(), model, r=r), eager) if r.compile else eager
-    batch = _Batch(problems, features, loss, skip_parked=not r.cuda_graph)
+    # Not while compiling: each narrower batch would be a new shape to compile.
+    batch = _Batch(problems, features, loss, skip_parked=not r.cuda_graph, narrow=not r.compile)
     held = list(jobs)  # every job the batch has held, in the order given
     holders = list(range(len(jobs)))  # which of them each slot holds now
 
@@ -155,25 +156,37 @@ def _groups(n: int, reproducible: bool) -> list[list[int]]:
 
 class _Batch:
     """A batch's problems seen as slots, slot k being image k of the batch. A parked slot's
-    problem is not stepped when it is alone in it and the loop runs eagerly."""
+    problem is not stepped when it is alone in it and the loop runs eagerly; a problem
+    whose images are half done goes on with the working ones only (see `park`)."""
 
-    def __init__(self, problems: list["_Problem"], features, loss, skip_parked: bool):
+    def __init__(self, problems: list["_Problem"], features, loss, skip_parked: bool, narrow: bool = True):
         self.problems, self.features, self.loss, self.skip_parked = problems, features, loss, skip_parked
-        self.where = [(p, i) for p, prob in enumerate(problems) for i in range(prob.x.shape[0])]
+        self.narrow = narrow
+        self.where: list[tuple[int, int | None]] = [(p, i) for p, prob in enumerate(problems)
+                                                    for i in range(prob.x.shape[0])]
         self.slots_of = [[k for k, (q, _) in enumerate(self.where) if q == p] for p in range(len(problems))]
         self.size = len(self.where)
         self.parked: set[int] = set()
         self.last: list[torch.Tensor | None] = [None] * len(problems)
+        # A narrowed problem's rows, placed back among its slots: the positions of its working
+        # slots, and its slots' rows and pixels as they were when it was narrowed.
+        self.spread: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(problems)
 
     def iteration(self) -> torch.Tensor:
         for p, prob in enumerate(self.problems):
             idle = self.parked.issuperset(self.slots_of[p])
             if not (self.skip_parked and idle and self.last[p] is not None):
-                self.last[p] = prob.iteration(self.loss)
+                rows = prob.iteration(self.loss)
+                self.last[p] = rows if self.spread[p] is None else \
+                    self.spread[p][1].index_copy(0, self.spread[p][0], rows)
         return _rows(self.last)
 
     def pixels(self) -> torch.Tensor:
-        return torch.cat([p.x.detach() for p in self.problems])
+        return torch.cat([self._pixels(p) for p in range(len(self.problems))])
+
+    def _pixels(self, p: int) -> torch.Tensor:
+        x = self.problems[p].x.detach()
+        return x if self.spread[p] is None else self.spread[p][2].index_copy(0, self.spread[p][0], x)
 
     @torch.no_grad()
     def rows_now(self, slots: list[int]) -> list[torch.Tensor]:
@@ -184,8 +197,33 @@ class _Batch:
                 rows[p] = prob.objective(prob.x, self.features(prob.x))[1]
         return [rows[p][i] for p, i in (self.where[k] for k in slots)]
 
-    def park(self, k: int) -> None:
-        self.parked.add(k)
+    def park(self, slots: list[int]) -> bool:
+        """These slots have nothing more to do. A problem with no more than half of its
+        images still working goes on with those only: the batch's shapes changed (True),
+        and a captured graph must be captured again. A parked slot is never refilled, so
+        nothing is lost with it."""
+        self.parked.update(slots)
+        narrowed = False
+        for p in sorted({self.where[k][0] for k in slots}):
+            prob = self.problems[p]
+            working = [s for s in self.slots_of[p] if s not in self.parked and self.where[s][1] is not None]
+            if self.narrow and working and 2 * len(working) <= prob.x.shape[0] and \
+                    isinstance(prob.objective.style, StyleLoss):
+                self._narrow(p, working)
+                narrowed = True
+        return narrowed
+
+    @torch.no_grad()
+    def _narrow(self, p: int, working: list[int]) -> None:
+        prob = self.problems[p]
+        rows = torch.tensor([self.where[s][1] for s in working], device=prob.x.device)
+        spread = (torch.tensor([self.slots_of[p].index(s) for s in working], device=prob.x.device),
+                  self.last[p].detach().clone(), self._pixels(p).clone())
+        x = prob.x.detach()[rows].clone().requires_grad_(True)
+        self.problems[p] = _Problem(x, prob.objective.select(rows), prob.opt.select(rows, x))
+        self.spread[p] = spread
+        for s in self.slots_of[p]:
+            self.where[s] = (p, working.index(s) if s in working else None)
 
     @torch.no_grad()
     def load(self, k: int, objective: Objective, start: torch.Tensor) -> None:
