@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from nstd import images, weights
-from nstd.bench import ttq
+from nstd.bench import measure, ttq
 from nstd.bench.measure import Workload
 from nstd.engine.device import describe
 from nstd.engine.multiscale import Scale
 from nstd.engine.switches import Switches
 from nstd.engine.types import BatchSettings
-from nstd.engine.vgg import VGGFeatures
-from nstd.params import TransferParams
 
 
 def main() -> None:
@@ -39,17 +34,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    sd, info = weights.load(weights.default_models_dir(), "caffe")
-    model = VGGFeatures(sd, info.preprocessing, BatchSettings().layers, "max", info.model_id).to(device)
-    content, style = (images.decode((args.images / f"{n}.jpg").read_bytes(), n).pixels
-                      for n in (args.content, args.style))
-    fixed = Workload(content, style, args.size, args.iterations, BatchSettings())
-    p = TransferParams()
-    stopping = replace(fixed, settings=replace(fixed.settings, stop_tolerance=p.stop_tolerance,
-                                               stop_window=p.stop_window))
-    h, w = fixed.job().content.shape[-2:]
-    half = max(args.size // 2, math.ceil(16 * max(h, w) / min(h, w)))
-    its, history, fp32 = args.iterations, p.lbfgs_history, Switches("fp32", checkpoint=False)
+    model = measure.caffe_model(device)
+    fixed = Workload(measure.picture(args.images, args.content), measure.picture(args.images, args.style),
+                     args.size, args.iterations, BatchSettings())
+    stopping = ttq.stopping(fixed)
+    half, its, history = ttq.half_size(fixed), args.iterations, fixed.settings.lbfgs_history
+    fp32 = Switches("fp32", checkpoint=False)
     runs = {"fixed": (fixed, [Scale(args.size, its, history)]),
             "stopping": (stopping, [Scale(args.size, its, history)]),
             "coarse_to_fine_stopping": (stopping, [Scale(half, its, history), Scale(args.size, its, history)])}

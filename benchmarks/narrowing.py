@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from nstd import images, weights
+from nstd.bench import measure
 from nstd.engine import transfer
 from nstd.engine.device import describe
 from nstd.engine.resize import resize_long_side
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
 from nstd.engine.types import BatchSettings, StyleImage
-from nstd.engine.vgg import VGGFeatures
 from nstd.params import TransferParams
 
 STYLES = ("starry_night", "the_scream", "shipwreck", "starry_night")
@@ -44,16 +43,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    sd, info = weights.load(weights.default_models_dir(), "caffe")
     p = TransferParams()
     settings = BatchSettings(iterations=p.iterations, log_every=10, stop_tolerance=p.stop_tolerance,
                              stop_window=p.stop_window)
-    model = VGGFeatures(sd, info.preprocessing, settings.layers, "max", info.model_id).to(device)
-    photo = resize_long_side(images.decode((args.images / "tubingen.jpg").read_bytes(), "t").pixels, args.size)
+    model = measure.caffe_model(device)
+    photo = resize_long_side(measure.picture(args.images, "tubingen"), args.size)
     hands = [1.0, 1.0, 1.0, 0.3]  # the last: the same painting, a lighter hand, another stopping point
     jobs = [replace(p, style_weight=p.style_weight * hand).job(
-        photo, (StyleImage(images.decode((args.images / f"{s}.jpg").read_bytes(), s).pixels, key=s),))
-        for s, hand in zip(STYLES, hands)]
+        photo, (StyleImage(measure.picture(args.images, s), key=s),)) for s, hand in zip(STYLES, hands)]
     switches, cache = Switches("fp32", reproducible=False, checkpoint=False), GramCache()
     transfer.run_batch(model, jobs, BatchSettings(iterations=2), cache, switches=switches)  # warm
     out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from nstd import images, weights
+from nstd.bench import measure
 from nstd.engine.loop import flat
 from nstd.engine.resize import resize_long_side
 from nstd.engine.switches import Switches
@@ -57,14 +57,12 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    sd, info = weights.load(weights.default_models_dir(), "caffe")
-    model = VGGFeatures(sd, info.preprocessing, BatchSettings().layers, "max", info.model_id)
+    model = measure.caffe_model()
     device = torch.device(args.device)
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "size": args.size, "standard_iterations": STANDARD, "pairs": {}}
     for photo_name, painting_name in PAIRS:
-        photo, painting = (images.decode((args.images / f"{n}.jpg").read_bytes(), n).pixels
-                           for n in (photo_name, painting_name))
+        photo, painting = (measure.picture(args.images, n) for n in (photo_name, painting_name))
         points = curve(model, photo, painting, args.size, args.iterations, device)
         losses = dict(points)
         rows = []

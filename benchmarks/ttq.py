@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
-from nstd import __version__, images, weights
-from nstd.bench import ttq
+from nstd import __version__
+from nstd.bench import measure, ttq
 from nstd.bench.measure import Workload
 from nstd.engine.device import describe
 from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings
-from nstd.engine.vgg import VGGFeatures
 
 
 def main() -> None:
@@ -35,12 +34,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    sd, info = weights.load(weights.default_models_dir(), "caffe")
-    settings = BatchSettings()
-    model = VGGFeatures(sd, info.preprocessing, settings.layers, "max", info.model_id).to(device)
-    content, style = (images.decode((args.images / f"{n}.jpg").read_bytes(), n).pixels
-                      for n in (args.content, args.style))
-    w = Workload(content, style, args.size, args.iterations, settings)
+    model = measure.caffe_model(device)
+    w = Workload(measure.picture(args.images, args.content), measure.picture(args.images, args.style),
+                 args.size, args.iterations, BatchSettings())
     fast = Switches(checkpoint=False)
     out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
            "torch": torch.__version__, "nstd": __version__, "cpu_threads": torch.get_num_threads(),

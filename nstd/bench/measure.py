@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from nstd import images, weights
 from nstd.bench import baseline
 from nstd.engine.device import free_memory
 from nstd.engine.switches import Switches
@@ -43,6 +44,18 @@ class Workload:
     def job(self) -> TransferJob:
         return TransferJob(resize_long_side(self.content, self.size),
                            (StyleImage(self.style, key="bench-style"),))
+
+
+def caffe_model(device: torch.device | str = "cpu") -> VGGFeatures:
+    """The Caffe VGG19 that the quality benchmarks score with, on `device`, with the layers
+    nstd's objective reads."""
+    sd, info = weights.load(weights.default_models_dir(), "caffe")
+    return VGGFeatures(sd, info.preprocessing, BatchSettings().layers, "max", info.model_id).to(device)
+
+
+def picture(folder: Path, name: str) -> torch.Tensor:
+    """`folder`/`name`.jpg (a photo or a painting of ../shared/images), RGB in [0, 1]."""
+    return images.decode((folder / f"{name}.jpg").read_bytes(), name).pixels
 
 
 def sync(device: torch.device) -> None:

@@ -126,30 +126,38 @@ def reached(model: VGGFeatures, w: Workload, trace: Trace, target: float) -> dic
             **extra}
 
 
+def half_size(w: Workload) -> int:
+    """Coarse to fine's first scale: half the long side, its short side at least 16 px."""
+    h, wd = w.content.shape[-2:]
+    return max(w.size // 2, math.ceil(16 * max(h, wd) / min(h, wd)))
+
+
+def stopping(w: Workload) -> Workload:
+    """The workload with the default per-image stopping rule on."""
+    stop = TransferParams()
+    return replace(w, settings=replace(w.settings, stop_tolerance=stop.stop_tolerance, stop_window=stop.stop_window))
+
+
 def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) -> dict[str, Callable[[], Trace]]:
     """Each way of running, by name: nstd's levers alone and together, and the peers.
     The fixed-iteration runs go to twice the iterations, so a slower one can still arrive."""
     its, history = w.iterations, w.settings.lbfgs_history
     fp32 = Switches("fp32", checkpoint=False)
-    h, wd = w.content.shape[-2:]
-    half = max(w.size // 2, math.ceil(16 * max(h, wd) / min(h, wd)))  # its short side at least 16 px
-    stop = TransferParams()
-    stopping = replace(w, settings=replace(w.settings, stop_tolerance=stop.stop_tolerance,
-                                           stop_window=stop.stop_window))
+    half, stops = half_size(w), stopping(w)
     full, twice = [Scale(w.size, its, history)], [Scale(w.size, 2 * its, history)]
     out = {
         "nstd_fp32": lambda: nstd_trace("nstd_fp32", model, w, fp32, twice),
-        "nstd_fp32_stopping": lambda: nstd_trace("nstd_fp32_stopping", model, stopping, fp32, full),
+        "nstd_fp32_stopping": lambda: nstd_trace("nstd_fp32_stopping", model, stops, fp32, full),
         "nstd_fp32_compiled": lambda: nstd_trace("nstd_fp32_compiled", model, w, replace(fp32, compile=True),
                                                  twice),
         "nstd_fp32_coarse_to_fine": lambda: nstd_trace(
             "nstd_fp32_coarse_to_fine", model, w, fp32, [Scale(half, its, history), Scale(w.size, its, history)]),
-        "nstd_fp32_stopping_compiled": lambda: nstd_trace("nstd_fp32_stopping_compiled", model, stopping,
+        "nstd_fp32_stopping_compiled": lambda: nstd_trace("nstd_fp32_stopping_compiled", model, stops,
                                                           replace(fp32, compile=True), full),
         "nstd_fast": lambda: nstd_trace("nstd_fast", model, w, fast, twice),
         "nstd_fast_coarse_to_fine": lambda: nstd_trace(
             "nstd_fast_coarse_to_fine", model, w, fast, [Scale(half, its, history), Scale(w.size, its, history)]),
-        "nstd_fast_stopping_compiled": lambda: nstd_trace("nstd_fast_stopping_compiled", model, stopping,
+        "nstd_fast_stopping_compiled": lambda: nstd_trace("nstd_fast_stopping_compiled", model, stops,
                                                           replace(fast, compile=True), full),
         "tutorial": lambda: baseline_trace(model, w, 2 * its),
     }
