@@ -290,8 +290,7 @@ class Worker(threading.Thread):
         finished photos, under the batch's claim: prefetched ones first, else claimed and
         loaded here. Never while stopping or paused (see `_fetch` for the rest)."""
         def more(n: int) -> list[Task]:
-            if self.stopping.is_set() or self.deadline is not None or sink.troubled or \
-                    self._outbox_unwritable(time.monotonic()):
+            if not self._refilling(sink) or self._outbox_unwritable(time.monotonic()):
                 return []
             got = ahead.take(n)
             if len(got) < n:
@@ -307,12 +306,17 @@ class Worker(threading.Thread):
 
         return more
 
+    def _refilling(self, sink: "_Outbox") -> bool:
+        """Whether a running batch may take newcomers: not while stopping, and not once it
+        met the outbox's trouble."""
+        return not (self.stopping.is_set() or self.deadline is not None or sink.troubled)
+
     def _fetch(self, head: Job, sink: "_Outbox", journal: Journal, n: int) -> list[tuple[Job, Task]]:
         """Up to n queued jobs of the batch's key, claimed under its token and loaded. Only
         while that key's job is the oldest waiting, so other sizes keep their turn; not
         while stopping, and not once this batch met the outbox's trouble: the photo it put
         off would only come straight back."""
-        if self.stopping.is_set() or self.deadline is not None or sink.troubled or self.paused:
+        if not self._refilling(sink) or self.paused:  # paused: as the loop last saw the outbox
             return []
         now = time.time()
         raw = getattr(journal, "raw", journal)  # an outage is the caller's to ride out, not to wait for
