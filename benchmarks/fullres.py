@@ -25,7 +25,7 @@ from nstd import images, weights
 from nstd.bench import measure
 from nstd.engine.device import describe, free_memory, is_oom, release_cache
 from nstd.engine.switches import Switches
-from nstd.engine.memory import bytes_per_image
+from nstd.engine.memory import Footprint, bytes_per_image
 from nstd.engine.multiscale import run_scales
 from nstd.engine.targets import GramCache
 from nstd.engine.types import StyleImage
@@ -123,8 +123,9 @@ def main() -> int:
         runs = [r.as_dict() for r in result.runs]
         for run, scale in zip(runs, scales):
             h, w = run["size"]
-            run["estimate_bytes"] = bytes_per_image(h, w, params.settings().layers, params.optimizer,
-                                                    scale.lbfgs_history, run["precision"], run["checkpoint"])
+            fp = Footprint(params.settings().layers, params.optimizer, scale.lbfgs_history, run["precision"],
+                           run["checkpoint"])
+            run["estimate_bytes"] = bytes_per_image(h, w, fp)
         results["variants"][name] = {
             "seconds": round(seconds, 2), "free_at_start": free,
             "max_reserved": torch.cuda.max_memory_reserved(device) if cuda else None, "runs": runs,

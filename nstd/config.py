@@ -12,7 +12,7 @@ import yaml
 
 from nstd import images
 from nstd.daemon.database import is_postgres
-from nstd.engine.switches import PRECISIONS, Switches
+from nstd.engine.switches import HISTORY_PRECISIONS, PRECISIONS, Switches
 from nstd.errors import ConfigError
 from nstd.params import TransferParams, with_overrides
 
@@ -67,7 +67,8 @@ class WorkerConfig:
     isolation: str = "auto"  # thread | process per device; auto: processes where there are several
     lease: float = 120.0  # seconds a claim holds without renewal before another worker may take it
     refill: bool = True  # queued jobs of a running batch's size take its finished photos' places
-    # worker.precision, cuda_graphs, checkpoint, reproducible, compile and memory_budget: how batches run
+    # worker.precision, cuda_graphs, checkpoint, reproducible, compile, history_precision and
+    # memory_budget: how batches run
     switches: Switches = Switches()
 
 
@@ -270,7 +271,8 @@ def _watch(raw: Any) -> WatchConfig:
 def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
                                  "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
-                                 "checkpoint", "reproducible", "compile", "lease", "refill"})
+                                 "checkpoint", "reproducible", "compile", "history_precision", "lease",
+                                 "refill"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -289,6 +291,8 @@ def _worker(raw: Any) -> WorkerConfig:
             checkpoint=_auto_bool(m.get("checkpoint", "auto"), "worker.checkpoint"),
             reproducible=_auto_bool(m.get("reproducible", "auto"), "worker.reproducible"),
             compile=_auto_bool(m.get("compile", "auto"), "worker.compile"),
+            history_precision=_choice(m.get("history_precision", d.switches.history_precision),
+                                      "worker.history_precision", HISTORY_PRECISIONS),
             memory_budget=_float(m.get("memory_budget", d.switches.memory_budget), "worker.memory_budget", 0.05, 1.0)),
     )
 

@@ -43,6 +43,14 @@ class GuideSpec:
         return sorted({t for _, t in self.colours if t != masks.KEEP})
 
 
+def styled_regions(spec: GuideSpec | None, protect: str) -> int:
+    """The most styled regions a job's guide can have, for sizing its batch before it is
+    loaded: 0 where it has none, and the plain style loss runs."""
+    if spec is None:
+        return 1 if protect == "faces" else 0  # found faces make the rest one styled region
+    return 1 if spec.kind == "mask" else len(spec.styles())
+
+
 OWN = ""  # a part that takes the output's own style (a plain mask's white)
 
 

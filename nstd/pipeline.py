@@ -16,7 +16,7 @@ import torch
 
 from nstd import images, losslog
 from nstd.engine.device import describe
-from nstd.engine.memory import least_bytes
+from nstd.engine.memory import Footprint, least_bytes
 from nstd.engine.resize import long_side_size, resize_photo
 from nstd.engine.runner import Engine
 from nstd.engine.types import Progress, TransferJob, TransferResult
@@ -64,7 +64,7 @@ def check_fits(name: str, size: tuple[int, int], params: TransferParams, memory:
     h, w = size
     settings = params.settings()
     history = params.scales(max(h, w))[-1].lbfgs_history
-    need = least_bytes(h, w, settings.layers, settings.optimizer, history)
+    need = least_bytes(h, w, Footprint(settings.layers, settings.optimizer, history))
     if need > memory:
         raise ImageError(f"{name}: at {w}x{h} one image needs about {need / 2**30:.1f} GiB, more than the "
                          f"largest device has ({memory / 2**30:.1f} GiB); lower its size")

@@ -26,7 +26,7 @@ def test_bench_compares_with_the_baseline_and_writes_json_and_markdown(tmp_path,
     rows = {r["name"]: r for r in ttq["contenders"]}
     # Compiled contenders left out (a minute of compiling on a CPU; compile has its own test).
     assert set(rows) == {"nstd_fp32", "nstd_fp32_stopping", "nstd_fp32_coarse_to_fine", "nstd_fast",
-                         "nstd_fast_coarse_to_fine", "tutorial", "neural_style_pt"}
+                         "nstd_fast_coarse_to_fine", "nstd_fast_bf16_history", "tutorial", "neural_style_pt"}
     assert rows["neural_style_pt"]["seconds"] > 0 and len(rows["neural_style_pt"]["curve"]) >= 2
     # The reference run reaches its own picture by its standard iterations, at the latest.
     assert rows["nstd_fp32"]["reached"] and rows["nstd_fp32"]["iterations"] <= 3

@@ -22,7 +22,7 @@ def test_example_config_loads_and_documents_every_key():
     for key in ("content_weight", "tv_weight", "lbfgs_history", "settle_seconds", "rescan_interval",
                 "max_batch", "batch_window", "stop_timeout", "on_success", "max_pixels", "snapshot_every",
                 "precision", "cuda_graphs", "checkpoint", "multiscale_start", "multiscale_factor",
-                "multiscale_iterations", "preserve_color", "reproducible", "lease", "host"):
+                "multiscale_iterations", "preserve_color", "reproducible", "history_precision", "lease", "host"):
         assert f"{key}:" in text
 
 
@@ -36,11 +36,13 @@ def test_size_original_and_multiscale_parse(tmp_path):
 def test_fast_path_keys_default_to_auto_and_parse(tmp_path):
     cfg = config.load(write(tmp_path, BASE))
     s = cfg.worker.switches
-    assert (s.precision, s.cuda_graph, s.checkpoint, s.reproducible) == ("auto", None, None, None)
+    assert (s.precision, s.cuda_graph, s.checkpoint, s.reproducible, s.history_precision) == \
+        ("auto", None, None, None, "fp32")
     cfg = config.load(write(tmp_path, BASE + "worker: {precision: fp32, cuda_graphs: false, checkpoint: true, "
-                            "reproducible: true}\n"))
+                            "reproducible: true, history_precision: bf16}\n"))
     s = cfg.worker.switches
-    assert (s.precision, s.cuda_graph, s.checkpoint, s.reproducible) == ("fp32", False, True, True)
+    assert (s.precision, s.cuda_graph, s.checkpoint, s.reproducible, s.history_precision) == \
+        ("fp32", False, True, True, "bf16")
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
@@ -65,6 +67,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ("transfer: {preserve_color: sepia}\n", "transfer.preserve_color: must be one of none, luminance, histogram"),
     ("worker: {precision: fp8}\n", "worker.precision: must be one of auto, fp32, tf32, bf16"),
     ("worker: {cuda_graphs: maybe}\n", "worker.cuda_graphs: must be auto, true or false"),
+    ("worker: {history_precision: fp16}\n", "worker.history_precision: must be one of fp32, bf16"),
     ("output: {format: gif}\n", "output.format:"),
     ("output: {quality: 101}\n", "output.quality: must be between 1 and 100"),
     ("on_success: shred\n", "on_success: must be one of move, delete, keep"),

@@ -41,12 +41,23 @@ def test_losses_decrease(tiny_model, optimizer):
     assert 0 <= result.image.min() and result.image.max() <= 1
 
 
+def test_a_bf16_history_goes_as_far_as_fp32_and_says_so(tiny_model):
+    settings = BatchSettings(iterations=30, log_every=10)
+    jobs = jobs_for(1, init="noise", style_weight=10.0)
+    [wide] = run_batch(tiny_model, jobs, settings, switches=Switches("fp32"))
+    [narrow] = run_batch(tiny_model, jobs, settings, switches=Switches("fp32", history_precision="bf16"))
+    assert wide.runs[0].history_precision == "fp32" and narrow.runs[0].as_dict()["history_precision"] == "bf16"
+    assert narrow.history[-1]["total"] < 0.5 * narrow.history[0]["total"]
+    assert narrow.history[-1]["total"] == pytest.approx(wide.history[-1]["total"], rel=0.05)
+
+
 # Batched passes (reproducible off, as on CUDA): the optimisers' state must stay per image.
 SWITCHES = {
     "fp32": Switches("fp32", channels_last=False, reproducible=False),
     "fp32-channels-last": Switches("fp32", channels_last=True, reproducible=False),
     "bf16-channels-last": Switches("bf16", channels_last=True, reproducible=False),
     "checkpoint": Switches("fp32", checkpoint=True, reproducible=False),
+    "bf16-history": Switches("fp32", reproducible=False, history_precision="bf16"),
 }
 # Batch size changes how kernels block their sums, and the optimisation amplifies that
 # rounding over the iterations; shared state between images shows as an O(1) difference at once.
@@ -110,7 +121,7 @@ def test_torch_lbfgs_would_fail_the_invariance_check(tiny_model):
             self.opt.step(lambda: torch.zeros(()))
 
     original = transfer.make_optimizer
-    transfer.make_optimizer = lambda name, x, lr, history: SharedLBFGS(x)
+    transfer.make_optimizer = lambda name, x, lr, history, dtype: SharedLBFGS(x)
     try:
         switches = SWITCHES["fp32"]
         batched = run_batch(tiny_model, jobs, settings, switches=switches)

@@ -257,3 +257,13 @@ def test_protect_faces_on_a_tiny_photo_or_a_failing_detector_is_no_traceback(tmp
     err = capsys.readouterr().err
     assert f"nstd: error: {photo}: face detection failed (RuntimeError: the detector broke); not stylized" in err
     assert "Traceback" not in err
+
+
+def test_a_guides_styled_regions_are_known_before_it_is_loaded():
+    from nstd.guide import GuideSpec, styled_regions
+
+    regions = GuideSpec("regions", "map.png", "0" * 64, (("#ff0000", "starry"), ("#00ff00", "scream"),
+                                                          ("#0000ff", "keep"), ("#ffff00", "starry")))
+    assert styled_regions(regions, "none") == 2  # two paintings; keep is no styled region
+    assert styled_regions(GuideSpec("mask", "m.png", "0" * 64), "faces") == 1
+    assert (styled_regions(None, "none"), styled_regions(None, "faces")) == (0, 1)

@@ -1,8 +1,12 @@
-from nstd.engine.memory import (MeasuredMemory, activation_elements, auto_batch, batch_bytes, bytes_per_image,
-                               flops_per_iteration)
+from nstd.engine.memory import (Footprint, MeasuredMemory, activation_elements, auto_batch, batch_bytes,
+                               bytes_per_image, flops_per_iteration)
 from nstd.engine.types import BatchSettings
 
 LAYERS = BatchSettings().layers
+
+
+def fp(optimizer="lbfgs", history=100, precision="fp32", **kw):
+    return Footprint(LAYERS, optimizer, history, precision, **kw)
 
 
 def test_flops_match_a_hand_count_at_32px():
@@ -23,14 +27,22 @@ def test_auto_batch_never_exceeds_the_budget():
     for free in (1 << 28, 1 << 30, 8 << 30, 80 << 30):
         for h, w in ((64, 64), (384, 512), (768, 1024)):
             for opt in ("lbfgs", "adam"):
-                n = auto_batch(free, h, w, LAYERS, opt, 100, budget=0.8, cap=1000)
-                assert n == 1 or batch_bytes(n, h, w, LAYERS, opt, 100) <= 0.8 * free
-                assert batch_bytes(n + 1, h, w, LAYERS, opt, 100) > 0.8 * free or n == 1000
+                n = auto_batch(free, h, w, fp(opt), budget=0.8, cap=1000)
+                assert n == 1 or batch_bytes(n, h, w, fp(opt)) <= 0.8 * free
+                assert batch_bytes(n + 1, h, w, fp(opt)) > 0.8 * free or n == 1000
 
 
 def test_bigger_images_and_history_cost_more():
-    assert bytes_per_image(768, 1024, LAYERS, "lbfgs", 100) > 3.9 * bytes_per_image(384, 512, LAYERS, "lbfgs", 100)
-    assert bytes_per_image(384, 512, LAYERS, "lbfgs", 100) > bytes_per_image(384, 512, LAYERS, "adam", 100)
+    assert bytes_per_image(768, 1024, fp()) > 3.9 * bytes_per_image(384, 512, fp())
+    assert bytes_per_image(384, 512, fp()) > bytes_per_image(384, 512, fp("adam"))
+
+
+def test_a_bf16_history_is_counted_at_half_its_fp32_bytes():
+    # 100 pairs of 3 x 384 x 512 values: 472 MB in fp32, 236 MB in bf16.
+    fp32 = bytes_per_image(384, 512, fp())
+    bf16 = bytes_per_image(384, 512, fp(history_precision="bf16"))
+    assert fp32 - bf16 == 2 * 100 * 3 * 384 * 512 * 2
+    assert auto_batch(40 << 30, 384, 512, fp(history_precision="bf16")) > auto_batch(40 << 30, 384, 512, fp())
 
 
 def test_the_estimate_stays_above_peaks_measured_on_an_h100():
@@ -39,8 +51,8 @@ def test_the_estimate_stays_above_peaks_measured_on_an_h100():
     # fp32 activations take twice the bytes, so the fp32 estimate with room to spare.
     measured_mib = {(384, 512): 808, (576, 768): 1816, (768, 1024): 3223}
     for (h, w), mib in measured_mib.items():
-        assert bytes_per_image(h, w, LAYERS, "lbfgs", 100, "bf16") > mib * 2**20
-        assert bytes_per_image(h, w, LAYERS, "lbfgs", 100) > 1.2 * mib * 2**20
+        assert bytes_per_image(h, w, fp(precision="bf16")) > mib * 2**20
+        assert bytes_per_image(h, w, fp()) > 1.2 * mib * 2**20
 
 
 def test_the_estimate_covers_every_scale_of_a_24_megapixel_photo():
@@ -49,13 +61,13 @@ def test_the_estimate_covers_every_scale_of_a_24_megapixel_photo():
     measured = {(341, 512, 100): 954_499_584, (683, 1024, 25): 1_848_465_408, (1365, 2048, 6): 5_793_232_896,
                 (2731, 4096, 5): 22_589_732_864, (4000, 6000, 5): 48_309_193_728}
     for (h, w, history), peak in measured.items():
-        estimate = batch_bytes(1, h, w, LAYERS, "lbfgs", history, "bf16")
+        estimate = batch_bytes(1, h, w, fp(history=history, precision="bf16"))
         assert peak < estimate < 1.25 * peak
     # The same with block checkpointing: 40% less at 6000 px.
     checkpointed = {(341, 512, 100): 613_912_064, (683, 1024, 25): 1_178_770_944, (1365, 2048, 6): 3_417_238_528,
                     (2731, 4096, 5): 13_389_014_528, (4000, 6000, 5): 28_711_203_840}
     for (h, w, history), peak in checkpointed.items():
-        estimate = batch_bytes(1, h, w, LAYERS, "lbfgs", history, "bf16", checkpoint=True)
+        estimate = batch_bytes(1, h, w, fp(history=history, precision="bf16", checkpoint=True))
         assert peak < estimate < 1.5 * peak
 
 
@@ -69,19 +81,18 @@ def test_checkpointing_saves_memory_but_not_the_first_block():
 
 def test_a_measured_peak_sizes_later_batches_of_any_size():
     measured = MeasuredMemory()
-    key = ("lbfgs", "bf16")
+    key = fp(precision="bf16")
     # 4 images of 100x100 peaked at 400 MB: 10 kB a pixel, 115 kB with the margin.
     measured.record(key, 400_000_000, 4, 100, 100)
     per = measured.bytes_per_image(key, 200, 200)
     assert per == int(10_000 * 200 * 200 * MeasuredMemory.MARGIN)
     free = 10 * per
-    n = auto_batch(free, 200, 200, LAYERS, "lbfgs", 100, budget=0.8, measured=measured, key=key)
+    n = auto_batch(free, 200, 200, key, budget=0.8, measured=measured)
     assert n == 8 and n * per <= 0.8 * free
     # A smaller peak later does not lower the figure; another kind falls back to the estimate.
     measured.record(key, 100_000_000, 4, 100, 100)
     assert measured.bytes_per_image(key, 200, 200) == per
-    assert auto_batch(free, 200, 200, LAYERS, "lbfgs", 100, measured=measured, key=("adam",)) == \
-        auto_batch(free, 200, 200, LAYERS, "lbfgs", 100)
+    assert auto_batch(free, 200, 200, fp("adam"), measured=measured) == auto_batch(free, 200, 200, fp("adam"))
 
 
 def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
@@ -95,7 +106,7 @@ def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
     planner = MemoryPlanner(torch.device("cuda"), Switches("fp32"), lambda: free["bytes"], cap=1000)
     settings = BatchSettings()
     estimated = planner.max_batch(200, 200, settings, 100)
-    assert estimated == auto_batch(64 << 30, 200, 200, settings.layers, "lbfgs", 100, cap=1000)
+    assert estimated == auto_batch(64 << 30, 200, 200, fp(), cap=1000)
     free["bytes"] = 8 << 30  # what the engine and the batch sizing see comes from the probe alone
     assert planner.free() == 8 << 30 and planner.max_batch(200, 200, settings, 100) < estimated
     # A batch that peaked at 10 kB a pixel: the next batches of its kind are sized by that.
@@ -105,3 +116,14 @@ def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
     assert planner.max_batch(200, 200, settings, 100) == int((8 << 30) * 0.8 // per)
     assert [planner.after_oom(4, None), planner.after_oom(1, None), planner.after_oom(1, True)] == \
         [OomStep.SPLIT, OomStep.CHECKPOINT, OomStep.GIVE_UP]
+    # A masked batch is another kind: the plain batch's peak does not size it.
+    assert planner.max_batch(200, 200, settings, 100, regions=2) == auto_batch(8 << 30, 200, 200, fp(regions=2))
+
+
+def test_a_masked_batch_counts_its_region_products():
+    # guided_gram keeps an fp32 copy of each captured layer and one weighted copy per region
+    # for the backward pass: at relu1_1 alone, 64 channels x 4 bytes per pixel each.
+    plain, one, three = (bytes_per_image(384, 512, fp(regions=r)) for r in (0, 1, 3))
+    assert plain < one < three
+    assert one - plain > 3 * 64 * 4 * 384 * 512 and three - one > 4 * 64 * 4 * 384 * 512
+    assert auto_batch(40 << 30, 384, 512, fp(regions=3)) < auto_batch(40 << 30, 384, 512, fp())

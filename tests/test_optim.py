@@ -1,6 +1,6 @@
 import torch
 
-from nstd.engine.optim import BatchedAdam, BatchedLBFGS
+from nstd.engine.optim import BatchedAdam, BatchedLBFGS, _Products
 
 
 def rosenbrock_like(x, a):
@@ -159,3 +159,49 @@ def test_a_selected_state_goes_on_as_the_whole_batch_would_for_those_images():
             _steps(opt, x, a, 1)
             _steps(narrow, kept, a[rows], 1)
             assert torch.allclose(x.detach()[rows], kept, atol=1e-6)
+
+
+def _valley(x, scales, a):
+    return (scales * (x - a) ** 2).sum(1)
+
+
+def _descend(dtype, history, iterations=60):
+    # Eight steepnesses from 1 to 1000: a history of 2 cannot hold that curvature, one of 20 can.
+    torch.manual_seed(5)
+    scales = torch.logspace(0, 3, 8).repeat_interleave(32)[None]
+    a = torch.rand(2, 256) * 0.5 + 0.25
+    x = torch.zeros(2, 256).requires_grad_(True)
+    opt = BatchedLBFGS(x, history=history, dtype=dtype)
+    for _ in range(iterations):
+        x.grad = None
+        loss = _valley(x, scales, a)
+        loss.sum().backward()
+        opt.step(loss)
+    return _valley(x.detach(), scales, a) / _valley(torch.zeros(2, 256), scales, a), opt
+
+
+def test_a_bf16_history_keeps_the_curvature_in_half_the_memory():
+    narrow, opt = _descend(torch.bfloat16, 20)
+    short, _ = _descend(torch.float32, 2)
+    wide, wide_opt = _descend(torch.float32, 20)
+    assert opt._w.dtype == torch.bfloat16 and opt._w.element_size() * 2 == wide_opt._w.element_size()
+    assert (narrow < 1e-6).all() and (narrow < 1e-2 * short).all()
+    # Rounding each stored pair costs the exact quadratic's last digits, which fp32 keeps.
+    assert (wide < narrow).all()
+
+
+def test_a_bf16_history_is_widened_a_slice_at_a_time_to_the_same_products():
+    torch.manual_seed(6)
+    w = torch.randn(8, 1000).bfloat16()
+    v, coef = torch.randn(1000, 3), torch.randn(8)
+    products = _Products(torch.bfloat16, torch.device("cpu"))
+    products.SLICE = 64  # many slices, the last one short
+    assert torch.allclose(products.dots(w, v), w.float() @ v, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(products.combine(coef, w), coef @ w.float(), rtol=1e-5, atol=1e-4)
+
+
+def test_a_selected_bf16_state_stays_bf16():
+    x = torch.rand(3, 12).requires_grad_(True)
+    opt = BatchedLBFGS(x, history=4, dtype=torch.bfloat16)
+    narrow = opt.select(torch.tensor([1]), x.detach()[1:2].clone().requires_grad_(True))
+    assert narrow._w.dtype == torch.bfloat16 and narrow._w.shape == (1, 8, 12)

@@ -143,6 +143,7 @@ def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) 
     The fixed-iteration runs go to twice the iterations, so a slower one can still arrive."""
     its, history = w.iterations, w.settings.lbfgs_history
     fp32 = Switches("fp32", checkpoint=False)
+    narrow = replace(fast, history_precision="bf16")
     half, stops = half_size(w), stopping(w)
     full, twice = [Scale(w.size, its, history)], [Scale(w.size, 2 * its, history)]
     out = {
@@ -159,6 +160,9 @@ def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) 
             "nstd_fast_coarse_to_fine", model, w, fast, [Scale(half, its, history), Scale(w.size, its, history)]),
         "nstd_fast_stopping_compiled": lambda: nstd_trace("nstd_fast_stopping_compiled", model, stops,
                                                           replace(fast, compile=True), full),
+        "nstd_fast_bf16_history": lambda: nstd_trace("nstd_fast_bf16_history", model, w, narrow, twice),
+        "nstd_fast_all_compiled": lambda: nstd_trace("nstd_fast_all_compiled", model, stops,
+                                                     replace(narrow, compile=True), full),
         "tutorial": lambda: baseline_trace(model, w, 2 * its),
     }
     if not compiled:

@@ -33,7 +33,7 @@ from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError, NstdError
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
-from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style
+from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style, styled_regions
 from nstd.pipeline import LOADERS, Pipeline, Task, load_guide, load_photo, output_exif
 from nstd.weights import WeightInfo
 
@@ -190,7 +190,8 @@ class Worker(threading.Thread):
             return self.cfg.worker.max_batch
         p = from_dict(job.params)
         finest = p.scales(max(job.height, job.width))[-1].lbfgs_history
-        return self.planner.max_batch(job.height, job.width, p.settings(), finest)
+        regions = styled_regions(GuideSpec.from_dict(job.params.get("guide")), p.protect)
+        return self.planner.max_batch(job.height, job.width, p.settings(), finest, regions)
 
     def process(self, journal: Journal, batch: list[Job]) -> None:
         keeper = LeaseKeeper(self.cfg.journal_target, batch[0].batch_id, self.info, self.cfg.worker.lease)

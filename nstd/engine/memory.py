@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable
 
 import torch
 
 from nstd.engine.switches import Switches, resolve
-from nstd.engine.types import BatchSettings, RunStats
+from nstd.engine.types import BatchSettings, RunStats, TransferJob
 from nstd.engine.vgg import LAYER_INDEX, LAYER_NAMES, LAYERS
 
 
@@ -61,14 +62,55 @@ ACTIVATION_BYTES = {("fp32", False): 8, ("fp32", True): 8, ("tf32", False): 8, (
                     ("bf16", False): 5, ("bf16", True): 3}
 
 
-def bytes_per_image(h: int, w: int, layers: frozenset[str], optimizer: str, lbfgs_history: int,
-                    precision: str = "fp32", checkpoint: bool = False) -> int:
+@dataclass(frozen=True)
+class Footprint:
+    """What a batch's memory depends on besides its images' size and count."""
+
+    layers: frozenset[str]
+    optimizer: str = "lbfgs"
+    lbfgs_history: int = 100
+    precision: str = "fp32"
+    checkpoint: bool = False
+    history_precision: str = "fp32"
+    regions: int = 0  # styled regions of a masked batch; 0: the plain style loss
+
+    @classmethod
+    def of(cls, settings: BatchSettings, lbfgs_history: int, switches: Switches, precision: str,
+           regions: int = 0) -> "Footprint":
+        return cls(settings.layers, settings.optimizer, lbfgs_history, precision, False,
+                   switches.history_precision, regions)
+
+
+def regions_of(jobs: list[TransferJob]) -> int:
+    """A batch's styled regions as its guided style loss lays them out; 0 where no job has
+    a mask, and the plain style loss runs."""
+    if not any(j.regions for j in jobs):
+        return 0
+    return max(max(len(j.styled_regions), 1) for j in jobs)
+
+
+def bytes_per_image(h: int, w: int, fp: Footprint) -> int:
     """A conservative estimate of one image's peak: its activations, the optimiser's
-    state, and the image, its gradient and targets."""
+    state, the image, its gradient and targets, and a masked batch's region products."""
     pixels = 3 * h * w
-    act = activation_elements(h, w, layers, checkpoint) * ACTIVATION_BYTES[precision, checkpoint]
-    state = (2 * lbfgs_history + 4) * pixels * 4 if optimizer == "lbfgs" else 4 * pixels * 4
-    return int(act + state + 8 * pixels * 4)
+    act = activation_elements(h, w, fp.layers, fp.checkpoint) * ACTIVATION_BYTES[fp.precision, fp.checkpoint]
+    if fp.optimizer == "lbfgs":
+        history = 2 if fp.history_precision == "bf16" else 4
+        state = (2 * fp.lbfgs_history * history + 4 * 4) * pixels
+    else:
+        state = 4 * pixels * 4
+    return int(act + state + 8 * pixels * 4 + _region_bytes(h, w, fp))
+
+
+def _region_bytes(h: int, w: int, fp: Footprint) -> int:
+    """A masked batch's extra: at each captured layer, the fp32 activations and one
+    weighted copy per region are kept for the backward pass, and as many gradients pass
+    through it (engine/guides.guided_gram); plus each region's pooled guide."""
+    if not fp.regions:
+        return 0
+    shapes = _layer_shapes(h, w, max(LAYER_INDEX[n] for n in fp.layers))
+    captured = [(cout, oh, ow) for (_, _, cout, oh, ow), name in zip(shapes, LAYER_NAMES) if name in fp.layers]
+    return sum(4 * oh * ow * (cout * (2 * fp.regions + 1) + fp.regions) for cout, oh, ow in captured)
 
 
 # cuDNN's workspace and the allocator's rounding: once per batch, whatever its size. A
@@ -76,26 +118,24 @@ def bytes_per_image(h: int, w: int, layers: frozenset[str], optimizer: str, lbfg
 WORKSPACE_BYTES = 256 << 20
 
 
-def batch_bytes(n: int, h: int, w: int, layers: frozenset[str], optimizer: str, lbfgs_history: int,
-                precision: str = "fp32", checkpoint: bool = False) -> int:
+def batch_bytes(n: int, h: int, w: int, fp: Footprint) -> int:
     """The estimated peak of a batch of `n` images of h x w."""
-    return n * bytes_per_image(h, w, layers, optimizer, lbfgs_history, precision, checkpoint) + WORKSPACE_BYTES
+    return n * bytes_per_image(h, w, fp) + WORKSPACE_BYTES
 
 
-def least_bytes(h: int, w: int, layers: frozenset[str], optimizer: str, lbfgs_history: int) -> int:
+def least_bytes(h: int, w: int, fp: Footprint) -> int:
     """The least one image of h x w can ever run in: bf16 with checkpointing, alone."""
-    return batch_bytes(1, h, w, layers, optimizer, lbfgs_history, "bf16", checkpoint=True)
+    return batch_bytes(1, h, w, replace(fp, precision="bf16", checkpoint=True))
 
 
-def auto_batch(free_bytes: int, h: int, w: int, layers: frozenset[str], optimizer: str,
-               lbfgs_history: int, budget: float = 0.8, cap: int = 64,
-               measured: MeasuredMemory | None = None, key: tuple = (), precision: str = "fp32") -> int:
+def auto_batch(free_bytes: int, h: int, w: int, fp: Footprint, budget: float = 0.8, cap: int = 64,
+               measured: MeasuredMemory | None = None) -> int:
     """Images of this size that fit in `budget` of the free memory: by the peak measured on
-    earlier batches of the same kind when there is one, else by the layer-shape estimate."""
-    per = measured.bytes_per_image(key, h, w) if measured is not None else None
+    earlier batches of the same footprint when there is one, else by the estimate."""
+    per = measured.bytes_per_image(fp, h, w) if measured is not None else None
     usable = free_bytes * budget
     if per is None:
-        per = bytes_per_image(h, w, layers, optimizer, lbfgs_history, precision)
+        per = bytes_per_image(h, w, fp)
         usable -= WORKSPACE_BYTES  # a measured peak has it already
     return max(1, min(cap, int(usable // per)))
 
@@ -111,13 +151,13 @@ class MeasuredMemory:
     MARGIN = 1.15
 
     def __init__(self):
-        self._per_pixel: dict[tuple, float] = {}
+        self._per_pixel: dict[Footprint, float] = {}
 
-    def record(self, key: tuple, peak_bytes: int, batch: int, h: int, w: int) -> None:
+    def record(self, key: Footprint, peak_bytes: int, batch: int, h: int, w: int) -> None:
         per_pixel = peak_bytes / (batch * h * w)
         self._per_pixel[key] = max(self._per_pixel.get(key, 0.0), per_pixel)
 
-    def bytes_per_image(self, key: tuple, h: int, w: int) -> int | None:
+    def bytes_per_image(self, key: Footprint, h: int, w: int) -> int | None:
         if key not in self._per_pixel:
             return None
         return int(self._per_pixel[key] * h * w * self.MARGIN)
@@ -160,21 +200,20 @@ class MemoryPlanner:
     def free(self) -> int | None:
         return self.probe()
 
-    def max_batch(self, h: int, w: int, settings: BatchSettings, finest_history: int) -> int:
+    def max_batch(self, h: int, w: int, settings: BatchSettings, finest_history: int, regions: int = 0) -> int:
         """Images of h x w that fit at once; `finest_history` is the L-BFGS history of the
-        largest scale, the one that sets the peak."""
+        largest scale, the one that sets the peak; `regions`, a masked photo's styled regions."""
         free = self.free()
-        return auto_batch(2 << 30 if free is None else free, h, w, settings.layers, settings.optimizer,
-                          finest_history, self.switches.memory_budget, self.cap, self.measured,
-                          self._key(settings, finest_history, False), self.precision)
+        return auto_batch(2 << 30 if free is None else free, h, w, self._footprint(settings, finest_history, regions),
+                          self.switches.memory_budget, self.cap, self.measured)
 
-    def observe(self, settings: BatchSettings, finest_history: int, runs: list[RunStats]) -> None:
+    def observe(self, settings: BatchSettings, finest_history: int, runs: list[RunStats], regions: int = 0) -> None:
         """Learn a finished batch's peak per pixel at its finest scale."""
         peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
         if peaks:
             finest = runs[-1]
-            self.measured.record(self._key(settings, finest_history, finest.checkpoint), max(peaks),
-                                 finest.batch, *finest.size)
+            fp = replace(self._footprint(settings, finest_history, regions), checkpoint=finest.checkpoint)
+            self.measured.record(fp, max(peaks), finest.batch, *finest.size)
 
     def after_oom(self, batch: int, checkpoint: bool | None) -> OomStep:
         """Halve a batch; checkpoint a lone image where auto had decided against it; else
@@ -185,5 +224,5 @@ class MemoryPlanner:
             return OomStep.CHECKPOINT
         return OomStep.GIVE_UP
 
-    def _key(self, settings: BatchSettings, history: int, checkpoint: bool) -> tuple:
-        return (settings.layers, settings.optimizer, history, self.precision, checkpoint)
+    def _footprint(self, settings: BatchSettings, history: int, regions: int) -> Footprint:
+        return Footprint.of(settings, history, self.switches, self.precision, regions)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from nstd.engine.losses import bf16_products
 from nstd.engine.switches import exact_matmul
 
 
@@ -33,12 +34,20 @@ class BatchedLBFGS:
     than the two-loop recursion: every dot product with the history is one batched
     matrix product, so a step reads the history twice in a handful of kernels instead
     of four times in several hundred, and the history needs no ordering on the host.
+
+    With `dtype` bf16 the history (by far the largest state: 2 x `history` copies of the
+    image) is stored in half the memory and read at half the traffic. Each pair is
+    rounded once as it is stored, and every dot product is taken of the rounded pair in
+    fp32, so the curvature matrices stay exactly those of the stored pairs and the
+    inverse-Hessian estimate stays positive definite.
     """
 
     def __init__(self, x: torch.Tensor, history: int = 100, lr: float = 1.0,
-                 clamp: tuple[float, float] | None = (0.0, 1.0)):
+                 clamp: tuple[float, float] | None = (0.0, 1.0), dtype: torch.dtype = torch.float32):
         if history < 1:
             raise ValueError("L-BFGS history must be at least 1")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"L-BFGS history must be float32 or bfloat16, not {dtype}")
         self.x = x
         self.lr = lr
         self.clamp = clamp
@@ -46,7 +55,8 @@ class BatchedLBFGS:
         n, d = x.shape[0], x[0].numel()
         z = dict(device=x.device, dtype=torch.float32)
         # Rows 0..m-1 hold the steps s, rows m..2m-1 the gradient changes y, in ring slots.
-        self._w = torch.zeros(n, 2 * m, d, **z)
+        self._w = torch.zeros(n, 2 * m, d, device=x.device, dtype=dtype)
+        self._mm = _Products(dtype, x.device)
         self._sy = torch.zeros(n, m, m, **z)  # s_i . y_j by slot
         self._yy = torch.zeros(n, m, m, **z)  # y_i . y_j by slot
         self._count = torch.zeros(n, dtype=torch.long, device=x.device)  # pairs accepted
@@ -73,7 +83,7 @@ class BatchedLBFGS:
     def select(self, rows: torch.Tensor, x: torch.Tensor) -> "BatchedLBFGS":
         """The state of images `rows` only, now driving `x` (those images' pixels): a batch
         left with a few working images goes on without the rest."""
-        out = BatchedLBFGS(x, self.m, self.lr, self.clamp)
+        out = BatchedLBFGS(x, self.m, self.lr, self.clamp, self._w.dtype)
         for name in ("_w", "_sy", "_yy", "_count", "_gamma", "_prev_x", "_prev_g", "_prev_step", "_prev_f",
                      "_fresh"):
             getattr(out, name).copy_(getattr(self, name)[rows])
@@ -124,20 +134,23 @@ class BatchedLBFGS:
                   accepted: torch.Tensor) -> torch.Tensor:
         """Store the pair (s, y) where it is accepted; return the history's dots with g."""
         m, rows = self.m, self._rows
+        # The pair as the history will hold it, so its dots agree with what is stored.
+        s, y = _stored(s, self._w.dtype), _stored(y, self._w.dtype)
         ys = torch.linalg.vecdot(y, s)
         # A rejected step, or a pair that breaks the curvature condition, is not stored,
         # so that image keeps its old estimate (torch.optim.LBFGS does the same).
         ok = accepted & (ys > 1e-10)
         slot = self._count % m
         keep = ok[:, None]
-        self._w[rows, slot] = torch.where(keep, s, self._w[rows, slot])
-        self._w[rows, slot + m] = torch.where(keep, y, self._w[rows, slot + m])
+        dtype = self._w.dtype
+        self._w[rows, slot] = torch.where(keep, s.to(dtype), self._w[rows, slot])
+        self._w[rows, slot + m] = torch.where(keep, y.to(dtype), self._w[rows, slot + m])
         self._count.add_(ok.long())
         # One pass over the history gives the new pair's dots and the gradient's. The
         # products go image by image: for a batch of these long, thin matrices cuBLAS
         # picks a kernel that ran at a third of memory bandwidth on an H100.
         v = torch.stack([s, y, g], 2)
-        dots = torch.stack([self._w[i] @ v[i] for i in range(len(v))])  # (n, 2m, 3)
+        dots = torch.stack([self._mm.dots(self._w[i], v[i]) for i in range(len(v))])  # (n, 2m, 3)
         s_dot_y_new, y_dot_s_new, y_dot_y_new = dots[:, :m, 1], dots[:, m:, 0], dots[:, m:, 1]
         col = (self._slots[None] == slot[:, None]) & keep  # (n, m): the written slot
         self._sy.copy_(torch.where(col[:, None, :], s_dot_y_new[:, :, None], self._sy))
@@ -172,8 +185,44 @@ class BatchedLBFGS:
         coef = torch.zeros(g.shape[0], 2 * m, device=g.device, dtype=g.dtype)
         coef.scatter_(1, perm, u[:, :, 0])
         coef.scatter_(1, perm + m, -gamma * t[:, :, 0])
-        hg = gamma * g + torch.stack([coef[i] @ self._w[i] for i in range(len(coef))])
+        hg = gamma * g + torch.stack([self._mm.combine(coef[i], self._w[i]) for i in range(len(coef))])
         return -hg
+
+
+def _stored(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t rounded as a history of `dtype` keeps it, in fp32."""
+    return t if dtype == torch.float32 else t.to(dtype).float()
+
+
+class _Products:
+    """The history's two products in fp32, whichever dtype it is stored in. A bf16 history
+    goes into one product with an fp32 output where the device has one (CUDA); elsewhere
+    it is widened a slice at a time, so no fp32 copy of a whole image's history is made."""
+
+    SLICE = 1 << 16  # pixels widened at once: 2 x history x 64 K fp32 values, 51 MB at 100
+
+    def __init__(self, dtype: torch.dtype, device: torch.device):
+        self.narrow = dtype != torch.float32
+        self.fused = self.narrow and bf16_products(device)
+
+    def dots(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """w @ v: (2m, d) history rows with (d, k) vectors -> (2m, k)."""
+        if not self.narrow:
+            return w @ v
+        if self.fused:
+            return torch.mm(w, v.to(w.dtype), out_dtype=torch.float32)
+        out = torch.zeros(w.shape[0], v.shape[1], device=v.device, dtype=torch.float32)
+        for lo in range(0, w.shape[1], self.SLICE):
+            out.addmm_(w[:, lo:lo + self.SLICE].float(), v[lo:lo + self.SLICE])
+        return out
+
+    def combine(self, coef: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """coef @ w: (2m,) coefficients of the history rows -> (d,)."""
+        if not self.narrow:
+            return coef @ w
+        if self.fused:
+            return torch.mm(coef[None].to(w.dtype), w, out_dtype=torch.float32)[0]
+        return torch.cat([coef @ w[:, lo:lo + self.SLICE].float() for lo in range(0, w.shape[1], self.SLICE)])
 
 
 def _solve(a: torch.Tensor, b: torch.Tensor, upper: bool) -> torch.Tensor:
@@ -229,9 +278,10 @@ class BatchedAdam:
             self.x.clamp_(*self.clamp)
 
 
-def make_optimizer(name: str, x: torch.Tensor, lr: float | None, history: int):
+def make_optimizer(name: str, x: torch.Tensor, lr: float | None, history: int,
+                   history_dtype: torch.dtype = torch.float32):
     if name == "lbfgs":
-        return BatchedLBFGS(x, history=history, lr=1.0 if lr is None else lr)
+        return BatchedLBFGS(x, history=history, lr=1.0 if lr is None else lr, dtype=history_dtype)
     if name == "adam":
         return BatchedAdam(x, lr=0.02 if lr is None else lr)
     raise ValueError(f"optimizer must be lbfgs or adam, not {name!r}")

@@ -11,7 +11,7 @@ import torch
 
 from nstd.engine.device import describe, is_oom, release_cache
 from nstd.engine.switches import Switches
-from nstd.engine.memory import MemoryPlanner, OomStep
+from nstd.engine.memory import MemoryPlanner, OomStep, regions_of
 from nstd.engine.multiscale import Scale, run_scales
 from nstd.engine.targets import GramCache
 from nstd.engine.types import BatchSettings, Progress, Refill, TransferJob, TransferResult
@@ -76,7 +76,7 @@ class Engine:
                 self._after_oom(model, [where[k] for k in rest], [held[k] for k in rest], scales, settings, done,
                                 refused, progress, checkpoint)
             return
-        self.planner.observe(settings, scales[-1].lbfgs_history, last[0].runs)
+        self.planner.observe(settings, scales[-1].lbfgs_history, last[0].runs, regions_of(held))
 
     def _after_oom(self, model, positions, jobs, scales, settings, done, refused, progress, checkpoint) -> None:
         step = self.planner.after_oom(len(jobs), checkpoint)

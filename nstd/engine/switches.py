@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+HISTORY_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,16 @@ class Switches:
     # torch.compile of each iteration's forward and backward, so the elementwise work
     # between convolutions fuses. None: off; it costs a compile per shape and process.
     compile: bool | None = None
+    # How the L-BFGS history is stored: bf16 halves the optimiser's memory and traffic,
+    # at a rounding of each stored pair (see BatchedLBFGS).
+    history_precision: str = "fp32"
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.history_precision not in HISTORY_PRECISIONS:
+            raise ValueError(f"history_precision must be one of {', '.join(HISTORY_PRECISIONS)}, "
+                             f"not {self.history_precision!r}")
 
 
 @dataclass(frozen=True)
@@ -46,15 +53,20 @@ class Resolved:
     checkpoint: bool
     reproducible: bool = False
     compile: bool = False
+    history_precision: str = "fp32"
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.precision == "bf16" else None
 
+    @property
+    def history_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.history_precision == "bf16" else torch.float32
+
     def describe(self) -> dict:
         return {"precision": self.precision, "channels_last": self.channels_last,
                 "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint, "reproducible": self.reproducible,
-                "compiled": self.compile}
+                "compiled": self.compile, "history_precision": self.history_precision}
 
 
 def resolve(switches: Switches | None, device: torch.device, need: Callable[[str, bool], int] | None = None,
@@ -90,7 +102,8 @@ def resolve(switches: Switches | None, device: torch.device, need: Callable[[str
     reproducible = not cuda if switches.reproducible is None else switches.reproducible
     # Recomputed activations would be traced twice over; checkpointed batches run eagerly.
     compiled = bool(switches.compile) and not checkpoint
-    return Resolved(device, precision, channels_last, graph, checkpoint, reproducible, compiled)
+    return Resolved(device, precision, channels_last, graph, checkpoint, reproducible, compiled,
+                    switches.history_precision)
 
 
 def _fast_bf16(device: torch.device) -> bool:

@@ -15,7 +15,7 @@ from nstd.engine import color
 from nstd.engine.device import PeakMemory, is_oom
 from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import Ended, histories, optimise
-from nstd.engine.memory import batch_bytes
+from nstd.engine.memory import Footprint, batch_bytes, regions_of
 from nstd.engine.resize import crop, pad, pool_padding
 from nstd.engine.guides import blend_keep, fit, pixel_guides
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
@@ -47,9 +47,11 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
     margin = pool_padding(h, w)
     ph, pw = h + margin[2] + margin[3], w + margin[0] + margin[1]
 
+    footprint = Footprint(settings.layers, settings.optimizer, settings.lbfgs_history,
+                          history_precision=(switches or Switches()).history_precision, regions=regions_of(jobs))
+
     def need(precision: str, checkpoint: bool) -> int:
-        return batch_bytes(len(jobs), ph, pw, settings.layers, settings.optimizer, settings.lbfgs_history,
-                           precision, checkpoint)
+        return batch_bytes(len(jobs), ph, pw, replace(footprint, precision=precision, checkpoint=checkpoint))
 
     r = resolve(switches, model.mean.device, need, None if free is None else free())
     peak = PeakMemory(r.device)
@@ -252,7 +254,8 @@ class _Problem:
         with torch.no_grad():
             objective = _objective(model, features, jobs, settings, content, cache, r, long_side)
         x = _init(jobs, content).requires_grad_(True)
-        return cls(x, objective, make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history))
+        opt = make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history, r.history_dtype)
+        return cls(x, objective, opt)
 
     def iteration(self, loss) -> torch.Tensor:
         self.x.grad = None

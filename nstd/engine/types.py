@@ -96,6 +96,7 @@ class RunStats:
     checkpoint: bool
     reproducible: bool = False  # each image ran alone, interleaved
     compiled: bool = False  # the forward and backward ran through torch.compile
+    history_precision: str = "fp32"  # how the L-BFGS history was stored
     peak_bytes: int | None = None  # CUDA: allocated beyond what was held before
     peak_reserved_bytes: int | None = None
     slot: int = 0  # the image's place in the batch
@@ -105,7 +106,8 @@ class RunStats:
         out = {"size": list(self.size), "batch": self.batch, "iterations": self.iterations,
                "seconds": self.seconds, "precision": self.precision, "channels_last": self.channels_last,
                "cuda_graph": self.cuda_graph, "checkpoint": self.checkpoint, "reproducible": self.reproducible,
-               "compiled": self.compiled, "peak_bytes": self.peak_bytes}
+               "compiled": self.compiled, "history_precision": self.history_precision,
+               "peak_bytes": self.peak_bytes}
         if self.peak_reserved_bytes is not None:
             out["peak_reserved_bytes"] = self.peak_reserved_bytes
         return out
