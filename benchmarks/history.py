@@ -1,7 +1,8 @@
 """The L-BFGS history in bf16 against fp32, side by side in one run: what it saves (the
 optimiser's bytes per photo, the time of one optimiser step with a full history) and
 what it costs (the picture's objective, scored by the one fp32 evaluator, with a fixed
-iteration count and with the default stopping rule).
+iteration count and with the default stopping rule), beside the spread between two fp32
+runs whose photos differ by 1e-6.
 
     python benchmarks/history.py --images ../shared/images --out benchmarks/results-history-cpu.json
 """
@@ -66,9 +67,17 @@ def _step(x: torch.Tensor, opt: BatchedLBFGS, target: torch.Tensor, weight: torc
     return time.perf_counter() - start
 
 
+def nudged(w: Workload) -> Workload:
+    """The workload with its photo changed by about 1e-6: the control. The optimisation
+    amplifies any rounding, so this shows how far apart two runs land by chance alone."""
+    gen = torch.Generator().manual_seed(1)
+    return replace(w, content=(w.content + 1e-6 * torch.randn(w.content.shape, generator=gen)).clamp(0, 1))
+
+
 def quality(model, w: Workload, conv: str) -> dict:
     """Each history dtype over the workload: the fixed run against fp32's own final
-    objective (the reference), and with the default stopping rule."""
+    objective (the reference), and with the default stopping rule; and fp32 again with
+    the photo nudged, for the spread that chance alone gives."""
     its, history = w.iterations, w.settings.lbfgs_history
     out, traces = {}, {}
     for name in DTYPES:
@@ -76,6 +85,8 @@ def quality(model, w: Workload, conv: str) -> dict:
         traces[name] = ttq.nstd_trace(name, model, w, switches, [Scale(w.size, its, history)])
         traces[name + "_stopping"] = ttq.nstd_trace(name + "_stopping", model, ttq.stopping(w), switches,
                                                     [Scale(w.size, its, history)])
+    traces["fp32_nudged"] = ttq.nstd_trace("fp32_nudged", model, nudged(w), Switches(conv, checkpoint=False),
+                                           [Scale(w.size, its, history)])
     reference = ttq.objective(model, w, traces["fp32"].snapshots[-1][2])
     for name, trace in traces.items():
         row = ttq.reached(model, w, trace, reference)
