@@ -104,13 +104,14 @@ def bytes_per_image(h: int, w: int, fp: Footprint) -> int:
 
 def _region_bytes(h: int, w: int, fp: Footprint) -> int:
     """A masked batch's extra: at each captured layer, the fp32 activations and one
-    weighted copy per region are kept for the backward pass, and as many gradients pass
-    through it (engine/guides.guided_gram); plus each region's pooled guide."""
+    weighted copy per region are kept for the backward pass (engine/guides.guided_gram),
+    and about one more copy's gradient passes at a time; plus each region's pooled guide.
+    Checked against peak RSS on the CPU with one and three regions (benchmarks/RESULTS.md)."""
     if not fp.regions:
         return 0
     shapes = _layer_shapes(h, w, max(LAYER_INDEX[n] for n in fp.layers))
     captured = [(cout, oh, ow) for (_, _, cout, oh, ow), name in zip(shapes, LAYER_NAMES) if name in fp.layers]
-    return sum(4 * oh * ow * (cout * (2 * fp.regions + 1) + fp.regions) for cout, oh, ow in captured)
+    return sum(4 * oh * ow * (cout * (fp.regions + 2) + fp.regions) for cout, oh, ow in captured)
 
 
 # cuDNN's workspace and the allocator's rounding: once per batch, whatever its size. A
