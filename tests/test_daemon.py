@@ -36,7 +36,8 @@ def outputs_done(root, names, styles=("ink", "wash")):
 
 
 def test_kill9_mid_batch_then_restart_loses_nothing(tmp_path, daemon):
-    d = daemon(transfer={"iterations": 40, "size": 48, "log_every": 10})
+    # Killed at the first progress line (iteration 10), seconds before the batch's end.
+    d = daemon(transfer={"iterations": 20, "size": 48, "log_every": 10})
     names = [f"p{i}" for i in range(3)]
     for i, n in enumerate(names):
         (tmp_path / "inbox" / f"{n}.jpg").write_bytes(photo_bytes(48, 48, 10 + i))
@@ -171,7 +172,7 @@ def test_bad_input_corpus(tmp_path, daemon, session_models):
 
 
 def test_a_worker_process_killed_mid_batch_is_restarted_and_its_jobs_run_once(tmp_path, daemon):
-    d = daemon(transfer={"iterations": 100, "size": 48, "log_every": 10},
+    d = daemon(transfer={"iterations": 40, "size": 48, "log_every": 10},
                worker={"isolation": "process", "batch_window": 0})
     [started] = [e for e in d.events() if e.get("event") == "worker_started"]
     assert started["pid"] != d.proc.pid
