@@ -209,8 +209,8 @@ class _Products:
         """w @ v: (2m, d) history rows with (d, k) vectors -> (2m, k)."""
         if not self.narrow:
             return w @ v
-        if self.fused:
-            return torch.mm(w, v.to(w.dtype), out_dtype=torch.float32)
+        if self.fused:  # bmm with an fp32 output: the very product `bf16_products` tried
+            return torch.bmm(w[None], v[None].to(w.dtype), out_dtype=torch.float32)[0]
         out = torch.zeros(w.shape[0], v.shape[1], device=v.device, dtype=torch.float32)
         for lo in range(0, w.shape[1], self.SLICE):
             out.addmm_(w[:, lo:lo + self.SLICE].float(), v[lo:lo + self.SLICE])
@@ -221,7 +221,7 @@ class _Products:
         if not self.narrow:
             return coef @ w
         if self.fused:
-            return torch.mm(coef[None].to(w.dtype), w, out_dtype=torch.float32)[0]
+            return torch.bmm(coef[None, None].to(w.dtype), w[None], out_dtype=torch.float32)[0, 0]
         return torch.cat([coef @ w[:, lo:lo + self.SLICE].float() for lo in range(0, w.shape[1], self.SLICE)])
 
 
