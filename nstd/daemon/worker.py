@@ -326,6 +326,9 @@ class Worker(threading.Thread):
             return []
         jobs = {j.id: j for j in raw.claim(head.batch_key, n, head.batch_id, now, self.info.owner,
                                            self.cfg.worker.lease)}
+        if jobs and not self._refilling(sink):  # trouble met while claiming: the put-off photo may be among them
+            raw.requeue(list(jobs), head.batch_id)
+            return []
         tasks = self._load(journal, list(jobs.values()))
         guided = [int(t.job_id) for t in tasks if t.guide is not None]
         if guided:  # queued before guided jobs had their own key: they run in a batch of their own
@@ -444,8 +447,10 @@ class _Outbox:
         except OSError as e:
             if e.errno in outbox.DESTINATION_ERRNOS:  # the outbox's trouble, not the photo's
                 delay = self.worker.cfg.worker.retry_backoff
-                self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay, job.batch_id)
+                # Troubled before the job is queued again: the batch's refills, on other
+                # threads, must not take it back into this batch past its delay.
                 self.troubled = True
+                self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay, job.batch_id)
                 self.worker._probed = float("-inf")  # look at the outbox before the next claim
                 log.warning("output_deferred", job=job.id, input=job.relpath, error=e.strerror, in_seconds=delay)
             else:
