@@ -16,27 +16,19 @@ from pathlib import Path
 import torch
 
 from nstd.bench import measure, ttq
-from nstd.bench.measure import Workload
 from nstd.engine.device import describe
 from nstd.engine.multiscale import Scale
 from nstd.engine.switches import Switches
-from nstd.engine.types import BatchSettings
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=Path, required=True)
-    ap.add_argument("--content", default="tubingen")
-    ap.add_argument("--style", default="starry_night")
-    ap.add_argument("--size", type=int, default=384)
-    ap.add_argument("--iterations", type=int, default=500)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    measure.pair_arguments(ap, size=384)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
     model = measure.caffe_model(device)
-    fixed = Workload(measure.picture(args.images, args.content), measure.picture(args.images, args.style),
-                     args.size, args.iterations, BatchSettings())
+    fixed = measure.pair(args.images, args.content, args.style, args.size, args.iterations)
     stopping = ttq.stopping(fixed)
     half, its, history = ttq.half_size(fixed), args.iterations, fixed.settings.lbfgs_history
     fp32 = Switches("fp32", checkpoint=False)

@@ -119,8 +119,8 @@ def main() -> None:
     out["quality"] = {}
     for content, style in PAIRS:
         print(f"{content} x {style}", flush=True)
-        w = Workload(measure.picture(args.images, content), measure.picture(args.images, style), args.size,
-                     args.iterations, replace(BatchSettings(), iterations=args.iterations))
+        w = measure.pair(args.images, content, style, args.size, args.iterations,
+                         BatchSettings(iterations=args.iterations))
         out["quality"][f"{content}_x_{style}"] = quality(model, w, args.precision)
         args.out.write_text(json.dumps(out, indent=1))
 

@@ -16,27 +16,19 @@ import torch
 
 from nstd import __version__
 from nstd.bench import measure, ttq
-from nstd.bench.measure import Workload
 from nstd.engine.device import describe
 from nstd.engine.switches import Switches, resolve
-from nstd.engine.types import BatchSettings
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=Path, required=True)
-    ap.add_argument("--content", default="tubingen")
-    ap.add_argument("--style", default="starry_night")
-    ap.add_argument("--size", type=int, default=192)
-    ap.add_argument("--iterations", type=int, default=500)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    measure.pair_arguments(ap, size=192)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
     model = measure.caffe_model(device)
-    w = Workload(measure.picture(args.images, args.content), measure.picture(args.images, args.style),
-                 args.size, args.iterations, BatchSettings())
+    w = measure.pair(args.images, args.content, args.style, args.size, args.iterations)
     fast = Switches(checkpoint=False)
     out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
            "torch": torch.__version__, "nstd": __version__, "cpu_threads": torch.get_num_threads(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import shutil
@@ -56,6 +58,22 @@ def caffe_model(device: torch.device | str = "cpu") -> VGGFeatures:
 def picture(folder: Path, name: str) -> torch.Tensor:
     """`folder`/`name`.jpg (a photo or a painting of ../shared/images), RGB in [0, 1]."""
     return images.decode((folder / f"{name}.jpg").read_bytes(), name).pixels
+
+
+def pair(folder: Path, content: str, style: str, size: int, iterations: int,
+         settings: BatchSettings | None = None) -> Workload:
+    """A photo and a painting of `folder` as a workload."""
+    return Workload(picture(folder, content), picture(folder, style), size, iterations, settings or BatchSettings())
+
+
+def pair_arguments(ap: argparse.ArgumentParser, size: int) -> None:
+    """The options of a bench script that runs one photo with one painting."""
+    ap.add_argument("--images", type=Path, required=True)
+    ap.add_argument("--content", default="tubingen")
+    ap.add_argument("--style", default="starry_night")
+    ap.add_argument("--size", type=int, default=size)
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def sync(device: torch.device) -> None:
