@@ -1,5 +1,6 @@
 import torch
 
+from nstd.engine import optim
 from nstd.engine.optim import BatchedAdam, BatchedLBFGS, _Products
 
 
@@ -205,3 +206,22 @@ def test_a_selected_bf16_state_stays_bf16():
     opt = BatchedLBFGS(x, history=4, dtype=torch.bfloat16)
     narrow = opt.select(torch.tensor([1]), x.detach()[1:2].clone().requires_grad_(True))
     assert narrow._w.dtype == torch.bfloat16 and narrow._w.shape == (1, 8, 12)
+
+
+def test_a_fused_bf16_product_keeps_the_fp32_side_to_16_bits(monkeypatch):
+    # The CPU has no bf16 x bf16 -> fp32 product; an exact stand-in drives the CUDA branch.
+    monkeypatch.setattr(optim, "_fp32_product", lambda a, b: torch.bmm(a.float(), b.float()))
+    torch.manual_seed(7)
+    w = torch.randn(8, 1000).bfloat16()
+    v, coef = torch.randn(1000, 3), torch.randn(8)
+    products = _Products(torch.bfloat16, torch.device("cpu"))
+    products.fused = True
+
+    def error(got, exact):
+        return (got.double() - exact).abs().max()
+
+    # Against the stored history times the unrounded fp32 side, computed in fp64: the two
+    # bf16 parts are 100x closer than the fp32 side rounded to bf16 would be.
+    dots, combined = w.double() @ v.double(), coef.double() @ w.double()
+    assert error(products.dots(w, v), dots) < error(w.float() @ v.bfloat16().float(), dots) / 100
+    assert error(products.combine(coef, w), combined) < error(coef.bfloat16().float() @ w.float(), combined) / 100

@@ -209,8 +209,10 @@ class _Products:
         """w @ v: (2m, d) history rows with (d, k) vectors -> (2m, k)."""
         if not self.narrow:
             return w @ v
-        if self.fused:  # bmm with an fp32 output: the very product `bf16_products` tried
-            return torch.bmm(w[None], v[None].to(w.dtype), out_dtype=torch.float32)[0]
+        if self.fused:
+            k = v.shape[1]
+            out = _fp32_product(w[None], torch.cat(_split(v), 1)[None])[0]
+            return out[:, :k] + out[:, k:]
         out = torch.zeros(w.shape[0], v.shape[1], device=v.device, dtype=torch.float32)
         for lo in range(0, w.shape[1], self.SLICE):
             out.addmm_(w[:, lo:lo + self.SLICE].float(), v[lo:lo + self.SLICE])
@@ -221,8 +223,22 @@ class _Products:
         if not self.narrow:
             return coef @ w
         if self.fused:
-            return torch.bmm(coef[None, None].to(w.dtype), w[None], out_dtype=torch.float32)[0, 0]
+            both = _fp32_product(torch.stack(_split(coef))[None], w[None])[0]
+            return both[0] + both[1]
         return torch.cat([coef @ w[:, lo:lo + self.SLICE].float() for lo in range(0, w.shape[1], self.SLICE)])
+
+
+def _split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 values as two bf16 parts whose sum holds 16 of their 24 bits. A fused product
+    takes both operands in bf16; rounding the gradient or the two-loop coefficients to 8
+    bits as well would add an error the stored history does not have."""
+    hi = v.to(torch.bfloat16)
+    return hi, (v - hi.float()).to(torch.bfloat16)
+
+
+def _fp32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of bf16 batches with an fp32 result: the very product `bf16_products` tries."""
+    return torch.bmm(a, b, out_dtype=torch.float32)
 
 
 def _solve(a: torch.Tensor, b: torch.Tensor, upper: bool) -> torch.Tensor:
