@@ -23,7 +23,7 @@ from nstd.errors import ImageError
 from nstd.fsutil import fit_name
 from nstd.params import TransferParams
 from nstd.publish import STEM_ROOM
-from nstd.guide import Guide, GuideSpec, regions_style
+from nstd.guide import Guide, GuideSpec, regions_style, styled_regions
 from nstd.pipeline import LOADERS, Photo, Pipeline, Task, check_fits, load_guide, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
 
@@ -146,9 +146,10 @@ def _read(req: Request, memory: int | None, path: Path) -> tuple | ImageError:
             raise ImageError(f"{path}: cannot read ({e.strerror})") from None
         decoded = images.decode(data, str(path), req.max_pixels)
         size = working_size(str(path), *decoded.pixels.shape[-2:], req.params, req.max_pixels)
-        check_fits(str(path), size, req.params, memory)  # refused now, not after the others' compute
-        photo = load_photo(decoded, size)
         spec, mask_data = _guide_spec(req, path)
+        # Refused now, not after the others' compute.
+        check_fits(str(path), size, req.params, memory, styled_regions(spec, req.params.protect))
+        photo = load_photo(decoded, size)
         sha = hashlib.sha256(data).hexdigest()
         guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, sha, str(path))
     except ImageError as e:

@@ -1,5 +1,5 @@
 from nstd.engine.memory import (Footprint, MeasuredMemory, activation_elements, auto_batch, batch_bytes,
-                               bytes_per_image, flops_per_iteration)
+                               bytes_per_image, flops_per_iteration, least_bytes)
 from nstd.engine.types import BatchSettings
 
 LAYERS = BatchSettings().layers
@@ -128,3 +128,20 @@ def test_a_masked_batch_counts_its_region_products():
     relu1_1 = 64 * 4 * 384 * 512
     assert one - plain > 3 * relu1_1 and three - one > 2 * relu1_1
     assert auto_batch(40 << 30, 384, 512, fp(regions=3)) < auto_batch(40 << 30, 384, 512, fp())
+
+
+def test_a_masked_photo_too_big_for_any_device_is_refused_though_a_plain_one_fits():
+    import pytest
+
+    from nstd.errors import ImageError
+    from nstd.params import TransferParams
+    from nstd.pipeline import check_fits
+
+    params, size = TransferParams(size=512), (384, 512)  # one scale, with the full history of 100
+    plain = least_bytes(*size, Footprint(LAYERS))
+    three = least_bytes(*size, Footprint(LAYERS, regions=3))
+    memory = (plain + three) // 2
+    check_fits("p.jpg", size, params, memory)
+    check_fits("p.jpg", size, params, memory, regions=0)
+    with pytest.raises(ImageError, match=r"^p.jpg: at 512x384 one image needs about .* lower its size$"):
+        check_fits("p.jpg", size, params, memory, regions=3)

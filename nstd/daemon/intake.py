@@ -22,7 +22,7 @@ from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.errors import ConfigError, ImageError
 from nstd.fsutil import atomic_write, is_utf8, printable
-from nstd.guide import REGIONS_STYLE, GuideSpec
+from nstd.guide import REGIONS_STYLE, GuideSpec, styled_regions
 from nstd.log import get
 from nstd.pipeline import check_fits, working_size
 
@@ -188,22 +188,23 @@ class Intake:
         if spec is not None and spec.kind == "regions":
             params = sidecar.apply(self.cfg.transfer, sidecars, self.models)
             return [self._spec(relpath, REGIONS_STYLE, params, h, w, memory,
-                               self.styles.regions_params(spec, self.cfg.output, params), guided=True)]
+                               self.styles.regions_params(spec, self.cfg.output, params), spec)]
         specs = []
         for name in styles:
             params = sidecar.apply(self.styles.get(name).params, sidecars, self.models)
             stored = self.styles.job_params(name, self.cfg.output, params)
             specs.append(self._spec(relpath, name, params, h, w, memory,
-                                    stored | ({"guide": spec.as_dict()} if spec else {}),
-                                    guided=spec is not None or params.protect != "none"))
+                                    stored | ({"guide": spec.as_dict()} if spec else {}), spec))
         return specs
 
     def _spec(self, relpath: str, style: str, params, h: int, w: int, memory: int | None, stored: dict,
-              guided: bool) -> JobSpec:
-        """`guided`: a mask, region map or face keeping shapes the job's objective, and only
-        jobs of one shape of objective can take each other's places in a running batch."""
+              spec: GuideSpec | None) -> JobSpec:
+        """A guided job's mask, region map or face keeping shapes its objective and its
+        memory, and only jobs of one shape of objective can take each other's places in a
+        running batch."""
+        guided = spec is not None or params.protect != "none"
         hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
-        check_fits(relpath, (hh, ww), params, memory)
+        check_fits(relpath, (hh, ww), params, memory, styled_regions(spec, params.protect))
         key = [ww, hh, repr(params.batch_key())] + (["guided"] if guided else [])
         return JobSpec(style=style, params_hash=_digest(stored), params=stored, width=ww, height=hh,
                        batch_key=_digest(key))
