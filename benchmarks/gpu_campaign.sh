@@ -1,0 +1,77 @@
+#!/bin/sh
+# The GPU figures of the speed work, in stages that each fit a ten-minute slot and write
+# their results to OUT as they finish, so a stage cut short loses only itself.
+#
+#   sh benchmarks/gpu_campaign.sh KIT OUT STAGE...
+#
+# KIT: a folder made by `python benchmarks/gpu_kit.py pack` (wheels, weights, pictures), for
+# a host that can fetch nothing; it is unpacked on every call, since such hosts start bare.
+# Stages, in the order worth running them:
+#   ttq     time to quality: every contender and neural-style-pt, side by side
+#   bench   nstd bench without time to quality: standard runs, batch and scale sweeps
+#           (the share of the bf16 peak), and drop-to-output latency on an idle daemon
+#   levers  the bf16 L-BFGS history, narrowing, and a masked batch's memory
+# The environment may change DEVICE (cuda), SIZE (512), ITERATIONS (500), SWEEP (100:
+# the sweeps' iterations, scaled to ITERATIONS), STAGE_LIMIT (seconds a stage may run,
+# 540), TTQ_FLAGS and BENCH_FLAGS (more options for ttq.py and nstd bench) and PYTHON
+# (python3). A CPU dry run, a minute or two:
+#   DEVICE=cpu SIZE=64 ITERATIONS=10 SWEEP=5 TTQ_FLAGS=--no-compile \
+#   BENCH_FLAGS="--no-latency --sizes 64 --max-batch 4" sh benchmarks/gpu_campaign.sh .gpukit out ttq bench
+set -eu
+[ $# -ge 3 ] || { echo "usage: $0 KIT OUT STAGE... (stages: ttq bench levers)" >&2; exit 2; }
+KIT=$(cd "$1" && pwd); OUT=$2; shift 2
+for s in "$@"; do
+    case $s in ttq|bench|levers) ;; *) echo "$0: unknown stage '$s' (stages: ttq bench levers)" >&2; exit 2 ;; esac
+done
+DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-512}; ITERATIONS=${ITERATIONS:-500}; SWEEP=${SWEEP:-100}
+STAGE_LIMIT=${STAGE_LIMIT:-540}; PYTHON=${PYTHON:-python3}; TTQ_FLAGS=${TTQ_FLAGS:-}; BENCH_FLAGS=${BENCH_FLAGS:-}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SITE=${TMPDIR:-/tmp}/nstd-kit-site
+mkdir -p "$OUT"
+LOG=$OUT/campaign.log
+
+say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+
+# The wheels a PyTorch image lacks, beside the checkout's own nstd; then the weights.
+setup() {
+    if [ ! -d "$SITE" ]; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$KIT"/wheels/*.whl
+    fi
+    export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    export NSTD_MODELS_DIR=${NSTD_MODELS_DIR:-${TMPDIR:-/tmp}/nstd-kit-models}
+    if [ ! -f "$NSTD_MODELS_DIR/caffe.pth" ]; then
+        "$PYTHON" "$ROOT/benchmarks/gpu_kit.py" unpack --kit "$KIT" --models-dir "$NSTD_MODELS_DIR" >>"$LOG" 2>&1 ||
+            { tail -5 "$LOG" >&2; exit 1; }
+    fi
+    "$PYTHON" -c "import torch, nstd; print('torch', torch.__version__, 'nstd', nstd.__version__, \
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" >>"$LOG" 2>&1
+}
+
+# One stage's command, under the stage limit, its output kept in the log; a stage that
+# fails or runs out of time is written down and the next one still runs.
+stage() {
+    name=$1; shift
+    say "$name: $*"
+    if timeout "$STAGE_LIMIT" "$@" >>"$LOG" 2>&1; then say "$name: done"; else say "$name: exit $?"; fi
+}
+
+setup
+IMAGES=$KIT/images
+for s in "$@"; do
+    case $s in
+    ttq)
+        stage ttq "$PYTHON" "$ROOT/benchmarks/ttq.py" --images "$IMAGES" --size "$SIZE" \
+            --iterations "$ITERATIONS" --device "$DEVICE" --out "$OUT/ttq.json" $TTQ_FLAGS ;;
+    bench)
+        stage bench "$PYTHON" -m nstd bench --content "$IMAGES/tubingen.jpg" --style "$IMAGES/starry_night.jpg" \
+            --device "$DEVICE" --size "$SIZE" --iterations "$ITERATIONS" --sweep-iterations "$SWEEP" \
+            --no-time-to-quality --out "$OUT/bench" $BENCH_FLAGS ;;
+    levers)
+        stage history "$PYTHON" "$ROOT/benchmarks/history.py" --images "$IMAGES" --size "$SIZE" \
+            --iterations "$ITERATIONS" --precision bf16 --device "$DEVICE" --out "$OUT/history.json"
+        stage narrowing "$PYTHON" "$ROOT/benchmarks/narrowing.py" --images "$IMAGES" --size "$SIZE" \
+            --device "$DEVICE" --out "$OUT/narrowing.json"
+        stage masked_memory "$PYTHON" "$ROOT/benchmarks/masked_memory.py" --device "$DEVICE" --repeats 1 \
+            --out "$OUT/masked-memory.json" ;;
+    esac
+done
