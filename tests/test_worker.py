@@ -388,3 +388,24 @@ def test_a_photo_claimed_ahead_and_never_taken_goes_back_to_the_queue_untouched(
     assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]
     run_once(service)
     assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "done", 1)]
+
+
+@pytest.mark.parametrize("setting, chosen", [("thread", None), ("auto", "process"), ("process", "process")])
+def test_several_gpus_never_share_one_process_s_backend_flags(tmp_path, models, monkeypatch, setting, chosen):
+    from nstd.daemon import service as service_mod
+    from nstd.errors import ConfigError
+
+    # Two GPUs, as resolve_devices names them on such a host; nothing runs on them here.
+    monkeypatch.setattr(service_mod, "resolve_devices", lambda name: [torch.device("cuda", 0),
+                                                                       torch.device("cuda", 1)])
+    svc = Service(config.load(write_config(tmp_path, models, worker={"isolation": setting})))
+    if chosen is None:
+        with pytest.raises(ConfigError, match=r"^worker.isolation: thread would run 2 devices' batches in one "
+                                              r"process, .*; use process or auto$"):
+            svc.prepare()
+        return
+    try:
+        svc.prepare()
+        assert svc.isolation == chosen
+    finally:
+        svc.close()

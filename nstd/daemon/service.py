@@ -71,6 +71,7 @@ class Service:
             self.devices = resolve_devices(self.cfg.worker.device)
         except ValueError as e:
             raise ConfigError(f"worker.device: {e}") from None
+        self.isolation = isolation_for(self.cfg.worker.isolation, len(self.devices))
         self.lock = StateLock(self.cfg.state_dir)
         self.lock.acquire()
         # On a shared journal, other hosts on the same inbox are the point: no claim on it.
@@ -184,7 +185,7 @@ class Service:
         signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.hints.event.set()))
 
     def _start_worker(self, device) -> ThreadWorker | ProcessWorker:
-        if isolation_for(self.cfg.worker.isolation, len(self.devices)) == "process":
+        if self.isolation == "process":
             handle = ProcessWorker(self.cfg.path, self.cfg.host, device)
         else:
             handle = ThreadWorker(lambda: self.runtime, self.load_weights, device)

@@ -17,7 +17,7 @@ import torch
 
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.worker import Worker, owner_id
-from nstd.errors import NstdError
+from nstd.errors import ConfigError, NstdError
 from nstd.log import get
 
 log = get("nstd.workers")
@@ -26,6 +26,11 @@ ISOLATIONS = ("auto", "thread", "process")
 
 def isolation_for(setting: str, devices: int) -> str:
     """auto: a process per device where there are several, else a thread."""
+    if setting == "thread" and devices > 1:
+        # Each batch sets TF32 and cuDNN's flags for its precision, and those are the
+        # process's: one device's optimiser step would run under another's settings.
+        raise ConfigError(f"worker.isolation: thread would run {devices} devices' batches in one process, "
+                          "where PyTorch's precision and cuDNN settings are shared; use process or auto")
     if setting != "auto":
         return setting
     return "process" if devices > 1 else "thread"

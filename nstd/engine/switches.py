@@ -119,6 +119,7 @@ def _fast_bf16(device: torch.device) -> bool:
 @contextlib.contextmanager
 def running(r: Resolved):
     """Scoped backend flags for one batch: cuDNN autotuning, and TF32 only when asked.
+    The flags are the process's, so a process runs one device's batches (isolation_for).
 
     In bf16 mode the Gram products also run on TF32 tensor cores: their inputs are bf16
     activations, which TF32 holds exactly, and they still accumulate and store in fp32.
