@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    model = measure.caffe_model(device)
+    model = measure.stored_model(device)
     fixed = measure.pair(args.images, args.content, args.style, args.size, args.iterations)
     stopping = ttq.stopping(fixed)
     half, its, history = ttq.half_size(fixed), args.iterations, fixed.settings.lbfgs_history

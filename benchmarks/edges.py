@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from nstd import images, weights
+from nstd.bench import measure
 from nstd.engine.losses import gram, style_loss
 from nstd.engine.resize import crop, pad, pool_padding, resize_photo
 from nstd.engine.types import BatchSettings
@@ -47,8 +48,7 @@ def main() -> int:
     ap.add_argument("--images", type=Path, default=Path("../shared/images"))
     ap.add_argument("--models-dir", type=Path, default=weights.default_models_dir())
     args = ap.parse_args()
-    sd, info = weights.load(args.models_dir, "caffe")
-    model = VGGFeatures(sd, info.preprocessing, BatchSettings().layers)
+    model = measure.stored_model(models_dir=args.models_dir)
     rows = []
     for photo, style in (("tubingen.jpg", "starry_night.jpg"), ("golden_gate.jpg", "the_scream.jpg")):
         p = images.decode(args.images / photo).pixels

@@ -29,7 +29,6 @@ from nstd.engine.memory import Footprint, bytes_per_image
 from nstd.engine.multiscale import run_scales
 from nstd.engine.targets import GramCache
 from nstd.engine.types import StyleImage
-from nstd.engine.vgg import VGGFeatures
 from nstd.params import TransferParams
 
 VARIANTS = {
@@ -96,8 +95,7 @@ def main() -> int:
     params = TransferParams(size="original", model=args.model)
     content = images.decode(photo.read_bytes(), str(photo), images.DEFAULT_MAX_PIXELS).pixels
     style = images.decode(args.style.read_bytes(), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
-    sd, info = weights.load(args.models_dir, args.model)
-    model = VGGFeatures(sd, info.preprocessing, params.settings().layers, model_id=info.model_id).to(device)
+    model = measure.stored_model(device, args.model, args.models_dir)
     scales = params.scales(max(args.width, args.height))
     results["scales"] = [s.__dict__ for s in scales]
     print("scales:", [(s.long_side, s.iterations, s.lbfgs_history) for s in scales], flush=True)

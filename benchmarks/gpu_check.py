@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from nstd import weights
+from nstd.bench import measure
 from nstd.engine.switches import Switches
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
-from nstd.engine.vgg import VGGFeatures
 
 
 def jobs(n: int, h: int, w: int) -> list[TransferJob]:
@@ -37,16 +37,14 @@ def final(results) -> torch.Tensor:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models-dir")
+    ap.add_argument("--models-dir", type=Path)
     ap.add_argument("--model", default="caffe")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 1
-    models_dir = weights.default_models_dir() if args.models_dir is None else __import__("pathlib").Path(args.models_dir)
-    sd, info = weights.load(models_dir, args.model)
     settings = BatchSettings(iterations=60, log_every=20)
-    model = VGGFeatures(sd, info.preprocessing, settings.layers, model_id=info.model_id).cuda()
+    model = measure.stored_model("cuda", args.model, args.models_dir)
     batch = jobs(3, 192, 256)
     failures = 0
 

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 
-from nstd import weights
+from nstd.bench import measure
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
-from nstd.engine.vgg import VGGFeatures
 
 
 def main() -> None:
@@ -28,9 +27,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=60)
     args = ap.parse_args()
     warnings.simplefilter("always")
-    sd, info = weights.load(args.models_dir or weights.default_models_dir(), "caffe")
     settings = BatchSettings(iterations=args.iterations, log_every=args.iterations)
-    model = VGGFeatures(sd, info.preprocessing, settings.layers, model_id="caffe").cuda()
+    model = measure.stored_model("cuda", models_dir=args.models_dir)
     gen = torch.Generator().manual_seed(0)
     h, w = args.size * 3 // 4, args.size
     job = TransferJob(torch.rand(3, h, w, generator=gen), (StyleImage(torch.rand(3, h, w, generator=gen), key="s"),))

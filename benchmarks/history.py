@@ -115,7 +115,7 @@ def main() -> None:
     out["step"] = step_seconds(device, (384, 512), args.step_batch, BatchSettings().lbfgs_history, 20)
     print("step", out["step"], flush=True)
     args.out.write_text(json.dumps(out, indent=1))
-    model = measure.caffe_model(device)
+    model = measure.stored_model(device)
     out["quality"] = {}
     for content, style in PAIRS:
         print(f"{content} x {style}", flush=True)

@@ -46,7 +46,7 @@ def main() -> None:
     p = TransferParams()
     settings = BatchSettings(iterations=p.iterations, log_every=10, stop_tolerance=p.stop_tolerance,
                              stop_window=p.stop_window)
-    model = measure.caffe_model(device)
+    model = measure.stored_model(device)
     photo = resize_long_side(measure.picture(args.images, "tubingen"), args.size)
     hands = [1.0, 1.0, 1.0, 0.3]  # the last: the same painting, a lighter hand, another stopping point
     jobs = [replace(p, style_weight=p.style_weight * hand).job(

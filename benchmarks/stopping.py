@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    model = measure.caffe_model()
+    model = measure.stored_model()
     device = torch.device(args.device)
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "size": args.size, "standard_iterations": STANDARD, "pairs": {}}

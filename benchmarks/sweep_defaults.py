@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from nstd import images, weights
-from nstd.engine.vgg import VGGFeatures
+from nstd import images
+from nstd.bench import measure
 
 try:  # the engine's layout moved during the house refactor; accept either
     from nstd.engine.types import BatchSettings, StyleImage, TransferJob
@@ -64,9 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     sws = [float(v) for v in args.style_weights.split(",")]
     tvs = [float(v) for v in args.tv_weights.split(",")]
-    sd, info = weights.load(weights.default_models_dir(), "caffe")
     settings = BatchSettings(iterations=args.iterations, log_every=args.iterations)
-    model = VGGFeatures(sd, info.preprocessing, settings.layers, model_id="caffe")
+    model = measure.stored_model()
     args.out.mkdir(parents=True, exist_ok=True)
     table = []
     for photo_name, style_name in PAIRS:

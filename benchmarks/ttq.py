@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    model = measure.caffe_model(device)
+    model = measure.stored_model(device)
     w = measure.pair(args.images, args.content, args.style, args.size, args.iterations)
     fast = Switches(checkpoint=False)
     out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),

@@ -535,8 +535,6 @@ def _add_bench(sub) -> None:
 def cmd_bench(args) -> int:
     from nstd.bench import measure, suite
     from nstd.engine.device import resolve_device
-    from nstd.engine.vgg import VGGFeatures
-    from nstd.engine.types import BatchSettings
 
     try:
         device = resolve_device(args.device)
@@ -554,8 +552,7 @@ def cmd_bench(args) -> int:
     content = images.decode(_read(args.content), str(args.content), images.DEFAULT_MAX_PIXELS).pixels
     style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
     models_dir = _models_dir(args)
-    sd, info = weights.load(models_dir, args.model)
-    model = VGGFeatures(sd, info.preprocessing, BatchSettings().layers, model_id=info.model_id).to(device)
+    model = measure.stored_model(device, args.model, models_dir)
 
     def latency():
         return measure.drop_to_output(models_dir, args.model, args.content, args.style, str(device))

@@ -48,10 +48,11 @@ class Workload:
                            (StyleImage(self.style, key="bench-style"),))
 
 
-def caffe_model(device: torch.device | str = "cpu") -> VGGFeatures:
-    """The Caffe VGG19 that the quality benchmarks score with, on `device`, with the layers
-    nstd's objective reads."""
-    sd, info = weights.load(weights.default_models_dir(), "caffe")
+def stored_model(device: torch.device | str = "cpu", model_id: str = "caffe",
+                 models_dir: Path | None = None) -> VGGFeatures:
+    """Stored weights (the Caffe VGG19 the quality benchmarks score with, unless named) on
+    `device`, with the layers nstd's objective reads."""
+    sd, info = weights.load(models_dir or weights.default_models_dir(), model_id)
     return VGGFeatures(sd, info.preprocessing, BatchSettings().layers, "max", info.model_id).to(device)
 
 
