@@ -10,7 +10,7 @@
 #   ttq     time to quality: every contender and neural-style-pt, side by side
 #   bench   nstd bench without time to quality: standard runs, batch and scale sweeps
 #           (the share of the bf16 peak), and drop-to-output latency on an idle daemon
-#   levers  the bf16 L-BFGS history, narrowing, and a masked batch's memory
+#   levers  the bf16 L-BFGS history, narrowing, a TF32 finish after bf16, a masked batch's memory
 # The environment may change DEVICE (cuda), SIZE (512), ITERATIONS (500), SWEEP (100:
 # the sweeps' iterations, scaled to ITERATIONS), STAGE_LIMIT (seconds a stage may run,
 # 540), TTQ_FLAGS and BENCH_FLAGS (more options for ttq.py and nstd bench) and PYTHON
@@ -71,6 +71,8 @@ for s in "$@"; do
             --iterations "$ITERATIONS" --precision bf16 --device "$DEVICE" --out "$OUT/history.json"
         stage narrowing "$PYTHON" "$ROOT/benchmarks/narrowing.py" --images "$IMAGES" --size "$SIZE" \
             --device "$DEVICE" --out "$OUT/narrowing.json"
+        stage finish "$PYTHON" "$ROOT/benchmarks/finish.py" --images "$IMAGES" --size "$SIZE" \
+            --iterations "$ITERATIONS" --device "$DEVICE" --finish-precision tf32 --out "$OUT/finish.json"
         stage masked_memory "$PYTHON" "$ROOT/benchmarks/masked_memory.py" --device "$DEVICE" --repeats 1 \
             --out "$OUT/masked-memory.json" ;;
     esac

@@ -67,3 +67,24 @@ def test_a_mismatched_init_image_is_refused(tiny_model):
     job = TransferJob(rand_image(32, 32, 1), (StyleImage(rand_image(32, 32, 2)),), init_image=torch.rand(3, 16, 16))
     with pytest.raises(ValueError, match="init_image"):
         run_batch(tiny_model, [job], BatchSettings(iterations=1))
+
+
+def test_a_last_scale_at_the_same_size_runs_at_its_own_precision_from_the_result_as_is(tiny_model, monkeypatch):
+    from nstd.engine.switches import Switches, resolve
+
+    starts = []
+    real = multiscale.run_batch
+
+    def spy(model, jobs, *args):
+        starts.append(jobs[0].init_image)
+        return real(model, jobs, *args)
+
+    monkeypatch.setattr(multiscale, "run_batch", spy)
+    job = TransferJob(rand_image(30, 40, seed=1), (StyleImage(rand_image(40, 40, seed=2), key="s"),))
+    bf16 = Switches("bf16", checkpoint=False)
+    scales = [Scale(40, 3, 5), Scale(40, 2, 5, "fp32")]
+    first = run_scales(tiny_model, [job], scales[:1], BatchSettings(log_every=1), switches=bf16)[0]
+    [result] = run_scales(tiny_model, [job], scales, BatchSettings(log_every=1), switches=bf16)
+    assert [r.precision for r in result.runs] == [resolve(bf16, torch.device("cpu")).precision, "fp32"]
+    assert torch.equal(starts[-1], first.image)  # the same size: not resampled
+    assert [r.iterations for r in result.runs] == [3, 2] and result.history[-1]["iteration"] == 5

@@ -27,6 +27,7 @@ class Scale:
     long_side: int
     iterations: int
     lbfgs_history: int
+    precision: str | None = None  # the convolutions' for this scale; None: the run's switches
 
 
 def schedule(long_side: int, start: int, factor: float, iterations: int,
@@ -85,7 +86,13 @@ def _one_scale(model, jobs, scale: Scale, settings, cache, progress, switches, f
     more = None if refill is None else (lambda n: sized(refill(n)))
     done = None if finished is None else (lambda i, result: finished(i, mark(result)))
     step_settings = replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
-    return [mark(r) for r in run_batch(model, sized(jobs), step_settings, cache, progress, switches, free, more, done)]
+    return [mark(r) for r in run_batch(model, sized(jobs), step_settings, cache, progress, _at(switches, scale), free,
+                                       more, done)]
+
+
+def _at(switches: Switches | None, scale: Scale) -> Switches | None:
+    """The run's switches with the scale's own precision, where it has one."""
+    return switches if scale.precision is None else replace(switches or Switches(), precision=scale.precision)
 
 
 def _scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
@@ -112,7 +119,7 @@ def _scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], se
                 progress(offset + it, None if rows is None else
                          [r | {"iteration": offset + r["iteration"]} for r in rows])
 
-        results = run_batch(model, scaled, step_settings, cache, step_progress, switches, free)
+        results = run_batch(model, scaled, step_settings, cache, step_progress, _at(switches, scale), free)
         for i, r in enumerate(results):
             # The end of one scale and the start of the next are the same iteration; each
             # image counts its own, which are fewer than the scale's where it stopped early.
