@@ -3,8 +3,8 @@
     python benchmarks/load.py [--files 2000] [--entries 10000] [--minutes 5]
 
 Reports the time from drop to every file queued in the journal, and the daemon's
-memory (RSS) and CPU time, and the RSS over a steady stream of photos. Tiny model settings on the CPU: this measures the inbox,
-the intake and the journal, not the engine.
+memory (RSS) and CPU time, and the RSS over a steady stream of photos. Tiny model settings
+on the CPU: this measures the inbox, the intake and the journal, not the engine.
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ def main() -> None:
            "torch": torch.__version__, "size": args.size, "megapixels": args.megapixels if given else 0.8,
            "runs": {}}
     for name in ("inline", "threads"):
-        with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as tmp:  # the outbox on the disk that will hold it
+        # The outbox on the disk that will hold the results.
+        with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as tmp:
             out["runs"][name] = one_run(Path(tmp), photos, args.size, name == "inline")
         print(name, out["runs"][name], flush=True)
     with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as tmp:

@@ -224,7 +224,8 @@ def main() -> int:
             "peer": s_peer | {"internal_final": peer.history[-1] if peer.history else None,
                               "evaluations": len(peer.history), "seconds": round(peer.seconds, 1)},
             "ratio_saved": s_ours["objective"] / s_peer["objective"],
-            "nstd_evaluations_to_peer_internal_final": reached(ours.history, peer.history[-1]) if peer.history else None,
+            "nstd_evaluations_to_peer_internal_final":
+                reached(ours.history, peer.history[-1]) if peer.history else None,
         })
         sheet.append((photo, painting, ours.image, peer.image,
                       f"{tag} (photo, painting, nstd, neural-style-pt): evaluated objective "
@@ -241,9 +242,10 @@ def table(results: list[dict]) -> str:
     lines = ["| pair | nstd (saved) | neural-style-pt (saved) | ratio | nstd internal | peer internal | "
              "nstd evals to peer's final | s nstd | s peer |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['pair']} | {r['nstd']['objective']:.5g} | {r['peer']['objective']:.5g} | "
-                     f"{r['ratio_saved']:.3f} | {r['nstd']['internal_final']:.5g} | {r['peer']['internal_final']:.5g} | "
-                     f"{r['nstd_evaluations_to_peer_internal_final']} | {r['nstd']['seconds']} | {r['peer']['seconds']} |")
+        ours, peer = r["nstd"], r["peer"]
+        lines.append(f"| {r['pair']} | {ours['objective']:.5g} | {peer['objective']:.5g} | "
+                     f"{r['ratio_saved']:.3f} | {ours['internal_final']:.5g} | {peer['internal_final']:.5g} | "
+                     f"{r['nstd_evaluations_to_peer_internal_final']} | {ours['seconds']} | {peer['seconds']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -116,8 +116,8 @@ class Config:
                 | {b.params.model for b in self.blends.values()})
 
 
-TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success",
-            "max_pixels", "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host"}
+TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success", "max_pixels",
+            "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host"}
 
 
 def load(path: Path) -> Config:

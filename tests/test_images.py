@@ -76,7 +76,9 @@ def linear_rgb_icc() -> bytes:
         return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
 
     text = b"linear sRGB\0"
-    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4) + bytes(4) + bytes(2) + bytes(1) + bytes(67)
+    # ICC v2 'desc': ASCII length and text, then empty Unicode and ScriptCode parts.
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4) + bytes(4) + bytes(2) + bytes(1)
+    desc += bytes(67)
     curv = b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0100) + bytes(2)
     tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
             (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
