@@ -64,6 +64,36 @@ def save_views(image: torch.Tensor, out: Path, name: str) -> None:
     im.crop((w // 2 - half, h // 2 - half, w // 2 + half, h // 2 + half)).save(out / f"{name}.crop100.jpg", quality=90)
 
 
+def variant(model, params: TransferParams, content: torch.Tensor, style: torch.Tensor, scales: list,
+            name: str, device: torch.device) -> tuple[dict, torch.Tensor | None]:
+    """One variant's time, each scale's peak against the estimate, and its final losses;
+    or the out-of-memory error it met, and no image."""
+    cuda = device.type == "cuda"
+    release_cache(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    free = free_memory(device)
+    job = params.job(content, (StyleImage(style, "style", 1.0, params.style_scale),))
+    started = time.perf_counter()
+    try:
+        [result] = run_scales(model, [job], scales, params.settings(), GramCache(), None, VARIANTS[name],
+                              lambda: free_memory(device))
+    except Exception as e:  # noqa: BLE001 - an OOM is a result here
+        if not is_oom(e):
+            raise
+        return {"error": f"out of memory: {str(e).splitlines()[0]}"}, None
+    seconds = time.perf_counter() - started
+    runs = [r.as_dict() for r in result.runs]
+    for run, scale in zip(runs, scales):
+        h, w = run["size"]
+        fp = Footprint(params.settings().layers, params.optimizer, scale.lbfgs_history, run["precision"],
+                       run["checkpoint"])
+        run["estimate_bytes"] = bytes_per_image(h, w, fp)
+    return {"seconds": round(seconds, 2), "free_at_start": free,
+            "max_reserved": torch.cuda.max_memory_reserved(device) if cuda else None, "runs": runs,
+            "final": {k: result.history[-1][k] for k in ("total", "content", "style", "tv")}}, result.image
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models-dir", type=Path, default=weights.default_models_dir())
@@ -101,37 +131,13 @@ def main() -> int:
     print("scales:", [(s.long_side, s.iterations, s.lbfgs_history) for s in scales], flush=True)
 
     for name in args.variants.split(","):
-        release_cache(device)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        free = free_memory(device)
-        job = params.job(content, (StyleImage(style, "style", 1.0, params.style_scale),))
-        started = time.perf_counter()
-        try:
-            [result] = run_scales(model, [job], scales, params.settings(), GramCache(), None, VARIANTS[name],
-                                  lambda: free_memory(device))
-        except Exception as e:  # noqa: BLE001 - an OOM is a result here
-            if not is_oom(e):
-                raise
-            results["variants"][name] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
-            print(name, "out of memory", flush=True)
-            save()
-            continue
-        seconds = time.perf_counter() - started
-        runs = [r.as_dict() for r in result.runs]
-        for run, scale in zip(runs, scales):
-            h, w = run["size"]
-            fp = Footprint(params.settings().layers, params.optimizer, scale.lbfgs_history, run["precision"],
-                           run["checkpoint"])
-            run["estimate_bytes"] = bytes_per_image(h, w, fp)
-        results["variants"][name] = {
-            "seconds": round(seconds, 2), "free_at_start": free,
-            "max_reserved": torch.cuda.max_memory_reserved(device) if cuda else None, "runs": runs,
-            "final": {k: result.history[-1][k] for k in ("total", "content", "style", "tv")}}
-        print(name, json.dumps(results["variants"][name]), flush=True)
-        save_views(result.image, args.out, name)
+        entry, image = variant(model, params, content, style, scales, name, device)
+        results["variants"][name] = entry
+        print(name, json.dumps(entry) if image is not None else "out of memory", flush=True)
+        if image is not None:
+            save_views(image, args.out, name)
         save()
-        del result
+        del image
 
     if args.daemon:
         del model
