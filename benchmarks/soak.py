@@ -97,18 +97,8 @@ def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 
     inbox = work / "inbox"
     daemon = Daemon(cfg).start()
     started = time.time()
-
-    # A plan of actions spread over the dropping phase.
-    bursts, left = [], photos
-    while left:
-        n = min(left, rng.randint(5, 25))
-        bursts.append(n)
-        left -= n
-    plan = [("burst", n) for n in bursts] + [("kill", None)] * kills + \
-           [("remount", None), ("enospc", None), ("replace", None), ("delete", None)]
-    rng.shuffle(plan)
     count = 0
-    for action, arg in plan:
+    for action, arg in _plan(rng, photos, kills):
         tally.rss_kib.append(rss_kib(daemon.proc.pid))
         if action == "burst":
             for _ in range(arg):
@@ -119,51 +109,10 @@ def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 
             daemon.kill()
             tally.kills += 1
             daemon = Daemon(cfg).start()
-        elif action == "remount":
-            gone = work / "inbox-unmounted"
-            os.rename(inbox, gone)
-            time.sleep(1.0)
-            inbox.mkdir()
-            for p in gone.iterdir():
-                os.rename(p, inbox / p.name)
-            gone.rmdir()
-            tally.remounts += 1
-        elif action == "enospc" and outbox_tmpfs:
-            filler = work / "outbox" / "filler.bin"
-            retries_before = _retries(work)
-            tally.drop(inbox, "during-enospc.jpg", photo_bytes(40, 40, seed * 100000 + 88888))
-            t0 = time.time()
-            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:  # unbuffered: no flush on close that could fail too
-                while os.write(fd, b"\0" * (1 << 20)):
-                    pass
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-            # Hold the disk full until the daemon has noticed: a write put off, or work paused.
-            until = time.time() + 20
-            while time.time() < until and _retries(work) == retries_before:
-                time.sleep(0.2)
-            filler.unlink()
-            tally.enospc_seconds += time.time() - t0
-            tally.enospc_mode = "tmpfs outbox filled"
-        elif action == "enospc":
+        elif action == "enospc" and not outbox_tmpfs:
             tally.enospc_mode = "skipped: this machine refuses to mount a tmpfs"
-        elif action == "replace":
-            # Overwrite a file while its jobs are running.
-            name = "replaced.jpg"
-            tally.drop(inbox, name, photo_bytes(40, 40, seed * 100000 + 99998))
-            until = time.time() + 30
-            while time.time() < until and _running_input(work) != name:
-                time.sleep(0.05)
-            tally.drop(inbox, name, photo_bytes(40, 40, seed * 100000 + 99999))
-            tally.replaced += 1
-        elif action == "delete":
-            (inbox / "fleeting.jpg").write_bytes(photo_bytes(40, 40, 7))
-            time.sleep(0.1)
-            (inbox / "fleeting.jpg").unlink()
-            tally.deleted_before_read += 1
+        else:
+            FAULTS[action](work, tally, seed)
         time.sleep(rng.uniform(0.1, 1.0))
 
     deadline = time.time() + 60 + photos * 6
@@ -184,6 +133,76 @@ def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 
     if outbox_tmpfs:
         subprocess.run(["umount", "-l", str(work / "outbox")], capture_output=True)
     return report
+
+
+def _plan(rng: random.Random, photos: int, kills: int) -> list[tuple[str, int | None]]:
+    """Bursts of photos, kills and one of each other fault, shuffled over the dropping phase."""
+    bursts, left = [], photos
+    while left:
+        n = min(left, rng.randint(5, 25))
+        bursts.append(n)
+        left -= n
+    plan = [("burst", n) for n in bursts] + [("kill", None)] * kills + \
+           [("remount", None), ("enospc", None), ("replace", None), ("delete", None)]
+    rng.shuffle(plan)
+    return plan
+
+
+def _remount(work: Path, tally: Tally, seed: int) -> None:
+    """The inbox goes away for a second and comes back with the same files, as a share does."""
+    inbox, gone = work / "inbox", work / "inbox-unmounted"
+    os.rename(inbox, gone)
+    time.sleep(1.0)
+    inbox.mkdir()
+    for p in gone.iterdir():
+        os.rename(p, inbox / p.name)
+    gone.rmdir()
+    tally.remounts += 1
+
+
+def _fill_disk(work: Path, tally: Tally, seed: int) -> None:
+    """The outbox's tmpfs full while a photo is dropped, until the daemon has noticed."""
+    filler = work / "outbox" / "filler.bin"
+    retries_before = _retries(work)
+    tally.drop(work / "inbox", "during-enospc.jpg", photo_bytes(40, 40, seed * 100000 + 88888))
+    t0 = time.time()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:  # unbuffered: no flush on close that could fail too
+        while os.write(fd, b"\0" * (1 << 20)):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    # Hold the disk full until the daemon has noticed: a write put off, or work paused.
+    until = time.time() + 20
+    while time.time() < until and _retries(work) == retries_before:
+        time.sleep(0.2)
+    filler.unlink()
+    tally.enospc_seconds += time.time() - t0
+    tally.enospc_mode = "tmpfs outbox filled"
+
+
+def _replace(work: Path, tally: Tally, seed: int) -> None:
+    """A file overwritten while its jobs are running."""
+    name = "replaced.jpg"
+    tally.drop(work / "inbox", name, photo_bytes(40, 40, seed * 100000 + 99998))
+    until = time.time() + 30
+    while time.time() < until and _running_input(work) != name:
+        time.sleep(0.05)
+    tally.drop(work / "inbox", name, photo_bytes(40, 40, seed * 100000 + 99999))
+    tally.replaced += 1
+
+
+def _fleeting(work: Path, tally: Tally, seed: int) -> None:
+    """A file deleted before the daemon could read it."""
+    (work / "inbox" / "fleeting.jpg").write_bytes(photo_bytes(40, 40, 7))
+    time.sleep(0.1)
+    (work / "inbox" / "fleeting.jpg").unlink()
+    tally.deleted_before_read += 1
+
+
+FAULTS = {"remount": _remount, "enospc": _fill_disk, "replace": _replace, "delete": _fleeting}
 
 
 def _running_input(work: Path) -> str | None:
