@@ -6,11 +6,16 @@
 #
 # KIT: a folder made by `python benchmarks/gpu_kit.py pack` (wheels, weights, pictures), for
 # a host that can fetch nothing; it is unpacked on every call, since such hosts start bare.
-# Stages, in the order worth running them:
-#   ttq     time to quality: every contender and neural-style-pt, side by side
-#   bench   nstd bench without time to quality: standard runs, batch and scale sweeps
-#           (the share of the bf16 peak), and drop-to-output latency on an idle daemon
-#   levers  the bf16 L-BFGS history, narrowing, a TF32 finish after bf16, a masked batch's memory
+# Stages, in the order worth running them; on a host that allows ten minutes a command,
+# one call each for `ttq`, `bench`, `history finish` and `stopping narrowing memory`:
+#   ttq        time to quality: every contender and neural-style-pt, side by side
+#   bench      nstd bench without time to quality: standard runs, batch and scale sweeps
+#              (the share of the bf16 peak), and drop-to-output latency on an idle daemon
+#   history    the bf16 L-BFGS history against fp32: step time, bytes, the picture
+#   finish     bf16 with a short TF32 finish, against fp32 and bf16 alone
+#   stopping   where the stopping rule stops at SIZE, in fp32
+#   narrowing  a batch whose photos stop at different iterations, narrowed or not
+#   memory     a masked batch's peak against the planner's estimate
 # The environment may change DEVICE (cuda), SIZE (512), ITERATIONS (500), SWEEP (100:
 # the sweeps' iterations, scaled to ITERATIONS), STAGE_LIMIT (seconds a stage may run,
 # 540), TTQ_FLAGS and BENCH_FLAGS (more options for ttq.py and nstd bench) and PYTHON
@@ -18,10 +23,11 @@
 #   DEVICE=cpu SIZE=64 ITERATIONS=10 SWEEP=5 TTQ_FLAGS=--no-compile \
 #   BENCH_FLAGS="--no-latency --sizes 64 --max-batch 4" sh benchmarks/gpu_campaign.sh .gpukit out ttq bench
 set -eu
-[ $# -ge 3 ] || { echo "usage: $0 KIT OUT STAGE... (stages: ttq bench levers)" >&2; exit 2; }
+STAGES="ttq bench history finish stopping narrowing memory"
+[ $# -ge 3 ] || { echo "usage: $0 KIT OUT STAGE... (stages: $STAGES)" >&2; exit 2; }
 KIT=$(cd "$1" && pwd); OUT=$2; shift 2
 for s in "$@"; do
-    case $s in ttq|bench|levers) ;; *) echo "$0: unknown stage '$s' (stages: ttq bench levers)" >&2; exit 2 ;; esac
+    case " $STAGES " in *" $s "*) ;; *) echo "$0: unknown stage '$s' (stages: $STAGES)" >&2; exit 2 ;; esac
 done
 DEVICE=${DEVICE:-cuda}; SIZE=${SIZE:-512}; ITERATIONS=${ITERATIONS:-500}; SWEEP=${SWEEP:-100}
 STAGE_LIMIT=${STAGE_LIMIT:-540}; PYTHON=${PYTHON:-python3}; TTQ_FLAGS=${TTQ_FLAGS:-}; BENCH_FLAGS=${BENCH_FLAGS:-}
@@ -66,14 +72,20 @@ for s in "$@"; do
         stage bench "$PYTHON" -m nstd bench --content "$IMAGES/tubingen.jpg" --style "$IMAGES/starry_night.jpg" \
             --device "$DEVICE" --size "$SIZE" --iterations "$ITERATIONS" --sweep-iterations "$SWEEP" \
             --no-time-to-quality --out "$OUT/bench" $BENCH_FLAGS ;;
-    levers)
+    history)
         stage history "$PYTHON" "$ROOT/benchmarks/history.py" --images "$IMAGES" --size "$SIZE" \
-            --iterations "$ITERATIONS" --precision bf16 --device "$DEVICE" --out "$OUT/history.json"
-        stage narrowing "$PYTHON" "$ROOT/benchmarks/narrowing.py" --images "$IMAGES" --size "$SIZE" \
-            --device "$DEVICE" --out "$OUT/narrowing.json"
+            --iterations "$ITERATIONS" --precision bf16 --device "$DEVICE" --out "$OUT/history.json" ;;
+    finish)
         stage finish "$PYTHON" "$ROOT/benchmarks/finish.py" --images "$IMAGES" --size "$SIZE" \
-            --iterations "$ITERATIONS" --device "$DEVICE" --finish-precision tf32 --out "$OUT/finish.json"
-        stage masked_memory "$PYTHON" "$ROOT/benchmarks/masked_memory.py" --device "$DEVICE" --repeats 1 \
+            --iterations "$ITERATIONS" --device "$DEVICE" --finish-precision tf32 --out "$OUT/finish.json" ;;
+    stopping)
+        stage stopping "$PYTHON" "$ROOT/benchmarks/stopping.py" --images "$IMAGES" --size "$SIZE" \
+            --device "$DEVICE" --out "$OUT/stopping.json" ;;
+    narrowing)
+        stage narrowing "$PYTHON" "$ROOT/benchmarks/narrowing.py" --images "$IMAGES" --size "$SIZE" \
+            --device "$DEVICE" --out "$OUT/narrowing.json" ;;
+    memory)
+        stage memory "$PYTHON" "$ROOT/benchmarks/masked_memory.py" --device "$DEVICE" --repeats 1 \
             --out "$OUT/masked-memory.json" ;;
     esac
 done
