@@ -52,17 +52,22 @@ def pack(images: Path, out: Path, models_dir: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", PYTHON_VERSION, "--implementation", "cp", *platforms,
                     "-d", str(out / "wheels"), *WHEELS], check=True)
-    sd, info = weights.load(models_dir, "caffe")
-    torch.save({k: v for k, v in sd.items() if kept(k)}, out / WEIGHTS_NAME)
     for name in PICTURES:
         shutil.copyfile(images / f"{name}.jpg", out / "images" / f"{name}.jpg")
-    manifest = {"weights": WEIGHTS_NAME, "last_conv": LAST_CONV, "source": info.source,
-                "source_sha256": info.source_sha256, "full_file_sha256": info.file_sha256,
-                "wheels": sorted(p.name for p in (out / "wheels").glob("*.whl")),
-                "images": sorted(p.name for p in (out / "images").glob("*.jpg"))}
+    manifest = pack_weights(models_dir, out) | {
+        "wheels": sorted(p.name for p in (out / "wheels").glob("*.whl")),
+        "images": sorted(p.name for p in (out / "images").glob("*.jpg"))}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"packed {out}: {size / 2**20:.1f} MiB")
+
+
+def pack_weights(models_dir: Path, out: Path) -> dict:
+    """The stored Caffe weights up to LAST_CONV in `out`; their manifest entries."""
+    sd, info = weights.load(models_dir, "caffe")
+    torch.save({k: v for k, v in sd.items() if kept(k)}, out / WEIGHTS_NAME)
+    return {"weights": WEIGHTS_NAME, "last_conv": LAST_CONV, "source": info.source,
+            "source_sha256": info.source_sha256, "full_file_sha256": info.file_sha256}
 
 
 def unpack(kit: Path, models_dir: Path) -> None:
