@@ -34,7 +34,7 @@ def resize_photo(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """One scale's result as the start of the next, finer one (or the same size, as is)."""
     if tuple(image.shape[-2:]) == tuple(size):
-        return image
+        return image.clamp(0, 1)
     return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
 
 
