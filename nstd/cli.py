@@ -519,6 +519,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--batches", type=_int_list(1), help="batch sizes to sweep (default: 1, 2, 4, … up to what fits)")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch the sweep tries")
     p.add_argument("--sizes", type=_int_list(16), default=(256, 512, 768, 1024), help="long sides to sweep")
+    p.add_argument("--stream-photos", type=int, help="photos in the stream at the best batch, with stopping and "
+                                                     "refill as the daemon runs them (default: 3 batches; 0: none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the tutorial loop")
     p.add_argument("--no-latency", action="store_true", help="skip the drop-to-output run of the daemon")
     p.add_argument("--no-time-to-quality", action="store_true",
@@ -543,12 +545,13 @@ def cmd_bench(args) -> int:
     if args.quick:
         plan = suite.Plan(size=256, iterations=20, batches=(1, 2), sizes=(128, 256), latency=False,
                           baseline=not args.no_baseline, time_to_quality=not args.no_time_to_quality,
-                          compile=not args.no_compile)
+                          compile=not args.no_compile, stream_photos=args.stream_photos)
     else:
         plan = suite.Plan(size=args.size, iterations=args.iterations, batches=args.batches,
                           max_batch=args.max_batch, sizes=args.sizes, sweep_iterations=args.sweep_iterations,
                           baseline=not args.no_baseline, latency=not args.no_latency,
-                          time_to_quality=not args.no_time_to_quality, compile=not args.no_compile)
+                          time_to_quality=not args.no_time_to_quality, compile=not args.no_compile,
+                          stream_photos=args.stream_photos)
     content = images.decode(_read(args.content), str(args.content), images.DEFAULT_MAX_PIXELS).pixels
     style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
     models_dir = _models_dir(args)

@@ -33,6 +33,14 @@ def test_bench_compares_with_the_baseline_and_writes_json_and_markdown(tmp_path,
     assert rows["nstd_fp32"]["objective"] <= ttq["reference_objective"] * 1.01
     for r in rows.values():
         assert r["best_vs_reference"] > 0 and r["seconds"] > 0
+    # The stream: three batches' worth at the best batch, every photo out once, each scored.
+    stream = data["stream"]
+    best = max(data["batches"], key=lambda b: b["images_per_hour"])["batch"]
+    assert stream["batch"] == best and stream["photos"] == 3 * best
+    assert stream["photos_per_hour"] > 0 and stream["mean_iterations"] == 3  # too few to stop early
+    assert 0 <= stream["within_tolerance"] <= 1
+    assert 0 < stream["median_vs_reference"] <= stream["worst_vs_reference"]
     md = (out / "bench.md").read_text()
+    assert "a stream at batch" in md
     assert "| baseline |" in md and "### Batch sweep" in md and "### Time to quality" in md
     assert "bench.md" in capsys.readouterr().err

@@ -28,6 +28,7 @@ class Plan:
     max_batch: int = 64
     sizes: tuple[int, ...] = (256, 512, 768, 1024)
     sweep_iterations: int | None = None  # None: the same as `iterations`
+    stream_photos: int | None = None  # the stream at the best batch: this many photos; None: 3 batches; 0: none
     baseline: bool = True
     latency: bool = True
     time_to_quality: bool = True
@@ -61,6 +62,7 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
     say(f"  nstd fp32      {_fmt(std['nstd_fp32'])}")
     std["nstd_fast"] = measure.timed_nstd(model, w, 1, switches)
     say(f"  nstd {r.precision:<9} {_fmt(std['nstd_fast'])}")
+    reference = ttq.objective(model, w, std["nstd_fp32"]["image"])
     for name, row in std.items():
         row["final_losses"] = measure.final_losses(model, w, row.pop("image"))
     out["standard"] = std
@@ -70,6 +72,12 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
         out["time_to_quality"] = ttq.run(model, w, switches, say, plan.compile)
 
     out["batches"], out["sizes"] = _sweeps(model, content, style, plan, settings, switches, say)
+    best = max(out["batches"], key=lambda x: x["images_per_hour"])["batch"]
+    photos = 3 * best if plan.stream_photos is None else plan.stream_photos
+    if photos:
+        say(f"a stream of {photos} photos at batch {best}, stopping and refilling as the daemon does")
+        out["stream"] = ttq.stream(model, w, best, switches, photos, reference)
+        say(f"  {_stream_line(out['stream'])}")
 
     if plan.latency and latency is not None:
         say("drop to output on an idle daemon")
@@ -107,6 +115,12 @@ def _sweeps(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan
         sizes_out.append(row)
         say(f"  {size:>4} px       {_fmt(row)}")
     return batches_out, sizes_out
+
+
+def _stream_line(row: dict) -> str:
+    return (f"{row['photos_per_hour']:.0f} photos/h, {row['mean_iterations']:.0f} iterations a photo; "
+            f"{100 * row['within_tolerance']:.0f}% of them within {100 * row['tolerance']:.0f}% of the "
+            f"reference (median {row['median_vs_reference']:.3f}, worst {row['worst_vs_reference']:.3f})")
 
 
 def summary(out: dict) -> dict:
@@ -172,6 +186,9 @@ def markdown(out: dict) -> str:
     for key, value in s.items():
         lines.append(f"- {key.replace('_', ' ')}: {value:.3g}" if isinstance(value, float) else
                      f"- {key.replace('_', ' ')}: {value}")
+    if "stream" in out:
+        lines.append(f"- a stream at batch {out['stream']['batch']}, stopping and refilling: "
+                     f"{_stream_line(out['stream'])}")
     if "latency" in out:
         lat = out["latency"]
         lines.append(f"- drop to output, idle daemon: {lat['seconds']:.1f} s "

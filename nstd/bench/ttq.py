@@ -11,18 +11,22 @@ Scoring happens after the run, so it costs the contender nothing.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable
 
 import torch
 
 from nstd.bench import baseline, peer
 from nstd.bench.measure import Workload, final_losses, sync
+from nstd.engine.device import free_memory
 from nstd.engine.losses import tv_loss
 from nstd.engine.multiscale import Scale, run_scales
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
+from nstd.engine.transfer import run_batch
 from nstd.engine.vgg import VGGFeatures
 from nstd.params import TransferParams
 
@@ -124,6 +128,38 @@ def reached(model: VGGFeatures, w: Workload, trace: Trace, target: float) -> dic
     return {"name": trace.name, "reached": False, "iterations": scored[-1][0], "seconds": scored[-1][1],
             "photos_per_hour": None, "objective": scored[-1][2], "best_vs_reference": best / target,
             **extra}
+
+
+def stream(model: VGGFeatures, w: Workload, batch: int, switches: Switches, photos: int,
+           reference: float) -> dict:
+    """Photos per hour as the daemon runs a steady stream: `batch` places, per-image
+    stopping, and each finished photo's place taken by the next, `photos` in all; and how
+    far each output is from the reference picture, by the one evaluator."""
+    s = stopping(w)
+    settings = replace(s.settings, iterations=s.iterations, log_every=10**9)
+    job, device = s.job(), model.mean.device
+    cache, free = GramCache(), partial(free_memory, device)
+    run_batch(model, [job] * batch, replace(settings, iterations=2), cache, switches=switches, free=free)  # warm
+    given = min(batch, photos)
+
+    def refill(n: int) -> list:
+        nonlocal given
+        k = max(0, min(n, photos - given))
+        given += k
+        return [job] * k
+
+    done: list[tuple[int, torch.Tensor]] = []
+    sync(device)
+    start = time.perf_counter()
+    run_batch(model, [job] * given, settings, cache, None, switches, free, refill,
+              lambda i, result: done.append((result.runs[-1].iterations, result.image)))
+    sync(device)
+    seconds = time.perf_counter() - start
+    ratios = [objective(model, w, image) / reference for _, image in done]
+    return {"batch": batch, "photos": len(done), "seconds": seconds, "photos_per_hour": 3600 * len(done) / seconds,
+            "mean_iterations": statistics.fmean(k for k, _ in done), "tolerance": TOLERANCE,
+            "within_tolerance": sum(r <= 1 + TOLERANCE for r in ratios) / len(ratios),
+            "median_vs_reference": statistics.median(ratios), "worst_vs_reference": max(ratios)}
 
 
 def half_size(w: Workload) -> int:
