@@ -7,7 +7,9 @@
 # KIT: a folder made by `python benchmarks/gpu_kit.py pack` (wheels, weights, pictures), for
 # a host that can fetch nothing; it is unpacked on every call, since such hosts start bare.
 # Stages, in the order worth running them; on a host that allows ten minutes a command,
-# one call each for `ttq`, `bench`, `history finish` and `stopping narrowing memory`:
+# one call each for `ttq`, `bench`, `history finish` and `stopping narrowing memory`
+# (and `bench` again with BENCH_FLAGS="--precision tf32 --no-baseline --no-latency" and
+# another OUT, for TF32's stream and sweep):
 #   ttq        time to quality: every contender and neural-style-pt, side by side
 #   bench      nstd bench without time to quality: standard runs, batch and scale sweeps
 #              (the share of the bf16 peak), and drop-to-output latency on an idle daemon

@@ -519,6 +519,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--batches", type=_int_list(1), help="batch sizes to sweep (default: 1, 2, 4, … up to what fits)")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch the sweep tries")
     p.add_argument("--sizes", type=_int_list(16), default=(256, 512, 768, 1024), help="long sides to sweep")
+    p.add_argument("--precision", default="auto",
+                   help="the fast path's convolutions, as worker.precision: auto, fp32, tf32 or bf16")
     p.add_argument("--stream-photos", type=int, help="photos in the stream at the best batch, with stopping and "
                                                      "refill as the daemon runs them (default: 3 batches; 0: none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the tutorial loop")
@@ -537,21 +539,26 @@ def _add_bench(sub) -> None:
 def cmd_bench(args) -> int:
     from nstd.bench import measure, suite
     from nstd.engine.device import resolve_device
+    from nstd.engine.switches import Switches
 
     try:
         device = resolve_device(args.device)
     except ValueError as e:
         raise NstdError(str(e)) from None
+    try:
+        Switches(args.precision)
+    except ValueError as e:
+        raise NstdError(f"--precision: {e}") from None
     if args.quick:
         plan = suite.Plan(size=256, iterations=20, batches=(1, 2), sizes=(128, 256), latency=False,
                           baseline=not args.no_baseline, time_to_quality=not args.no_time_to_quality,
-                          compile=not args.no_compile, stream_photos=args.stream_photos)
+                          compile=not args.no_compile, stream_photos=args.stream_photos, precision=args.precision)
     else:
         plan = suite.Plan(size=args.size, iterations=args.iterations, batches=args.batches,
                           max_batch=args.max_batch, sizes=args.sizes, sweep_iterations=args.sweep_iterations,
                           baseline=not args.no_baseline, latency=not args.no_latency,
                           time_to_quality=not args.no_time_to_quality, compile=not args.no_compile,
-                          stream_photos=args.stream_photos)
+                          stream_photos=args.stream_photos, precision=args.precision)
     content = images.decode(_read(args.content), str(args.content), images.DEFAULT_MAX_PIXELS).pixels
     style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
     models_dir = _models_dir(args)

@@ -12,8 +12,9 @@ def test_bench_compares_with_the_baseline_and_writes_json_and_markdown(tmp_path,
     assert main(["bench", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "s.png"),
                  "--model", "random", "--models-dir", str(models), "--device", "cpu", "--size", "32",
                  "--iterations", "3", "--batches", "1,2", "--sizes", "32", "--no-latency", "--no-compile",
-                 "--out", str(out)]) == 0
+                 "--precision", "fp32", "--out", str(out)]) == 0
     data = json.loads((out / "bench.json").read_text())
+    assert data["fast_path"]["precision"] == "fp32"  # as asked, where this CPU's auto may be bf16
     std = data["standard"]
     assert set(std) == {"baseline", "nstd_fp32", "nstd_fast"}
     for row in std.values():
@@ -44,3 +45,9 @@ def test_bench_compares_with_the_baseline_and_writes_json_and_markdown(tmp_path,
     assert "a stream at batch" in md
     assert "| baseline |" in md and "### Batch sweep" in md and "### Time to quality" in md
     assert "bench.md" in capsys.readouterr().err
+
+
+def test_an_unknown_precision_is_one_line_naming_the_option(tmp_path, capsys):
+    assert main(["bench", "--quick", "--precision", "fp16", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == "nstd: error: --precision: precision must be one of auto, fp32, tf32, bf16, not 'fp16'"

@@ -28,6 +28,7 @@ class Plan:
     max_batch: int = 64
     sizes: tuple[int, ...] = (256, 512, 768, 1024)
     sweep_iterations: int | None = None  # None: the same as `iterations`
+    precision: str = "auto"  # the fast path's, as worker.precision
     stream_photos: int | None = None  # the stream at the best batch: this many photos; None: 3 batches; 0: none
     baseline: bool = True
     latency: bool = True
@@ -41,7 +42,7 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
     settings = BatchSettings()
     # No checkpointing: the sweep finds the largest batch that fits without it, and every
     # row then measures the same switches. (CUDA graphs stay auto, as in the daemon.)
-    switches = Switches(checkpoint=False)
+    switches = Switches(plan.precision, checkpoint=False)
     fp32 = Switches("fp32", checkpoint=False)
     r = resolve(switches, device)
     w = Workload(content, style, plan.size, plan.iterations, settings)
