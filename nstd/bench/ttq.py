@@ -134,7 +134,9 @@ def stream(model: VGGFeatures, w: Workload, batch: int, switches: Switches, phot
            reference: float) -> dict:
     """Photos per hour as the daemon runs a steady stream: `batch` places, per-image
     stopping, and each finished photo's place taken by the next, `photos` in all; and how
-    far each output is from the reference picture, by the one evaluator."""
+    far each output is from the reference picture, by the one evaluator. The photos are
+    copies of one, so they stop together and are replaced in waves, where a real stream's
+    differ; the rate per photo is the same."""
     s = stopping(w)
     settings = replace(s.settings, iterations=s.iterations, log_every=10**9)
     job, device = s.job(), model.mean.device
