@@ -18,6 +18,7 @@
 #   stopping   where the stopping rule stops at SIZE, in fp32
 #   narrowing  a batch whose photos stop at different iterations, narrowed or not
 #   memory     a masked batch's peak against the planner's estimate
+# `python benchmarks/goals.py OUT [OUT-tf32]` then reads issue 13's goals off the results.
 # The environment may change DEVICE (cuda), SIZE (512), ITERATIONS (500), SWEEP (100:
 # the sweeps' iterations, scaled to ITERATIONS), STAGE_LIMIT (seconds a stage may run,
 # 540), TTQ_FLAGS and BENCH_FLAGS (more options for ttq.py and nstd bench) and PYTHON
