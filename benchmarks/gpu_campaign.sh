@@ -7,10 +7,11 @@
 # KIT: a folder made by `python benchmarks/gpu_kit.py pack` (wheels, weights, pictures), for
 # a host that can fetch nothing; it is unpacked on every call, since such hosts start bare.
 # Stages, in the order worth running them; on a host that allows ten minutes a command,
-# one call each for `ttq`, `bench`, `history finish` and `stopping narrowing memory`
+# one call each for `ttq`, `compiled`, `bench`, `history finish` and `stopping narrowing memory`
 # (and `bench` again with BENCH_FLAGS="--precision tf32 --no-baseline --no-latency" and
 # another OUT, for TF32's stream and sweep):
-#   ttq        time to quality: every contender and neural-style-pt, side by side
+#   ttq        time to quality: every eager contender and neural-style-pt, side by side
+#   compiled   time to quality: the torch.compile contenders (each compiles first)
 #   bench      nstd bench without time to quality: standard runs, batch and scale sweeps
 #              (the share of the bf16 peak), and drop-to-output latency on an idle daemon
 #   history    the bf16 L-BFGS history against fp32: step time, bytes, the picture
@@ -23,10 +24,10 @@
 # the sweeps' iterations, scaled to ITERATIONS), STAGE_LIMIT (seconds a stage may run,
 # 540), TTQ_FLAGS and BENCH_FLAGS (more options for ttq.py and nstd bench) and PYTHON
 # (python3). A CPU dry run, a minute or two:
-#   DEVICE=cpu SIZE=64 ITERATIONS=10 SWEEP=5 TTQ_FLAGS=--no-compile \
+#   DEVICE=cpu SIZE=64 ITERATIONS=10 SWEEP=5 \
 #   BENCH_FLAGS="--no-latency --sizes 64 --max-batch 4" sh benchmarks/gpu_campaign.sh .gpukit out ttq bench
 set -eu
-STAGES="ttq bench history finish stopping narrowing memory"
+STAGES="ttq compiled bench history finish stopping narrowing memory"
 [ $# -ge 3 ] || { echo "usage: $0 KIT OUT STAGE... (stages: $STAGES)" >&2; exit 2; }
 KIT=$(cd "$1" && pwd); OUT=$2; shift 2
 for s in "$@"; do
@@ -70,7 +71,10 @@ for s in "$@"; do
     case $s in
     ttq)
         stage ttq "$PYTHON" "$ROOT/benchmarks/ttq.py" --images "$IMAGES" --size "$SIZE" \
-            --iterations "$ITERATIONS" --device "$DEVICE" --out "$OUT/ttq.json" $TTQ_FLAGS ;;
+            --iterations "$ITERATIONS" --device "$DEVICE" --no-compile --out "$OUT/ttq.json" $TTQ_FLAGS ;;
+    compiled)
+        stage compiled "$PYTHON" "$ROOT/benchmarks/ttq.py" --images "$IMAGES" --size "$SIZE" \
+            --iterations "$ITERATIONS" --device "$DEVICE" --only '*compiled*' --out "$OUT/ttq-compiled.json" ;;
     bench)
         stage bench "$PYTHON" -m nstd bench --content "$IMAGES/tubingen.jpg" --style "$IMAGES/starry_night.jpg" \
             --device "$DEVICE" --size "$SIZE" --iterations "$ITERATIONS" --sweep-iterations "$SWEEP" \

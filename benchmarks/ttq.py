@@ -7,6 +7,7 @@ by side in one run, without the rest of the bench (its sweeps take long on a CPU
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import platform
 import time
@@ -24,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     measure.pair_arguments(ap, size=192)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--only", help="contenders to run, comma-separated name patterns such as '*compiled*' "
+                                   "(the reference, nstd_fp32, always runs)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -33,8 +36,15 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
            "torch": torch.__version__, "nstd": __version__, "cpu_threads": torch.get_num_threads(),
            "fast_path": resolve(fast, device).describe(), "pair": [args.content, args.style]}
-    out["time_to_quality"] = ttq.run(model, w, fast, lambda line: print(line, flush=True), not args.no_compile)
-    args.out.write_text(json.dumps(out, indent=1))
+    patterns = args.only.split(",") if args.only else ["*"]
+
+    def chosen(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    def write(table: dict) -> None:  # after every contender: a run cut short keeps what it measured
+        args.out.write_text(json.dumps(out | {"time_to_quality": table}, indent=1))
+
+    ttq.run(model, w, fast, lambda line: print(line, flush=True), not args.no_compile, chosen, write)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,14 @@ def test_each_goal_is_met_only_by_a_measurement_past_its_target(tmp_path):
     short = {goal.split(",")[0]: ok for goal, _, _, ok in rows([_campaign(tmp_path / "b", 12_000, 0.9, 0.34, 12.0)])}
     # One output in ten outside the 1% band fails the stream, however fast.
     assert short["photos/h to the reference"] == "no" and short["VGG pass"] == "no" and short["drop to output"] == "no"
+
+
+def test_the_compiled_contenders_count_from_their_own_file(tmp_path):
+    from goals import rows
+
+    folder = _campaign(tmp_path / "a", 12_000, 1.0, 0.36, 9.0)
+    compiled = [{"name": "nstd_fp32", "reached": True, "seconds": 31.0, "best_vs_reference": 0.99},
+                {"name": "nstd_fast_all_compiled", "reached": True, "seconds": 3.0, "best_vs_reference": 1.0}]
+    (folder / "ttq-compiled.json").write_text(json.dumps({"time_to_quality": {"contenders": compiled}}))
+    measured = {goal: m for goal, _, m, _ in rows([folder])}
+    assert measured["time to quality against tutorial"] == "8.0× (nstd_fast_all_compiled, 3.0 s)"

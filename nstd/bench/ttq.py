@@ -217,23 +217,41 @@ def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) 
     return out
 
 
-def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], None], compiled: bool = True) -> dict:
-    """The reference, then each contender side by side."""
+def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], None], compiled: bool = True,
+        chosen: Callable[[str], bool] = lambda name: True, done: Callable[[dict], None] | None = None) -> dict:
+    """The reference, then each `chosen` contender side by side, each scored as soon as it
+    has run; `done` gets the table so far after each, so a run cut short keeps its rows."""
     its = w.iterations
-    traces = {}
-    for name, make in contenders(model, w, fast, compiled).items():
-        try:
-            started = time.perf_counter()
-            traces[name] = make()
-            say(f"  ran {name} ({time.perf_counter() - started:.0f} s with warm-up)")
-        except Exception as e:  # noqa: BLE001 - a contender that cannot run is reported, not fatal
-            say(f"  {name:<30} could not run: {type(e).__name__}: {e}")
-    reference = next(objective(model, w, image) for k, _, image in traces["nstd_fp32"].snapshots if k == its)
-    rows = [reached(model, w, t, reference) for t in traces.values()]
-    for row in rows:
+    makes = contenders(model, w, fast, compiled)
+    reference_trace = _attempt("nstd_fp32", makes["nstd_fp32"], say, fatal=True)
+    reference = next(objective(model, w, image) for k, _, image in reference_trace.snapshots if k == its)
+    out = {"reference_objective": reference, "reference_iterations": its, "tolerance": TOLERANCE,
+           "size": w.size, "contenders": []}
+    for name, make in makes.items():
+        trace = reference_trace if name == "nstd_fp32" else _attempt(name, make, say) if chosen(name) else None
+        if trace is None:
+            continue
+        row = reached(model, w, trace, reference)
         say(f"  {row['name']:<30} " + (f"{row['seconds']:7.1f} s  {row['photos_per_hour']:8.0f} photos/h  "
                                        f"({row['iterations']} iterations)" if row["reached"] else
                                        f"not reached in {row['iterations']} iterations: best "
                                        f"{row['best_vs_reference']:.3f}x the reference"))
-    return {"reference_objective": reference, "reference_iterations": its, "tolerance": TOLERANCE,
-            "size": w.size, "contenders": rows}
+        out["contenders"].append(row)
+        if done is not None:
+            done(out)
+    return out
+
+
+def _attempt(name: str, make: Callable[[], Trace], say: Callable[[str], None], fatal: bool = False) -> Trace | None:
+    """A contender's trace, or None where it cannot run (reported, not fatal, unless it is
+    the reference)."""
+    started = time.perf_counter()
+    try:
+        trace = make()
+    except Exception as e:  # noqa: BLE001 - one contender's failure is a result
+        if fatal:
+            raise
+        say(f"  {name:<30} could not run: {type(e).__name__}: {e}")
+        return None
+    say(f"  ran {name} ({time.perf_counter() - started:.0f} s with warm-up)")
+    return trace
