@@ -228,7 +228,12 @@ def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], No
     out = {"reference_objective": reference, "reference_iterations": its, "tolerance": TOLERANCE,
            "size": w.size, "contenders": []}
     for name, make in makes.items():
-        trace = reference_trace if name == "nstd_fp32" else _attempt(name, make, say) if chosen(name) else None
+        if name == "nstd_fp32":
+            trace = reference_trace
+        elif chosen(name):
+            trace = _attempt(name, make, say)
+        else:
+            continue
         if trace is None:
             continue
         row = reached(model, w, trace, reference)
