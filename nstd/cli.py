@@ -484,6 +484,18 @@ def _int_list(least: int):
     return parse
 
 
+def _at_least(least: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}")
+        return value
+    return parse
+
+
 def parse_flag_or_usage(key: str, text: str):
     """A transfer flag's value, or argparse's usage error naming the flag."""
     try:
@@ -521,7 +533,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--sizes", type=_int_list(16), default=(256, 512, 768, 1024), help="long sides to sweep")
     p.add_argument("--precision", default="auto",
                    help="the fast path's convolutions, as worker.precision: auto, fp32, tf32 or bf16")
-    p.add_argument("--stream-photos", type=int, help="photos in the stream at the best batch, with stopping and "
+    p.add_argument("--stream-photos", type=_at_least(0), help="photos in the stream at the best batch, with stopping and "
                                                      "refill as the daemon runs them (default: 3 batches; 0: none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the tutorial loop")
     p.add_argument("--no-latency", action="store_true", help="skip the drop-to-output run of the daemon")

@@ -51,3 +51,12 @@ def test_an_unknown_precision_is_one_line_naming_the_option(tmp_path, capsys):
     assert main(["bench", "--quick", "--precision", "fp16", "--out", str(tmp_path)]) != 0
     err = capsys.readouterr().err.strip()
     assert err == "nstd: error: --precision: precision must be one of auto, fp32, tf32, bf16, not 'fp16'"
+
+
+def test_a_negative_stream_is_a_usage_error(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quick", "--stream-photos", "-3", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "argument --stream-photos: must be at least 0" in capsys.readouterr().err
