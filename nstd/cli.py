@@ -524,12 +524,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--style", type=Path, default=EXAMPLES / "starry_night.jpg", help="style image")
     p.add_argument("--model", default=weights.DEFAULT_MODEL, help="weights id (see: nstd weights list)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--size", type=int, default=512, help="long side of the standard workload")
-    p.add_argument("--iterations", type=int, default=500)
-    p.add_argument("--sweep-iterations", type=int, help="iterations for the batch and scale sweeps "
-                                                        "(default: --iterations)")
+    p.add_argument("--size", type=_at_least(16), default=512, help="long side of the standard workload")
+    p.add_argument("--iterations", type=_at_least(1), default=500)
+    p.add_argument("--sweep-iterations", type=_at_least(1), help="iterations for the batch and scale sweeps "
+                                                                 "(default: --iterations)")
     p.add_argument("--batches", type=_int_list(1), help="batch sizes to sweep (default: 1, 2, 4, … up to what fits)")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch the sweep tries")
+    p.add_argument("--max-batch", type=_at_least(1), default=64, help="largest batch the sweep tries")
     p.add_argument("--sizes", type=_int_list(16), default=(256, 512, 768, 1024), help="long sides to sweep")
     p.add_argument("--precision", default="auto",
                    help="the fast path's convolutions, as worker.precision: auto, fp32, tf32 or bf16")
@@ -573,6 +573,7 @@ def cmd_bench(args) -> int:
                           stream_photos=args.stream_photos, precision=args.precision)
     content = images.decode(_read(args.content), str(args.content), images.DEFAULT_MAX_PIXELS).pixels
     style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
+    _bench_sizes_fit(args.content, content, (plan.size, *plan.sizes))
     models_dir = _models_dir(args)
     model = measure.stored_model(device, args.model, models_dir)
 
@@ -585,6 +586,18 @@ def cmd_bench(args) -> int:
     print(md_path.read_text())
     print(f"nstd: results in {json_path} and {md_path}", file=sys.stderr)
     return 0
+
+
+def _bench_sizes_fit(name: Path, content, sizes: tuple[int, ...]) -> None:
+    """A one-line error where a long side would leave the photo's short side too small."""
+    from nstd.engine.resize import long_side_size
+    from nstd.pipeline import MIN_SIDE
+
+    for size in sizes:
+        h, w = long_side_size(*content.shape[-2:], size)
+        if min(h, w) < MIN_SIDE:
+            raise NstdError(f"{name}: at a long side of {size} px it would be {w}x{h}, under {MIN_SIDE} px on a "
+                            "side; use a larger --size or --sizes")
 
 
 def _read(path: Path) -> bytes:

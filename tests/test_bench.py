@@ -60,3 +60,13 @@ def test_a_negative_stream_is_a_usage_error(tmp_path, capsys):
         main(["bench", "--quick", "--stream-photos", "-3", "--out", str(tmp_path)])
     assert e.value.code == 2
     assert "argument --stream-photos: must be at least 0" in capsys.readouterr().err
+
+
+def test_a_size_that_leaves_the_photo_too_narrow_is_one_line(tmp_path, capsys):
+    write_photo(tmp_path / "c.png", 40, 80, 1)
+    assert main(["bench", "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"), "--size", "64",
+                 "--sizes", "20", "--device", "cpu", "--out", str(tmp_path / "res")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("nstd: error: ")
+    assert err.endswith("c.png: at a long side of 20 px it would be 20x10, under 16 px on a side; use a larger "
+                        "--size or --sizes")
