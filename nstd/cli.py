@@ -473,14 +473,11 @@ EXAMPLES = Path(__file__).resolve().parent / "styles"
 
 
 def _int_list(least: int):
+    """Whole numbers separated by commas, each at least `least`."""
+    one = _at_least(least)
+
     def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(v) for v in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}") from None
-        if min(values) < least:
-            raise argparse.ArgumentTypeError(f"every value must be at least {least}")
-        return values
+        return tuple(one(v) for v in text.split(","))
     return parse
 
 
@@ -533,8 +530,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--sizes", type=_int_list(16), default=(256, 512, 768, 1024), help="long sides to sweep")
     p.add_argument("--precision", default="auto",
                    help="the fast path's convolutions, as worker.precision: auto, fp32, tf32 or bf16")
-    p.add_argument("--stream-photos", type=_at_least(0), help="photos in the stream at the best batch, with stopping and "
-                                                     "refill as the daemon runs them (default: 3 batches; 0: none)")
+    p.add_argument("--stream-photos", type=_at_least(0),
+                   help="photos in the stream at the best batch, with stopping and refill as the daemon runs "
+                        "them (default: 3 batches; 0: none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the tutorial loop")
     p.add_argument("--no-latency", action="store_true", help="skip the drop-to-output run of the daemon")
     p.add_argument("--no-time-to-quality", action="store_true",
@@ -561,16 +559,14 @@ def cmd_bench(args) -> int:
         Switches(args.precision)
     except ValueError as e:
         raise NstdError(f"--precision: {e}") from None
+    chosen = dict(baseline=not args.no_baseline, time_to_quality=not args.no_time_to_quality,
+                  compile=not args.no_compile, stream_photos=args.stream_photos, precision=args.precision)
     if args.quick:
-        plan = suite.Plan(size=256, iterations=20, batches=(1, 2), sizes=(128, 256), latency=False,
-                          baseline=not args.no_baseline, time_to_quality=not args.no_time_to_quality,
-                          compile=not args.no_compile, stream_photos=args.stream_photos, precision=args.precision)
+        plan = suite.Plan(size=256, iterations=20, batches=(1, 2), sizes=(128, 256), latency=False, **chosen)
     else:
         plan = suite.Plan(size=args.size, iterations=args.iterations, batches=args.batches,
                           max_batch=args.max_batch, sizes=args.sizes, sweep_iterations=args.sweep_iterations,
-                          baseline=not args.no_baseline, latency=not args.no_latency,
-                          time_to_quality=not args.no_time_to_quality, compile=not args.no_compile,
-                          stream_photos=args.stream_photos, precision=args.precision)
+                          latency=not args.no_latency, **chosen)
     content = images.decode(_read(args.content), str(args.content), images.DEFAULT_MAX_PIXELS).pixels
     style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
     _bench_sizes_fit(args.content, content, (plan.size, *plan.sizes))
