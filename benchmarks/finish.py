@@ -47,18 +47,11 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
            "torch": torch.__version__, "nstd": __version__, "pair": [args.content, args.style],
            "size": args.size, "iterations": its, "finish_precision": args.finish_precision}
-    traces = {}
-    for name, make in runs.items():
-        started = time.perf_counter()
-        traces[name] = make()
-        print(f"ran {name} ({time.perf_counter() - started:.0f} s)", flush=True)
-    reference = ttq.objective(model, w, traces["nstd_fp32"].snapshots[-1][2])
-    out["reference_objective"] = reference
-    out["contenders"] = [ttq.reached(model, w, t, reference) for t in traces.values()]
-    for row in out["contenders"]:
-        print(row["name"], row["reached"], row["iterations"], round(row["seconds"], 1),
-              round(row["best_vs_reference"], 4), row["scales"], flush=True)
-    args.out.write_text(json.dumps(out, indent=1))
+
+    def write(table: dict) -> None:  # after every run: one cut short keeps what it measured
+        args.out.write_text(json.dumps(out | table, indent=1))
+
+    ttq.side_by_side(model, w, runs, lambda line: print(line, flush=True), write)
 
 
 if __name__ == "__main__":

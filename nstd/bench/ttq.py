@@ -219,21 +219,24 @@ def contenders(model: VGGFeatures, w: Workload, fast: Switches, compiled: bool) 
 
 def run(model: VGGFeatures, w: Workload, fast: Switches, say: Callable[[str], None], compiled: bool = True,
         chosen: Callable[[str], bool] = lambda name: True, done: Callable[[dict], None] | None = None) -> dict:
-    """The reference, then each `chosen` contender side by side, each scored as soon as it
-    has run; `done` gets the table so far after each, so a run cut short keeps its rows."""
+    """The reference, then each `chosen` contender side by side (see `side_by_side`)."""
+    makes = {name: make for name, make in contenders(model, w, fast, compiled).items()
+             if name == "nstd_fp32" or chosen(name)}
+    return side_by_side(model, w, makes, say, done)
+
+
+def side_by_side(model: VGGFeatures, w: Workload, makes: dict[str, Callable[[], Trace]],
+                 say: Callable[[str], None], done: Callable[[dict], None] | None = None) -> dict:
+    """Each of `makes` run and scored as soon as it has run, against the objective of
+    `makes["nstd_fp32"]` after `w.iterations`; `done` gets the table so far after each, so
+    a run cut short keeps its rows."""
     its = w.iterations
-    makes = contenders(model, w, fast, compiled)
     reference_trace = _attempt("nstd_fp32", makes["nstd_fp32"], say, fatal=True)
     reference = next(objective(model, w, image) for k, _, image in reference_trace.snapshots if k == its)
     out = {"reference_objective": reference, "reference_iterations": its, "tolerance": TOLERANCE,
            "size": w.size, "contenders": []}
     for name, make in makes.items():
-        if name == "nstd_fp32":
-            trace = reference_trace
-        elif chosen(name):
-            trace = _attempt(name, make, say)
-        else:
-            continue
+        trace = reference_trace if name == "nstd_fp32" else _attempt(name, make, say)
         if trace is None:
             continue
         row = reached(model, w, trace, reference)
