@@ -1,7 +1,7 @@
 """Issue 13's goals read off a campaign's results: each goal, its target, what was
-measured, and whether it was met. Reads the files `gpu_campaign.sh` writes (ttq.json and
-bench/bench.json in each folder given; a second bench folder, at another precision, adds
-its stream) and prints a Markdown table.
+measured, and whether it was met. Reads the files `gpu_campaign.sh` writes (ttq.json,
+ttq-compiled.json and bench/bench.json in each folder given; a second folder, with a bench
+at another precision, adds its stream) and prints a Markdown table.
 
     python benchmarks/goals.py gpu-results [gpu-results-tf32]
 """

@@ -10,7 +10,8 @@ and the checkout there, then run `benchmarks/gpu_campaign.sh`, which unpacks it.
 The weights travel up to conv5_1 only: nstd's objective and the peer's default layers end
 at relu5_1, and both build the network no further, so the three convolutions after it
 (35% of the file) are never read. `unpack` stores them back as zeros, under the id
-`caffe`, recording where they came from.
+`caffe` (its record names the cut file as its source, and `unpack` prints the
+original's).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def unpack(kit: Path, models_dir: Path) -> None:
     manifest = json.loads((kit / "manifest.json").read_text())
     part = torch.load(kit / manifest["weights"], map_location="cpu", weights_only=True)
     full = {k: part[k] if kept(k) else torch.zeros(shape) for k, shape in weight_shapes().items()}
-    staged = models_dir / "kit-import.pth"
+    staged = models_dir / manifest["weights"]  # the name the stored record gives as its source
     models_dir.mkdir(parents=True, exist_ok=True)
     torch.save(full, staged)
     try:
