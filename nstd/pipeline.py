@@ -57,16 +57,18 @@ def working_size(name: str, h: int, w: int, params: TransferParams, max_pixels: 
 
 
 def check_fits(name: str, size: tuple[int, int], params: TransferParams, memory: int | None,
-               regions: int = 0) -> None:
+               regions: int = 0, history_precision: str = "fp32") -> None:
     """An ImageError naming the photo when even alone, in bf16 with checkpointing, it
     needs more than `memory` bytes (the largest device's); None says nothing is known.
-    `regions`: the styled regions of its mask or region map (guide.styled_regions)."""
+    `regions`: the styled regions of its mask or region map (guide.styled_regions);
+    `history_precision`: how the workers store the L-BFGS history (worker.history_precision)."""
     if memory is None:
         return
     h, w = size
     settings = params.settings()
     history = params.scales(max(h, w))[-1].lbfgs_history
-    need = least_bytes(h, w, Footprint(settings.layers, settings.optimizer, history, regions=regions))
+    need = least_bytes(h, w, Footprint(settings.layers, settings.optimizer, history, regions=regions,
+                                       history_precision=history_precision))
     if need > memory:
         raise ImageError(f"{name}: at {w}x{h} one image needs about {need / 2**30:.1f} GiB, more than the "
                          f"largest device has ({memory / 2**30:.1f} GiB); lower its size")

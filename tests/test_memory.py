@@ -145,3 +145,20 @@ def test_a_masked_photo_too_big_for_any_device_is_refused_though_a_plain_one_fit
     check_fits("p.jpg", size, params, memory, regions=0)
     with pytest.raises(ImageError, match=r"^p.jpg: at 512x384 one image needs about .* lower its size$"):
         check_fits("p.jpg", size, params, memory, regions=3)
+
+
+def test_a_photo_that_fits_only_with_a_bf16_history_is_refused_only_with_an_fp32_one():
+    import pytest
+
+    from nstd.errors import ImageError
+    from nstd.params import TransferParams
+    from nstd.pipeline import check_fits
+
+    params, size = TransferParams(size=512), (384, 512)
+    fp32 = least_bytes(*size, Footprint(LAYERS))
+    bf16 = least_bytes(*size, Footprint(LAYERS, history_precision="bf16"))
+    assert bf16 < fp32
+    memory = (fp32 + bf16) // 2
+    check_fits("p.jpg", size, params, memory, history_precision="bf16")
+    with pytest.raises(ImageError, match=r"^p.jpg: at 512x384 one image needs about"):
+        check_fits("p.jpg", size, params, memory)

@@ -115,3 +115,27 @@ def test_a_size_no_device_can_ever_hold_is_refused_at_intake(service):
     out = service.intake.accept("big.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
     assert out.kind is Kind.QUEUED
     assert [(j.width, j.height) for j in service.journal.queued_jobs()] == [(3000, 4000)]
+
+
+def test_intake_sizes_a_photo_by_the_history_precision_the_workers_use(service):
+    from dataclasses import replace
+
+    from nstd.daemon.journal import WorkerInfo
+
+    # 14.2 GiB: under a 4000 px photo's least with its L-BFGS history in fp32 (14.6),
+    # over it with the history in bf16 (13.9).
+    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", int(14.2 * 2**30)), "idle", time.time())
+
+    def drop(name: str, seed: int):
+        (service.cfg.inbox / f"{name}.nstd.yaml").write_text("size: 4000\n")
+        path = service.cfg.inbox / name
+        path.write_bytes(photo_bytes(40, 30, seed))
+        st = path.stat()
+        return service.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino))
+
+    assert drop("a.jpg", 1).kind is Kind.FAILED
+    # As a daemon started with worker.history_precision: bf16 would be.
+    cfg = service.runtime.cfg
+    worker = replace(cfg.worker, switches=replace(cfg.worker.switches, history_precision="bf16"))
+    service.runtime = replace(service.runtime, cfg=replace(cfg, worker=worker))
+    assert drop("b.jpg", 2).kind is Kind.QUEUED
