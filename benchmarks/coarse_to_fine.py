@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
 
 from nstd.bench import measure, ttq
-from nstd.engine.device import describe
 from nstd.engine.multiscale import Scale
 from nstd.engine.switches import Switches
 
@@ -44,8 +41,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['name']:<26} reached={row['reached']} {row['seconds']:7.1f} s  {row['iterations']} its  "
               f"best {row['best_vs_reference']:.4f}x", flush=True)
-    out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
-           "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "size": args.size,
+    out = measure.machine(device) | {"size": args.size,
            "half": half, "pair": [args.content, args.style], "reference_objective": reference,
            "reference_iterations": its, "tolerance": ttq.TOLERANCE, "contenders": rows}
     args.out.write_text(json.dumps(out, indent=1))

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
 
-from nstd import __version__
 from nstd.bench import measure, ttq
-from nstd.engine.device import describe
 from nstd.engine.multiscale import Scale
 from nstd.engine.switches import Switches
 
@@ -44,8 +40,7 @@ def main() -> None:
         name = f"nstd_bf16_stopping_{args.finish_precision}_finish_{k}"
         runs[name] = lambda k=k, name=name: ttq.nstd_trace(name, model, stops, bf16,
                                                           full + [Scale(w.size, k, history, args.finish_precision)])
-    out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
-           "torch": torch.__version__, "nstd": __version__, "pair": [args.content, args.style],
+    out = measure.machine(device) | {"pair": [args.content, args.style],
            "size": args.size, "iterations": its, "finish_precision": args.finish_precision}
 
     def write(table: dict) -> None:  # after every run: one cut short keeps what it measured

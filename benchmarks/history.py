@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -21,7 +20,6 @@ import torch
 
 from nstd.bench import measure, ttq
 from nstd.bench.measure import Workload, sync
-from nstd.engine.device import describe
 from nstd.engine.multiscale import Scale
 from nstd.engine.optim import BatchedLBFGS
 from nstd.engine.switches import Switches
@@ -109,8 +107,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
-           "torch": torch.__version__, "size": args.size, "iterations": args.iterations,
+    out = measure.machine(device) | {"size": args.size, "iterations": args.iterations,
            "precision": args.precision}
     out["step"] = step_seconds(device, (384, 512), args.step_batch, BatchSettings().lbfgs_history, 20)
     print("step", out["step"], flush=True)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from nstd.engine.device import describe
+from nstd.bench import measure
 from nstd.engine.memory import Footprint, bytes_per_image, regions_of
 from nstd.engine.switches import Switches
 from nstd.engine.transfer import run_batch
@@ -85,8 +83,7 @@ def main() -> None:
                                    capture_output=True, text=True, check=True)
             rows.append(json.loads(child.stdout.splitlines()[-1]))
             print(rows[-1], flush=True)
-    out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
-           "torch": torch.__version__, "size": list(SIZE), "runs": rows}
+    out = measure.machine(device) | {"size": list(SIZE), "runs": rows}
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
 

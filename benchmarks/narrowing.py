@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,6 @@ import torch
 
 from nstd.bench import measure
 from nstd.engine import transfer
-from nstd.engine.device import describe
 from nstd.engine.resize import resize_long_side
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
@@ -53,8 +51,7 @@ def main() -> None:
         photo, (StyleImage(measure.picture(args.images, s), key=s),)) for s, hand in zip(STYLES, hands)]
     switches, cache = Switches("fp32", reproducible=False, checkpoint=False), GramCache()
     transfer.run_batch(model, jobs, BatchSettings(iterations=2), cache, switches=switches)  # warm
-    out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
-           "torch": torch.__version__, "size": list(photo.shape[-2:]), "runs": {}}
+    out = measure.machine(device) | {"size": list(photo.shape[-2:]), "runs": {}}
     real = transfer._Batch.park
     for name, park in (("parked", never), ("narrowed", real)):
         transfer._Batch.park = park

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import random_vgg_state_dict  # noqa: E402
 from daemon_harness import photo_bytes, write_config  # noqa: E402
 from nstd import config, pipeline  # noqa: E402
+from nstd.bench import measure  # noqa: E402
 from nstd.cli import main as cli  # noqa: E402
 from nstd.daemon import worker as worker_mod  # noqa: E402
 from nstd.daemon.intake import Kind  # noqa: E402
 from nstd.daemon.prefetch import Prefetch  # noqa: E402
 from nstd.daemon.service import Service  # noqa: E402
-from nstd.engine.device import describe  # noqa: E402
 from nstd.handoff import Handoff  # noqa: E402
 
 
@@ -163,8 +162,7 @@ def main() -> None:
     given = args.images / "tubingen.jpg" if args.images else None
     photos = camera_shots(given.read_bytes(), args.megapixels, args.photos) if given else \
         [photo_bytes(768, 1024, i) for i in range(args.photos)]
-    out = {"date": time.strftime("%Y-%m-%d"), "device": describe(torch.device("cpu")), "host": platform.node(),
-           "torch": torch.__version__, "size": args.size, "megapixels": args.megapixels if given else 0.8,
+    out = measure.machine(torch.device("cpu")) | {"size": args.size, "megapixels": args.megapixels if given else 0.8,
            "runs": {}}
     for name in ("inline", "threads"):
         # The outbox on the disk that will hold the results.

@@ -9,15 +9,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
 
-from nstd import __version__
 from nstd.bench import measure, ttq
-from nstd.engine.device import describe
 from nstd.engine.switches import Switches, resolve
 
 
@@ -33,9 +29,7 @@ def main() -> None:
     model = measure.stored_model(device)
     w = measure.pair(args.images, args.content, args.style, args.size, args.iterations)
     fast = Switches(checkpoint=False)
-    out = {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
-           "torch": torch.__version__, "nstd": __version__, "cpu_threads": torch.get_num_threads(),
-           "fast_path": resolve(fast, device).describe(), "pair": [args.content, args.style]}
+    out = measure.machine(device) | {"fast_path": resolve(fast, device).describe(), "pair": [args.content, args.style]}
     patterns = args.only.split(",") if args.only else ["*"]
 
     def chosen(name: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -18,9 +19,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from nstd import images, weights
+from nstd import __version__, images, weights
 from nstd.bench import baseline
-from nstd.engine.device import free_memory
+from nstd.engine.device import describe, free_memory
 from nstd.engine.switches import Switches
 from nstd.engine.memory import flops_per_iteration
 from nstd.engine.resize import resize_long_side
@@ -32,6 +33,12 @@ from nstd.engine.vgg import VGGFeatures
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, in FLOP/s.
 DATASHEET_BF16 = (("H100 80GB HBM3", 989.4e12), ("H100 SXM", 989.4e12), ("H100 PCIe", 756.5e12),
                   ("H100 NVL", 835.5e12), ("H200", 989.4e12), ("A100", 312e12))
+
+
+def machine(device: torch.device) -> dict:
+    """What every result file opens with: when, on what, with which versions."""
+    return {"date": time.strftime("%Y-%m-%d"), "device": describe(device), "host": platform.node(),
+            "torch": torch.__version__, "nstd": __version__, "cpu_threads": torch.get_num_threads()}
 
 
 @dataclass

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from nstd import __version__
 from nstd.bench import measure, ttq
 from nstd.bench.measure import Workload
-from nstd.engine.device import describe
 from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings
 from nstd.engine.vgg import VGGFeatures
@@ -46,9 +42,7 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
     fp32 = Switches("fp32", checkpoint=False)
     r = resolve(switches, device)
     w = Workload(content, style, plan.size, plan.iterations, settings)
-    out: dict = {"date": time.strftime("%Y-%m-%d"), "device": describe(device),
-                 "host": platform.node(), "torch": torch.__version__, "nstd": __version__,
-                 "cpu_threads": torch.get_num_threads(), "fast_path": r.describe(),
+    out: dict = measure.machine(device) | {"fast_path": r.describe(),
                  "workload": {"size": plan.size, "iterations": plan.iterations, "model": model.model_id,
                               "optimizer": settings.optimizer, "lbfgs_history": settings.lbfgs_history}}
     out["matmul_bf16_flops"] = measure.matmul_peak(device)
