@@ -13,7 +13,6 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -65,13 +64,6 @@ def _step(x: torch.Tensor, opt: BatchedLBFGS, target: torch.Tensor, weight: torc
     return time.perf_counter() - start
 
 
-def nudged(w: Workload) -> Workload:
-    """The workload with its photo changed by about 1e-6: the control. The optimisation
-    amplifies any rounding, so this shows how far apart two runs land by chance alone."""
-    gen = torch.Generator().manual_seed(1)
-    return replace(w, content=(w.content + 1e-6 * torch.randn(w.content.shape, generator=gen)).clamp(0, 1))
-
-
 def quality(model, w: Workload, conv: str) -> dict:
     """Each history dtype over the workload: the fixed run against fp32's own final
     objective (the reference), and with the default stopping rule; and fp32 again with
@@ -83,7 +75,7 @@ def quality(model, w: Workload, conv: str) -> dict:
         traces[name] = ttq.nstd_trace(name, model, w, switches, [Scale(w.size, its, history)])
         traces[name + "_stopping"] = ttq.nstd_trace(name + "_stopping", model, ttq.stopping(w), switches,
                                                     [Scale(w.size, its, history)])
-    traces["fp32_nudged"] = ttq.nstd_trace("fp32_nudged", model, nudged(w), Switches(conv, checkpoint=False),
+    traces["fp32_nudged"] = ttq.nstd_trace("fp32_nudged", model, measure.nudged(w), Switches(conv, checkpoint=False),
                                            [Scale(w.size, its, history)])
     reference = ttq.objective(model, w, traces["fp32"].snapshots[-1][2])
     for name, trace in traces.items():

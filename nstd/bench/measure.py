@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -71,6 +71,13 @@ def pair(folder: Path, content: str, style: str, size: int, iterations: int,
          settings: BatchSettings | None = None) -> Workload:
     """A photo and a painting of `folder` as a workload."""
     return Workload(picture(folder, content), picture(folder, style), size, iterations, settings or BatchSettings())
+
+
+def nudged(w: Workload) -> Workload:
+    """The workload with its photo changed by about 1e-6: the control. The optimisation
+    amplifies any rounding, so this shows how far apart two runs land by chance alone."""
+    gen = torch.Generator().manual_seed(1)
+    return replace(w, content=(w.content + 1e-6 * torch.randn(w.content.shape, generator=gen)).clamp(0, 1))
 
 
 def pair_arguments(ap: argparse.ArgumentParser, size: int) -> None:
