@@ -7,7 +7,7 @@
 # KIT: a folder made by `python benchmarks/gpu_kit.py pack` (wheels, weights, pictures), for
 # a host that can fetch nothing; it is unpacked on every call, since such hosts start bare.
 # Stages, in the order worth running them; on a host that allows ten minutes a command,
-# one call each for `ttq`, `compiled`, `bench`, `history finish` and `stopping narrowing memory`
+# one call each for `ttq`, `compiled`, `bench`, `history length finish` and `stopping narrowing memory`
 # (and `bench` again with BENCH_FLAGS="--precision tf32 --no-baseline --no-latency" and
 # another OUT, for TF32's stream and sweep):
 #   ttq        time to quality: every eager contender and neural-style-pt, side by side
@@ -15,6 +15,7 @@
 #   bench      nstd bench without time to quality: standard runs, batch and scale sweeps
 #              (the share of the bf16 peak), and drop-to-output latency on an idle daemon
 #   history    the bf16 L-BFGS history against fp32: step time, bytes, the picture
+#   length     shorter L-BFGS histories (50, 20, 10 pairs) against the default 100, to the picture
 #   finish     bf16 with a short TF32 finish, against fp32 and bf16 alone
 #   stopping   where the stopping rule stops at SIZE, in fp32
 #   narrowing  a batch whose photos stop at different iterations, narrowed or not
@@ -27,7 +28,7 @@
 #   DEVICE=cpu SIZE=64 ITERATIONS=10 SWEEP=5 \
 #   BENCH_FLAGS="--no-latency --sizes 64 --max-batch 4" sh benchmarks/gpu_campaign.sh .gpukit out ttq bench
 set -eu
-STAGES="ttq compiled bench history finish stopping narrowing memory"
+STAGES="ttq compiled bench history length finish stopping narrowing memory"
 [ $# -ge 3 ] || { echo "usage: $0 KIT OUT STAGE... (stages: $STAGES)" >&2; exit 2; }
 KIT=$(cd "$1" && pwd); OUT=$2; shift 2
 for s in "$@"; do
@@ -82,6 +83,9 @@ for s in "$@"; do
     history)
         stage history "$PYTHON" "$ROOT/benchmarks/history.py" --images "$IMAGES" --size "$SIZE" \
             --iterations "$ITERATIONS" --precision bf16 --device "$DEVICE" --out "$OUT/history.json" ;;
+    length)
+        stage length "$PYTHON" "$ROOT/benchmarks/history_length.py" --images "$IMAGES" --size "$SIZE" \
+            --iterations "$ITERATIONS" --device "$DEVICE" --out "$OUT/history-length.json" ;;
     finish)
         stage finish "$PYTHON" "$ROOT/benchmarks/finish.py" --images "$IMAGES" --size "$SIZE" \
             --iterations "$ITERATIONS" --device "$DEVICE" --finish-precision tf32 --out "$OUT/finish.json" ;;
