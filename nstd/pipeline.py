@@ -17,7 +17,7 @@ import torch
 from nstd import images, losslog
 from nstd.engine.device import describe
 from nstd.engine.memory import Footprint, least_bytes
-from nstd.engine.resize import long_side_size, resize_photo
+from nstd.engine.resize import POOLED, long_side_size, resize_photo
 from nstd.engine.runner import Engine
 from nstd.engine.types import Progress, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -28,7 +28,7 @@ from nstd.params import TransferParams
 from nstd.style import Style
 from nstd.weights import WeightInfo
 
-MIN_SIDE = 16  # VGG19 pools four times before relu5_1
+MIN_SIDE = POOLED  # VGG19 pools four times before relu5_1
 
 
 @dataclass(frozen=True)

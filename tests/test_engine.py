@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nstd.engine.switches import Switches, resolve
-from nstd.engine.resize import long_side_size, resize_long_side
+from nstd.engine.resize import least_long_side, long_side_size, resize_long_side
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
@@ -298,3 +298,12 @@ def test_odd_sizes_stylize_their_last_row_and_column_like_the_rest(tiny_model, m
     assert min(edge_shares()) > 0.7
     monkeypatch.setattr(transfer, "pool_padding", lambda h, w: (0, 0, 0, 0))
     assert max(edge_shares()) < 0.6
+
+
+def test_a_wide_painting_at_a_small_style_scale_keeps_what_the_pools_need(tiny_model):
+    # 1:3 at a quarter of a 48 px photo is 12x4 px: VGG's four pools would leave nothing of it.
+    painting = StyleImage(rand_image(30, 90, seed=7), key="wide", scale=0.25)
+    job = TransferJob(rand_image(36, 48, seed=1), (painting,))
+    [result] = run_batch(tiny_model, [job], BatchSettings(iterations=2))
+    assert torch.isfinite(result.image).all() and result.image.shape == (3, 36, 48)
+    assert long_side_size(30, 90, least_long_side(30, 90)) == (16, 48)

@@ -10,7 +10,6 @@ Scoring happens after the run, so it costs the contender nothing.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ from nstd.bench.measure import Workload, final_losses, sync
 from nstd.engine.device import free_memory
 from nstd.engine.losses import tv_loss
 from nstd.engine.multiscale import Scale, run_scales
+from nstd.engine.resize import least_long_side
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch
@@ -166,8 +166,7 @@ def stream(model: VGGFeatures, w: Workload, batch: int, switches: Switches, phot
 
 def half_size(w: Workload) -> int:
     """Coarse to fine's first scale: half the long side, its short side at least 16 px."""
-    h, wd = w.content.shape[-2:]
-    return max(w.size // 2, math.ceil(16 * max(h, wd) / min(h, wd)))
+    return max(w.size // 2, least_long_side(*w.content.shape[-2:]))
 
 
 def stopping(w: Workload) -> Workload:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +12,11 @@ def long_side_size(h: int, w: int, long_side: int) -> tuple[int, int]:
     """(height, width) scaled so the longer side is `long_side`, keeping aspect."""
     scale = long_side / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def least_long_side(h: int, w: int) -> int:
+    """The shortest long side at which an h x w image keeps POOLED px on its short side."""
+    return math.ceil(POOLED * max(h, w) / min(h, w))
 
 
 def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from nstd.engine.losses import gram
-from nstd.engine.resize import resize_long_side
+from nstd.engine.resize import least_long_side, resize_long_side
 from nstd.engine.types import StyleImage, TransferJob
 
 Features = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -52,7 +52,9 @@ def style_targets(features: Features, device: torch.device, sets: list[tuple[Sty
         total_w = sum(s.weight for s in styles)
         blended: dict[str, torch.Tensor] = {}
         for style in styles:
-            size = max(16, round(long_side * style.scale))
+            # Its share of the photo's size, but never so small that its short side
+            # vanishes in VGG's pools (a wide painting at a small style_scale).
+            size = max(least_long_side(*style.image.shape[-2:]), round(long_side * style.scale))
 
             def compute(style=style, size=size):
                 img = resize_long_side(style.image.to(device, torch.float32), size)
