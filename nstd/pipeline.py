@@ -47,9 +47,12 @@ def working_size(name: str, h: int, w: int, params: TransferParams, max_pixels: 
     long_side = params.long_side(h, w)
     size = long_side_size(h, w, long_side)
     first = long_side_size(h, w, params.scales(long_side)[0].long_side)
-    if min(*size, *first) < MIN_SIDE:
+    if min(size) < MIN_SIDE:
         raise ImageError(f"{name}: {w}x{h} is too narrow to stylize at size {params.size} "
                          f"(short side under {MIN_SIDE} px)")
+    if min(first) < MIN_SIDE:  # coarse to fine's first scale, not the output, is too narrow
+        raise ImageError(f"{name}: its first scale (multiscale_start {params.multiscale_start}) would be "
+                         f"{first[1]}x{first[0]}, under {MIN_SIDE} px on its short side; raise multiscale_start")
     if size[0] * size[1] > max_pixels:  # a size setting far above the photo's own
         raise ImageError(f"{name}: size {params.size} makes it {size[1]}x{size[0]}, {size[0] * size[1]:,} "
                          f"pixels, over the limit of {max_pixels:,} (max_pixels)")

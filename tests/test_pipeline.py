@@ -35,3 +35,20 @@ def test_stylize_and_the_daemon_give_bit_identical_pixels(service, tmp_path):
     # Everything that shapes the picture agrees; how often losses are logged is no flag.
     assert {k: v for k, v in daemon_log["params"].items() if k != "log_every"} == \
         {k: v for k, v in one_shot_log["params"].items() if k != "log_every"}
+
+
+def test_a_photo_too_narrow_for_its_size_or_for_its_first_scale_is_one_line_naming_it():
+    import pytest
+
+    from nstd.errors import ImageError
+    from nstd.params import TransferParams
+    from nstd.pipeline import working_size
+
+    with pytest.raises(ImageError, match=r"^p.jpg: 400x20 is too narrow to stylize at size 64 "):
+        working_size("p.jpg", 20, 400, TransferParams(size=64), 10**8)
+    # The output would be 1024x768; coarse to fine's first scale, 16 px long, would not.
+    params = TransferParams(size="original", multiscale_start=16)
+    with pytest.raises(ImageError, match=r"^p.jpg: its first scale \(multiscale_start 16\) would be 16x12, under "
+                                         r"16 px on its short side; raise multiscale_start$"):
+        working_size("p.jpg", 768, 1024, params, 10**8)
+    assert working_size("p.jpg", 768, 1024, TransferParams(size="original", multiscale_start=32), 10**8) == (768, 1024)
