@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -506,7 +507,7 @@ def _weights(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected weights separated by commas, not {text!r}") from None
-    if any(not v >= 0 for v in values) or not sum(values) > 0:  # also refuses NaN
+    if not all(math.isfinite(v) and v >= 0 for v in values) or not sum(values) > 0:
         raise argparse.ArgumentTypeError("weights must be finite, not negative, and not all zero")
     return values
 

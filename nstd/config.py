@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from dataclasses import dataclass, field
@@ -348,6 +349,8 @@ def _number(raw: Any, key: str, kind: type, lo: float | None, hi: float | None):
             raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if not math.isfinite(value):  # .nan and .inf would pass every range check below
+        raise ConfigError(f"{key}: must be a finite number, got {raw!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
         raise ConfigError(f"{key}: must be {bounds}, got {raw!r}")

@@ -56,6 +56,7 @@ def test_blends_parse_with_weights_scales_and_overrides(tmp_path):
     ("blends: {mix: {styles: {a: 1}}}\n", "blends.mix.styles: a blend needs at least two styles"),
     ("blends: {a: {styles: {a: 1, b: 1}}}\n", "blends.a: a style has this name already"),
     ("blends: {mix: {styles: {a: -1, b: 1}}}\n", "blends.mix.styles.a.weight: must be at least 0"),
+    ("blends: {mix: {styles: {a: 1, b: .inf}}}\n", "blends.mix.styles.b.weight: must be a finite number"),
     ("blends: {mix: {styles: {a: 1, b: 1}, style_wieght: 3}}\n", "blends.mix.style_wieght: unknown key"),
     ("blends: {mix: {weights: {a: 1}}}\n", "blends.mix.styles: missing"),
 ])

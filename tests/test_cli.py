@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
@@ -128,6 +129,11 @@ def test_bad_parameter_names_the_flag(tmp_path, models, capsys):
                "--models-dir", str(models)])
     assert rc == 1
     assert "nstd: error: --style-weight: must be a finite number, got nan" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["stylize", str(photo), "-s", str(photo), "-s", str(photo), "--blend", "1,inf", "-o",
+              str(tmp_path / "o"), "--models-dir", str(models)])
+    assert exit_.value.code == 2
+    assert "argument --blend: weights must be finite, not negative" in capsys.readouterr().err
 
 
 def test_stylize_multiscale_ends_at_the_requested_size(tmp_path, models):

@@ -78,6 +78,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
     ("transfer: {content_weight: 1e309}\n", "transfer.content_weight: must be a finite number"),
     ("transfer: {style_layers: {relu1_1: .nan}}\n", "transfer.style_layers: layer weights must be finite"),
     ("styles: {b: {image: b.jpg, style_weight: .inf}}\n", "styles.b.style_weight: must be a finite number"),
+    ("worker: {batch_window: .nan}\n", "worker.batch_window: must be a finite number"),
+    ("watch: {rescan_interval: .inf}\n", "watch.rescan_interval: must be a finite number"),
 ])
 def test_bad_values_name_their_key_path(tmp_path, text, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
