@@ -411,6 +411,10 @@ def cmd_stylize(args) -> int:
         raise NstdError("--max-batch must be at least 1")
     if args.outdir.exists() and not args.outdir.is_dir():
         raise NstdError(f"-o {args.outdir}: a file, not a folder; name a folder for the outputs")
+    try:  # now, not after the first photo's compute
+        args.outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NstdError(f"-o {args.outdir}: cannot create it ({e.strerror})") from None
     if args.blend is not None and len(args.blend) != len(args.style):
         raise NstdError(f"--blend: {len(args.blend)} weights for {len(args.style)} --style images")
     contents = stylize.expand(args.contents)

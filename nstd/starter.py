@@ -41,10 +41,14 @@ def init(target: Path) -> Path:
     config = target / "config.yaml"
     if config.exists():
         raise NstdError(f"{config} exists already; nstd init starts a new folder")
-    for name in FOLDERS:
-        (target / name).mkdir(parents=True, exist_ok=True)
-    (target / "styles").mkdir(exist_ok=True)
-    for painting in ("starry_night.jpg", "the_scream.jpg", "shipwreck.jpg"):
-        shutil.copyfile(PAINTINGS / painting, target / "styles" / painting)
-    config.write_text(CONFIG.format(config=config))
+    try:
+        for name in FOLDERS:
+            (target / name).mkdir(parents=True, exist_ok=True)
+        (target / "styles").mkdir(exist_ok=True)
+        for painting in ("starry_night.jpg", "the_scream.jpg", "shipwreck.jpg"):
+            shutil.copyfile(PAINTINGS / painting, target / "styles" / painting)
+        config.write_text(CONFIG.format(config=config))
+    except OSError as e:
+        raise NstdError(f"{e.filename or target}: cannot write ({e.strerror}); "
+                        "name a folder you can write to") from None
     return config

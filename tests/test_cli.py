@@ -185,6 +185,9 @@ def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path, mod
     err = capsys.readouterr().err
     assert rc == 1 and err == f"nstd: error: -o {tmp_path / 'taken'}: a file, not a folder; name a folder " \
                               f"for the outputs\n"
+    rc = main(stylize_args(models, photo, "-s", photo, "-o", tmp_path / "taken" / "out"))
+    err = capsys.readouterr().err
+    assert rc == 1 and err == f"nstd: error: -o {tmp_path / 'taken' / 'out'}: cannot create it (Not a directory)\n"
 
 
 def test_a_rerun_with_other_settings_keeps_the_earlier_outputs(tmp_path, models):

@@ -135,6 +135,12 @@ def test_nstd_init_writes_a_config_that_checks_and_never_overwrites(tmp_path, ca
     assert main(["init", str(target)]) == 1
     assert "exists already" in capsys.readouterr().err
     assert (target / "config.yaml").read_text().startswith("# edited by hand")
+    # A folder that cannot be made (here: below a file) is one line naming it.
+    (tmp_path / "a-file").write_text("x")
+    assert main(["init", str(tmp_path / "a-file" / "studio")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nstd: error: {tmp_path / 'a-file' / 'studio'}") and err.count("\n") == 1
+    assert "cannot write (Not a directory); name a folder you can write to" in err
 
 
 def test_host_defaults_to_the_machines_name_and_is_checked(tmp_path):
