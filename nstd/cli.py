@@ -45,6 +45,18 @@ def _models_dir(args) -> Path:
     return Path(args.models_dir).expanduser() if args.models_dir else weights.default_models_dir()
 
 
+def _folder(path: Path, option: str) -> Path:
+    """`path` made ready to write into, before any work; a one-line error naming the
+    option where it is a file or cannot be made."""
+    if path.exists() and not path.is_dir():
+        raise NstdError(f"{option} {path}: a file, not a folder; name a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NstdError(f"{option} {path}: cannot create it ({e.strerror})") from None
+    return path
+
+
 def _add_models_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", help="folder for converted weights (default: $NSTD_MODELS_DIR "
                                         "or ~/.cache/nstd)")
@@ -409,12 +421,7 @@ def cmd_stylize(args) -> int:
     params = validate(TransferParams(**{f.name: getattr(args, f.name) for f in FLAGS}, log_every=10), where="--")
     if args.max_batch < 1:
         raise NstdError("--max-batch must be at least 1")
-    if args.outdir.exists() and not args.outdir.is_dir():
-        raise NstdError(f"-o {args.outdir}: a file, not a folder; name a folder for the outputs")
-    try:  # now, not after the first photo's compute
-        args.outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise NstdError(f"-o {args.outdir}: cannot create it ({e.strerror})") from None
+    _folder(args.outdir, "-o")  # now, not after the first photo's compute
     if args.blend is not None and len(args.blend) != len(args.style):
         raise NstdError(f"--blend: {len(args.blend)} weights for {len(args.style)} --style images")
     contents = stylize.expand(args.contents)
@@ -576,6 +583,7 @@ def cmd_bench(args) -> int:
     style = images.decode(_read(args.style), str(args.style), images.DEFAULT_MAX_PIXELS).pixels
     _bench_sizes_fit(args.content, content, (plan.size, *plan.sizes))
     models_dir = _models_dir(args)
+    _folder(args.out, "--out")  # now, not after the bench has run
     model = measure.stored_model(device, args.model, models_dir)
 
     def latency():
@@ -634,14 +642,14 @@ def _add_weights(sub) -> None:
 
 
 def cmd_weights_fetch(args) -> int:
-    info = weights.fetch(_models_dir(args), args.model, force=args.force)
+    info = weights.fetch(_folder(_models_dir(args), "--models-dir"), args.model, force=args.force)
     print(f"{info.model_id}: ready in {_models_dir(args)} (sha256 {info.file_sha256[:12]}…, "
           f"from {info.source})")
     return 0
 
 
 def cmd_weights_import(args) -> int:
-    info = weights.import_file(_models_dir(args), args.file, args.name, args.preprocessing)
+    info = weights.import_file(_folder(_models_dir(args), "--models-dir"), args.file, args.name, args.preprocessing)
     print(f"{info.model_id}: imported from {args.file} ({info.preprocessing} preprocessing)")
     return 0
 

@@ -183,11 +183,20 @@ def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path, mod
     (tmp_path / "taken").write_text("a file")
     rc = main(stylize_args(models, photo, "-s", photo, "-o", tmp_path / "taken"))
     err = capsys.readouterr().err
-    assert rc == 1 and err == f"nstd: error: -o {tmp_path / 'taken'}: a file, not a folder; name a folder " \
-                              f"for the outputs\n"
+    assert rc == 1 and err == f"nstd: error: -o {tmp_path / 'taken'}: a file, not a folder; name a folder\n"
     rc = main(stylize_args(models, photo, "-s", photo, "-o", tmp_path / "taken" / "out"))
     err = capsys.readouterr().err
     assert rc == 1 and err == f"nstd: error: -o {tmp_path / 'taken' / 'out'}: cannot create it (Not a directory)\n"
+
+
+def test_folders_to_write_are_checked_before_any_work(tmp_path, models, capsys):
+    (tmp_path / "taken").write_text("a file")
+    below = tmp_path / "taken" / "x"
+    for argv, option in ((["weights", "fetch", "--models-dir", str(below)], "--models-dir"),
+                         (["bench", "--quick", "--models-dir", str(models), "--model", "random", "--out", str(below)],
+                          "--out")):
+        assert main(argv) == 1
+        assert capsys.readouterr().err == f"nstd: error: {option} {below}: cannot create it (Not a directory)\n"
 
 
 def test_a_rerun_with_other_settings_keeps_the_earlier_outputs(tmp_path, models):
