@@ -41,9 +41,9 @@ def main() -> None:
     for row in rows:
         print(f"{row['name']:<26} reached={row['reached']} {row['seconds']:7.1f} s  {row['iterations']} its  "
               f"best {row['best_vs_reference']:.4f}x", flush=True)
-    out = measure.machine(device) | {"size": args.size,
-           "half": half, "pair": [args.content, args.style], "reference_objective": reference,
-           "reference_iterations": its, "tolerance": ttq.TOLERANCE, "contenders": rows}
+    out = measure.machine(device) | {"size": args.size, "half": half, "pair": [args.content, args.style],
+                                     "reference_objective": reference, "reference_iterations": its,
+                                     "tolerance": ttq.TOLERANCE, "contenders": rows}
     args.out.write_text(json.dumps(out, indent=1))
 
 

@@ -40,8 +40,8 @@ def main() -> None:
         name = f"nstd_bf16_stopping_{args.finish_precision}_finish_{k}"
         runs[name] = lambda k=k, name=name: ttq.nstd_trace(name, model, stops, bf16,
                                                           full + [Scale(w.size, k, history, args.finish_precision)])
-    out = measure.machine(device) | {"pair": [args.content, args.style],
-           "size": args.size, "iterations": its, "finish_precision": args.finish_precision}
+    out = measure.machine(device) | {"pair": [args.content, args.style], "size": args.size, "iterations": its,
+                                     "finish_precision": args.finish_precision}
 
     def write(table: dict) -> None:  # after every run: one cut short keeps what it measured
         args.out.write_text(json.dumps(out | table, indent=1))

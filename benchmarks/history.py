@@ -99,8 +99,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     device = torch.device(args.device)
-    out = measure.machine(device) | {"size": args.size, "iterations": args.iterations,
-           "precision": args.precision}
+    out = measure.machine(device) | {"size": args.size, "iterations": args.iterations, "precision": args.precision}
     out["step"] = step_seconds(device, (384, 512), args.step_batch, BatchSettings().lbfgs_history, 20)
     print("step", out["step"], flush=True)
     args.out.write_text(json.dumps(out, indent=1))

@@ -42,9 +42,9 @@ def run(model: VGGFeatures, content: torch.Tensor, style: torch.Tensor, plan: Pl
     fp32 = Switches("fp32", checkpoint=False)
     r = resolve(switches, device)
     w = Workload(content, style, plan.size, plan.iterations, settings)
-    out: dict = measure.machine(device) | {"fast_path": r.describe(),
-                 "workload": {"size": plan.size, "iterations": plan.iterations, "model": model.model_id,
-                              "optimizer": settings.optimizer, "lbfgs_history": settings.lbfgs_history}}
+    workload = {"size": plan.size, "iterations": plan.iterations, "model": model.model_id,
+                "optimizer": settings.optimizer, "lbfgs_history": settings.lbfgs_history}
+    out: dict = measure.machine(device) | {"fast_path": r.describe(), "workload": workload}
     out["matmul_bf16_flops"] = measure.matmul_peak(device)
     out["datasheet_bf16_flops"] = measure.datasheet_peak(device)
 
