@@ -193,8 +193,13 @@ class _Folder:
         out = publish.Output(self.req.outdir / f"{stem}.{images.EXTENSIONS[self.req.fmt]}",
                              self.req.outdir / f"{stem}.json", self.req.fmt, self.req.quality)
         log = log | {"output": {"path": out.image.name, "format": self.req.fmt.lower()} | log["output"]}
-        publish.write(out, result.image, log, f"{Path(task.input_path).name} × {task.style.parts[0].path.name}",
-                      result.snapshots, output_exif(task.photo, task.style), task.photo.bits)
+        try:
+            publish.write(out, result.image, log, f"{Path(task.input_path).name} × {task.style.parts[0].path.name}",
+                          result.snapshots, output_exif(task.photo, task.style), task.photo.bits)
+        except OSError as e:  # a full disk or a dropped share: this output is lost, say so and go on
+            self.on_error(f"{out.image}: cannot write ({e.strerror})")
+            self.failures += 1
+            return
         self.written += 1
 
     def _keep_earlier(self, stem: str, log: dict) -> str:

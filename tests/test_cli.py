@@ -189,6 +189,19 @@ def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path, mod
     assert rc == 1 and err == f"nstd: error: -o {tmp_path / 'taken' / 'out'}: cannot create it (Not a directory)\n"
 
 
+def test_an_output_that_cannot_be_written_is_one_line_and_the_others_still_come_out(tmp_path, models, capsys):
+    a, b = write_photo(tmp_path / "a.png", 40, 40, 1), write_photo(tmp_path / "b.png", 40, 40, 2)
+    style = write_photo(tmp_path / "s.png", 40, 40, 3)
+    out = tmp_path / "out"
+    (out / "a.s.png").mkdir(parents=True)  # a folder where a's image would go: the write fails, as on a full disk
+    rc = main(stylize_args(models, a, b, "-s", style, "-o", out))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"nstd: error: {out / 'a.s.png'}: cannot write (Is a directory)\n" in err
+    assert "nstd: 1 of 2 written" in err and "Traceback" not in err
+    assert (out / "b.s.png").is_file() and (out / "b.s.json").is_file() and not (out / "a.s.json").exists()
+
+
 def test_folders_to_write_are_checked_before_any_work(tmp_path, models, capsys):
     (tmp_path / "taken").write_text("a file")
     below = tmp_path / "taken" / "x"
