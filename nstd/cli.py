@@ -421,10 +421,15 @@ def cmd_stylize(args) -> int:
     params = validate(TransferParams(**{f.name: getattr(args, f.name) for f in FLAGS}, log_every=10), where="--")
     if args.max_batch < 1:
         raise NstdError("--max-batch must be at least 1")
-    _folder(args.outdir, "-o")  # now, not after the first photo's compute
     if args.blend is not None and len(args.blend) != len(args.style):
         raise NstdError(f"--blend: {len(args.blend)} weights for {len(args.style)} --style images")
     contents = stylize.expand(args.contents)
+    if not contents:
+        from nstd.config import DEFAULT_EXTENSIONS
+
+        raise NstdError(f"{', '.join(map(str, args.contents))}: no photos to stylize "
+                        f"(a folder's {', '.join(DEFAULT_EXTENSIONS)} files are taken)")
+    _folder(args.outdir, "-o")  # now, not after the first photo's compute
     req = stylize.Request(contents=contents, styles=args.style, outdir=args.outdir, params=params,
                           device=args.device, fmt=images.output_format(args.format),
                           quality=args.quality, max_batch=args.max_batch, max_pixels=args.max_pixels,

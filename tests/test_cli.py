@@ -202,6 +202,16 @@ def test_an_output_that_cannot_be_written_is_one_line_and_the_others_still_come_
     assert (out / "b.s.png").is_file() and (out / "b.s.json").is_file() and not (out / "a.s.json").exists()
 
 
+def test_a_folder_with_no_photos_is_one_line(tmp_path, models, capsys):
+    style = write_photo(tmp_path / "s.png", 40, 40, 3)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a photo")
+    assert main(stylize_args(models, tmp_path / "empty", "-s", style, "-o", tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nstd: error: {tmp_path / 'empty'}: no photos to stylize (a folder's .jpg, ")
+    assert err.count("\n") == 1
+
+
 def test_folders_to_write_are_checked_before_any_work(tmp_path, models, capsys):
     (tmp_path / "taken").write_text("a file")
     below = tmp_path / "taken" / "x"
