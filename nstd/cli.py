@@ -647,8 +647,9 @@ def _add_weights(sub) -> None:
 
 
 def cmd_weights_fetch(args) -> int:
-    info = weights.fetch(_folder(_models_dir(args), "--models-dir"), args.model, force=args.force)
-    print(f"{info.model_id}: ready in {_models_dir(args)} (sha256 {info.file_sha256[:12]}…, "
+    models_dir = _folder(_models_dir(args), "--models-dir")
+    info = weights.fetch(models_dir, args.model, force=args.force)
+    print(f"{info.model_id}: ready in {models_dir} (sha256 {info.file_sha256[:12]}…, "
           f"from {info.source})")
     return 0
 
