@@ -212,3 +212,24 @@ def test_a_host_clears_only_the_temp_files_its_own_dead_processes_left(hosts, mo
     atomic_write(ink / "s.jpg", b"x")
     monkeypatch.undo()
     assert seen and seen[0].startswith(f".s.jpg.@{host_tag()}@{os.getpid()}.") and seen[0].endswith(".tmp")
+
+
+def test_a_restarted_host_keeps_the_shared_spools_mask_copies(hosts):
+    """On the shared spool, a host's start-up must not delete the mask copies of photos
+    queued by any host."""
+    from test_masks import half_mask, png
+
+    a, b = hosts
+    inbox = a.cfg.inbox
+    for n in range(2):
+        (inbox / f"p{n}.png").write_bytes(photo_bytes(40, 32, n, "PNG"))
+        (inbox / f"p{n}.png.mask.png").write_bytes(png(half_mask(40, 32)))
+    a.inputs.step(1000.0)
+    a.inputs.step(1010.0)
+    assert a.journal.counts()["queued"] == 2
+    b.recover()
+    a.recover()
+    assert len(list(a.cfg.spool_dir.glob("*.mask-*"))) == 2
+    scheduler = Scheduler(b.journal, 0, lambda job: 2, clock=time.time, owner="b:1:cpu")
+    b.worker.process(b.journal, scheduler.next_batch())
+    assert b.journal.counts() == {"queued": 0, "running": 0, "done": 2, "failed": 0}

@@ -267,3 +267,24 @@ def test_a_guides_styled_regions_are_known_before_it_is_loaded():
     assert styled_regions(regions, "none") == 2  # two paintings; keep is no styled region
     assert styled_regions(GuideSpec("mask", "m.png", "0" * 64), "faces") == 1
     assert (styled_regions(None, "none"), styled_regions(None, "faces")) == (0, 1)
+
+
+def test_a_restart_keeps_the_mask_copies_of_queued_photos(service, settle):
+    """Start-up's sweep of the spool must leave what queued jobs need: their photo's copy
+    and the mask copies beside it (it took the masks for litter and failed every photo)."""
+    inbox = service.cfg.inbox
+    for n in range(3):
+        (inbox / f"p{n}.jpg").write_bytes(photo_bytes(40, 40, n))
+        (inbox / f"p{n}.jpg.mask.png").write_bytes(png(half_mask()))
+    service.inputs.step(0.0)
+    service.inputs.step(settle * 2)
+    assert queued_inputs(service) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    (service.cfg.spool_dir / "stray.tmp").write_bytes(b"litter")  # a write a crash cut short
+    service.recover()  # what a start after a stop or a kill -9 does first
+    assert len(list(service.cfg.spool_dir.glob("*.mask-*"))) == 3
+    assert not (service.cfg.spool_dir / "stray.tmp").exists()
+    drive(service, settle * 3)
+    assert files(service.cfg.failed) == []
+    assert sorted(files(service.cfg.processed)) == sorted(f"p{n}.jpg{m}" for n in range(3) for m in ("", ".mask.png"))
+    for job in service.journal.get_jobs([1, 2, 3]):
+        assert job.state == State.DONE and job.params["guide"]["name"].endswith(".mask.png")

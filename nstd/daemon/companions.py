@@ -30,6 +30,11 @@ def spool_path(photo_spool: Path, photo_sha: str, spec: GuideSpec) -> Path:
     return photo_spool.with_name(f"{photo_sha}.mask-{spec.sha256[:16]}{PurePosixPath(spec.name).suffix.lower()}")
 
 
+def mask_copies(photo_spool: Path) -> list[Path]:
+    """The mask copies kept beside a spooled photo (named `<photo sha>.mask-…` by spool_path)."""
+    return list(photo_spool.parent.glob(f"{photo_spool.stem}.mask-*"))
+
+
 def find(inbox: Path, relpath: str, sidecars: list[tuple[str, dict]], styles: list[str], settled: Settled,
          read: Callable[[str, tuple[int, int, int]], bytes]) -> Found:
     """The photo's guide, if any. A ConfigError names a bad sidecar key; `read` may raise

@@ -10,7 +10,7 @@ from typing import Callable
 
 from nstd import masks
 from nstd.config import Config
-from nstd.daemon import dispose
+from nstd.daemon import companions, dispose
 from nstd.daemon.database import Unavailable
 from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, relative, scan, settle_seconds
 from nstd.daemon.intake import Intake, Kind
@@ -171,7 +171,7 @@ class Inputs:
             self.accepted.pop(rel, None)
         if inp.spool and not self.journal.spool_in_use(inp.spool):
             Path(inp.spool).unlink(missing_ok=True)
-            for mask in Path(inp.spool).parent.glob(f"{inp.sha256}.mask-*"):  # its masks' copies go with it
+            for mask in companions.mask_copies(Path(inp.spool)):  # its masks' copies go with it
                 mask.unlink(missing_ok=True)
 
     def _same_version(self, rel: str, sha: str) -> bool:

@@ -8,11 +8,12 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from nstd import weights
 from nstd.config import Config
-from nstd.daemon import dispose, gallery, outbox, preflight
+from nstd.daemon import companions, dispose, gallery, outbox, preflight
 from nstd.daemon.inbox import Hints, Watcher, choose_mode
 from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
@@ -124,7 +125,9 @@ class Service:
             return outbox.stray_temp_files(self.cfg.outbox, shared=True)
         litter = outbox.stray_temp_files(self.cfg.outbox)
         litter += dispose.stray_moves(self.cfg.processed) + dispose.stray_moves(self.cfg.failed)
+        # A queued job needs its photo's spool copy and the mask copies kept beside it.
         in_use = self.journal.spools_in_use()
+        in_use |= {str(m) for s in list(in_use) for m in companions.mask_copies(Path(s))}
         return litter + [p for p in self.inputs.intake.spool_dir.iterdir() if str(p) not in in_use]
 
     # --- the loop ---------------------------------------------------------------------
