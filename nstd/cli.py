@@ -358,13 +358,20 @@ def cmd_retry(args) -> int:
 
     from nstd import config
     from nstd.daemon import dispose
+    from nstd.fsutil import printable
 
     if not (args.names or args.reason or args.all):
         raise NstdError("retry: name the photos, or give --reason TEXT, or --all")
     cfg = config.load(args.config)
-    chosen = [(src, rec) for src, rec in dispose.failed_records(cfg.failed)
+    records = dispose.failed_records(cfg.failed)
+    chosen = [(src, rec) for src, rec in records
               if (args.all or any(fnmatch(rec.get("input", ""), n) for n in args.names) or
                   (args.reason and args.reason in rec.get("reason", "")))]
+    unknown = [n for n in args.names if not any(fnmatch(rec.get("input", ""), n) for _, rec in records)]
+    for name in unknown:
+        print(f"nstd: {printable(name)}: no photo of that name in {cfg.failed}", file=sys.stderr)
+    if unknown and not chosen:
+        return 1
     moved = 0
     for src, rec in chosen:
         try:
@@ -375,7 +382,7 @@ def cmd_retry(args) -> int:
         print(f"{rec.get('input')}: back in the inbox (was: {rec.get('reason', '')[:100]})")
         moved += 1
     print(f"nstd: {moved} of {len(chosen)} photo(s) moved back to {cfg.inbox}", file=sys.stderr)
-    return 0 if moved == len(chosen) else 1
+    return 0 if moved == len(chosen) and not unknown else 1
 
 
 # --- stylize ----------------------------------------------------------------------

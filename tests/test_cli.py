@@ -248,3 +248,20 @@ def test_folders_are_taken_as_their_photos_and_a_blend_is_one_output(tmp_path, m
     assert sorted(p.name for p in out.glob("*.png")) == ["a.s1+s2.png", "b.s1+s2.png"]
     log = json.loads((out / "a.s1+s2.json").read_text())
     assert [(s["name"], s["weight"]) for s in log["styles"]] == [("s1", 0.7), ("s2", 0.3)]
+
+
+def test_retry_names_what_is_not_in_failed_and_still_moves_the_names_that_are(tmp_path, capsys):
+    from daemon_harness import write_config
+    from nstd.daemon import dispose
+
+    config = write_config(tmp_path, tmp_path / "models")
+    (tmp_path / "inbox" / "a.jpg").write_bytes(b"not a photo")
+    dispose.to_failed(tmp_path / "inbox", tmp_path / "failed", "a.jpg", "a.jpg: cannot decode", None)
+    args = ["--config", str(config)]
+    for names in (["nonexistent.jpg"], ["../../../etc/passwd"]):
+        assert main(["retry", *names, *args]) == 1
+        assert capsys.readouterr().err == f"nstd: {names[0]}: no photo of that name in {tmp_path / 'failed'}\n"
+    assert main(["retry", "a.jpg", "nonexistent.jpg", *args]) == 1
+    err = capsys.readouterr().err
+    assert "nonexistent.jpg: no photo of that name" in err and "1 of 1 photo(s) moved back" in err
+    assert (tmp_path / "inbox" / "a.jpg").exists() and not list((tmp_path / "failed").iterdir())
