@@ -9,12 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from nstd import images
+from nstd import images, safeyaml
 from nstd.daemon.database import is_postgres
 from nstd.engine.switches import HISTORY_PRECISIONS, PRECISIONS, Switches
-from nstd.errors import ConfigError
+from nstd.errors import ConfigError, clip, shown
 from nstd.params import TransferParams, with_overrides
 
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -123,23 +121,14 @@ TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir",
 
 def load(path: Path) -> Config:
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}); is it the YAML config?") from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(yaml_error(str(path), e)) from None
-    return parse(raw, Path(path))
-
-
-def yaml_error(label: str, e: yaml.YAMLError) -> str:
-    """One line naming the file and line of a YAML syntax error."""
-    mark = getattr(e, "problem_mark", None)
-    where = f" line {mark.line + 1}" if mark else ""
-    return f"{label}:{where} not valid YAML ({getattr(e, 'problem', e)})"
+    return parse(safeyaml.load(data, str(path), safeyaml.CONFIG) or {}, Path(path))
 
 
 def parse(raw: Any, path: Path) -> Config:
@@ -303,7 +292,7 @@ def _auto_bool(raw: Any, key: str) -> bool | None:
         return None
     if isinstance(raw, bool):
         return raw
-    raise ConfigError(f"{key}: must be auto, true or false, not {raw!r}")
+    raise ConfigError(f"{key}: must be auto, true or false, not {shown(raw)}")
 
 
 # --- typed readers that name the key --------------------------------------------------
@@ -312,7 +301,7 @@ def _auto_bool(raw: Any, key: str) -> bool | None:
 def _bool(raw: Any, key: str) -> bool:
     if isinstance(raw, bool):
         return raw
-    raise ConfigError(f"{key}: must be true or false, not {raw!r}")
+    raise ConfigError(f"{key}: must be true or false, not {shown(raw)}")
 
 def _mapping(raw: Any, key: str, allowed: set[str] | None = None) -> dict:
     if raw is None:
@@ -322,38 +311,38 @@ def _mapping(raw: Any, key: str, allowed: set[str] | None = None) -> dict:
     if allowed is not None:
         for k in raw:
             if k not in allowed:
-                name = f"{key}.{k}" if key else str(k)
+                name = f"{key}.{clip(str(k), 60)}" if key else clip(str(k), 60)
                 raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(allowed))})")
     return raw
 
 
 def _path(raw: Any, key: str, root: Path) -> Path:
     if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"{key}: expected a path, got {raw!r}")
+        raise ConfigError(f"{key}: expected a path, got {shown(raw)}")
     p = Path(raw).expanduser()
     return p if p.is_absolute() else (root / p).resolve()
 
 
 def _choice(raw: Any, key: str, options: tuple[str, ...]) -> str:
     if raw not in options:
-        raise ConfigError(f"{key}: must be one of {', '.join(options)}, got {raw!r}")
+        raise ConfigError(f"{key}: must be one of {', '.join(options)}, got {shown(raw)}")
     return raw
 
 
 def _number(raw: Any, key: str, kind: type, lo: float | None, hi: float | None):
     if isinstance(raw, bool):
-        raise ConfigError(f"{key}: expected a number, got {raw!r}")
+        raise ConfigError(f"{key}: expected a number, got {shown(raw)}")
     try:
         value = kind(raw)
         if kind is int and float(raw) != value:
             raise ValueError
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+        raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {shown(raw)}") from None
     if not math.isfinite(value):  # .nan and .inf would pass every range check below
-        raise ConfigError(f"{key}: must be a finite number, got {raw!r}")
+        raise ConfigError(f"{key}: must be a finite number, got {shown(raw)}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-        raise ConfigError(f"{key}: must be {bounds}, got {raw!r}")
+        raise ConfigError(f"{key}: must be {bounds}, got {shown(raw)}")
     return value
 
 

@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from nstd import images
-from nstd.errors import ConfigError, ImageError
+from nstd.errors import ConfigError, ImageError, shown
 
 KINDS = ("mask", "regions")
 KEEP = "keep"
 EXTENSIONS = ("png", "tif", "tiff", "jpg", "jpeg", "webp", "bmp")
 ASPECT_TOLERANCE = 0.02  # exports round sizes by a pixel or two; a crop changes the aspect more
 UNMAPPED_SHARE = 0.005  # a colour covering more of a region map than this must be mapped
+UNMAPPED_TOTAL = 0.02  # and unmapped colours together no more than this (anti-aliased edges are less)
 MAP_SIDE = 2048  # a region map is read at most this large: its labels need no more
+MAX_COLOURS = 64  # a region map names a few areas; each colour costs a pass over the map
 NEAR = 60.0  # an anti-aliased edge pixel within this RGB distance of a mapped colour takes it
 
 _MASK_NAME = re.compile(r"^(?P<base>.+)\.(?P<kind>mask|regions)\.(?P<ext>[A-Za-z0-9]+)$")
@@ -65,9 +67,9 @@ def own_file(photo: Path, kind: str, links: bool = False) -> Path | None:
 
 
 def parse_colour(text, where: str) -> tuple[int, int, int]:
-    m = _COLOUR.match(str(text).strip())
+    m = _COLOUR.match(text.strip()) if isinstance(text, str) else None
     if not m:
-        raise ConfigError(f"{where}: {text!r} is not a colour; write it as \"#rrggbb\", e.g. \"#ff0000\"")
+        raise ConfigError(f"{where}: {shown(text)} is not a colour; write it as \"#rrggbb\", e.g. \"#ff0000\"")
     v = int(m[1], 16)
     return (v >> 16) & 255, (v >> 8) & 255, v & 255
 
@@ -101,18 +103,8 @@ def decode_regions(data: bytes, name: str, photo_hw: tuple[int, int], colours: d
         rgb = F.interpolate(rgb[None], size=size, mode="nearest-exact")[0]
     rgb = (rgb * 255).round()
     flat = rgb.reshape(3, -1).T  # (pixels, 3)
-    palette = torch.tensor(list(colours), dtype=flat.dtype)
-    dist = torch.cdist(flat, palette)  # (pixels, colours)
-    nearest = dist.argmin(1)
-    far = dist.min(1).values > NEAR
-    if far.any():
-        values, counts = flat[far].unique(dim=0, return_counts=True)
-        worst = int(counts.argmax())
-        if counts[worst] > UNMAPPED_SHARE * flat.shape[0]:
-            r, g, b = (int(v) for v in values[worst])
-            share = 100 * int(counts[worst]) / flat.shape[0]
-            raise ImageError(f"{name}: colour #{r:02x}{g:02x}{b:02x} covers {share:.1f}% of the map and names "
-                             f"no style; map it in the sidecar's regions (to a style or to keep)")
+    nearest, far = _nearest(flat, torch.tensor(list(colours), dtype=flat.dtype))
+    _check_unmapped(flat, far, name)
     targets = list(colours.values())
     found: dict[str, torch.Tensor] = {}
     for k, target in enumerate(targets):
@@ -120,3 +112,36 @@ def decode_regions(data: bytes, name: str, photo_hw: tuple[int, int], colours: d
         if hit.any():
             found[target] = found[target] + hit if target in found else hit
     return list(found.items())
+
+
+_CHUNK = 1 << 18  # pixels compared with the palette at a time: memory stays bounded whatever the map
+
+
+def _nearest(flat: torch.Tensor, palette: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's nearest palette index, and whether that colour is farther than NEAR."""
+    nearest = torch.empty(flat.shape[0], dtype=torch.long)
+    far = torch.empty(flat.shape[0], dtype=torch.bool)
+    for i in range(0, flat.shape[0], _CHUNK):
+        best = torch.cdist(flat[i:i + _CHUNK], palette).min(1)
+        nearest[i:i + _CHUNK] = best.indices
+        far[i:i + _CHUNK] = best.values > NEAR
+    return nearest, far
+
+
+def _check_unmapped(flat: torch.Tensor, far: torch.Tensor, name: str) -> None:
+    """An ImageError naming the largest colour mapped to nothing, if that colour, or all such
+    colours together, cover a real part of the map."""
+    unmapped = int(far.sum())
+    if unmapped == 0:
+        return
+    values, counts = flat[far].unique(dim=0, return_counts=True)
+    worst = int(counts.argmax())
+    r, g, b = (int(v) for v in values[worst])
+    share, total = 100 * int(counts[worst]) / flat.shape[0], 100 * unmapped / flat.shape[0]
+    if counts[worst] > UNMAPPED_SHARE * flat.shape[0]:
+        raise ImageError(f"{name}: colour #{r:02x}{g:02x}{b:02x} covers {share:.1f}% of the map and names "
+                         f"no style; map it in the sidecar's regions (to a style or to keep)")
+    if unmapped > UNMAPPED_TOTAL * flat.shape[0]:
+        raise ImageError(f"{name}: {len(values)} colours that name no style cover {total:.1f}% of the map "
+                         f"(the largest, #{r:02x}{g:02x}{b:02x}, {share:.1f}%); paint the map in the "
+                         f"sidecar's colours only")

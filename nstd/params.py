@@ -5,16 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-import yaml
-
-from nstd.engine.types import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings, Region,
-                               StyleImage, TransferJob)
-from nstd.engine.color import MODES as COLOR_MODES
-from nstd.engine.multiscale import Scale, schedule
-from nstd.engine.resize import long_side_size
-from nstd.engine.vgg import LAYER_INDEX
-from nstd import faces
-from nstd.errors import ConfigError
+from nstd.engine.layers import LAYER_INDEX
+from nstd.engine.sizes import Scale, long_side_size, schedule
+from nstd.engine.types import (COLOR_MODES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, INITS, BatchSettings,
+                               Region, StyleImage, TransferJob)
+from nstd import faces, safeyaml
+from nstd.errors import ConfigError, clip, shown
 
 OPTIMIZERS = ("lbfgs", "adam")
 PROTECT = ("none", "faces")
@@ -103,10 +99,11 @@ FLAGS = tuple(f for f in fields(TransferParams) if "help" in f.metadata)
 
 def parse_flag(key: str, text: str):
     """A command-line value for the setting `key`, read as the config would read it."""
-    value = yaml.safe_load(text) if text.strip() else text
+    flag = "--" + key.replace("_", "-")
+    value = safeyaml.load(text, flag, safeyaml.FLAG) if text.strip() else text
     if key == "multiscale_iterations" and isinstance(value, str):
-        value = [yaml.safe_load(v) for v in value.split(",")]
-    return _coerce(key, value, "--" + key.replace("_", "-"))
+        value = [safeyaml.load(v, flag, safeyaml.FLAG) for v in value.split(",")]
+    return _coerce(key, value, flag)
 
 
 def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
@@ -118,9 +115,9 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
     for f in fields(p):
         value = getattr(p, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise bad(f.name, f"must be a finite number, got {value!r}")
+            raise bad(f.name, f"must be a finite number, got {shown(value)}")
     if p.size != "original" and (not isinstance(p.size, int) or p.size < 16):
-        raise bad("size", f"must be at least 16 px or 'original', got {p.size!r}")
+        raise bad("size", f"must be at least 16 px or 'original', got {shown(p.size)}")
     if p.multiscale_start < 16:
         raise bad("multiscale_start", f"must be at least 16 px, got {p.multiscale_start}")
     if not 1.1 <= p.multiscale_factor <= 4:
@@ -130,7 +127,7 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
     if p.iterations < 1:
         raise bad("iterations", f"must be at least 1, got {p.iterations}")
     if p.optimizer not in OPTIMIZERS:
-        raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {p.optimizer!r}")
+        raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {shown(p.optimizer)}")
     if p.lr is not None and p.lr <= 0:
         raise bad("lr", f"must be positive, got {p.lr}")
     if p.lbfgs_history < 1:
@@ -139,17 +136,17 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
         if getattr(p, key) < 0:
             raise bad(key, f"must not be negative, got {getattr(p, key)}")
     if p.init not in INITS:
-        raise bad("init", f"must be one of {', '.join(INITS)}, got {p.init!r}")
+        raise bad("init", f"must be one of {', '.join(INITS)}, got {shown(p.init)}")
     if p.preserve_color not in COLOR_MODES:
-        raise bad("preserve_color", f"must be one of {', '.join(COLOR_MODES)}, got {p.preserve_color!r}")
+        raise bad("preserve_color", f"must be one of {', '.join(COLOR_MODES)}, got {shown(p.preserve_color)}")
     if not 0.05 <= p.style_scale <= 4:
         raise bad("style_scale", f"must be between 0.05 and 4, got {p.style_scale}")
     if p.protect not in PROTECT:
-        raise bad("protect", f"must be one of {', '.join(PROTECT)}, got {p.protect!r}")
+        raise bad("protect", f"must be one of {', '.join(PROTECT)}, got {shown(p.protect)}")
     if p.protect == "faces" and not faces.available():
         raise bad("protect", faces.missing())
     if p.pooling not in POOLINGS:
-        raise bad("pooling", f"must be one of {', '.join(POOLINGS)}, got {p.pooling!r}")
+        raise bad("pooling", f"must be one of {', '.join(POOLINGS)}, got {shown(p.pooling)}")
     if not p.content_layers:
         raise bad("content_layers", "needs at least one layer")
     if not p.style_layers:
@@ -157,7 +154,7 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
     for name in list(p.content_layers) + [n for n, _ in p.style_layers]:
         if name not in LAYER_INDEX:
             raise bad("content_layers" if name in p.content_layers else "style_layers",
-                      f"unknown VGG19 layer {name!r} (e.g. relu1_1 … relu5_4)")
+                      f"unknown VGG19 layer {shown(name)} (e.g. relu1_1 … relu5_4)")
     if any(not math.isfinite(w) or w < 0 for _, w in p.style_layers):
         raise bad("style_layers", "layer weights must be finite and not negative")
     _check_loop(p, bad)
@@ -181,7 +178,7 @@ def with_overrides(base: TransferParams, overrides: dict, where: str) -> Transfe
     values = {}
     for key, value in overrides.items():
         if key not in FIELD_NAMES:
-            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(FIELD_NAMES)})")
+            raise ConfigError(f"{where}.{clip(str(key), 60)}: unknown key (known: {', '.join(FIELD_NAMES)})")
         values[key] = _coerce(key, value, f"{where}.{key}")
     return validate(replace(base, **values), where)
 
@@ -206,7 +203,7 @@ def _coerce(key: str, value, where: str):
                 return tuple((str(k), float(v)) for k, v in value.items())
             names = [value] if isinstance(value, str) else list(value)
             return tuple((str(n), 1.0 / len(names)) for n in names)
-        if isinstance(current, bool) or value is None or isinstance(value, (dict, list)):
+        if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):  # true is no size
             raise TypeError
         if isinstance(current, int):
             if isinstance(value, float) and not value.is_integer():
@@ -218,7 +215,7 @@ def _coerce(key: str, value, where: str):
     except (TypeError, ValueError):
         kind = {"style_layers": "a list or a mapping of layer: weight", "size": "int or 'original'",
                 "multiscale_iterations": "a list of ints"}.get(key, type(current).__name__)
-        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
+        raise ConfigError(f"{where}: expected {kind}, got {shown(value)}") from None
 
 
 def from_dict(d: dict) -> TransferParams:

@@ -102,6 +102,14 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
         config.load(write(tmp_path, "styles:\n  a: [unclosed\n"))
 
 
+def test_a_config_with_aliases_or_deep_nesting_is_one_line(tmp_path):
+    bomb = "".join(f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    with pytest.raises(ConfigError, match=r"c.yaml: line 2 not valid YAML \(uses an alias \(\*a\)"):
+        config.load(write(tmp_path, "a: &a [x, x, x, x, x, x, x, x, x]\n" + bomb + "transfer: {seed: *i}\n"))
+    with pytest.raises(ConfigError, match=r"c.yaml: line 1 not valid YAML \(nested deeper than 16 levels\)$"):
+        config.load(write(tmp_path, "transfer: " + "[" * 5000 + "]" * 5000 + "\n"))
+
+
 def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(ConfigError):
         config.load(write(tmp_path, "styles: !!python/object/apply:os.system ['true']\n"))

@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import time
 
@@ -139,3 +140,57 @@ def test_intake_sizes_a_photo_by_the_history_precision_the_workers_use(service):
     worker = replace(cfg.worker, switches=replace(cfg.worker.switches, history_precision="bf16"))
     service.runtime = replace(service.runtime, cfg=replace(cfg, worker=worker))
     assert drop("b.jpg", 2).kind is Kind.QUEUED
+
+
+def _alias_bomb(key: str) -> str:
+    """Nine levels of aliases: 1 KB of YAML whose value has 9**9 items when expanded."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    return "\n".join(lines) + f"\n{key}: *i\n"
+
+
+@pytest.mark.parametrize("text,message", [
+    (_alias_bomb("style_weight"), r"p.jpg.nstd.yaml: line 2 not valid YAML \(uses an alias \(\*a\)"),
+    (_alias_bomb("mask"), r"p.jpg.nstd.yaml: line 2 not valid YAML \(uses an alias"),
+    ("base: &b {style_weight: 3}\n<<: *b\n", r"p.jpg.nstd.yaml: line 2 not valid YAML \(uses an alias"),
+    ("style_weight: " + "[" * 20000 + "]" * 20000 + "\n", r"p.jpg.nstd.yaml: line 1 not valid YAML \(nested deeper than 8"),
+    ("style_weight: " + "{a: " * 12000 + "1" + "}" * 12000 + "\n", r"p.jpg.nstd.yaml: line 1 not valid YAML \(nested deeper"),
+    ("seed: [" + ", ".join(["1"] * 5000) + "]\n", r"p.jpg.nstd.yaml: line 1 not valid YAML \(more than 2000 values"),
+    ("seed: 1" + "0" * 6000 + "\n", r"p.jpg.nstd.yaml: cannot be read \(ValueError: Exceeds the limit"),
+    ("seed: 2024-13-45\n", r"p.jpg.nstd.yaml: cannot be read \(ValueError: month must be in 1..12"),
+    ("? [a, b]\n: 1\n", r"p.jpg.nstd.yaml: line \d+ not valid YAML"),
+    (b"style_weight: \xff\xfe\n", r"p.jpg.nstd.yaml: not UTF-8 text \(byte 14\)"),
+])
+def test_a_hostile_sidecar_is_one_line_before_any_value_is_built(tmp_path, text, message):
+    path = tmp_path / "p.jpg.nstd.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match="^" + message) as e:
+        sidecar.overrides_for(tmp_path, "p.jpg")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("text,message", [
+    ("style_weight: [" + ", ".join(["1"] * 1500) + "]\n",
+     r"^p.jpg.nstd.yaml.style_weight: expected float, got \[1, 1, 1, 1, \.\.\.\]$"),
+    ("mask: [" + ", ".join(["x" * 30] * 1500) + "]\n", r"^p.jpg.nstd.yaml.mask: \['xxx"),
+    ("size: true\n", r"^p.jpg.nstd.yaml.size: expected int or 'original', got True$"),
+    ("regions: {" + ", ".join(f'"#{n:06x}": keep' for n in range(65)) + "}\n",
+     r"^p.jpg.nstd.yaml.regions: 65 colours; a region map takes at most 64$"),
+    ("regions: {\"#ff0000\": [ink, ink]}\n", r"^p.jpg.nstd.yaml.regions.#ff0000: \['ink', 'ink'\] is not"),
+    ("? " + "x" * 5000 + "\n: 1\n", r"^p.jpg.nstd.yaml.x+…: unknown key"),
+])
+def test_a_sidecars_bad_value_is_quoted_short(service, text, message):
+    """Every refusal quotes the value cut short, however large it is."""
+    (service.cfg.inbox / "p.jpg.nstd.yaml").write_text(text)
+    path = service.cfg.inbox / "p.jpg"
+    path.write_bytes(photo_bytes(40, 40, 3))
+    (service.cfg.inbox / "p.jpg.regions.png").write_bytes(photo_bytes(40, 40, 4, "PNG"))
+    if "regions" not in text:
+        (service.cfg.inbox / "p.jpg.regions.png").unlink()
+    service.inputs.settle.seconds = 0
+    st = path.stat()
+    out = service.intake.accept("p.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert out.kind is Kind.FAILED and re.match(message, out.detail), out.detail
+    assert len(out.detail) < 400
+    assert (service.cfg.failed / "p.jpg").exists()  # nothing lost

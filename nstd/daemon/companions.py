@@ -10,7 +10,7 @@ from typing import Callable
 
 from nstd import masks
 from nstd.daemon.sidecar import PHOTO_SUFFIX, guide_keys
-from nstd.errors import ConfigError
+from nstd.errors import ConfigError, shown
 from nstd.guide import GuideSpec
 
 # The stat key a settled file had when the inbox watcher last saw it, or None if it has not settled.
@@ -67,9 +67,9 @@ def _named(keys: dict, kind: str) -> str | None:
     if key not in keys:
         return None
     side, value = keys[key]
-    name = str(value)
-    if "/" in name or "\\" in name or name in (".", "..") or masks.kind_of(name) != kind:
-        raise ConfigError(f"{side}.{key}: {value!r} must be a file name in the sidecar's folder ending "
+    name = value if isinstance(value, str) else ""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or masks.kind_of(name) != kind:
+        raise ConfigError(f"{side}.{key}: {shown(value)} must be a file name in the sidecar's folder ending "
                           f"in .{kind}.png (or .tif, .jpg), so that it is never taken for a photo")
     return str(PurePosixPath(side).parent / name)
 
@@ -81,11 +81,14 @@ def _colours(keys: dict, styles: list[str], map_rel: str) -> tuple[tuple[str, st
     side, mapping = keys["regions"]
     if not isinstance(mapping, dict) or not mapping:
         raise ConfigError(f"{side}.regions: expected a mapping of \"#rrggbb\": style or keep")
+    if len(mapping) > masks.MAX_COLOURS:
+        raise ConfigError(f"{side}.regions: {len(mapping)} colours; a region map takes at most "
+                          f"{masks.MAX_COLOURS}")
     out = []
     for colour, target in mapping.items():
         rgb = masks.parse_colour(colour, f"{side}.regions")
-        if str(target) != masks.KEEP and str(target) not in styles:
-            raise ConfigError(f"{side}.regions.{colour}: {target!r} is not a configured style or keep "
+        if not isinstance(target, str) or (target != masks.KEEP and target not in styles):
+            raise ConfigError(f"{side}.regions.{colour}: {shown(target)} is not a configured style or keep "
                               f"(styles: {', '.join(styles)})")
         out.append(("#%02x%02x%02x" % rgb, str(target)))
     return tuple(out)

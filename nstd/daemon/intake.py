@@ -20,7 +20,7 @@ from nstd.daemon.inbox import route
 from nstd.daemon.journal import Input, JobSpec, Journal, State
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
-from nstd.errors import ConfigError, ImageError
+from nstd.errors import ConfigError, ImageError, clip
 from nstd.fsutil import atomic_write, is_utf8, printable
 from nstd.guide import REGIONS_STYLE, GuideSpec, styled_regions
 from nstd.log import get
@@ -122,6 +122,10 @@ class Intake:
             return Outcome(Kind.CHANGED, "")  # the mask moved under us
         except (ImageError, ConfigError) as e:
             return self._refuse(relpath, sha, str(e))
+        except OSError:
+            raise  # a share that went away: the next scan looks again, no attempt spent
+        except Exception as e:  # noqa: BLE001 - whatever a hostile file provokes fails that file alone
+            return self._refuse(relpath, sha, f"cannot be taken in ({type(e).__name__}: {clip(str(e), 120)})")
         spool = self.spool_dir / f"{sha}{Path(relpath).suffix.lower()}"
         if not spool.exists():
             atomic_write(spool, data)

@@ -15,11 +15,9 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-import yaml
-
-from nstd.config import yaml_error
+from nstd import safeyaml
 from nstd.fsutil import NAME_MAX
-from nstd.errors import ConfigError
+from nstd.errors import ConfigError, shown
 from nstd.params import TransferParams, with_overrides
 
 PHOTO_SUFFIX = ".nstd.yaml"
@@ -52,7 +50,7 @@ def apply(params: TransferParams, found: list[tuple[str, dict]], models: set[str
     for rel, overrides in found:
         params = with_overrides(params, {k: v for k, v in overrides.items() if k not in GUIDE_KEYS}, rel)
         if params.model not in models:
-            raise ConfigError(f"{rel}.model: {params.model!r} is not a model this config uses "
+            raise ConfigError(f"{rel}.model: {shown(params.model)} is not a model this config uses "
                               f"({', '.join(sorted(models))})")
     return params
 
@@ -76,11 +74,10 @@ def _read(path: Path, rel: str) -> dict | None:
         raise ConfigError(f"{rel}: {st.st_size} bytes; a sidecar holds a few settings (at most {MAX_BYTES})")
     try:
         with open(path, "rb") as f:
-            raw = yaml.safe_load(f.read(MAX_BYTES + 1)) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(yaml_error(rel, e)) from None
+            data = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{rel}: cannot read ({e.strerror})") from None
+    raw = safeyaml.load(data, rel, safeyaml.SIDECAR) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{rel}: expected a mapping of transfer settings, e.g. style_weight: 20")
     return raw
