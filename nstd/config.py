@@ -11,8 +11,9 @@ from typing import Any
 
 from nstd import images, safeyaml
 from nstd.daemon.database import is_postgres
-from nstd.engine.switches import HISTORY_PRECISIONS, PRECISIONS, Switches
+from nstd.engine.types import HISTORY_PRECISIONS, PRECISIONS, Switches
 from nstd.errors import ConfigError, clip, shown
+from nstd.limits import Limits, parse as parse_limits
 from nstd.params import TransferParams, with_overrides
 
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -94,6 +95,7 @@ class Config:
     output: OutputConfig = OutputConfig()
     watch: WatchConfig = WatchConfig()
     worker: WorkerConfig = WorkerConfig()
+    limits: Limits = Limits()
     log_level: str = "info"
     log_format: str = "auto"
     health_interval: float = field(default=5.0)
@@ -116,7 +118,8 @@ class Config:
 
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success", "max_pixels",
-            "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host"}
+            "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host",
+            "limits"}
 
 
 def load(path: Path) -> Config:
@@ -150,6 +153,7 @@ def parse(raw: Any, path: Path) -> Config:
         output=_output(m.get("output", {})),
         watch=_watch(m.get("watch", {})),
         worker=_worker(m.get("worker", {})),
+        limits=parse_limits(m.get("limits")),
         log_level=_choice(log.get("level", "info"), "log.level", ("debug", "info", "warning", "error")),
         log_format=_choice(log.get("format", "auto"), "log.format", ("auto", "json", "console")),
         **_shared(m, folders["state_dir"], root),

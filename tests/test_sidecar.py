@@ -194,3 +194,37 @@ def test_a_sidecars_bad_value_is_quoted_short(service, text, message):
     assert out.kind is Kind.FAILED and re.match(message, out.detail), out.detail
     assert len(out.detail) < 400
     assert (service.cfg.failed / "p.jpg").exists()  # nothing lost
+
+
+@pytest.mark.parametrize("text,message", [
+    ("iterations: 1000000000\nstop_tolerance: 0\n",
+     "p.jpg: asks for 1,000,000,000 iterations at one scale, over limits.iterations (2,000)"),
+    ("lbfgs_history: 100000\n", "p.jpg: asks for 100,000 L-BFGS history pairs, over limits.lbfgs_history (300)"),
+    ("snapshot_every: 1\n", "p.jpg: asks for 4 snapshots, over limits.snapshots (3)"),
+    ("size: 64\nmultiscale_start: 16\nmultiscale_factor: 1.1\nmultiscale_iterations: [1500]\niterations: 10\n",
+     "p.jpg: asks for 22,510 iterations over its scales, over limits.total_iterations (5,000)"),
+])
+def test_a_sidecar_cannot_hold_the_worker_for_ever(service, text, message):
+    from dataclasses import replace
+    from nstd.limits import Limits
+
+    service.runtime = replace(service.runtime, cfg=replace(service.cfg, limits=Limits(snapshots=3)))
+    (service.cfg.inbox / "p.jpg.nstd.yaml").write_text(text)
+    path = service.cfg.inbox / "p.jpg"
+    path.write_bytes(photo_bytes(40, 40, 3))
+    st = path.stat()
+    out = service.intake.accept("p.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert out.kind is Kind.FAILED and out.detail.startswith(message), out.detail
+    assert service.journal.counts()["queued"] == 0
+
+
+def test_limits_are_read_from_the_config(tmp_path):
+    from nstd import config
+    from daemon_harness import write_config
+
+    cfg = config.load(write_config(tmp_path, tmp_path / "models", limits={"iterations": 50}))
+    assert cfg.limits.iterations == 50 and cfg.limits.total_iterations == 5000
+    for bad, message in (({"iterations": 0}, "limits.iterations: must be a whole number of at least 1"),
+                         ({"iters": 5}, "limits.iters: unknown key"), ([1], "limits: expected a mapping")):
+        with pytest.raises(ConfigError, match="^" + re.escape(message)):
+            config.load(write_config(tmp_path, tmp_path / "models", limits=bad))

@@ -208,6 +208,7 @@ class Intake:
         running batch."""
         guided = spec is not None or params.protect != "none"
         hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
+        self.cfg.limits.check(relpath, params, max(hh, ww))
         check_fits(relpath, (hh, ww), params, memory, styled_regions(spec, params.protect),
                    self.cfg.worker.switches.history_precision)
         key = [ww, hh, repr(params.batch_key())] + (["guided"] if guided else [])

@@ -1,0 +1,52 @@
+"""What one job may ask of a worker, set by the operator (`limits:` in the config).
+
+A sidecar comes from whoever can write to the inbox; without a bound, `iterations:
+1000000000` with `stop_tolerance: 0` would hold the only worker for ever. Every job is
+checked at intake, once its photo's size is known, and a job over a limit is refused
+with one line naming the limit to raise. Sizes are bounded by `max_pixels` already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from nstd.errors import ConfigError
+from nstd.params import TransferParams
+
+
+@dataclass(frozen=True)
+class Limits:
+    iterations: int = 2_000  # at any one scale
+    total_iterations: int = 5_000  # over all of a photo's scales
+    lbfgs_history: int = 300  # each pair is two copies of the image
+    snapshots: int = 50  # images a job may save along the way
+
+    def check(self, name: str, params: TransferParams, long_side: int) -> None:
+        """A ConfigError naming `name`, what it asks and the limit, if any limit is passed."""
+        scales = params.scales(long_side)
+        most = max(s.iterations for s in scales)
+        total = sum(s.iterations for s in scales)
+        snapshots = total // params.snapshot_every if params.snapshot_every else 0
+        for asked, key, what in ((most, "iterations", "iterations at one scale"),
+                                 (total, "total_iterations", "iterations over its scales"),
+                                 (params.lbfgs_history, "lbfgs_history", "L-BFGS history pairs"),
+                                 (snapshots, "snapshots", "snapshots")):
+            if asked > getattr(self, key):
+                raise ConfigError(f"{name}: asks for {asked:,} {what}, over limits.{key} "
+                                  f"({getattr(self, key):,}); ask for less or raise the limit in the config")
+
+
+def parse(raw) -> Limits:
+    if raw is None:
+        return Limits()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"limits: expected a mapping, got {type(raw).__name__}")
+    known = {f.name for f in fields(Limits)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"limits.{str(key)[:60]}: unknown key (known: {', '.join(sorted(known))})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"limits.{key}: must be a whole number of at least 1")
+        values[key] = value
+    return Limits(**values)
