@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from nstd import weights
-from nstd.engine.vgg import LAYER_INDEX, weight_shapes
+from nstd.engine.layers import LAYER_INDEX, weight_shapes
 
 # The wheels a PyTorch image lacks: nstd's own small dependencies and the peer.
 WHEELS = ("watchdog>=4.0", "structlog>=24.1", "neural-style==0.5.7")

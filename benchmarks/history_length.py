@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nstd.bench import measure, ttq
-from nstd.engine.multiscale import Scale, schedule
+from nstd.engine.sizes import Scale, schedule
 from nstd.engine.switches import Switches
 
 

@@ -23,7 +23,8 @@ from nstd.engine.memory import Footprint, bytes_per_image, regions_of
 from nstd.engine.switches import Switches
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, Region, StyleImage, TransferJob
-from nstd.engine.vgg import VGGFeatures, weight_shapes
+from nstd.engine.layers import weight_shapes
+from nstd.engine.vgg import VGGFeatures
 
 
 SIZE = (384, 512)

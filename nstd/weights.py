@@ -1,7 +1,9 @@
 """VGG19 weights: where they come from, how they are checked, converted and stored.
 
 The models folder holds `<id>.pth` (a torch state dict keyed like torchvision's
-`vgg19().features`) and `<id>.json` (source, sha256s, preprocessing).
+`vgg19().features`) and `<id>.json` (source, sha256s, preprocessing). Listing and
+verifying read the JSON and hash the files; torch is imported only where a state dict is
+converted, saved or loaded.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from nstd.engine.vgg import CONV_INDICES, PREPROCESSING, weight_shapes
+from nstd.engine.layers import CONV_INDICES, PREPROCESSING, weight_shapes
 from nstd.errors import WeightsError
 from nstd.fsutil import sha256_file, umask_mode
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = "caffe"
 
@@ -62,6 +66,7 @@ def default_models_dir() -> Path:
 def convert_keras_h5(path: Path) -> dict[str, torch.Tensor]:
     """Keras (3, 3, in, out) kernels to torch (out, in, 3, 3), keyed by features index."""
     import h5py  # imported here: only fetch and import need it
+    import torch
 
     sd: dict[str, torch.Tensor] = {}
     try:
@@ -98,6 +103,8 @@ def check_state_dict(sd: dict[str, torch.Tensor], origin: str) -> dict[str, torc
 
 def _store(models_dir: Path, sd: dict[str, torch.Tensor], model_id: str, source: str,
            source_sha256: str, preprocessing: str) -> WeightInfo:
+    import torch
+
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / f"{model_id}.pth"
     with tempfile.NamedTemporaryFile(dir=models_dir, suffix=".tmp", delete=False) as tmp:
@@ -157,6 +164,8 @@ def verify(models_dir: Path, model_id: str) -> WeightInfo:
 
 
 def load(models_dir: Path, model_id: str = DEFAULT_MODEL) -> tuple[dict[str, torch.Tensor], WeightInfo]:
+    import torch
+
     info = verify(models_dir, model_id)
     path = models_dir / f"{model_id}.pth"
     try:
@@ -250,6 +259,8 @@ def import_file(models_dir: Path, path: Path, model_id: str | None = None,
         sd = check_state_dict(convert_keras_h5(path), str(path))
         default_id, default_pre = ("caffe", "caffe") if known else (None, None)
     elif suffix in (".pth", ".pt"):
+        import torch
+
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

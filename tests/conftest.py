@@ -4,7 +4,8 @@ import threading
 import pytest
 import torch
 
-from nstd.engine.vgg import VGGFeatures, weight_shapes
+from nstd.engine.layers import weight_shapes
+from nstd.engine.vgg import VGGFeatures
 from nstd.engine.types import BatchSettings
 
 # Two cores: keep torch from oversubscribing them when pytest runs.

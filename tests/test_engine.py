@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from nstd.engine.switches import Switches, resolve
-from nstd.engine.resize import least_long_side, long_side_size, resize_long_side
+from nstd.engine.resize import resize_long_side
+from nstd.engine.sizes import least_long_side, long_side_size
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob

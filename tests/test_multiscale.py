@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from nstd.engine import multiscale
-from nstd.engine.multiscale import Scale, run_scales, schedule
+from nstd.engine.multiscale import run_scales
+from nstd.engine.sizes import Scale, schedule
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 
 from conftest import rand_image

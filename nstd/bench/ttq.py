@@ -23,7 +23,7 @@ from nstd.bench.measure import Workload, final_losses, sync
 from nstd.engine.device import free_memory
 from nstd.engine.losses import tv_loss
 from nstd.engine.multiscale import Scale, run_scales
-from nstd.engine.resize import least_long_side
+from nstd.engine.sizes import least_long_side
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import run_batch

@@ -10,8 +10,6 @@ import torch
 
 from nstd.engine.types import StyleImage, TransferJob, TransferResult
 
-MODES = ("none", "luminance", "histogram")
-
 # NTSC YIQ: Y is luminance, I and Q carry the colour.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],
                             [0.595716, -0.274453, -0.321263],

@@ -8,9 +8,9 @@ from typing import Callable
 
 import torch
 
+from nstd.engine.layers import LAYER_INDEX, LAYER_NAMES, LAYERS
 from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings, RunStats, TransferJob
-from nstd.engine.vgg import LAYER_INDEX, LAYER_NAMES, LAYERS
 
 
 def _layer_shapes(h: int, w: int, last: int):

@@ -8,48 +8,18 @@ scale's style targets are computed at that scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from nstd.engine.switches import Switches
 from nstd.engine.resize import long_side_size, resize_long_side, upsample
+from nstd.engine.sizes import Scale
 from nstd.engine.targets import GramCache
 from nstd.engine.transfer import Finished, run_batch
 from nstd.engine.types import BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
-
-
-@dataclass(frozen=True)
-class Scale:
-    long_side: int
-    iterations: int
-    lbfgs_history: int
-    precision: str | None = None  # the convolutions' for this scale; None: the run's switches
-
-
-def schedule(long_side: int, start: int, factor: float, iterations: int,
-             later: tuple[int, ...], lbfgs_history: int) -> list[Scale]:
-    """Scales from `start` up to `long_side`, each `factor` larger than the last.
-
-    The first runs `iterations`; the next ones take `later` in turn (its last value
-    repeating). L-BFGS history shrinks with the pixel count, so its memory stays that of
-    the first scale: at 6000 px a full history would need tens of gigabytes.
-    """
-    if long_side <= start or factor <= 1:
-        return [Scale(long_side, iterations, lbfgs_history)]
-    sides = [start]
-    while sides[-1] * factor < long_side:
-        sides.append(round(sides[-1] * factor))
-    sides.append(long_side)
-    out = [Scale(start, iterations, lbfgs_history)]
-    for k, side in enumerate(sides[1:]):
-        its = later[min(k, len(later) - 1)] if later else iterations
-        history = max(5, min(lbfgs_history, round(lbfgs_history * (start / side) ** 2)))
-        out.append(Scale(side, its, history))
-    return out
 
 
 def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from nstd.engine.guides import at_layer, guided_gram
+from nstd.engine.layers import feature_size
 from nstd.engine.losses import content_loss, style_loss, tv_loss
-from nstd.engine.vgg import feature_size
 
 
 def mean_square(t: torch.Tensor) -> torch.Tensor:

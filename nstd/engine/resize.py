@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-
-def long_side_size(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """(height, width) scaled so the longer side is `long_side`, keeping aspect."""
-    scale = long_side / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def least_long_side(h: int, w: int) -> int:
-    """The shortest long side at which an h x w image keeps POOLED px on its short side."""
-    return math.ceil(POOLED * max(h, w) / min(h, w))
+from nstd.engine.sizes import POOLED, long_side_size
 
 
 def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
@@ -43,9 +32,6 @@ def upsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image.clamp(0, 1)
     return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
-
-
-POOLED = 16  # VGG19 halves an image four times before relu5_1
 
 
 def pool_padding(h: int, w: int) -> tuple[int, int, int, int]:

@@ -12,36 +12,7 @@ from typing import Callable
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16")
-HISTORY_PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass(frozen=True)
-class Switches:
-    """Requested switches; `resolve` turns "auto" and None into what the device and the
-    batch's memory allow."""
-
-    precision: str = "auto"  # auto: bf16 where the device has fast bf16, else fp32
-    channels_last: bool | None = None  # None: on for CUDA
-    cuda_graph: bool | None = None  # None: on for CUDA where a second copy of the batch fits
-    checkpoint: bool | None = None  # None: recompute each VGG block only where the batch won't fit
-    memory_budget: float = 0.8  # share of the free device memory a batch may plan on
-    # None: on for the CPU, where batching gains little. On, each image runs as a batch of
-    # one, interleaved, so its result does not depend on its company (see `resolve`).
-    reproducible: bool | None = None
-    # torch.compile of each iteration's forward and backward, so the elementwise work
-    # between convolutions fuses. None: off; it costs a compile per shape and process.
-    compile: bool | None = None
-    # How the L-BFGS history is stored: bf16 halves the optimiser's memory and traffic,
-    # at a rounding of each stored pair (see BatchedLBFGS).
-    history_precision: str = "fp32"
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.history_precision not in HISTORY_PRECISIONS:
-            raise ValueError(f"history_precision must be one of {', '.join(HISTORY_PRECISIONS)}, "
-                             f"not {self.history_precision!r}")
+from nstd.engine.types import Switches
 
 
 @dataclass(frozen=True)

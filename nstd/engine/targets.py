@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from nstd.engine.losses import gram
-from nstd.engine.resize import least_long_side, resize_long_side
+from nstd.engine.resize import resize_long_side
+from nstd.engine.sizes import least_long_side
 from nstd.engine.types import StyleImage, TransferJob
 
 Features = Callable[[torch.Tensor], dict[str, torch.Tensor]]

@@ -21,7 +21,7 @@ from nstd.engine.guides import blend_keep, fit, pixel_guides
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
 from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
-from nstd.engine.types import INITS, BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
+from nstd.engine.types import COLOR_MODES, INITS, BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
 _log = logging.getLogger("nstd.engine")
@@ -355,8 +355,8 @@ def check_job(j: TransferJob, shape: tuple[int, ...]) -> None:
         raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
     if j.init_image is not None and j.init_image.shape != j.content.shape:
         raise ValueError(f"init_image must match the content's shape {tuple(j.content.shape)}")
-    if j.preserve_color not in color.MODES:
-        raise ValueError(f"preserve_color must be one of {', '.join(color.MODES)}, not {j.preserve_color!r}")
+    if j.preserve_color not in COLOR_MODES:
+        raise ValueError(f"preserve_color must be one of {', '.join(COLOR_MODES)}, not {j.preserve_color!r}")
 
 
 def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:

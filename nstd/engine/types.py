@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # tensors are only annotations here: configs and commands load no torch
+    import torch
 
 DEFAULT_STYLE_LAYERS = (("relu1_1", 0.2), ("relu2_1", 0.2), ("relu3_1", 0.2),
                         ("relu4_1", 0.2), ("relu5_1", 0.2))
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 INITS = ("content", "noise", "style")
+COLOR_MODES = ("none", "luminance", "histogram")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+HISTORY_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,35 @@ class BatchSettings:
     @property
     def style_names(self) -> list[str]:
         return [name for name, _ in self.style_layers]
+
+
+@dataclass(frozen=True)
+class Switches:
+    """How a batch is asked to run on its device (see nstd.engine.switches);
+    `switches.resolve` turns "auto" and None into what the device and the batch's memory
+    allow."""
+
+    precision: str = "auto"  # auto: bf16 where the device has fast bf16, else fp32
+    channels_last: bool | None = None  # None: on for CUDA
+    cuda_graph: bool | None = None  # None: on for CUDA where a second copy of the batch fits
+    checkpoint: bool | None = None  # None: recompute each VGG block only where the batch won't fit
+    memory_budget: float = 0.8  # share of the free device memory a batch may plan on
+    # None: on for the CPU, where batching gains little. On, each image runs as a batch of
+    # one, interleaved, so its result does not depend on its company (see `switches.resolve`).
+    reproducible: bool | None = None
+    # torch.compile of each iteration's forward and backward, so the elementwise work
+    # between convolutions fuses. None: off; it costs a compile per shape and process.
+    compile: bool | None = None
+    # How the L-BFGS history is stored: bf16 halves the optimiser's memory and traffic,
+    # at a rounding of each stored pair (see BatchedLBFGS).
+    history_precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.history_precision not in HISTORY_PRECISIONS:
+            raise ValueError(f"history_precision must be one of {', '.join(HISTORY_PRECISIONS)}, "
+                             f"not {self.history_precision!r}")
 
 
 @dataclass(frozen=True)
