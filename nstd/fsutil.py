@@ -131,6 +131,16 @@ def contained(root: Path, relpath: str) -> Path:
     return root / relpath
 
 
+def contained_name(root: Path, relpath: str) -> Path:
+    """root/relpath for a file about to be made: its folder must lie inside root, while the
+    name itself is not followed, so a link planted there is a name taken, not a way out."""
+    path = root / relpath
+    base, folder = root.resolve(), path.parent.resolve()
+    if path.name in ("", ".", "..") or (folder != base and base not in folder.parents):
+        raise ValueError(f"{relpath!r} would leave {root}")
+    return path
+
+
 def printable(name: str) -> str:
     """A file name as text that can be stored and shown: bytes that are not UTF-8 (held
     as surrogates by Python) become \\xNN escapes."""

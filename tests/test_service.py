@@ -324,7 +324,7 @@ def test_check_and_the_worker_say_how_long_a_photo_takes(service, capsys):
     assert main(["check", "--config", str(service.cfg.path)]) == 0
     out = capsys.readouterr().out
     line = re.search(r"ok    speed: cpu: about (\d+) (s|min|h) per photo and style at size 32, 4 iterations "
-                     r"\(([\d.]+) GFLOP/s measured\)", out)
+                     r"\(([\d.]+) GFLOP/s, measured now for [\d.]+ s\)", out)
     assert line, out
     # The estimate is the FLOP count at the configured size over the measured rate.
     rate = float(line.group(3)) * 1e9
@@ -342,10 +342,15 @@ def test_status_shows_the_running_batchs_iteration_rate_and_time_left(service, c
     service.inputs.step(0.0)
     service.inputs.step(10.0)
     [job] = service.journal.claim(service.journal.oldest_queued(1e12).batch_key, 4, "b1", now=1000.0)
-    service.journal.progress([job.id], 150, 500)
-    assert service.journal.batch_progress("b1") == (150, 500, 1000.0)
-    # 150 iterations in 100 s: 1.5 it/s, and 350 left take about 4 minutes.
-    assert _eta((150, 500, 1000.0), now=1100.0) == ", iteration 150 of 500, 1.50 it/s, about 4 min left"
+    assert service.journal.batch_progress("b1") is None  # no report yet
+    assert _eta(None, now=1000.0) == ", starting"
+    service.journal.progress([job.id], 1, 500)  # the first report: too early for a rate
+    assert _eta(service.journal.batch_progress("b1"), now=1001.0) == ", iteration 1 of 500"
+    # At 1.5 it/s, the 350 iterations left take 233 s from the report: 4 min.
+    service.journal.progress([job.id], 150, 500, rate=1.5, eta=1100.0 + 350 / 1.5)
+    assert service.journal.batch_progress("b1") == (150, 500, 1.5, 1100.0 + 350 / 1.5)
+    assert _eta(service.journal.batch_progress("b1"), now=1100.0) == \
+        ", iteration 150 of 500, 1.50 it/s, about 4 min left"
     capsys.readouterr()
     assert main(["status", "--config", str(service.cfg.path)]) == 0
     assert "running batch b1: 1 × 32x32, iteration 150 of 500" in capsys.readouterr().out
@@ -399,3 +404,21 @@ def test_status_lists_each_worker_with_its_batch_and_says_which_went_silent(serv
                      r"    running batch b1: 1 × 32x32, starting\n"
                      rf"      +{job.id}  ink +a\.jpg\n", out), out
     assert "  gpu-b  cuda:0 (NVIDIA L4), 24 GiB: silent for 10 min" in out
+
+
+@pytest.mark.parametrize("folder", ["processed", "failed"])
+def test_a_link_planted_on_a_photos_name_is_a_name_taken(service, settle, tmp_path, folder):
+    """A link in processed/ or failed/ on the photo's own name is not followed and not a
+    reason to keep the photo in the inbox: the photo takes the next free name."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    name = "planted.jpg"
+    os.symlink(outside / name, getattr(service.cfg, folder) / name)
+    (service.cfg.inbox / name).write_bytes(photo_bytes(40, 40, 3) if folder == "processed" else b"not a photo")
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    assert files(service.cfg.inbox) == []
+    moved = getattr(service.cfg, folder) / "planted-1.jpg"
+    assert moved.is_file() and not moved.is_symlink()
+    assert os.path.islink(getattr(service.cfg, folder) / name)  # the link itself left alone

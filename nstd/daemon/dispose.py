@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from nstd import faults, losslog, masks
 from nstd.daemon.sidecar import PHOTO_SUFFIX
-from nstd.fsutil import atomic_write_json, contained, fit_name, fsync_dir, printable, sha256_file
+from nstd.fsutil import atomic_write_json, contained, contained_name, fit_name, fsync_dir, printable, sha256_file
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
@@ -25,11 +25,11 @@ def stray_moves(folder: Path) -> list[Path]:
 def free_name(folder: Path, relpath: str) -> Path:
     """folder/relpath, or with -1, -2 … before the suffix if that name is taken; a name
     with no room left for that is shortened (fsutil.fit_name)."""
-    target = contained(folder, relpath)
+    target = contained_name(folder, relpath)
     n = 1
     while os.path.lexists(target):
         stem, ext = os.path.splitext(target.name if n == 1 else os.path.basename(relpath))
-        target = contained(folder, str(PurePosixPath(relpath).parent / fit_name(f"{stem}-{n}{ext}")))
+        target = contained_name(folder, str(PurePosixPath(relpath).parent / fit_name(f"{stem}-{n}{ext}")))
         n += 1
     return target
 
@@ -39,7 +39,7 @@ def finished_before(src: Path, folder: Path, relpath: str, sha256: str | None) -
     bytes), after removing the original it left behind; None when there is none."""
     if not sha256:
         return None
-    done = contained(folder, relpath)
+    done = contained_name(folder, relpath)
     try:
         if os.path.islink(done) or not os.path.isfile(done) or sha256_file(done) != sha256:
             return None
@@ -78,7 +78,7 @@ def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str 
     `finishing`: this input's own disposal, perhaps begun before a crash (not a re-drop)."""
     src = moved_from or inbox / relpath
     if finishing and os.path.lexists(src) and finished_before(src, failed, relpath, sha256):
-        return contained(failed, relpath)
+        return contained_name(failed, relpath)
     target = free_name(failed, relpath)
     record = {"input": printable(relpath), "file": printable(target.name), "reason": reason,
               "attempts": attempts, "sha256": sha256,
