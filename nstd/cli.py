@@ -174,7 +174,7 @@ SILENT_AFTER = 90.0  # seconds without a heartbeat before nstd status calls a wo
 
 def _eta(progress: tuple[int, int, float] | None, now: float) -> str:
     """", iteration 150 of 500, 2.1 it/s, about 3 min left" for a batch under way."""
-    from nstd.engine.speed import say
+    from nstd.durations import say
 
     if progress is None:
         return ", starting"
@@ -292,7 +292,7 @@ def _print_workers(journal, now: float) -> None:
     """Each worker on every host, with its running batch; then batches of workers not listed."""
     from collections import defaultdict
 
-    from nstd.engine.speed import say
+    from nstd.durations import say
 
     batches = defaultdict(list)
     for job in journal.running():

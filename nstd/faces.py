@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections import OrderedDict
-
-import torch
+from typing import TYPE_CHECKING
 
 from nstd import images
+
+if TYPE_CHECKING:  # imported where a face is looked for: checking `protect: faces` loads no torch
+    import torch
 
 EXTRA = "faces"
 DETECT_SIDE = 1024  # faces are found on the photo at most this large: enough for a face of 2%
@@ -63,6 +65,8 @@ def detect(pixels: torch.Tensor, key: str | None = None) -> list[tuple[float, fl
 
 
 def _detect(pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
+    import torch
+
     h, w = pixels.shape[-2:]
     scale = min(1.0, DETECT_SIDE / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -81,6 +85,8 @@ def _detect(pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
 
 def mask(boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> torch.Tensor:
     """(H, W) in [0, 1]: one at the faces, falling smoothly to zero around them."""
+    import torch
+
     h, w = size
     y = (torch.arange(h, dtype=torch.float32) + 0.5)[:, None] / h
     x = (torch.arange(w, dtype=torch.float32) + 0.5)[None, :] / w

@@ -1,17 +1,23 @@
-"""Decoding photos as a photographer expects, and encoding results tagged as sRGB."""
+"""Decoding photos as a photographer expects, and encoding results tagged as sRGB.
+
+torch is imported by the functions that make or read tensors, not with the module: the
+commands that only read a config (status, retry, check's folders) load no PyTorch.
+"""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from nstd.errors import ImageError
+
+if TYPE_CHECKING:
+    import torch
 
 # A half-written file must fail to decode, never decode as a grey-padded image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -127,6 +133,8 @@ def _icc_16bit_to_srgb(arr: np.ndarray, icc: bytes) -> np.ndarray:
 
 def _from_16bit(arr: np.ndarray, orientation: int) -> torch.Tensor:
     """(H, W, 3 or 4) uint16 to upright RGB in [0, 1]."""
+    import torch
+
     arr = arr.astype(np.float32) / 65535.0
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     if x.shape[0] == 4:  # transparency onto white, as on paper
@@ -147,6 +155,8 @@ def _short(e: BaseException) -> str:
 
 
 def _to_rgb(im: Image.Image, icc: bytes | None, label: str) -> tuple[torch.Tensor, int]:
+    import torch
+
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im, dtype=np.float32)
         scale = 65535.0 if im.mode != "I" or arr.max(initial=0) > 255 else 255.0
@@ -245,6 +255,7 @@ _DATE_TIME_ORIGINAL = 0x9003
 
 def _encode_16bit_tiff(pixels: torch.Tensor, exif: bytes | None) -> bytes:
     import tifffile
+    import torch
 
     arr = pixels.detach().clamp(0, 1).mul(65535).round().to(torch.int32).permute(1, 2, 0).cpu().numpy()
     tags = [(34675, "B", len(SRGB_ICC), SRGB_ICC, True)]  # the sRGB ICC profile

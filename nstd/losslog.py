@@ -5,8 +5,6 @@ from __future__ import annotations
 import platform
 import time
 
-import torch
-
 import nstd
 from nstd.params import TransferParams
 from nstd.weights import WeightInfo
@@ -41,6 +39,8 @@ def loss_log(*, input_path: str, input_sha256: str, styles: list[dict], params: 
 
 
 def versions() -> dict:
+    import torch  # here, not with the module: moving a photo to failed/ records these too
+
     return {"nstd": nstd.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 

@@ -3,7 +3,8 @@
 `photo.jpg.mask.png` (white: stylize, black: keep the photo, grey: in between) and
 `photo.jpg.regions.png` (flat colours, each mapped to a style or `keep` by a sidecar)
 belong to `photo.jpg`. A name like `vignette.mask.png` is a mask that sidecars may name.
-Neither is ever taken for a photo.
+Neither is ever taken for a photo. The names need no torch, so commands that only move
+files (nstd retry) load none; it is imported where a region map is labelled.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from nstd import images
 from nstd.errors import ConfigError, ImageError, shown
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("mask", "regions")
 KEEP = "keep"
@@ -96,6 +98,9 @@ def decode_regions(data: bytes, name: str, photo_hw: tuple[int, int], colours: d
     """(target, (h, w) mask) for each target in `colours` found in the map. Each pixel takes
     the nearest mapped colour; a colour that covers a real area and is mapped to nothing
     is an ImageError naming it."""
+    import torch
+    import torch.nn.functional as F
+
     rgb = _decode(data, name, photo_hw, max_pixels)
     if max(rgb.shape[-2:]) > MAP_SIDE:  # labels need no more; nearest keeps the colours flat
         scale = MAP_SIDE / max(rgb.shape[-2:])
@@ -119,6 +124,8 @@ _CHUNK = 1 << 18  # pixels compared with the palette at a time: memory stays bou
 
 def _nearest(flat: torch.Tensor, palette: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each pixel's nearest palette index, and whether that colour is farther than NEAR."""
+    import torch
+
     nearest = torch.empty(flat.shape[0], dtype=torch.long)
     far = torch.empty(flat.shape[0], dtype=torch.bool)
     for i in range(0, flat.shape[0], _CHUNK):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from nstd import faults, images
 from nstd.fsutil import atomic_write, atomic_write_json
 from nstd.plot import curve_name, loss_curve_svg
+
+if TYPE_CHECKING:
+    import torch
 
 
 # Bytes an output's stem leaves for what is added to it: a hash suffix or two (".1a2b3c4d")

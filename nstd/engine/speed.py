@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from nstd.durations import say  # noqa: F401 - speed.say: check's and the worker's estimates
 from nstd.engine.memory import flops_per_iteration
 from nstd.engine.switches import Switches
 from nstd.engine.transfer import run_batch
@@ -41,12 +42,3 @@ def measure(model: VGGFeatures, switches: Switches | None = None) -> float:
 def photo_seconds(flops_per_second: float, scales: list[tuple[int, int, int]], layers: frozenset[str]) -> float:
     """Seconds one photo takes: `scales` as (height, width, iterations), one per scale."""
     return sum(flops_per_iteration(h, w, layers) * its for h, w, its in scales) / flops_per_second
-
-
-def say(seconds: float) -> str:
-    """A duration as a person reads it."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
