@@ -146,42 +146,76 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
-def _speed_findings(cfg, devices, models_dir) -> list:
-    """Per device, how long one photo in one style takes at the configured settings."""
+def _speed_findings(cfg, devices, models_dir, now: float | None = None) -> list:
+    """Per device, how long one photo in one style takes at the configured settings: at
+    the rate the running daemon's worker measured there when it started, else measured
+    now. A measurement now competes with that daemon for the device."""
+    import time
+
     from nstd.daemon import preflight
     from nstd.engine import speed
     from nstd.engine.device import describe
     from nstd.engine.vgg import VGGFeatures
 
     p = cfg.transfer
-    try:
-        sd, info = weights.load(models_dir, p.model)
-    except NstdError:
-        return []  # the weights finding says why
+    recorded = _recorded_speeds(cfg, time.time() if now is None else now)
+    loaded = None
     out = []
     for device in devices:
-        model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id).to(device)
-        rate = speed.measure(model, cfg.worker.switches)
+        worker = recorded.get(describe(device))
+        if worker is not None:
+            rate = worker.speed
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(worker.speed_at))
+            source = f"measured by the running daemon on {worker.host} at {stamp}"
+        else:
+            try:
+                loaded = loaded or weights.load(models_dir, p.model)
+            except NstdError:
+                continue  # the weights finding says why
+            sd, info = loaded
+            model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id).to(device)
+            measured = speed.measure(model, cfg.worker.switches)
+            rate, source = measured.flops_per_second, f"measured now for {measured.seconds:.1f} s"
         seconds = speed.photo_seconds(rate, p.typical_scales(), p.settings().layers)
         out.append(preflight.Finding(True, f"speed: {describe(device)}: about {speed.say(seconds)} per photo "
                                            f"and style at size {p.size}, {p.iterations} iterations "
-                                           f"({rate / 1e9:.1f} GFLOP/s measured)"))
+                                           f"({rate / 1e9:.1f} GFLOP/s, {source})"))
     return out
+
+
+def _recorded_speeds(cfg, now: float) -> dict:
+    """This host's workers heard from lately that measured their device, by device."""
+    from nstd.daemon.journal import Journal
+
+    if not cfg.journal and not cfg.journal_target.exists():
+        return {}
+    try:
+        journal = Journal(cfg.journal_target, readonly=True)
+    except NstdError:
+        return {}  # the journal finding says why
+    try:
+        workers = journal.workers()
+    finally:
+        journal.close()
+    return {w.device: w for w in workers
+            if w.host == cfg.host and w.speed and w.speed_at and now - w.heartbeat <= SILENT_AFTER}
 
 
 SILENT_AFTER = 90.0  # seconds without a heartbeat before nstd status calls a worker silent
 
 
-def _eta(progress: tuple[int, int, float] | None, now: float) -> str:
-    """", iteration 150 of 500, 2.1 it/s, about 3 min left" for a batch under way."""
+def _eta(progress, now: float) -> str:
+    """", iteration 150 of 500, 2.1 it/s, about 3 min left" for a batch under way: the
+    rate and the time left as its worker measured them (see speed.Pace), the time left
+    counted down from when it reported."""
     from nstd.durations import say
 
     if progress is None:
         return ", starting"
-    done, total, started = progress
-    rate = done / max(now - started, 1e-3)
-    left = f", about {say((total - done) / rate)} left" if rate > 0 else ""
-    return f", iteration {done} of {total}, {rate:.2f} it/s{left}"
+    out = f", iteration {progress.done} of {progress.total}"
+    if progress.rate is None or progress.eta is None:
+        return out  # too early to say, or a worker of an nstd that did not measure it
+    return out + f", {progress.rate:.2f} it/s, about {say(max(progress.eta - now, 0.0))} left"
 
 
 def _journal_finding(cfg):

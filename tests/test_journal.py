@@ -203,7 +203,8 @@ def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path)
 
     old = SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL")
     for column in ("claimed_by TEXT,", "crashes INTEGER NOT NULL DEFAULT 0,", "progress INTEGER,",
-                   "progress_total INTEGER,", "lease_until REAL,", "disposer TEXT,", "dispose_until REAL,"):
+                   "progress_total INTEGER,", "progress_rate REAL,", "progress_eta REAL,", "lease_until REAL,",
+                   "disposer TEXT,", "dispose_until REAL,"):
         old = "\n".join(line for line in old.splitlines() if not line.strip().startswith(column))
     old = old.split("CREATE TABLE IF NOT EXISTS schema_version")[0]  # and the workers table after it
     db = sqlite3.connect(tmp_path / "j.db")
@@ -216,12 +217,47 @@ def test_a_journal_from_before_claims_and_leases_is_brought_up_to_date(tmp_path)
     db.close()
     # nstd status from a newer nstd reads it as it is, before any daemon has migrated it.
     assert Journal(tmp_path / "j.db", readonly=True).workers() == []
+    assert Journal(tmp_path / "j.db", readonly=True).batch_progress("b1") is None
     j = Journal(tmp_path / "j.db")
     assert j.schema_version() == SCHEMA_VERSION
     [job] = j.claim("k1", 1, "b1", now=5, owner="h:1:cpu", lease=10)
     assert j.requeue_expired(now=20) == (1, [])
     j.beat(WorkerInfo("h:1:cpu", "h", "cpu", 1 << 30), "idle", now=20)
     assert [w.owner for w in j.workers()] == ["h:1:cpu"]
+    j.note_speed("h:1:cpu", 4e10, now=21)
+    assert (j.workers()[0].speed, j.workers()[0].speed_at) == (4e10, 21)
+
+
+def test_a_journal_from_before_measured_speeds_is_read_and_brought_up_to_date(tmp_path):
+    """A version 3 journal: its workers table has no speeds, its jobs no rates."""
+    import sqlite3
+
+    from nstd.daemon.journal import SCHEMA, SCHEMA_VERSION
+
+    old = SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL")
+    old = "\n".join(line for line in old.splitlines()
+                    if not line.strip().startswith(("progress_rate", "progress_eta", "speed", "speed_at")))
+    old = old.replace("heartbeat REAL NOT NULL,", "heartbeat REAL NOT NULL")
+    db = sqlite3.connect(tmp_path / "j.db")
+    db.executescript(old)
+    db.execute("INSERT INTO schema_version VALUES (3)")
+    db.execute("INSERT INTO jobs (input_sha256, style, params_hash, relpath, spool, width, height, batch_key, "
+               "params, state, created, queued, batch_id, progress, progress_total) VALUES ('s', 'x', 'h', "
+               "'a.jpg', '/s', 32, 24, 'k1', '{}', 'running', 1, 1, 'b1', 51, 200)")
+    db.execute("INSERT INTO workers VALUES ('h:1:cpu', 'h', 'cpu', NULL, 'working', 1, 2)")
+    db.commit()
+    db.close()
+    # nstd status and nstd check from a newer nstd, while an older daemon still runs.
+    ro = Journal(tmp_path / "j.db", readonly=True)
+    assert ro.batch_progress("b1") == (51, 200, None, None)
+    assert [(w.owner, w.speed) for w in ro.workers()] == [("h:1:cpu", None)]
+    ro.close()
+    j = Journal(tmp_path / "j.db")
+    assert j.schema_version() == SCHEMA_VERSION
+    j.progress([1], 101, 200, rate=0.5, eta=300.0)
+    assert j.batch_progress("b1") == (101, 200, 0.5, 300.0)
+    j.note_speed("h:1:cpu", 4e10, now=21)
+    assert j.workers()[0].speed == 4e10
 
 
 def damaged_journal(path):
@@ -279,6 +315,27 @@ def test_workers_are_listed_by_heartbeat_and_forgotten_when_silent(journal_targe
     assert j.forget_workers(now=200, host="a") == 1
     j.leave("b:20:cpu")
     assert j.workers() == []
+
+
+def test_progress_and_measured_speeds_round_trip(journal_target):
+    j = Journal(journal_target)
+    j.add_input("p.jpg", "s1", "/s", [spec("x"), spec("y")], now=1)
+    first, second = j.claim("k1", 4, "b1", now=2, owner="a:1:cpu")
+    assert j.batch_progress("b1") is None
+    j.progress([first.id], 1, 200)
+    assert j.batch_progress("b1") == (1, 200, None, None)
+    j.progress([first.id], 120, 200, rate=0.5, eta=500.0)
+    j.progress([second.id], 20, 200, rate=0.5, eta=700.0)  # it joined the batch later
+    assert j.batch_progress("b1") == (120, 200, 0.5, 500.0)  # the furthest job's
+    j.requeue([first.id, second.id])
+    [again, _] = j.claim("k1", 4, "b2", now=3, owner="a:1:cpu")
+    assert j.batch_progress("b2") is None  # a new claim starts afresh
+    worker = WorkerInfo("a:1:cpu", "a", "cpu", None)
+    j.beat(worker, "starting", now=10)
+    assert j.workers()[0].speed is None
+    j.note_speed(worker.owner, 4.3e10, now=11)
+    j.beat(worker, "idle", now=12)  # heartbeats keep it
+    assert (j.workers()[0].speed, j.workers()[0].speed_at) == (4.3e10, 11)
 
 
 def test_a_workers_running_jobs_are_its_own_claims(journal_target):

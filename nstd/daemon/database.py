@@ -54,6 +54,7 @@ class SqliteDatabase:
 
     errors = (sqlite3.DatabaseError,)
     no_table = sqlite3.OperationalError  # what reading a table not made yet raises
+    no_column = sqlite3.OperationalError  # and a column not added yet
 
 
 class PostgresDatabase:
@@ -75,6 +76,7 @@ class PostgresDatabase:
         self.label = _redact(url)
         self.errors = (psycopg.Error,)
         self.no_table = psycopg.errors.UndefinedTable
+        self.no_column = psycopg.errors.UndefinedColumn
         self._sql: dict[str, str] = {}
         self._in_tx = False
         self.conn = None

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from nstd.daemon.database import SqliteDatabase, Unavailable, connect
 from nstd.errors import JournalError
@@ -32,7 +33,7 @@ class State(str, Enum):
     DONE = "done"
     FAILED = "failed"
 
-SCHEMA_VERSION = 3  # 2: leases and claims; 3: the workers table
+SCHEMA_VERSION = 4  # 2: leases and claims; 3: the workers table; 4: rates, time left and measured speeds
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
     id {pk},
@@ -67,6 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     crashes INTEGER NOT NULL DEFAULT 0,  -- times its worker died under it
     progress INTEGER,               -- iterations done by the running batch, and of how many
     progress_total INTEGER,
+    progress_rate {real},           -- iterations per second over the batch so far
+    progress_eta {real},            -- when the job is expected through, by the worker's clock
     lease_until {real},             -- a running job whose lease has passed is free to take again
     created {real} NOT NULL,
     queued {real} NOT NULL,
@@ -90,13 +93,17 @@ CREATE TABLE IF NOT EXISTS workers (
     memory BIGINT,                  -- the device's total bytes: the most one image can ever have
     state TEXT NOT NULL,            -- idle | working | paused: why
     started {real} NOT NULL,
-    heartbeat {real} NOT NULL
+    heartbeat {real} NOT NULL,
+    speed {real},                   -- FLOP/s the worker measured when it started, and when
+    speed_at {real}
 )
 """
 # Columns added since version 1, for journals made before them.
 ADDED_COLUMNS = {"jobs": (("claimed_by", "TEXT"), ("crashes", "INTEGER NOT NULL DEFAULT 0"), ("progress", "INTEGER"),
-                          ("progress_total", "INTEGER"), ("lease_until", "{real}")),
-                 "inputs": (("disposer", "TEXT"), ("dispose_until", "{real}"))}
+                          ("progress_total", "INTEGER"), ("lease_until", "{real}"), ("progress_rate", "{real}"),
+                          ("progress_eta", "{real}")),
+                 "inputs": (("disposer", "TEXT"), ("dispose_until", "{real}")),
+                 "workers": (("speed", "{real}"), ("speed_at", "{real}"))}
 LESS_ONE = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"  # an attempt given back
 LEASE_SECONDS = 120.0
 SILENT_SECONDS = 3600.0  # a worker row with no heartbeat for this long is forgotten
@@ -159,6 +166,19 @@ class WorkerInfo:
     state: str = "idle"
     started: float = 0.0
     heartbeat: float = 0.0
+    speed: float | None = None  # FLOP/s it measured when it started, and when
+    speed_at: float | None = None
+
+
+class BatchProgress(NamedTuple):
+    """How far a running batch has come, as its worker last reported: iterations done
+    and of how many, iterations per second, and when it expects to be through (None
+    until it has timed enough to say)."""
+
+    done: int
+    total: int
+    rate: float | None = None
+    eta: float | None = None
 
 
 def _job(row) -> Job:
@@ -365,7 +385,8 @@ class Journal:
         with self._tx():
             ids = [r[0] for r in self.db.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ?, batch_id = ?, "
-                "claimed_by = ?, lease_until = ?, progress = NULL, progress_total = NULL WHERE id IN "
+                "claimed_by = ?, lease_until = ?, progress = NULL, progress_total = NULL, progress_rate = NULL, "
+                "progress_eta = NULL WHERE id IN "
                 "(SELECT id FROM jobs WHERE state = 'queued' AND batch_key = ? AND not_before <= ? "
                 "ORDER BY queued, id LIMIT ?" + self.db.lock_rows + ") RETURNING id",
                 (now, batch_id, owner, now + lease, batch_key, now, limit)).fetchall()]
@@ -489,10 +510,19 @@ class Journal:
             where, params = where + " OR host = ?", params + (host,)
         return self.db.execute(f"DELETE FROM workers WHERE {where}", params).rowcount
 
+    def note_speed(self, owner: str, flops_per_second: float, now: float) -> None:
+        """What a worker measured of its device, for nstd check to quote rather than
+        measure again on a machine the daemon keeps busy."""
+        self.db.execute("UPDATE workers SET speed = ?, speed_at = ? WHERE owner = ?", (flops_per_second, now, owner))
+
     def workers(self) -> list[WorkerInfo]:
+        columns = "owner, host, device, memory, state, started, heartbeat"
         try:
-            rows = self.db.execute("SELECT owner, host, device, memory, state, started, heartbeat FROM workers "
-                                   "ORDER BY host, owner").fetchall()
+            try:
+                rows = self.db.execute(f"SELECT {columns}, speed, speed_at FROM workers "
+                                       "ORDER BY host, owner").fetchall()
+            except self.db.no_column:
+                rows = self.db.execute(f"SELECT {columns} FROM workers ORDER BY host, owner").fetchall()
         except self.db.no_table:  # read-only, before a newer daemon has migrated the journal
             return []
         return [WorkerInfo(*r) for r in rows]
@@ -515,16 +545,25 @@ class Journal:
         out.update(dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()))
         return out
 
-    def progress(self, job_ids: list[int], iteration: int, total: int) -> None:
+    def progress(self, job_ids: list[int], iteration: int, total: int, rate: float | None = None,
+                 eta: float | None = None) -> None:
         """How far the running batch has come, for nstd status."""
-        self.db.executemany("UPDATE jobs SET progress = ?, progress_total = ? WHERE id = ? AND state = 'running'",
-                            [(iteration, total, i) for i in job_ids])
+        self.db.executemany("UPDATE jobs SET progress = ?, progress_total = ?, progress_rate = ?, progress_eta = ? "
+                            "WHERE id = ? AND state = 'running'", [(iteration, total, rate, eta, i) for i in job_ids])
 
-    def batch_progress(self, batch_id: str) -> tuple[int, int, float] | None:
-        """(iterations done, of how many, when the batch started) of a running batch."""
-        row = self.db.execute("SELECT MAX(progress), MAX(progress_total), MIN(started) FROM jobs "
-                              "WHERE batch_id = ? AND state = 'running'", (batch_id,)).fetchone()
-        return None if row is None or row[0] is None else (row[0], row[1], row[2])
+    def batch_progress(self, batch_id: str) -> BatchProgress | None:
+        """The furthest job's progress in a running batch; None before its first report."""
+        where = ("FROM jobs WHERE batch_id = ? AND state = 'running' AND progress IS NOT NULL "
+                 "ORDER BY progress DESC, id LIMIT 1")
+        try:
+            row = self.db.execute(f"SELECT progress, progress_total, progress_rate, progress_eta {where}",
+                                  (batch_id,)).fetchone()
+        except self.db.no_column:  # read-only, before a newer daemon has migrated the journal
+            try:
+                row = self.db.execute(f"SELECT progress, progress_total {where}", (batch_id,)).fetchone()
+            except self.db.no_column:  # older still: no progress recorded at all
+                return None
+        return None if row is None else BatchProgress(*row)
 
     def input_counts(self) -> dict[str, int]:
         """Photos (inbox files) by state: a photo refused at intake has no jobs."""

@@ -27,6 +27,7 @@ from nstd.daemon.styles import StyleBook
 from nstd.engine.device import describe, free_memory, total_memory
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine import speed
+from nstd.engine.resize import long_side_size
 from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -108,6 +109,9 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
         self._probed = float("-inf")
+        # Times a batch's progress: the wall clock, as the time left is written as a moment
+        # that nstd status, on any host, reads against its own.
+        self.clock: Callable[[], float] = time.time
 
     def run(self) -> None:
         try:
@@ -117,7 +121,7 @@ class Worker(threading.Thread):
             self.error = e
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
             return
-        self._say_speed()
+        self._say_speed(journal.raw)
         try:
             self._loop(journal)
             journal.raw.leave(self.info.owner)
@@ -157,19 +161,25 @@ class Worker(threading.Thread):
         deadline = self.deadline if self._deadline_source is None else self._deadline_source()
         return not deadline or time.time() > deadline
 
-    def _say_speed(self) -> None:
+    def _say_speed(self, journal: Journal | None = None) -> None:
         """Log how long a photo will take here at the configured settings: on a CPU it is
-        minutes, and a user should hear that before waiting for the first one."""
+        minutes, and a user should hear that before waiting for the first one. The rate goes
+        into the journal too: nstd check quotes it rather than measure on a busy device."""
         p = self.cfg.transfer
         try:
             model, _ = self._model(p)
-            rate = speed.measure(model, self.cfg.worker.switches)
+            rate = speed.measure(model, self.cfg.worker.switches).flops_per_second
         except Exception as e:  # noqa: BLE001 - an estimate is worth a line, not the worker
             log.warning("expected_speed_unknown", device=str(self.device), error=f"{type(e).__name__}: {e}")
             return
         seconds = speed.photo_seconds(rate, p.typical_scales(), p.settings().layers)
         log.info("expected_speed", device=str(self.device), per_photo_and_style=speed.say(seconds),
                  size=p.size, iterations=p.iterations, gflops=round(rate / 1e9, 1))
+        if journal is not None:
+            try:
+                journal.note_speed(self.info.owner, rate, time.time())
+            except Unavailable:
+                pass  # nstd check measures for itself then
 
     def _outbox_unwritable(self, now: float) -> bool:
         """Take no work while the outbox cannot be written: the photos would only fail."""
@@ -258,7 +268,10 @@ class Worker(threading.Thread):
     def _run(self, journal: Journal, batch: list[Job], tasks: list[Task], keeper: LeaseKeeper) -> None:
         sink = _Outbox(self, journal, {j.id: j for j in batch})
         p = tasks[0].params
-        total = p.total_iterations(max(batch[0].height, batch[0].width))
+        long_side = max(batch[0].height, batch[0].width)
+        total = p.total_iterations(long_side)
+        scales = [(*long_side_size(batch[0].height, batch[0].width, s.long_side), s.iterations)
+                  for s in p.scales(long_side)]
         token = batch[0].batch_id
         running = _Running({int(t.job_id): 0 for t in tasks})
         ahead = Prefetch(partial(self._fetch, batch[0], sink), partial(Journal, self.cfg.journal_target),
@@ -266,7 +279,8 @@ class Worker(threading.Thread):
         try:
             with ahead or contextlib.nullcontext():
                 more = None if ahead is None else self._more(journal, batch[0], sink, running, ahead)
-                self.pipeline.run(tasks, sink, self._progress(journal, running, total, keeper), more)
+                progress = self._progress(journal, running, total, keeper, scales, p.settings().layers)
+                self.pipeline.run(tasks, sink, progress, more)
         except StopBatch:
             ids = [i for i in running.joined if i not in sink.ended]
             journal.requeue(ids, token)
@@ -351,7 +365,12 @@ class Worker(threading.Thread):
             journal.retry(job.id, error, delay, job.batch_id)
             log.warning("retry_later", job=job.id, input=job.relpath, error=error, in_seconds=delay)
 
-    def _progress(self, journal: Journal, running: "_Running", total: int, keeper: LeaseKeeper):
+    def _progress(self, journal: Journal, running: "_Running", total: int, keeper: LeaseKeeper,
+                  scales: list[tuple[int, int, int]] | None = None, layers: frozenset[str] | None = None):
+        """The batch's progress callback: stops, lost claims, the loss log, and the journal's
+        progress, reported on the clock (see speed.Pace) rather than at each logged loss."""
+        pace = speed.Pace(total, scales, layers, self.clock)
+
         def update(iteration: int, losses: list | None) -> None:
             running.iteration = iteration
             if keeper.lost:
@@ -364,9 +383,14 @@ class Worker(threading.Thread):
             if losses is not None:
                 log.info("progress", jobs=list(running.joined), iteration=losses[0]["iteration"], of=total,
                          loss=[round(r["total"], 5) for r in losses])
+            if pace.due(iteration):
+                now, rate = pace.last, pace.rate(iteration)
                 try:  # for nstd status only: not worth holding the batch for the database
                     for joined, ids in running.by_start().items():
-                        getattr(journal, "raw", journal).progress(ids, min(iteration - joined, total), total)
+                        done = min(iteration - joined, total)
+                        left = pace.left(done)
+                        getattr(journal, "raw", journal).progress(ids, done, total, rate,
+                                                                  None if left is None else now + left)
                 except Unavailable:
                     pass
 
