@@ -57,14 +57,19 @@ def own_names(relpath: str, kind: str) -> list[str]:
 
 
 def own_file(photo: Path, kind: str, links: bool = False) -> Path | None:
-    """The photo's own mask of `kind` beside it, if one is there as a regular file; a link
-    counts only with `links` (the daemon follows none; a user's one-shot command may)."""
+    """The photo's own mask of `kind` beside it, if one is there; a link counts only with
+    `links` (the daemon follows none; a user's one-shot command may). Anything else under
+    a mask's name (a link, a FIFO, a folder) is an ImageError: the photo was meant to be
+    masked, and painting it all over would not be what was asked."""
     for name in own_names(photo.name, kind):
         try:
-            if stat.S_ISREG((os.stat if links else os.lstat)(photo.with_name(name)).st_mode):
-                return photo.with_name(name)
+            mode = (os.stat if links else os.lstat)(photo.with_name(name)).st_mode
         except OSError:
             continue
+        if not stat.S_ISREG(mode):
+            raise ImageError(f"{name}: not a regular file (a link, FIFO or folder); nstd follows no links, "
+                             f"so {photo.name} is not stylized without its {kind}")
+        return photo.with_name(name)
     return None
 
 

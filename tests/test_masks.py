@@ -288,3 +288,39 @@ def test_a_restart_keeps_the_mask_copies_of_queued_photos(service, settle):
     assert sorted(files(service.cfg.processed)) == sorted(f"p{n}.jpg{m}" for n in range(3) for m in ("", ".mask.png"))
     for job in service.journal.get_jobs([1, 2, 3]):
         assert job.state == State.DONE and job.params["guide"]["name"].endswith(".mask.png")
+
+
+@pytest.mark.parametrize("what", ["link", "fifo", "folder"])
+def test_a_photo_whose_mask_is_not_a_file_fails_with_the_masks_reason(service, settle, tmp_path, what):
+    """The mask is refused (nothing is read through it), and so is its photo: painting it
+    all over is not what a masked drop asked for."""
+    import os
+
+    inbox = service.cfg.inbox
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(half_mask()))
+    mask = inbox / "p.jpg.mask.png"
+    {"link": lambda: os.symlink(secret, mask), "fifo": lambda: os.mkfifo(mask), "folder": mask.mkdir}[what]()
+    (inbox / "p.jpg").write_bytes(photo_bytes(40, 40, 1))
+    (inbox / "q.jpg").write_bytes(photo_bytes(40, 40, 2))  # beside it, unharmed
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    reason = json.loads((service.cfg.failed / "p.jpg.error.json").read_text())["reason"]
+    assert reason.startswith("p.jpg.mask.png: not a regular file") and "\n" not in reason
+    assert (service.cfg.failed / "p.jpg").is_file() and not list(service.cfg.outbox.glob("*/p.*"))
+    assert files(service.cfg.processed) == ["q.jpg"]
+
+
+def test_a_mask_left_behind_by_its_photo_is_refused_while_running(service, settle):
+    inbox = service.cfg.inbox
+    (inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 1))
+    (inbox / "a.jpg.mask.png").write_bytes(png(half_mask()))
+    (inbox / "a.jpg.mask.png.mask.png").write_bytes(png(half_mask()))  # a mask of the mask
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    assert files(service.cfg.processed) == ["a.jpg", "a.jpg.mask.png"]
+    for k in range(3, 6):  # no rescan is due: the running daemon notices by itself
+        service.inputs.step(settle * k)
+    assert files(inbox) == []
+    reason = json.loads((service.cfg.failed / "a.jpg.mask.png.mask.png.error.json").read_text())["reason"]
+    assert reason.startswith("no photo a.jpg.mask.png beside it")

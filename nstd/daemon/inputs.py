@@ -35,6 +35,7 @@ class Inputs:
         self.next_rescan: float | None = None
         self.deferred: dict[int, tuple[float, float]] = {}  # input id -> (retry at, last wait)
         self.refused: set[str] = set()  # inputs whose disposal was refused, logged once
+        self.companions: set[str] = set()  # masks waiting beside their photos
 
     @property
     def cfg(self) -> Config:
@@ -46,8 +47,20 @@ class Inputs:
             self.next_rescan = now + self.cfg.watch.rescan_interval
             self.rescan()
         self.take_hints()
+        self.orphans()
         self.take_settled(now)
         self.finalize(now)
+
+    def orphans(self) -> None:
+        """A mask whose photo has left without it is looked at again once it has held still:
+        alone, it is refused now, not at the next start."""
+        for rel in list(self.companions):
+            photo = masks.photo_of(rel)
+            if photo is None or os.path.lexists(self.cfg.inbox / photo):
+                continue
+            self.companions.discard(rel)
+            self.accepted.pop(rel, None)
+            self.settle.watch(rel)
 
     def rescan(self) -> None:
         if not self.cfg.inbox.is_dir():
@@ -93,6 +106,8 @@ class Inputs:
                 self.settle.watch(outcome.detail)
         elif outcome.kind in (Kind.QUEUED, Kind.KNOWN, Kind.COMPANION):
             self.accepted[rel] = key
+            if outcome.kind is Kind.COMPANION:
+                self.companions.add(rel)
             if outcome.kind is Kind.KNOWN:
                 self._redispose(rel, outcome.known)
 

@@ -175,11 +175,15 @@ class Intake:
         return bool(used) and (found.spec.sha256 if found.spec else None) not in used
 
     def _companion(self, relpath: str, key: tuple[int, int, int]) -> Outcome:
-        """A mask waits beside its photo (or for the sidecars that name it); alone, it fails."""
+        """A mask waits beside its photo (or for the sidecars that name it); alone, it fails.
+        One that is no regular file waits too: its photo fails with its reason, and not
+        being painted all over."""
+        photo = masks.photo_of(relpath)
+        if photo is not None and os.path.lexists(self.cfg.inbox / photo):
+            return Outcome(Kind.COMPANION)
         if key[0] < 0:
             return self._refuse(relpath, None, "not a regular file (a link, FIFO or device); nstd follows no links")
-        photo = masks.photo_of(relpath)
-        if photo is None or os.path.lexists(self.cfg.inbox / photo):
+        if photo is None:
             return Outcome(Kind.COMPANION)
         return self._refuse(relpath, None, f"no photo {PurePosixPath(photo).name} beside it; a mask must "
                                            f"arrive with its photo or before it")
