@@ -324,3 +324,24 @@ def test_a_mask_left_behind_by_its_photo_is_refused_while_running(service, settl
     assert files(inbox) == []
     reason = json.loads((service.cfg.failed / "a.jpg.mask.png.mask.png.error.json").read_text())["reason"]
     assert reason.startswith("no photo a.jpg.mask.png beside it")
+
+
+def test_a_region_map_made_mostly_of_unmapped_colours_is_refused():
+    """300 unmapped colours of a third of a percent each: none alone passes the per-colour
+    bound, together they are nearly the whole map."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (300, 3)).astype(np.uint8)
+    arr = palette[np.arange(300 * 30) // 30].reshape(90, 100, 3)  # 300 bands of 30 px in 9,000
+    arr[:2] = (255, 0, 0)
+    arr[2:4] = (0, 0, 255)
+    colours = {(255, 0, 0): "ink", (0, 0, 255): "keep"}
+    far = [tuple(int(v) for v in c) for c in palette
+           if min(np.linalg.norm(c.astype(float) - np.array(k, float)) for k in colours) > masks.NEAR]
+    assert len(far) > 250
+    with pytest.raises(ImageError, match=r"^m.regions.png: \d+ colours that name no style cover 9\d\.\d% of the map"):
+        masks.decode_regions(png(arr), "m.regions.png", (90, 100), colours, 10**8)
+    # The same map's colours near the mapped ones, as anti-aliasing makes them, still pass.
+    soft = arr.copy()
+    soft[4:] = (250, 5, 5)
+    [(target, hit)] = masks.decode_regions(png(soft), "m.regions.png", (90, 100), colours, 10**8)[:1]
+    assert target == "ink" and int(hit.sum()) == 88 * 100
