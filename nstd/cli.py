@@ -254,16 +254,14 @@ def _shared_journal_finding(cfg):
         skew = server - (before + time.time()) / 2
     finally:
         journal.close()
-    if version is None:
-        return preflight.Finding(True, f"journal: {label} (reachable; nstd creates its tables on first run)")
-    if version > SCHEMA_VERSION:
+    if version is not None and version > SCHEMA_VERSION:
         return preflight.Finding(False, f"journal: {label} has schema version {version}, newer than this "
                                         f"nstd's {SCHEMA_VERSION}; upgrade nstd on this host")
     if abs(skew) > 5:
         return preflight.Finding(False, f"journal: this host's clock is {skew:+.1f} s off the database "
                                         f"server's; leases need clocks within a few seconds (run NTP)")
-    return preflight.Finding(True, f"journal: {label} (schema {version}, clock within {abs(skew):.2f} s "
-                                   f"of the server's)")
+    schema = "no tables yet: nstd run makes them" if version is None else f"schema {version}"
+    return preflight.Finding(True, f"journal: {label} ({schema}, clock within {abs(skew):.2f} s of the server's)")
 
 
 def _daemon_findings(cfg) -> list:
@@ -358,7 +356,7 @@ def _print_batch(journal, batch_id: str, jobs: list, now: float, indent: str) ->
 # --- init -------------------------------------------------------------------------
 
 def _add_init(sub) -> None:
-    p = sub.add_parser("init", help="write a starter config, its folders and two paintings into DIR")
+    p = sub.add_parser("init", help="write a starter config, its folders and three paintings into DIR")
     p.add_argument("dir", type=Path, metavar="DIR")
     p.set_defaults(func=cmd_init)
 

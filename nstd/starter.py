@@ -36,7 +36,7 @@ transfer:
 
 
 def init(target: Path) -> Path:
-    """Write target/config.yaml, its folders and two public-domain paintings; returns the
+    """Write target/config.yaml, its folders and three public-domain paintings; returns the
     config's path. An existing config is never overwritten."""
     config = target / "config.yaml"
     if config.exists():

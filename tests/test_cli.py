@@ -265,3 +265,14 @@ def test_retry_names_what_is_not_in_failed_and_still_moves_the_names_that_are(tm
     err = capsys.readouterr().err
     assert "nonexistent.jpg: no photo of that name" in err and "1 of 1 photo(s) moved back" in err
     assert (tmp_path / "inbox" / "a.jpg").exists() and not list((tmp_path / "failed").iterdir())
+
+
+def test_init_writes_the_paintings_its_help_names(tmp_path, capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    said = re.search(r"\n    init\s+write .*?(\w+)\s+paintings", capsys.readouterr().out, re.S).group(1)
+    assert main(["init", str(tmp_path / "d")]) == 0
+    written = sorted(p.name for p in (tmp_path / "d" / "styles").iterdir())
+    assert {"two": 2, "three": 3, "four": 4}[said] == len(written), written

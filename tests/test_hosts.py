@@ -1,6 +1,7 @@
 """Several hosts on one inbox and one PostgreSQL journal: two daemons in-process, each with
 its own state folder, sharing the folders, the spool and a real database."""
 
+import re
 import threading
 import time
 
@@ -101,6 +102,16 @@ def test_check_reports_the_database_its_schema_and_clock(hosts, capsys):
     assert main(["check", "--config", str(a.cfg.path)]) == 0
     out = capsys.readouterr().out
     assert "journal: postgresql://postgres@/" in out and f"schema {SCHEMA_VERSION}, clock within" in out
+
+
+def test_check_compares_the_clocks_before_the_first_run_too(tmp_path, pg_server, capsys):
+    """A new host runs nstd check before nstd run: the database has no tables yet, and
+    the clock comparison the README promises is there all the same."""
+    path = write_config(tmp_path, tmp_path / "models", journal=pg_server.new_database(), spool="share/spool")
+    main(["check", "--config", str(path)])
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "journal:" in line]
+    assert re.fullmatch(r"ok    journal: postgresql://\S+ \(no tables yet: nstd run makes them, "
+                        r"clock within \d+\.\d\d s of the server's\)", line), line
 
 
 def test_a_daemon_whose_database_is_down_says_so_in_one_line(tmp_path, capsys):
