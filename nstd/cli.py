@@ -299,7 +299,8 @@ def cmd_status(args) -> int:
         raise NstdError(f"no journal at {db}; has the daemon run with this config?")
     journal = Journal(db, readonly=True)
     try:
-        paused = outbox.unwritable(cfg.outbox)
+        # A full state_dir stops the SQLite journal's writes as a full outbox stops outputs.
+        paused = outbox.unwritable(cfg.outbox) or (None if cfg.journal else outbox.unwritable(cfg.state_dir))
         if paused:
             print(f"paused: {paused}; new work waits until it can be written")
         p = journal.input_counts()

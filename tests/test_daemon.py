@@ -188,3 +188,45 @@ def test_a_worker_process_killed_mid_batch_is_restarted_and_its_jobs_run_once(tm
     results = [f for f in files(tmp_path / "outbox") if not f.startswith(".gallery/") and f != "index.html"]
     assert results == sorted(f"{s}/a.{e}" for s in ("ink", "wash") for e in ("jpg", "json", "loss.svg"))
     assert [state for _, _, state, _ in jobs(tmp_path)] == ["done", "done"]
+
+
+def test_a_full_state_dir_pauses_the_daemon_and_spends_no_attempt(tmp_path, session_models):
+    """The SQLite journal on a full disk is waited out like a lost database: no crash and
+    restart every few seconds, the running batch finishes once there is room, and no
+    photo is set aside. A real full filesystem: a small tmpfs under the state folder."""
+    config = write_config(tmp_path, session_models, transfer={"iterations": 30, "size": 40, "log_every": 10})
+    state = tmp_path / "state"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], capture_output=True)
+    assert mounted.returncode == 0, f"this test needs to mount a tmpfs (as root): {mounted.stderr.decode()}"
+    d = Daemon(config)
+    try:
+        d.start()
+        names = ["p0", "p1"]
+        for i, n in enumerate(names):
+            (tmp_path / "inbox" / f"{n}.jpg").write_bytes(photo_bytes(40, 40, 20 + i))
+        d.wait_log("progress", timeout=60)
+        filler = state / "filler"
+        with open(filler, "wb") as f:  # every free block taken
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        d.wait_log("database_unavailable", timeout=60)
+        status = subprocess.run([sys.executable, "-m", "nstd", "status", "--config", str(config)],
+                                capture_output=True, text=True)
+        assert status.stdout.startswith(f"paused: {state} is full"), status.stdout + status.stderr
+        filler.unlink()
+        d.wait_log("database_back", timeout=60)
+        wait_for(lambda: outputs_done(tmp_path, names), 120, "outputs once there was room")
+        wait_for(lambda: len(files(tmp_path / "processed")) == 2, 30, "inputs processed")
+        assert d.stop() == 0
+        events = [e.get("event") for e in d.events()]
+        assert "worker_crashed" not in events and "worker_restarted" not in events
+        assert sorted(jobs(tmp_path)) == sorted((f"{n}.jpg", s, "done", 1) for n in names for s in ("ink", "wash"))
+        assert files(tmp_path / "failed") == []
+    finally:
+        if d.alive():
+            d.kill()
+        subprocess.run(["umount", str(state)], capture_output=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 from nstd.errors import JournalError
@@ -34,20 +35,40 @@ class SqliteDatabase:
             self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
 
     def execute(self, sql: str, params=()):
-        return self.conn.execute(sql, params)
+        with self._waitable():
+            return self.conn.execute(sql, params)
 
     def executemany(self, sql: str, rows) -> int:
         rows = list(rows)
-        return self.conn.executemany(sql, rows).rowcount if rows else 0
+        with self._waitable():
+            return self.conn.executemany(sql, rows).rowcount if rows else 0
 
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        with self._waitable():
+            self.conn.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
-        self.conn.execute("COMMIT")
+        try:
+            with self._waitable():
+                self.conn.execute("COMMIT")
+        except Unavailable:
+            self.rollback()  # a failed COMMIT leaves the transaction open
+            raise
 
     def rollback(self) -> None:
-        self.conn.execute("ROLLBACK")
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _waitable(self):
+        """A full disk (or one failing to write) is waited out like a lost server: the
+        worker keeps its batch and takes nothing new, and no photo's attempt is spent."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise
+            raise Unavailable(f"journal {self.label}: cannot be written ({e}); free space in its folder") from None
 
     def close(self) -> None:
         self.conn.close()

@@ -217,7 +217,8 @@ class Service:
                 log.warning("leases_expired", requeued=requeued, quarantined=[j.id for j in quarantined])
         self.journal.forget_workers(time.time())
         c = self.journal.counts()
-        paused = outbox.unwritable(self.cfg.outbox)
+        paused = outbox.unwritable(self.cfg.outbox) or (None if self.journal.shared
+                                                         else outbox.unwritable(self.cfg.state_dir))
         notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, failed {c['failed']}"
                f"{f'; paused: {paused}' if paused else ''}\nWATCHDOG=1")
 
