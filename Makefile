@@ -18,9 +18,15 @@ weights: $(STAMP)
 	$(BIN)/nstd weights fetch
 
 # Folders of the local example in config.example.yaml; a real install names its own.
-run: weights
+# CONFIG=FILE runs another config: `make run CONFIG=config.cpu.yaml` for a first look on a CPU.
+run: weights $(CONFIG)
 	@mkdir -p inbox outbox failed processed state
 	$(BIN)/nstd run --config $(CONFIG)
+
+# The example at 256 px and 200 iterations. Made once, when missing; then it is yours to edit.
+config.cpu.yaml:
+	sed -e 's/^  size: 512 /  size: 256 /' -e 's/^  iterations: 500 /  iterations: 200 /' config.example.yaml > $@.tmp
+	grep -q '^  size: 256 ' $@.tmp && grep -q '^  iterations: 200 ' $@.tmp && mv $@.tmp $@
 
 # The gallery test renders outbox/index.html in headless Chromium, from Debian's packages:
 # chromium and what it depends on, no recommended extras, nothing else upgraded.

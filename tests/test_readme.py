@@ -60,6 +60,16 @@ python3() {
     mkdir -p .venv/bin && cp "$FAKE_PIP" .venv/bin/pip && cp "$FAKE_NSTD" .venv/bin/nstd
 }
 '''
+def has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 SYSTEM_PATHS = ("/etc/systemd/system", "/etc/nstd", "/opt/nstd", "/var/lib/nstd", "/var/cache/nstd", "/srv/nstd")
 
 
@@ -98,6 +108,9 @@ def test_the_service_steps_run_in_a_temporary_root_to_a_ready_check(tmp_path):
     recorded = calls.read_text().splitlines()
     assert f"useradd --system --home-dir {root}/var/lib/nstd --shell /usr/sbin/nologin nstd" in recorded
     assert "pip install ." in recorded and "systemctl enable --now nstd" in recorded
+    # Only the GPU groups this host has: usermod fails on a missing one and adds none.
+    assert [c for c in recorded if c.startswith("usermod")] == [f"usermod -aG {g} nstd" for g in ("video", "render")
+                                                                if has_group(g)]
     assert any(c.startswith("install -d -o nstd -g nstd -m 2775") and f"{root}/srv/nstd/inbox" in c for c in recorded)
     # The unit as copied names what the steps made: its program, its config, its folders.
     unit = (root / "etc/systemd/system/nstd.service").read_text()
@@ -106,3 +119,22 @@ def test_the_service_steps_run_in_a_temporary_root_to_a_ready_check(tmp_path):
     for path in re.search(r"^ReadWritePaths=(.*)$", unit, re.M).group(1).split():
         assert (root / path.lstrip("/")).is_dir(), path
     assert oct((root / "srv/nstd/inbox").stat().st_mode & 0o7777) == "0o2775"
+
+
+def test_the_quick_starts_cpu_command_runs_the_example_at_a_cpus_size(tmp_path):
+    """`make run CONFIG=…` as the Quick start pastes it: the Makefile makes that config from
+    the example, changing the size and the iterations only."""
+    from dataclasses import replace
+
+    text = (ROOT / "README.md").read_text()
+    quick = text[text.index("## Quick start"):text.index("\n## ", text.index("## Quick start") + 1)]
+    name = re.search(r"^make run CONFIG=(\S+)", quick, re.M).group(1)
+    for f in ("Makefile", "config.example.yaml"):
+        shutil.copy(ROOT / f, tmp_path / f)
+    (tmp_path / "nstd").symlink_to(ROOT / "nstd")  # the example's styles
+    subprocess.run(["make", "-s", name], cwd=tmp_path, check=True, capture_output=True)
+    cpu, example = config.load(tmp_path / name), config.load(tmp_path / "config.example.yaml")
+    assert cpu.transfer == replace(example.transfer, size=256, iterations=200)
+    assert (cpu.inbox, cpu.worker) == (example.inbox, example.worker)
+    assert {n: s.image for n, s in cpu.styles.items()} == {n: s.image for n, s in example.styles.items()}
+    assert f"/{name}\n" in (ROOT / ".gitignore").read_text()  # the user's own file, not a change to commit
