@@ -60,15 +60,17 @@ def load(text: str | bytes, label: str, bounds: Bounds) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ConfigError(f"{label}: not UTF-8 text (byte {e.start})") from None
-    loader = _Loader(text, bounds)
+    loader = None
     try:
+        loader = _Loader(text, bounds)  # its reader refuses control characters at once
         return loader.get_single_data()
     except yaml.YAMLError as e:
         raise ConfigError(error_line(label, e)) from None
     except Exception as e:  # noqa: BLE001 - e.g. an integer of 5,000 digits, a 13th month
         raise ConfigError(f"{label}: cannot be read ({type(e).__name__}: {clip(str(e), 120)})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def error_line(label: str, e: yaml.YAMLError) -> str:
