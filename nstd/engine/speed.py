@@ -23,7 +23,7 @@ from nstd.engine.vgg import VGGFeatures
 # 96 px on a CPU measures within a few per cent of the rate at 512 px; a GPU needs more
 # work per kernel before it shows its pace.
 PROBE_SIDE = {"cpu": 96, "cuda": 256}
-PROBE_SECONDS = 1.5  # timed iterations after the warm-up take about this long
+PROBE_SECONDS = 1.0  # timed iterations after the warm-up take about this long
 PROBE_LAPS = (3, 100)  # the fewest and the most timed iterations
 PROGRESS_EVERY = 5.0  # seconds between a running batch's progress reports
 
