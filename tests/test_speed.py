@@ -166,3 +166,18 @@ def test_check_measures_when_no_daemon_has_said(check_config, models):
     j.close()
     [finding] = _speed_findings(cfg, [cpu], models, now=1000.0)
     assert "measured now for" in finding.text and "99.0 GFLOP/s" not in finding.text
+
+
+def test_what_a_starting_worker_measures_is_what_check_quotes(service):
+    import time
+
+    from nstd.cli import _speed_findings
+
+    worker, j = service.worker, service.journal
+    j.beat(worker.info, "starting", time.time())  # as Worker.run does before it measures
+    worker._say_speed(j)
+    [me] = [w for w in j.workers() if w.owner == worker.info.owner]
+    assert me.speed > 0 and me.speed_at >= me.started
+    [finding] = _speed_findings(service.cfg, [worker.device], service.cfg.models_dir, now=me.heartbeat + 1)
+    assert f"({me.speed / 1e9:.1f} GFLOP/s, measured by the running daemon on {service.cfg.host} at " \
+        in finding.text, finding.text
