@@ -228,3 +228,23 @@ def test_limits_are_read_from_the_config(tmp_path):
                          ({"iters": 5}, "limits.iters: unknown key"), ([1], "limits: expected a mapping")):
         with pytest.raises(ConfigError, match="^" + re.escape(message)):
             config.load(write_config(tmp_path, tmp_path / "models", limits=bad))
+
+
+def test_the_configs_own_settings_are_never_over_its_limits(service):
+    """An operator who sets 3,000 iterations in the config has them; a sidecar may not ask
+    for more than that or the limit, whichever is larger."""
+    from dataclasses import replace
+
+    from nstd.daemon.runtime import Runtime
+
+    transfer = replace(service.cfg.transfer, iterations=3000)
+    cfg = replace(service.cfg, transfer=transfer,
+                  styles={n: replace(s, params=replace(s.params, iterations=3000)) for n, s in service.cfg.styles.items()})
+    service.runtime = Runtime.load(cfg)
+    take(service, "a.jpg")
+    (service.cfg.inbox / "b.jpg.nstd.yaml").write_text("iterations: 3001\n")
+    path = service.cfg.inbox / "b.jpg"
+    path.write_bytes(photo_bytes(40, 40, 3))
+    st = path.stat()
+    out = service.intake.accept("b.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    assert out.kind is Kind.FAILED and "over limits.iterations (3,000)" in out.detail

@@ -195,24 +195,25 @@ class Intake:
         memory = self.journal.largest_memory(time.time())  # of every worker that has said, on any host
         if spec is not None and spec.kind == "regions":
             params = sidecar.apply(self.cfg.transfer, sidecars, self.models)
-            return [self._spec(relpath, REGIONS_STYLE, params, h, w, memory,
+            return [self._spec(relpath, REGIONS_STYLE, params, self.cfg.transfer, h, w, memory,
                                self.styles.regions_params(spec, self.cfg.output, params), spec)]
         specs = []
         for name in styles:
-            params = sidecar.apply(self.styles.get(name).params, sidecars, self.models)
+            base = self.styles.get(name).params
+            params = sidecar.apply(base, sidecars, self.models)
             stored = self.styles.job_params(name, self.cfg.output, params)
-            specs.append(self._spec(relpath, name, params, h, w, memory,
+            specs.append(self._spec(relpath, name, params, base, h, w, memory,
                                     stored | ({"guide": spec.as_dict()} if spec else {}), spec))
         return specs
 
-    def _spec(self, relpath: str, style: str, params, h: int, w: int, memory: int | None, stored: dict,
+    def _spec(self, relpath: str, style: str, params, base, h: int, w: int, memory: int | None, stored: dict,
               spec: GuideSpec | None) -> JobSpec:
         """A guided job's mask, region map or face keeping shapes its objective and its
         memory, and only jobs of one shape of objective can take each other's places in a
         running batch."""
         guided = spec is not None or params.protect != "none"
         hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
-        self.cfg.limits.check(relpath, params, max(hh, ww))
+        self.cfg.limits.check(relpath, params, max(hh, ww), base)  # base: the config's own, before sidecars
         check_fits(relpath, (hh, ww), params, memory, styled_regions(spec, params.protect),
                    self.cfg.worker.switches.history_precision)
         key = [ww, hh, repr(params.batch_key())] + (["guided"] if guided else [])
