@@ -29,10 +29,13 @@ class SqliteDatabase:
 
     def __init__(self, path: Path, readonly: bool = False):
         self.label = str(path)
+        # A connection is used by one thread at a time, but not always the one that made it:
+        # the supervisor opens the intake's journal before the intake thread starts.
         if readonly:
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                                        check_same_thread=False)
         else:
-            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
 
     def execute(self, sql: str, params=()):
         with self._waitable():

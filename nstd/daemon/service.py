@@ -82,7 +82,8 @@ class Service:
         self.claimed_at: float | None = None
         self.runtime = Runtime.load(self.cfg)
         self.journal = Journal(self.cfg.journal_target)
-        self.inputs = Inputs(lambda: self.runtime, self.journal, self.hints)
+        # The inbox side has a connection of its own: it runs on its own thread (see run).
+        self.inputs = Inputs(lambda: self.runtime, Journal(self.cfg.journal_target), self.hints)
 
     def load_weights(self, model_id: str):
         with self._weights_lock:
@@ -145,30 +146,51 @@ class Service:
                  styles=self.styles.names(), pid=os.getpid())
         self.step(self.clock())
         notify("READY=1")
+        intake = threading.Thread(target=self._take_in, name="nstd-intake", daemon=True)
+        intake.start()
         while not self.stop_requested.is_set():
-            try:
-                self.step(self.clock())
-            except Exception as e:  # noqa: BLE001 - months unattended: log, back off, carry on
-                log.error("loop_error", error=f"{type(e).__name__}: {e}")
-                self.stop_requested.wait(1.0)
-            self.hints.event.wait(0.25)
+            self._guarded(lambda: self.step(self.clock(), inputs=False))
+            self.stop_requested.wait(0.25)
+        intake.join(self.cfg.worker.stop_timeout)
         return self.shutdown()
 
-    def step(self, now: float) -> None:
-        """One round: a pending reload, the inputs, and the health checks when due. With
-        the database away, it waits: the workers keep their batches and take nothing new."""
+    def _take_in(self) -> None:
+        """The inbox side, on a thread of its own: decoding a large photo or region map
+        holds up the next file, never the health checks, reloads and systemd's watchdog."""
+        while not self.stop_requested.is_set():
+            self._guarded(lambda: self._inputs_round(self.clock()))
+            self.hints.event.wait(0.25)
+
+    def _inputs_round(self, now: float) -> None:
+        try:
+            self.inputs.step(now)
+        except Unavailable as e:
+            self.outage.down(str(e), now)
+
+    def _guarded(self, round_: Callable[[], None]) -> None:
+        try:
+            round_()
+        except Exception as e:  # noqa: BLE001 - months unattended: log, back off, carry on
+            log.error("loop_error", error=f"{type(e).__name__}: {e}")
+            self.stop_requested.wait(1.0)
+
+    def step(self, now: float, inputs: bool = True) -> None:
+        """One round: a pending reload, the inputs (unless their thread takes them), and the
+        health checks when due. With the database away, it waits: the workers keep their
+        batches and take nothing new."""
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self.reload()
         try:
-            self._step(now)
+            if inputs:
+                self.inputs.step(now)
+            self._supervise(now)
         except Unavailable as e:
             self.outage.down(str(e), now)
         else:
             self.outage.up(now)
 
-    def _step(self, now: float) -> None:
-        self.inputs.step(now)
+    def _supervise(self, now: float) -> None:
         if self.claimed_at is None or now - self.claimed_at >= CLAIM_REFRESH:
             self.claimed_at = now
             self._refresh_claim()
@@ -199,7 +221,7 @@ class Service:
         if not self.watcher.healthy():
             if self.watcher.restart():
                 log.warning("watch_restarted", inbox=str(self.cfg.inbox))
-                self.inputs.rescan()
+                self.inputs.next_rescan = None  # the intake's next round looks at everything
             else:
                 log.warning("inbox_unavailable", inbox=str(self.cfg.inbox))
         for i, w in enumerate(self.workers):
@@ -233,6 +255,7 @@ class Service:
     def close(self) -> None:
         """Let go of the journal, the inbox and the state folder."""
         self.journal.close()
+        self.inputs.journal.close()
         if self.claim is not None:
             self.claim.release()
         self.lock.release()
