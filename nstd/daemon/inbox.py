@@ -113,12 +113,17 @@ class Hints:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, hints: Hints):
-        self.hints = hints
+    def __init__(self, hints: Hints, root: Path):
+        self.hints, self.root = hints, os.fsencode(str(root))
+        # The watched folder itself went (a share unmounted, the folder replaced): a new one
+        # may reuse its inode number, so this is the surer sign that the watch is dead.
+        self.root_gone = threading.Event()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         # An exception here would stop watchdog's dispatch thread for good.
         try:
+            if event.event_type in ("deleted", "moved") and os.fsencode(event.src_path) == self.root:
+                self.root_gone.set()
             if event.is_directory and event.event_type not in ("moved", "created"):
                 return
             if event.event_type in ("created", "modified", "closed", "moved"):
@@ -138,7 +143,8 @@ class Watcher:
 
     def start(self) -> None:
         obs = PollingObserver(timeout=self.poll_interval) if self.mode == "polling" else Observer()
-        obs.schedule(_Handler(self.hints), str(self.root), recursive=True)
+        self._handler = _Handler(self.hints, self.root)
+        obs.schedule(self._handler, str(self.root), recursive=True)
         obs.daemon = True
         obs.start()
         self._observer = obs
@@ -156,7 +162,7 @@ class Watcher:
     def healthy(self) -> bool:
         """False when the observer or an emitter died, or the root was replaced or is gone."""
         obs = self._observer
-        if obs is None or not obs.is_alive():
+        if obs is None or not obs.is_alive() or self._handler.root_gone.is_set():
             return False
         if not all(e.is_alive() for e in list(obs.emitters)):
             return False
