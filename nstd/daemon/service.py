@@ -21,7 +21,7 @@ from nstd.daemon.database import Unavailable
 from nstd.daemon.journal import Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
-from nstd.daemon.outage import Outage
+from nstd.daemon.outage import Outage, patiently
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.daemon.workers import ProcessWorker, ThreadWorker, isolation_for
@@ -280,7 +280,16 @@ class Service:
         for w in self.workers:
             w.join(max(0.0, deadline - time.time()) + 10)
         self.watcher.stop()
-        self._give_back_running()  # anything the workers could not hand back cleanly
+        # Anything the workers could not hand back cleanly. The supervisor's connection may
+        # be one a database restart ended since its last use: a moment to reconnect, and
+        # with the database away, the next start (or another host, at the lease's end)
+        # gives the jobs back instead.
+        give_up = time.time() + 10
+        try:
+            patiently(self._give_back_running, "give_back", lambda: time.time() > give_up, time.sleep)
+        except Unavailable as e:
+            log.warning("running_jobs_left", error=str(e), meaning="given back at the next start or when "
+                                                                    "their lease runs out")
         self.close()
         log.info("stopped")
         return 0
