@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 STAMP := $(VENV)/.nstd-installed
 
-.PHONY: run test install weights bench clean browser postgres
+.PHONY: run test install weights bench clean browser postgres shares
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,18 @@ postgres:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) $(APT_INSTALL) postgresql >/dev/null; } || \
 	  echo "make: could not install postgresql; the PostgreSQL journal tests will fail until it is installed"; }
 
-test: $(STAMP) browser postgres
+# The network-share tests serve a real SMB share (Samba, mounted through FUSE with smbnetfs)
+# and a real SFTP folder (OpenSSH, mounted with sshfs) on loopback, from temporary folders.
+SHARE_PACKAGES := samba smbnetfs openssh-server openssh-client sshfs fuse3
+shares:
+	@command -v smbd >/dev/null 2>&1 && command -v smbnetfs >/dev/null 2>&1 && command -v sshfs >/dev/null 2>&1 && \
+	  test -x /usr/sbin/sshd || \
+	{ echo "make: installing Debian's $(SHARE_PACKAGES) (no recommends) for the network-share tests"; \
+	  $(SUDO) $(APT_INSTALL) $(SHARE_PACKAGES) >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) $(APT_INSTALL) $(SHARE_PACKAGES) >/dev/null; } || \
+	  echo "make: could not install $(SHARE_PACKAGES); the network-share tests will fail until they are installed"; }
+
+test: $(STAMP) browser postgres shares
 	$(BIN)/python -m pytest -q
 
 clean:

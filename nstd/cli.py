@@ -290,7 +290,7 @@ def cmd_status(args) -> int:
     import time
 
     from nstd import config
-    from nstd.daemon import outbox
+    from nstd.daemon import folders
     from nstd.daemon.journal import Journal
 
     cfg = config.load(args.config)
@@ -299,10 +299,9 @@ def cmd_status(args) -> int:
         raise NstdError(f"no journal at {db}; has the daemon run with this config?")
     journal = Journal(db, readonly=True)
     try:
-        # A full state_dir stops the SQLite journal's writes as a full outbox stops outputs.
-        paused = outbox.unwritable(cfg.outbox) or (None if cfg.journal else outbox.unwritable(cfg.state_dir))
-        if paused:
-            print(f"paused: {paused}; new work waits until it can be written")
+        trouble = folders.paused_now(cfg)
+        if trouble:
+            print(f"paused: {trouble.reason}; new work waits until it is back")
         p = journal.input_counts()
         print(f"photos: {p['queued']} in progress, {p['done']} done, {p['failed']} failed")
         c = journal.counts()

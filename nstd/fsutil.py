@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -9,6 +10,21 @@ import re
 import socket
 import tempfile
 from pathlib import Path
+
+# What a share's client answers while its server or network is away: the share's
+# trouble, never a file's, so no attempt is spent and nothing is failed for it.
+SHARE_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.EBUSY, errno.ETIMEDOUT,
+                          errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH,
+                          errno.ECONNABORTED, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENODEV})
+
+
+class FolderGone(FileNotFoundError):
+    """A configured folder is not there: a share's mount that went, leaving its mount point."""
+
+
+def is_share_error(e: BaseException) -> bool:
+    return isinstance(e, FolderGone) or (isinstance(e, OSError) and e.errno in SHARE_ERRNOS)
+
 
 # Temporary names carry their writer, `@host@pid`, so that on folders several hosts share,
 # each host clears only what its own dead processes left half-written.

@@ -36,6 +36,9 @@ def setup(level: str = "info", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # watchdog's poller warns at every failed look at a share that is away; the daemon's
+    # own look at its folders says so once (daemon/folders.py).
+    logging.getLogger("watchdog").setLevel(logging.ERROR)
 
 
 class LineLogger:

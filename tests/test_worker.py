@@ -75,7 +75,7 @@ def test_no_work_is_taken_while_the_outbox_cannot_be_written(service, capsys):
     take(service, "a.jpg")
     shutil.rmtree(service.cfg.outbox)  # a share that is not mounted
     assert service.worker._outbox_unwritable(now=0.0)
-    assert "cannot be written (No such file or directory)" in service.worker.paused
+    assert service.worker.paused == f"share unavailable: outbox {service.cfg.outbox}: No such file or directory"
     capsys.readouterr()
     assert main(["status", "--config", str(service.cfg.path)]) == 0
     assert "paused: " in capsys.readouterr().out

@@ -13,6 +13,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from nstd.fsutil import SHARE_ERRNOS
 from nstd.log import get
 
 log = get("nstd.inbox")
@@ -50,21 +51,26 @@ class IgnoreRules:
 
 def mount_fs_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The filesystem type of the mount holding `path`, from the longest matching mount point."""
+    return mount_of(path, mountinfo)[1]
+
+
+def mount_of(path: Path, mountinfo: str = "/proc/self/mountinfo") -> tuple[str | None, str | None]:
+    """(mount point, filesystem type) of the mount holding `path`."""
     try:
         lines = Path(mountinfo).read_text().splitlines()
     except OSError:
-        return None
-    target = str(path.resolve())
-    best, best_type = "", None
+        return None, None
+    target = os.path.realpath(path)  # a link to a share is on the share
+    best, best_type = None, None
     for line in lines:
         left, _, right = line.partition(" - ")
         fields = left.split()
         if len(fields) < 5 or not right:
             continue
         point = fields[4].replace("\\040", " ")
-        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best or ""):
             best, best_type = point, right.split()[0]
-    return best_type
+    return best, best_type
 
 
 LOCAL_SETTLE_SECONDS = 5.0
@@ -194,6 +200,8 @@ def scan(root: Path, rules: IgnoreRules) -> list[str]:
     found: list[str] = []
 
     def onerror(err: OSError) -> None:
+        if err.errno in SHARE_ERRNOS:
+            raise err  # the share went away: the scan ends, and nothing it missed is taken for gone
         log.warning("scan_error", path=getattr(err, "filename", None), error=err.strerror)
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):

@@ -3,6 +3,7 @@ have all ended leaves the inbox for processed/ or failed/."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, relative, scan,
 from nstd.daemon.intake import Intake, Kind
 from nstd.daemon.journal import Input, Journal, State
 from nstd.daemon.runtime import Runtime
-from nstd.fsutil import printable, sha256_file
+from nstd.fsutil import FolderGone, is_share_error, printable, sha256_file
 from nstd.log import get
 
 log = get("nstd.inputs")
@@ -63,9 +64,8 @@ class Inputs:
             self.settle.watch(rel)
 
     def rescan(self) -> None:
-        if not self.cfg.inbox.is_dir():
-            log.warning("inbox_unavailable", inbox=str(self.cfg.inbox))
-            return
+        if not self.cfg.inbox.is_dir():  # the supervisor's look at its folders says so, once
+            raise FolderGone(errno.ENOENT, "the inbox is not there", str(self.cfg.inbox))
         for rel in scan(self.cfg.inbox, self.rules):
             self.settle.watch(rel)
 
@@ -92,6 +92,9 @@ class Inputs:
                 self.settle.watch(rel)  # taken in once the database is back
                 raise
             except OSError as e:
+                self.settle.watch(rel)  # looked at again once it has held still
+                if is_share_error(e):
+                    raise  # the share, not this file: the round ends and the supervisor says so once
                 log.warning("intake_deferred", input=printable(rel), error=str(e))
             except Exception as e:  # noqa: BLE001 - one file's trouble must not stop the files beside it
                 log.error("intake_error", input=printable(rel), error=f"{type(e).__name__}: {e}")
@@ -155,6 +158,8 @@ class Inputs:
             except OSError as e:
                 wait = min(300.0, 2 * self.deferred.get(inp.id, (0.0, 0.5))[1])
                 self.deferred[inp.id] = (now + wait, wait)
+                if is_share_error(e):
+                    raise  # said once by the supervisor's check of its folders
                 log.warning("dispose_deferred", input=inp.relpath, error=str(e), in_seconds=wait)
             except ValueError as e:  # a name, or a planted link, that would leave processed/ or failed/
                 self.refused.add(inp.relpath)

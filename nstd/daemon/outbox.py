@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import contained, fit_name, left_by_dead_writer
+from nstd.fsutil import SHARE_ERRNOS, contained, fit_name, left_by_dead_writer
 from nstd.publish import STEM_ROOM
 
 
@@ -80,8 +80,8 @@ def stray_temp_files(outbox: Path, shared: bool = False) -> list[Path]:
 
 
 # Errors of the outbox itself, not of the photo: the photo waits for the outbox to mend.
-DESTINATION_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EIO,
-                      errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EHOSTDOWN, errno.ENOTCONN}
+DESTINATION_ERRNOS = SHARE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
+                                     errno.EAGAIN}
 MIN_FREE_BYTES = 64 << 20  # below this, a batch's images may not fit (a tenth of a small volume)
 
 

@@ -18,6 +18,8 @@ from nstd.daemon.inbox import Hints, Watcher, choose_mode
 from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
 from nstd.daemon.database import Unavailable
+from nstd.daemon.folders import Folders
+from nstd.fsutil import is_share_error
 from nstd.daemon.journal import Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
@@ -81,6 +83,7 @@ class Service:
             self.claim.take(time.time())
         self.claimed_at: float | None = None
         self.runtime = Runtime.load(self.cfg)
+        self.folders = Folders(self.cfg)
         self.journal = Journal(self.cfg.journal_target)
         # The inbox side has a connection of its own: it runs on its own thread (see run).
         self.inputs = Inputs(lambda: self.runtime, Journal(self.cfg.journal_target), self.hints)
@@ -158,7 +161,8 @@ class Service:
         """The inbox side, on a thread of its own: decoding a large photo or region map
         holds up the next file, never the health checks, reloads and systemd's watchdog."""
         while not self.stop_requested.is_set():
-            self._guarded(lambda: self._inputs_round(self.clock()))
+            if self.folders.reachable:
+                self._guarded(lambda: self._inputs_round(self.clock()))
             self.hints.event.wait(0.25)
 
     def _inputs_round(self, now: float) -> None:
@@ -170,6 +174,13 @@ class Service:
     def _guarded(self, round_: Callable[[], None]) -> None:
         try:
             round_()
+        except OSError as e:
+            if not is_share_error(e):
+                raise
+            # The share went away mid-round: the next health check (at once) says so, once.
+            log.debug("share_error", error=str(e))
+            self.next_health = None
+            self.stop_requested.wait(1.0)
         except Exception as e:  # noqa: BLE001 - months unattended: log, back off, carry on
             log.error("loop_error", error=f"{type(e).__name__}: {e}")
             self.stop_requested.wait(1.0)
@@ -182,7 +193,7 @@ class Service:
             self.reload_requested.clear()
             self.reload()
         try:
-            if inputs:
+            if inputs and self.folders.reachable:
                 self.inputs.step(now)
             self._supervise(now)
         except Unavailable as e:
@@ -218,12 +229,27 @@ class Service:
         return handle
 
     def health(self) -> None:
+        was_away = not self.folders.reachable
+        trouble = self.folders.check(self.clock())
+        if self.folders.reachable:
+            self._watch_health(after_outage=was_away)
+        self._workers_health()
+        self.journal.forget_workers(time.time())
+        c = self.journal.counts()
+        notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, failed {c['failed']}"
+               f"{f'; paused: {trouble.reason}' if trouble else ''}\nWATCHDOG=1")
+
+    def _watch_health(self, after_outage: bool = False) -> None:
+        """The inbox watch restarted where it died (or its folder was replaced, a remount):
+        after a share's outage, as expected; otherwise worth a warning."""
         if not self.watcher.healthy():
             if self.watcher.restart():
-                log.warning("watch_restarted", inbox=str(self.cfg.inbox))
+                (log.info if after_outage else log.warning)("watch_restarted", inbox=str(self.cfg.inbox))
                 self.inputs.next_rescan = None  # the intake's next round looks at everything
             else:
                 log.warning("inbox_unavailable", inbox=str(self.cfg.inbox))
+
+    def _workers_health(self) -> None:
         for i, w in enumerate(self.workers):
             if not w.alive() and not self.stopping:
                 # Only its own claims go back: other devices' batches run on.
@@ -237,15 +263,9 @@ class Service:
             requeued, quarantined = self.journal.requeue_expired(time.time())
             if requeued or quarantined:
                 log.warning("leases_expired", requeued=requeued, quarantined=[j.id for j in quarantined])
-        self.journal.forget_workers(time.time())
-        c = self.journal.counts()
-        paused = outbox.unwritable(self.cfg.outbox) or (None if self.journal.shared
-                                                         else outbox.unwritable(self.cfg.state_dir))
-        notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, failed {c['failed']}"
-               f"{f'; paused: {paused}' if paused else ''}\nWATCHDOG=1")
 
     def _refresh_claim(self) -> None:
-        if self.claim is None:
+        if self.claim is None or not self.folders.reachable:
             return
         try:
             self.claim.refresh()

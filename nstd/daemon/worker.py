@@ -17,7 +17,7 @@ import torch
 
 from nstd import faults, images
 from nstd.config import Config
-from nstd.daemon import companions, gallery, outbox
+from nstd.daemon import companions, folders, gallery, outbox
 from nstd.daemon.database import Unavailable
 from nstd.daemon.journal import LEASE_SECONDS, Job, Journal, WorkerInfo
 from nstd.daemon.outage import PatientJournal, patiently
@@ -32,6 +32,7 @@ from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError, NstdError
+from nstd.fsutil import is_share_error
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
 from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style, styled_regions
@@ -109,6 +110,7 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
         self._probed = float("-inf")
+        self._mounts = folders.mounts_of({"outbox": cfg.outbox, "spool": cfg.spool_dir})
         # Times a batch's progress: the wall clock, as the time left is written as a moment
         # that nstd status, on any host, reads against its own.
         self.clock: Callable[[], float] = time.time
@@ -182,16 +184,19 @@ class Worker(threading.Thread):
                 pass  # nstd check measures for itself then
 
     def _outbox_unwritable(self, now: float) -> bool:
-        """Take no work while the outbox cannot be written: the photos would only fail."""
+        """Take no work while the outbox cannot be written or the spool read (a share that
+        is away): the photos would only fail. The supervisor warns of it, once."""
         if self.paused is None and now - self._probed < PROBE_EVERY:
             return False
         self._probed = now
-        reason = outbox.unwritable(self.cfg.outbox)
+        needed = {"outbox": self.cfg.outbox, "spool": self.cfg.spool_dir}
+        far = folders.unreachable(needed, self._mounts)
+        reason = f"share unavailable: {far}" if far else outbox.unwritable(self.cfg.outbox)
         if reason != self.paused:
             if reason:
-                log.warning("paused", reason=reason, device=str(self.device))
+                log.info("worker_paused", reason=reason, device=str(self.device))
             else:
-                log.info("resumed", device=str(self.device))
+                log.info("worker_resumed", device=str(self.device))
             self.paused = reason
         return reason is not None
 
@@ -230,6 +235,9 @@ class Worker(threading.Thread):
             outcome = read[job.id]
             if isinstance(outcome, Task):
                 tasks.append(outcome)
+            elif outcome.share:
+                journal.defer(job.id, outcome.error, self.cfg.worker.retry_backoff, job.batch_id)
+                self._probed = float("-inf")  # look at the folders before the next claim
             elif outcome.transient:
                 self._transient(journal, job, outcome.error)
             else:
@@ -257,7 +265,7 @@ class Worker(threading.Thread):
                 out.append(_Unread(str(e)))
                 continue
             except OSError as e:
-                out.append(_Unread(f"cannot read spooled input: {e}", transient=True))
+                out.append(_Unread(f"cannot read spooled input: {e}", transient=True, share=is_share_error(e)))
                 continue
             style = regions_style(spec, params, book.get) if job.style == REGIONS_STYLE else book.get(job.style)
             # Exactly the size intake recorded, so every job of a batch matches.
@@ -353,7 +361,8 @@ class Worker(threading.Thread):
         try:
             gallery.write(self.cfg.outbox, journal)
         except OSError as e:  # the page is a convenience; the outputs are what matter
-            log.warning("gallery_not_written", error=str(e))
+            # A share that is away is said once by the supervisor, not at each write.
+            (log.info if is_share_error(e) else log.warning)("gallery_not_written", error=str(e))
 
     def _transient(self, journal: Journal, job: Job, error: str, final: bool = False) -> None:
         fresh = journal.get_jobs([job.id])[0]
@@ -411,6 +420,7 @@ class _Unread:
 
     error: str
     transient: bool = False
+    share: bool = False  # the spool's share is away: the job waits without spending an attempt
 
 
 class _Running:
@@ -476,7 +486,8 @@ class _Outbox:
                 self.troubled = True
                 self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay, job.batch_id)
                 self.worker._probed = float("-inf")  # look at the outbox before the next claim
-                log.warning("output_deferred", job=job.id, input=job.relpath, error=e.strerror, in_seconds=delay)
+                (log.info if is_share_error(e) else log.warning)(
+                    "output_deferred", job=job.id, input=job.relpath, error=e.strerror, in_seconds=delay)
             else:
                 self.journal.fail(job.id, f"cannot write output: {e}", job.batch_id)
             return
