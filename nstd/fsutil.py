@@ -28,7 +28,8 @@ def is_share_error(e: BaseException) -> bool:
 
 # Temporary names carry their writer, `@host@pid`, so that on folders several hosts share,
 # each host clears only what its own dead processes left half-written.
-WRITER = re.compile(r"\.@(?P<host>[A-Za-z0-9-]{1,32})@(?P<pid>\d+)\.")
+# smbnetfs lists an "@" as "%40" (it URL-encodes names), and takes either back.
+WRITER = re.compile(r"\.(?:@|%40)(?P<host>[A-Za-z0-9-]{1,32})(?:@|%40)(?P<pid>\d+)\.")
 
 
 def sha256_file(path: Path) -> str:
@@ -92,6 +93,18 @@ def fit_name(name: str, room: int = 0) -> str:
 def host_tag(host: str | None = None) -> str:
     """A host name as temporary names carry it."""
     return re.sub(r"[^A-Za-z0-9-]", "-", host or socket.gethostname())[:32] or "-"
+
+
+def own_litter(folder: Path) -> list[Path]:
+    """Temporary files below `folder` that this process began and could not remove: a
+    write a share's outage cut short, whose clean-up failed for the same reason. Call it
+    only where this process is not writing there at the same time."""
+    mine = (host_tag(), str(os.getpid()))
+    try:
+        found = [p for p in folder.rglob(".*.tmp") if (m := WRITER.search(p.name)) and (m["host"], m["pid"]) == mine]
+    except OSError:
+        return []
+    return found
 
 
 def left_by_dead_writer(path: Path, host: str | None = None) -> bool:

@@ -37,8 +37,9 @@ def setup(level: str = "info", json_lines: bool | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     # watchdog's poller warns at every failed look at a share that is away; the daemon's
-    # own look at its folders says so once (daemon/folders.py).
-    logging.getLogger("watchdog").setLevel(logging.ERROR)
+    # own look at its folders says so once (daemon/folders.py). Its other warnings (an
+    # inotify queue that overflowed) still come through.
+    logging.getLogger("watchdog.observers.polling").setLevel(logging.ERROR)
 
 
 class LineLogger:

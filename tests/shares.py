@@ -222,7 +222,8 @@ class SshfsMount(Mount):
         s = self.server
         subprocess.run([_need("sshfs", "sshfs"), f"root@127.0.0.1:{s.share}", str(self.point), "-p", str(s.port),
                         "-o", f"IdentityFile={s.key},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,"
-                              "reconnect,ServerAliveInterval=2,ServerAliveCountMax=2,LogLevel=ERROR"],
+                              "reconnect,ServerAliveInterval=2,ServerAliveCountMax=2,LogLevel=ERROR,"
+                              "dcache_timeout=1"],  # its default, 20 s, hides a new photo as long
                        check=True, capture_output=True)
         _until(self.mounted, "the SFTP mount")
         return self

@@ -98,7 +98,8 @@ def audit(share: Path, names, d: Daemon) -> list[dict]:
     assert outputs == sorted(f"{s}/{n}.{e}" for s in STYLES for n in names for e in ("jpg", "json"))
     assert sorted(files(share / "processed")) == sorted(f"{n}.jpg" for n in names)
     assert files(share / "failed") == [] and files(share / "inbox") == []
-    assert [p.name for p in (share / "outbox").rglob(".*") if p.name != ".gallery" and ".gallery" not in p.parts] == []
+    hidden = [p.name for p in (share / "outbox").rglob(".*") if p.name != ".gallery" and ".gallery" not in p.parts]
+    assert hidden == []  # no temporary name, even from a write the share's outage cut short
     events = d.events()
     assert not [e for e in events if e.get("level") == "error"], [e for e in events if e.get("level") == "error"]
     return events
@@ -111,11 +112,17 @@ def test_the_daemon_on_an_smb_share_survives_its_server_and_its_mount_going(tmp_
     notes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notes.bind(str(sock_path))
     notes.settimeout(30)
-    d = Daemon(share_config(tmp_path, share, session_models, transfer={"iterations": 12, "log_every": 4}))
+    d = Daemon(share_config(tmp_path, share, session_models, transfer={"iterations": 8, "log_every": 4}))
+    # A write a kill -9 cut short left a hidden temporary file on the share (named as
+    # fsutil.atomic_write names them, by a process of this host now gone): the start clears it.
+    (share / "outbox" / "ink").mkdir(parents=True)
+    litter = share / "outbox" / "ink" / f".a.jpg.@{socket.gethostname()[:32]}@999999999.x1.tmp"
+    litter.write_bytes(b"half an image")
     reader = WholeFiles(server.share / "outbox")
     reader.start()
     try:
         d.start(NOTIFY_SOCKET=str(sock_path))
+        assert not litter.exists()
         # Written on the server's side, as another client would; and copied slowly through the mount.
         (server.share / "inbox" / "a.jpg").write_bytes(photo_bytes(32, 32, 1))
         slow_copy(share / "inbox" / "b.jpg", photo_bytes(32, 32, 2), pause=0.3)
@@ -169,29 +176,6 @@ def _note_with(sock: socket.socket, text: str) -> bool:
     return False
 
 
-def test_a_crash_on_the_share_leaves_no_temporary_name_behind(tmp_path, session_models, smb):
-    """A write a kill -9 cut short leaves a hidden temporary file on the share; the next
-    start clears it and the photo comes out whole, once."""
-    server, mount = smb
-    share = mount.path
-    config = share_config(tmp_path, share, session_models, transfer={"iterations": 12, "log_every": 4})
-    (share / "outbox" / "ink").mkdir(parents=True)
-    # As fsutil.atomic_write names its temporary files, from a process of this host now gone.
-    litter = share / "outbox" / "ink" / f".p.jpg.@{socket.gethostname()[:32]}@999999999.x1.tmp"
-    litter.write_bytes(b"half an image")
-    (share / "inbox" / "p.jpg").write_bytes(photo_bytes(32, 32, 7))
-    d = Daemon(config).start()
-    try:
-        wait_for(lambda: done(share, ["p"]), 120, "p")
-        wait_for(lambda: len(files(share / "processed")) == 1, 60, "p moved out")
-        assert not litter.exists()
-        assert d.stop() == 0
-    finally:
-        if d.alive():
-            d.kill()
-    audit(share, ["p"], d)
-
-
 def test_two_hosts_on_one_smb_share_and_one_postgresql_make_each_output_once(tmp_path, session_models, smb,
                                                                             pg_server):
     server, mount = smb
@@ -202,15 +186,15 @@ def test_two_hosts_on_one_smb_share_and_one_postgresql_make_each_output_once(tmp
         root = tmp_path / host
         root.mkdir()
         daemons.append(Daemon(share_config(root, share, session_models, journal=url, host=host,
-                                           transfer={"iterations": 8, "log_every": 4})))
+                                           transfer={"iterations": 4, "log_every": 4})))
     try:
         for d in daemons:
             d.start()
-        names = [f"p{n}" for n in range(6)]
+        names = [f"p{n}" for n in range(4)]
         for n, name in enumerate(names):
             (server.share / "inbox" / f"{name}.jpg").write_bytes(photo_bytes(32, 32, 30 + n))
         wait_for(lambda: done(share, names), 180, "every photo")
-        wait_for(lambda: len(files(share / "processed")) == 6, 60, "every photo moved out")
+        wait_for(lambda: len(files(share / "processed")) == 4, 60, "every photo moved out")
         for d in daemons:
             assert d.stop() == 0
     finally:
@@ -220,29 +204,28 @@ def test_two_hosts_on_one_smb_share_and_one_postgresql_make_each_output_once(tmp
     for d in daemons:
         audit(share, names, d)
     published = [e["output"] for d in daemons for e in d.events() if e.get("event") == "done"]
-    assert sorted(published) == sorted(set(published)) and len(published) == 12  # each once, by either host
+    assert sorted(published) == sorted(set(published)) and len(published) == 8  # each once, by either host
 
 
 def test_the_daemon_on_an_sftp_mount_survives_its_server_going(tmp_path, session_models, sftp):
     server, mount = sftp
     share = mount.path
-    d = Daemon(share_config(tmp_path, share, session_models, transfer={"iterations": 12, "log_every": 4}))
+    d = Daemon(share_config(tmp_path, share, session_models, transfer={"iterations": 4, "log_every": 4}))
     try:
         d.start()
-        (server.share / "inbox" / "a.jpg").write_bytes(photo_bytes(32, 32, 11))
-        slow_copy(share / "inbox" / "b.jpg", photo_bytes(32, 32, 12), pause=0.3)
-        wait_for(lambda: done(share, ["a", "b"]), 120, "a and b")
+        (server.share / "inbox" / "a.jpg").write_bytes(photo_bytes(32, 32, 11))  # another client's write
+        wait_for(lambda: done(share, ["a"]), 120, "a")
         server.stop()
         d.wait_log("paused", timeout=60)
         server.start()
         d.wait_log("resumed", timeout=60)
-        (share / "inbox" / "c.jpg").write_bytes(photo_bytes(32, 32, 13))
-        wait_for(lambda: done(share, ["a", "b", "c"]), 120, "c after the server came back")
-        wait_for(lambda: len(files(share / "processed")) == 3, 60, "inputs moved out")
+        slow_copy(share / "inbox" / "b.jpg", photo_bytes(32, 32, 12), pause=0.3)
+        wait_for(lambda: done(share, ["a", "b"]), 120, "b after the server came back")
+        wait_for(lambda: len(files(share / "processed")) == 2, 60, "inputs moved out")
         assert d.stop() == 0
     finally:
         if d.alive():
             d.kill()
-    events = audit(share, ["a", "b", "c"], d)
+    events = audit(share, ["a", "b"], d)
     kinds = [e.get("event") for e in events]
     assert kinds.count("paused") == 1 and kinds.count("resumed") == 1

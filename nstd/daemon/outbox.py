@@ -5,12 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import SHARE_ERRNOS, contained, fit_name, left_by_dead_writer
+from nstd.fsutil import SHARE_ERRNOS, contained, fit_name, host_tag, left_by_dead_writer
 from nstd.publish import STEM_ROOM
 
 
@@ -88,7 +87,7 @@ MIN_FREE_BYTES = 64 << 20  # below this, a batch's images may not fit (a tenth o
 def unwritable(outbox: Path) -> str | None:
     """Why nothing can be written to the outbox now, or None. A real write is tried:
     permissions and read-only flags on a share do not always say."""
-    probe = outbox / f".nstd-probe-{socket.gethostname()}-{os.getpid()}.tmp"
+    probe = outbox / f".nstd-probe.@{host_tag()}@{os.getpid()}.tmp"  # fsutil.own_litter's, if left
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.close(fd)

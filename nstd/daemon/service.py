@@ -19,7 +19,7 @@ from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
 from nstd.daemon.database import Unavailable
 from nstd.daemon.folders import Folders
-from nstd.fsutil import is_share_error
+from nstd.fsutil import is_share_error, own_litter
 from nstd.daemon.journal import Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
@@ -160,10 +160,21 @@ class Service:
     def _take_in(self) -> None:
         """The inbox side, on a thread of its own: decoding a large photo or region map
         holds up the next file, never the health checks, reloads and systemd's watchdog."""
+        away = False
         while not self.stop_requested.is_set():
             if self.folders.reachable:
+                if away:
+                    self._guarded(self._clear_own_litter)
                 self._guarded(lambda: self._inputs_round(self.clock()))
+            away = not self.folders.reachable
             self.hints.event.wait(0.25)
+
+    def _clear_own_litter(self) -> None:
+        """What a share's outage left half-written by the intake (its spool copies and error
+        records); called on its own thread, between rounds, so none of its writes is under way."""
+        for folder in (self.cfg.spool_dir, self.cfg.failed):
+            for path in own_litter(folder):
+                path.unlink(missing_ok=True)
 
     def _inputs_round(self, now: float) -> None:
         try:

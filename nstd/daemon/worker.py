@@ -32,7 +32,7 @@ from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError, NstdError
-from nstd.fsutil import is_share_error
+from nstd.fsutil import is_share_error, own_litter
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
 from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style, styled_regions
@@ -145,9 +145,13 @@ class Worker(threading.Thread):
                 beaten = now
                 journal.beat(self.info, f"paused: {self.paused}" if self.paused else "idle", time.time())
             # Only with work waiting: an idle worker has no reason to write to a share.
+            was_paused = self.paused is not None
             if journal.oldest_queued(time.time()) is not None and self._outbox_unwritable(now):
                 self.stopping.wait(1.0)
                 continue
+            if was_paused and self.paused is None:  # between batches: none of its writes is under way
+                for path in own_litter(self.cfg.outbox):
+                    path.unlink(missing_ok=True)
             batch = scheduler.next_batch()
             if not batch:
                 self.stopping.wait(0.2)
