@@ -1,10 +1,10 @@
-"""The README's masks example: Tübingen with its sky in The Starry Night and the town kept,
+"""The masks example in docs/images.md: Tübingen with its sky in The Starry Night and the town kept,
 then a region map with the river in The Shipwreck as well. Masks are made from the photo
 (the sky by its colour), the outputs by `nstd stylize`, and both laid side by side.
 
     python benchmarks/mask_example.py --images ../shared/images --out /tmp/masks [--faces PORTRAIT]
 
-The README's pictures: 384 px, 300 iterations, on the CPU; the portrait is scikit-image's
+Its pictures: 384 px, 300 iterations, on the CPU; the portrait is scikit-image's
 `astronaut.png` (NASA, public domain).
 """
 

@@ -36,9 +36,20 @@ SHARED = ("inbox", "outbox", "failed", "processed", "spool")
 
 def share_soak(work: Path, photos: int, restarts: int, drops: int, seed: int, outage: float = 8.0,
                log=print) -> dict:
-    rng = random.Random(seed)
     server = SambaServer().start()
-    mount = SmbMount(work / "mnt", server).mount()
+    try:
+        mount = SmbMount(work / "mnt", server).mount()
+        try:
+            return _run(work, server, mount, photos, restarts, drops, seed, outage, log)
+        finally:
+            mount.unmount()
+    finally:
+        server.close()
+
+
+def _run(work: Path, server: SambaServer, mount: SmbMount, photos: int, restarts: int, drops: int, seed: int,
+         outage: float, log) -> dict:
+    rng = random.Random(seed)
     share = mount.path
     for name in SHARED:
         (share / name).mkdir(exist_ok=True)
@@ -72,11 +83,8 @@ def share_soak(work: Path, photos: int, restarts: int, drops: int, seed: int, ou
         if d.alive():
             d.kill()
     report = _audit(share, versions, d, code)
-    report |= {"photos": photos, "server_restarts": restarts, "mount_drops": drops, "outage_seconds": outage,
-               "seconds": round(seconds, 1), "photos_per_hour": round(photos / seconds * 3600)}
-    mount.unmount()
-    server.close()
-    return report
+    return report | {"photos": photos, "server_restarts": restarts, "mount_drops": drops, "outage_seconds": outage,
+                     "seconds": round(seconds, 1), "photos_per_hour": round(photos / seconds * 3600)}
 
 
 def _drop(inbox_root: Path, name: str, data: bytes) -> None:

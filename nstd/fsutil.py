@@ -122,6 +122,15 @@ def left_by_dead_writer(path: Path, host: str | None = None) -> bool:
     return False
 
 
+def make_folders(root: Path, folder: Path) -> None:
+    """`folder` and the folders between it and `root`, but never `root` itself: a
+    configured folder that is not there is a share whose mount went, and making it would
+    put files on the disk below the empty mount point, where nobody looks."""
+    if not root.is_dir():
+        raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(root))
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Either the old file or the complete new one is visible, never a partial one.
 

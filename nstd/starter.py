@@ -14,7 +14,7 @@ FOLDERS = ("inbox", "outbox", "failed", "processed", "state")
 CONFIG = """\
 # nstd configuration, written by `nstd init`. Paths are relative to this file.
 # Check it with: nstd check --config {config}
-# Every key is described in the README's configuration section and in
+# Every key is described in nstd's docs/configuration.md and in
 # config.example.yaml in nstd's source.
 inbox: ./inbox          # drop photos here; inbox/<style>/<photo> gets that style only
 outbox: ./outbox        # results: outbox/<style>/<stem>.jpg and its .json loss log

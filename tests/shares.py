@@ -75,6 +75,9 @@ class _Server:
         raise NotImplementedError
 
     def start(self):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} is taken (a server another run left behind?)")
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.root / "server.log", "ab"),
                                      start_new_session=self.own_session)

@@ -10,7 +10,8 @@ from pathlib import Path, PurePosixPath
 
 from nstd import faults, losslog, masks
 from nstd.daemon.sidecar import PHOTO_SUFFIX
-from nstd.fsutil import atomic_write_json, contained, contained_name, fit_name, fsync_dir, printable, sha256_file
+from nstd.fsutil import (atomic_write_json, contained, contained_name, fit_name, fsync_dir, make_folders, printable,
+                         sha256_file)
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
@@ -84,6 +85,7 @@ def to_failed(inbox: Path, failed: Path, relpath: str, reason: str, sha256: str 
               "attempts": attempts, "sha256": sha256,
               "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "versions": losslog.versions()}
+    make_folders(failed, target.parent)
     atomic_write_json(error_record(target), record)
     if os.path.lexists(src):
         durable_move(src, target)
@@ -125,6 +127,7 @@ def on_success(inbox: Path, processed: Path, relpath: str, mode: str, sha256: st
     if done is not None:
         return done
     target = free_name(processed, relpath)
+    make_folders(processed, target.parent)
     durable_move(src, target)
     _take_sidecar(inbox, relpath, target, mode)
     return target
@@ -158,6 +161,7 @@ def back_to_inbox(inbox: Path, source: Path, record: dict) -> Path:
     target = contained(inbox, record["input"])
     if os.path.lexists(target):
         raise FileExistsError(f"{target} is there already")
+    make_folders(inbox, target.parent)
     durable_move(source, target)
     error_record(source).unlink(missing_ok=True)
     return target

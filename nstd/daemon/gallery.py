@@ -16,7 +16,7 @@ import torch
 from nstd import images
 from nstd.daemon.journal import Journal
 from nstd.engine.resize import resize_long_side
-from nstd.fsutil import atomic_write, contained
+from nstd.fsutil import atomic_write, contained, is_share_error, make_folders
 from nstd.guide import Guide, picture
 from nstd.log import get
 from nstd.plot import curve_name
@@ -53,6 +53,7 @@ def save_thumb(outbox: Path, rel: str, pixels: torch.Tensor) -> None:
         small = pixels.float().cpu()
         if max(small.shape[-2:]) > THUMB:  # shrink only; the page scales nothing up
             small = resize_long_side(small, THUMB)
+        make_folders(outbox, path.parent)
         atomic_write(path, images.encode(small.clamp(0, 1), "JPEG", 85))
 
 
@@ -66,7 +67,8 @@ def job_done(outbox: Path, job_id: int, photo_sha256: str, photo: torch.Tensor, 
             save_thumb(outbox, mask_thumb(job_id), picture(guide, tuple(result.shape[-2:])))
         save_thumb(outbox, result_thumb(job_id), result)
     except (OSError, ValueError) as e:  # the page is a convenience; the outputs are what matter
-        log.warning("gallery_thumbnail_not_written", job=job_id, error=str(e))
+        # A share that is away is said once by the supervisor, not at each thumbnail.
+        (log.info if is_share_error(e) else log.warning)("gallery_thumbnail_not_written", job=job_id, error=str(e))
 
 
 def write(outbox: Path, journal: Journal, now: float | None = None) -> Path:
@@ -75,6 +77,7 @@ def write(outbox: Path, journal: Journal, now: float | None = None) -> Path:
     masked = {job.id for job in done if (outbox / mask_thumb(job.id)).is_file()}
     page = render(done, failures, now or time.time(), masked)
     target = outbox / "index.html"
+    make_folders(outbox, outbox)
     atomic_write(target, page.encode())
     return target
 

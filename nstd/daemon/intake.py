@@ -21,7 +21,7 @@ from nstd.daemon.journal import Input, JobSpec, Journal, State
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.errors import ConfigError, ImageError, clip
-from nstd.fsutil import atomic_write, is_utf8, printable
+from nstd.fsutil import atomic_write, is_utf8, make_folders, printable
 from nstd.guide import REGIONS_STYLE, GuideSpec, styled_regions
 from nstd.log import get
 from nstd.pipeline import check_fits, working_size
@@ -127,6 +127,7 @@ class Intake:
         except Exception as e:  # noqa: BLE001 - whatever a hostile file provokes fails that file alone
             return self._refuse(relpath, sha, f"cannot be taken in ({type(e).__name__}: {clip(str(e), 120)})")
         spool = self.spool_dir / f"{sha}{Path(relpath).suffix.lower()}"
+        make_folders(self.spool_dir, self.spool_dir)
         if not spool.exists():
             atomic_write(spool, data)
         if found.spec is not None:

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import SHARE_ERRNOS, contained, fit_name, host_tag, left_by_dead_writer
+from nstd.fsutil import SHARE_ERRNOS, contained, fit_name, host_tag, left_by_dead_writer, make_folders
 from nstd.publish import STEM_ROOM
 
 
@@ -63,6 +63,7 @@ def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes |
           bits: int = 8) -> Path:
     """The job's files at its targets (see publish.write); returns the image's path."""
     image, js = targets(outbox, job)
+    make_folders(outbox, image.parent)
     fmt = job.params["format"]
     log = log | {"params_hash": job.params_hash,
                  "output": log.get("output", {}) | {"format": fmt.lower(), "path": os.path.relpath(image, outbox)}}

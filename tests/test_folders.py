@@ -1,0 +1,60 @@
+"""The daemon's folders when their share goes: paused once, resumed once, and nothing ever
+written to the disk below a mount point whose share has gone."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from nstd.daemon import dispose, outbox
+from nstd.daemon.folders import Folders
+from nstd.fsutil import FolderGone, is_share_error
+
+from test_paths import job
+
+FOLDERS = ("inbox", "outbox", "failed", "processed", "spool", "state")
+
+
+@pytest.fixture
+def nas(tmp_path):
+    """Folders on a 'share' at tmp/mnt/nas; taking it away leaves the empty mount point."""
+    share = tmp_path / "mnt" / "nas"
+    for name in FOLDERS:
+        (share / name).mkdir(parents=True)
+    cfg = SimpleNamespace(**{n: share / n for n in FOLDERS if n not in ("spool", "state")},
+                          spool_dir=share / "spool", state_dir=tmp_path / "state", journal=None)
+    cfg.state_dir.mkdir()
+    away = tmp_path / "away"
+    return share, cfg, lambda: share.rename(away), lambda: away.rename(share)
+
+
+def test_nothing_is_written_below_a_mount_point_whose_share_went(nas, tmp_path):
+    share, cfg, unmount, _ = nas
+    local_inbox = tmp_path / "local-inbox"
+    local_inbox.mkdir()
+    (local_inbox / "p.jpg").write_bytes(b"photo")
+    unmount()
+    with pytest.raises(FolderGone) as e:
+        outbox.write(cfg.outbox, job("p.jpg"), torch.zeros(3, 32, 32), {"history": []})
+    assert is_share_error(e.value)
+    with pytest.raises(FolderGone):
+        dispose.on_success(local_inbox, cfg.processed, "p.jpg", "move")
+    with pytest.raises(FolderGone):
+        dispose.to_failed(local_inbox, cfg.failed, "p.jpg", "a reason", None)
+    assert not share.exists()  # no outbox, processed/ or failed/ made on the local disk
+    assert (local_inbox / "p.jpg").read_bytes() == b"photo"  # and the photo waits where it was
+
+
+def test_a_share_away_pauses_once_and_resumes_once(nas, capsys):
+    share, cfg, unmount, mount = nas
+    folders = Folders(cfg)
+    assert folders.check(0.0) is None and folders.reachable
+    unmount()
+    for t in (1.0, 2.0, 3.0):
+        trouble = folders.check(t)
+        assert trouble.unreachable and trouble.reason == f"share unavailable: inbox {cfg.inbox}: No such file or directory"
+    assert not folders.reachable
+    mount()
+    assert folders.check(4.0) is None and folders.reachable
+    out = capsys.readouterr().out
+    assert out.count("paused") == 1 and out.count("resumed") == 1 and "after_seconds=3.0" in out
