@@ -67,7 +67,7 @@ def faces_example(photo: Path, style: Path, out: Path, docs: Path, common: list[
     from nstd import faces, images
 
     pixels = images.decode(photo).pixels
-    kept = faces.mask(faces.detect(pixels), tuple(pixels.shape[-2:]))
+    kept = faces.mask(faces.FaceFinder().detect(pixels), tuple(pixels.shape[-2:]))
     picture = out / f"{photo.stem}.faces.png"
     images.to_pil(kept.expand(3, -1, -1)).save(picture)
     stylize([str(photo), "--style", str(style), "--protect", "faces", *common])

@@ -24,10 +24,7 @@ SMALLEST = 40  # px on the short side: MTCNN's smallest face is 20 px
 GROW = (1.25, 1.4)  # the ellipse beyond the detector's box, across and down: hair, chin, ears
 SOFT = 0.2  # of the ellipse's radius: the width of its soft edge
 
-_lock = threading.Lock()
-_detector = None
-_found: OrderedDict[str, list] = OrderedDict()  # by photo sha256: each style of a photo detects once
-REMEMBERED = 64
+REMEMBERED = 64  # photos whose faces a finder keeps, so each style of a photo detects once
 
 
 def available() -> bool:
@@ -39,48 +36,54 @@ def missing() -> str:
     return f"'faces' needs the face detector: pip install 'nstd[{EXTRA}]'"
 
 
-def _mtcnn():
-    global _detector
-    if _detector is None:
-        from facenet_pytorch import MTCNN
+class FaceFinder:
+    """A detector and what it found, owned by one worker or one `nstd stylize` run (no
+    state shared by the process). MTCNN is not made for threads: calls take turns."""
 
-        _detector = MTCNN(keep_all=True, device="cpu")
-    return _detector
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._detector = None
+        self._found: OrderedDict[str, list] = OrderedDict()  # by photo sha256
 
+    def detect(self, pixels: torch.Tensor, key: str | None = None) -> list[tuple[float, float, float, float]]:
+        """Each face as (left, top, right, bottom), fractions of the photo's width and height.
+        `key` (the photo's sha256) lets the other styles of a photo reuse what was found."""
+        with self._lock:
+            if key is not None and key in self._found:
+                self._found.move_to_end(key)
+                return self._found[key]
+        boxes = self._detect(pixels)
+        if key is not None:
+            with self._lock:
+                self._found[key] = boxes
+                if len(self._found) > REMEMBERED:
+                    self._found.popitem(last=False)
+        return boxes
 
-def detect(pixels: torch.Tensor, key: str | None = None) -> list[tuple[float, float, float, float]]:
-    """Each face as (left, top, right, bottom), fractions of the photo's width and height.
-    `key` (the photo's sha256) lets the other styles of a photo reuse what was found."""
-    with _lock:
-        if key is not None and key in _found:
-            _found.move_to_end(key)
-            return _found[key]
-    boxes = _detect(pixels)
-    if key is not None:
-        with _lock:
-            _found[key] = boxes
-            if len(_found) > REMEMBERED:
-                _found.popitem(last=False)
-    return boxes
+    def _detect(self, pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
+        import torch
 
+        h, w = pixels.shape[-2:]
+        scale = min(1.0, DETECT_SIDE / max(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if min(size) < SMALLEST:  # no face the detector could find, and MTCNN fails on such sizes
+            return []
+        small = torch.nn.functional.interpolate(pixels[None], size=size, mode="bilinear", antialias=True,
+                                                align_corners=False)[0]
+        with self._lock, torch.inference_mode():
+            boxes, probs = self._mtcnn().detect(images.to_pil(small))
+        if boxes is None:
+            return []
+        sh, sw = small.shape[-2:]
+        return [(float(b[0]) / sw, float(b[1]) / sh, float(b[2]) / sw, float(b[3]) / sh)
+                for b, p in zip(boxes, probs) if p is not None and p >= MIN_PROBABILITY]
 
-def _detect(pixels: torch.Tensor) -> list[tuple[float, float, float, float]]:
-    import torch
+    def _mtcnn(self):
+        if self._detector is None:
+            from facenet_pytorch import MTCNN
 
-    h, w = pixels.shape[-2:]
-    scale = min(1.0, DETECT_SIDE / max(h, w))
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if min(size) < SMALLEST:  # no face the detector could find, and MTCNN fails on such sizes
-        return []
-    small = torch.nn.functional.interpolate(pixels[None], size=size, mode="bilinear", antialias=True,
-                                            align_corners=False)[0]
-    with _lock, torch.inference_mode():  # one detector per process, not made for threads
-        boxes, probs = _mtcnn().detect(images.to_pil(small))
-    if boxes is None:
-        return []
-    sh, sw = small.shape[-2:]
-    return [(float(b[0]) / sw, float(b[1]) / sh, float(b[2]) / sw, float(b[3]) / sh)
-            for b, p in zip(boxes, probs) if p is not None and p >= MIN_PROBABILITY]
+            self._detector = MTCNN(keep_all=True, device="cpu")
+        return self._detector
 
 
 def mask(boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> torch.Tensor:

@@ -93,12 +93,13 @@ def regions_style(spec: GuideSpec, params: TransferParams, style_for: Callable[[
     return Style(REGIONS_STYLE, params, paintings)
 
 
-def protect_faces(guide: Guide | None, pixels: torch.Tensor, key: str | None = None, name: str = "photo") -> Guide:
+def protect_faces(guide: Guide | None, pixels: torch.Tensor, finder: faces.FaceFinder, key: str | None = None,
+                  name: str = "photo") -> Guide:
     """The guide with the photo's faces kept; unchanged where no face is found. `key`:
     the photo's sha256, so that its other outputs reuse the detection. A detector failure
     is an ImageError naming the photo: its faces would not be kept."""
     try:
-        boxes = faces.detect(pixels, key)
+        boxes = finder.detect(pixels, key)
     except Exception as e:  # noqa: BLE001 - the detector's own errors, of many types
         raise ImageError(f"{name}: face detection failed ({type(e).__name__}: {e}); "
                          f"not stylized, as its faces could not be kept") from None

@@ -23,6 +23,7 @@ from nstd.engine.types import Progress, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.guide import Guide, GuideSpec, engine_regions, load, protect_faces
+from nstd.faces import FaceFinder
 from nstd.handoff import Handoff
 from nstd.params import TransferParams
 from nstd.style import Style
@@ -88,12 +89,12 @@ def load_photo(decoded: images.Decoded, size: tuple[int, int]) -> Photo:
 
 
 def load_guide(spec: GuideSpec | None, data: bytes | None, decoded: images.Decoded, params: TransferParams,
-               max_pixels: int, sha256: str | None = None, name: str = "photo") -> Guide | None:
+               max_pixels: int, finder: FaceFinder, sha256: str | None = None, name: str = "photo") -> Guide | None:
     """The photo's mask or region map, and its faces when asked to keep them: the load
     stage's other half. An ImageError names a bad mask file."""
     guide = None if spec is None else load(spec, data, tuple(decoded.pixels.shape[-2:]), max_pixels)
     if params.protect == "faces":
-        guide = protect_faces(guide, decoded.pixels, sha256, name)
+        guide = protect_faces(guide, decoded.pixels, finder, sha256, name)
     return guide
 
 

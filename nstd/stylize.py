@@ -24,6 +24,7 @@ from nstd.fsutil import fit_name
 from nstd.params import TransferParams
 from nstd.publish import STEM_ROOM
 from nstd.guide import Guide, GuideSpec, regions_style, styled_regions
+from nstd.faces import FaceFinder
 from nstd.pipeline import LOADERS, Photo, Pipeline, Task, check_fits, load_guide, load_photo, output_exif, working_size
 from nstd.style import Style, read_painting
 
@@ -128,7 +129,7 @@ def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> 
     groups: dict[tuple, list[tuple[Path, str, Photo, Guide | None, GuideSpec | None]]] = defaultdict(list)
     failures = 0
     with ThreadPoolExecutor(max(1, min(LOADERS, len(req.contents))), thread_name_prefix="load") as pool:
-        for outcome in pool.map(partial(_read, req, memory), req.contents):
+        for outcome in pool.map(partial(_read, req, memory, FaceFinder()), req.contents):
             if isinstance(outcome, ImageError):
                 on_error(str(outcome))
                 failures += 1
@@ -137,7 +138,7 @@ def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> 
     return groups, failures
 
 
-def _read(req: Request, memory: int | None, path: Path) -> tuple | ImageError:
+def _read(req: Request, memory: int | None, finder: FaceFinder, path: Path) -> tuple | ImageError:
     """One photo at its working size, with its guide; or why it cannot be used."""
     try:
         try:
@@ -151,7 +152,7 @@ def _read(req: Request, memory: int | None, path: Path) -> tuple | ImageError:
         check_fits(str(path), size, req.params, memory, styled_regions(spec, req.params.protect))
         photo = load_photo(decoded, size)
         sha = hashlib.sha256(data).hexdigest()
-        guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, sha, str(path))
+        guide = load_guide(spec, mask_data, decoded, req.params, req.max_pixels, finder, sha, str(path))
     except ImageError as e:
         return e
     return path, sha, photo, guide, spec

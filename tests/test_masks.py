@@ -248,10 +248,10 @@ def test_protect_faces_on_a_tiny_photo_or_a_failing_detector_is_no_traceback(tmp
     assert main(["stylize", *common, "-o", str(tmp_path / "a")]) == 0
     assert json.loads((tmp_path / "a" / "tiny.ink.json").read_text())["guide"] == {"source": "faces", "faces": 0}
 
-    def broken(pixels):
+    def broken(self, pixels):
         raise RuntimeError("the detector broke")
 
-    monkeypatch.setattr(faces, "_detect", broken)
+    monkeypatch.setattr(faces.FaceFinder, "_detect", broken)
     photo.write_bytes(photo_bytes(18, 30, 2, "PNG"))  # a new photo: nothing remembered for it
     assert main(["stylize", *common, "-o", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err

@@ -19,7 +19,7 @@ from nstd import faults, images
 from nstd.config import Config
 from nstd.daemon import companions, folders, gallery, outbox
 from nstd.daemon.database import Unavailable
-from nstd.daemon.journal import LEASE_SECONDS, Job, Journal, WorkerInfo
+from nstd.daemon.journal import LEASE_SECONDS, Job, Journal, WorkerInfo, WorkerState
 from nstd.daemon.outage import PatientJournal, patiently
 from nstd.daemon.prefetch import Prefetch
 from nstd.daemon.scheduler import Scheduler
@@ -32,6 +32,7 @@ from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError, NstdError
+from nstd.faces import FaceFinder
 from nstd.fsutil import is_share_error, own_litter
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
@@ -110,6 +111,7 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
         self._probed = float("-inf")
+        self.faces = FaceFinder()  # its detector loaded at the first photo that asks
         self._mounts = folders.mounts_of({"outbox": cfg.outbox, "spool": cfg.spool_dir})
         # Times a batch's progress: the wall clock, as the time left is written as a moment
         # that nstd status, on any host, reads against its own.
@@ -143,7 +145,8 @@ class Worker(threading.Thread):
             now = time.monotonic()
             if now - beaten >= BEAT_EVERY:
                 beaten = now
-                journal.beat(self.info, f"paused: {self.paused}" if self.paused else "idle", time.time())
+                journal.beat(self.info, WorkerState.PAUSED if self.paused else WorkerState.IDLE, time.time(),
+                             self.paused)
             # Only with work waiting: an idle worker has no reason to write to a share.
             was_paused = self.paused is not None
             if journal.oldest_queued(time.time()) is not None and self._outbox_unwritable(now):
@@ -264,7 +267,8 @@ class Worker(threading.Thread):
                 decoded = decoded or images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
                 data = None if spec is None else \
                     companions.spool_path(Path(job.spool), job.input_sha256, spec).read_bytes()
-                guide = load_guide(spec, data, decoded, params, self.cfg.max_pixels, job.input_sha256, job.relpath)
+                guide = load_guide(spec, data, decoded, params, self.cfg.max_pixels, self.faces, job.input_sha256,
+                                   job.relpath)
             except ImageError as e:
                 out.append(_Unread(str(e)))
                 continue
