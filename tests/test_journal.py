@@ -236,7 +236,7 @@ def test_a_journal_from_before_measured_speeds_is_read_and_brought_up_to_date(tm
 
     old = SCHEMA.format(pk="INTEGER PRIMARY KEY", real="REAL")
     old = "\n".join(line for line in old.splitlines()
-                    if not line.strip().startswith(("progress_rate", "progress_eta", "speed", "speed_at")))
+                    if not line.strip().startswith(("progress_rate", "progress_eta", "speed", "speed_at", "reason")))
     old = old.replace("heartbeat REAL NOT NULL,", "heartbeat REAL NOT NULL")
     db = sqlite3.connect(tmp_path / "j.db")
     db.executescript(old)
