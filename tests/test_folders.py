@@ -58,3 +58,25 @@ def test_a_share_away_pauses_once_and_resumes_once(nas, capsys):
     assert folders.check(4.0) is None and folders.reachable
     out = capsys.readouterr().out
     assert out.count("paused") == 1 and out.count("resumed") == 1 and "after_seconds=3.0" in out
+
+
+def test_a_publish_that_finds_its_outbox_gone_waits_for_it(service):
+    """A share unmounted while a batch runs: its outputs are deferred, no attempt spent,
+    and written once the share is back (the share soak found them failed)."""
+    import shutil
+
+    from daemon_harness import run_once, take
+
+    take(service, "a.jpg")
+    away = service.cfg.outbox.with_name("outbox-away")
+    service.cfg.outbox.rename(away)  # as an unmounted share's folder: not there at all
+    run_once(service)
+    [job] = service.journal.get_jobs([1])
+    assert job.state == "queued" and "not there" in job.error and job.attempts == 0
+    assert not service.cfg.outbox.exists()  # nothing made where the share was
+    away.rename(service.cfg.outbox)
+    shutil.rmtree(service.cfg.outbox / "ink", ignore_errors=True)
+    service.journal.db.execute("UPDATE jobs SET not_before = 0")
+    run_once(service)
+    assert service.journal.get_jobs([1])[0].state == "done"
+    assert (service.cfg.outbox / "ink" / "a.jpg").is_file()

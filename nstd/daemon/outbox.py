@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import SHARE_ERRNOS, contained, fit_name, host_tag, left_by_dead_writer, make_folders
+from nstd.fsutil import (SHARE_ERRNOS, contained, fit_name, host_tag, is_share_error, left_by_dead_writer,
+                         make_folders)
 from nstd.publish import STEM_ROOM
 
 
@@ -82,6 +83,14 @@ def stray_temp_files(outbox: Path, shared: bool = False) -> list[Path]:
 # Errors of the outbox itself, not of the photo: the photo waits for the outbox to mend.
 DESTINATION_ERRNOS = SHARE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
                                      errno.EAGAIN}
+
+
+def destination_trouble(e: OSError) -> bool:
+    """Whether a failed write is the outbox's trouble (full, read-only, a share that is
+    away or unmounted), so that the job waits for it rather than fails."""
+    return e.errno in DESTINATION_ERRNOS or is_share_error(e)
+
+
 MIN_FREE_BYTES = 64 << 20  # below this, a batch's images may not fit (a tenth of a small volume)
 
 

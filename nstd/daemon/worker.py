@@ -487,7 +487,7 @@ class _Outbox:
             self.journal.fail(job.id, f"refused output path: {e}", job.batch_id)
             return
         except OSError as e:
-            if e.errno in outbox.DESTINATION_ERRNOS:  # the outbox's trouble, not the photo's
+            if outbox.destination_trouble(e):  # the outbox's trouble, not the photo's
                 delay = self.worker.cfg.worker.retry_backoff
                 # Troubled before the job is queued again: the batch's refills, on other
                 # threads, must not take it back into this batch past its delay.
