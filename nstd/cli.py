@@ -13,22 +13,6 @@ from nstd.errors import NstdError
 from nstd.params import FLAGS, TransferParams, validate
 
 
-# Names that moved to nstd.daemon.report and nstd.daemon.checks; tests/test_speed.py and
-# tests/test_service.py still import them from here. Looked up on first use, so that a
-# command that computes nothing loads no more than it did.
-_MOVED = {"_eta": ("nstd.daemon.report", "eta"), "SILENT_AFTER": ("nstd.daemon.report", "SILENT_AFTER"),
-          "_speed_findings": ("nstd.daemon.checks", "speed")}
-
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    module, attr = _MOVED[name]
-    return getattr(import_module(module), attr)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -338,7 +338,8 @@ def test_check_and_the_worker_say_how_long_a_photo_takes(service, capsys):
 
 
 def test_status_shows_the_running_batchs_iteration_rate_and_time_left(service, capsys):
-    from nstd.cli import _eta, main
+    from nstd.cli import main
+    from nstd.daemon.report import eta as _eta
 
     (service.cfg.inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 1))
     service.inputs.step(0.0)

@@ -13,7 +13,7 @@ from nstd.engine.types import BatchSettings
 
 
 def _seconds(text: str) -> float:
-    """The time left that `_eta` printed, in seconds."""
+    """The time left that `report.eta` printed, in seconds."""
     n, unit = re.search(r"about ([\d.]+) (s|min|h) left", text).groups()
     return float(n) * {"s": 1, "min": 60, "h": 3600}[unit]
 
@@ -21,7 +21,7 @@ def _seconds(text: str) -> float:
 def test_status_time_left_holds_steady_between_logged_losses(service):
     """Losses are logged every 50 iterations; the time left nstd status shows must not
     sag between them (it read "4.2 h" for a photo that was through in 11 minutes)."""
-    from nstd.cli import _eta
+    from nstd.daemon.report import eta as _eta
     from nstd.daemon.worker import LeaseKeeper, _Running
 
     j = service.journal
@@ -123,7 +123,8 @@ def check_config(tmp_path, models):
 def test_check_quotes_the_speed_the_running_daemon_measured(check_config, models):
     import time
 
-    from nstd.cli import SILENT_AFTER, _speed_findings
+    from nstd.daemon.checks import speed as _speed_findings
+    from nstd.daemon.report import SILENT_AFTER
     from nstd.daemon.journal import Journal, WorkerInfo
     from nstd.daemon.worker import owner_id
     from nstd.engine.device import describe
@@ -147,7 +148,7 @@ def test_check_quotes_the_speed_the_running_daemon_measured(check_config, models
 
 
 def test_check_measures_when_no_daemon_has_said(check_config, models):
-    from nstd.cli import _speed_findings
+    from nstd.daemon.checks import speed as _speed_findings
     from nstd.daemon.journal import Journal, WorkerInfo
     from nstd.daemon.worker import owner_id
     from nstd.engine.device import describe
@@ -171,7 +172,7 @@ def test_check_measures_when_no_daemon_has_said(check_config, models):
 def test_what_a_starting_worker_measures_is_what_check_quotes(service):
     import time
 
-    from nstd.cli import _speed_findings
+    from nstd.daemon.checks import speed as _speed_findings
 
     worker, j = service.worker, service.journal
     j.beat(worker.info, "starting", time.time())  # as Worker.run does before it measures

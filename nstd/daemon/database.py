@@ -97,7 +97,7 @@ class PostgresDatabase:
                                "(pip install 'nstd[postgres]')") from None
         self.psycopg = psycopg
         self.url, self.readonly = url, readonly
-        self.label = _redact(url)
+        self.label = redact(url)
         self.errors = (psycopg.Error,)
         self.no_table = psycopg.errors.UndefinedTable
         self.no_column = psycopg.errors.UndefinedColumn
@@ -169,7 +169,7 @@ def connect(target: str | Path, readonly: bool = False):
     return SqliteDatabase(Path(target), readonly)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password, for logs and messages."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 

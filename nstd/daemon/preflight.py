@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nstd.config import Config
-from nstd.daemon.database import _redact as redact
+from nstd.daemon.database import redact
 from nstd.daemon.inbox import choose_mode, is_network_fs, mount_fs_type, settle_seconds
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.errors import NstdError
