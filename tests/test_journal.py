@@ -344,3 +344,115 @@ def test_a_workers_running_jobs_are_its_own_claims(journal_target):
     j.claim("k1", 4, "b1", now=2, owner="a:1:cpu")
     j.claim("k2", 4, "b2", now=2, owner="b:1:cpu")
     assert [job.style for job in j.running_of("a:1:cpu")] == ["x"]
+
+
+def _version_4_journal(target):
+    """A journal as nstd made it at schema 4: a worker's pause was one text, "paused: why"."""
+    from nstd.daemon.database import connect
+    from nstd.daemon.journal import SCHEMA
+
+    db = connect(target)
+    old = SCHEMA.format(pk=db.pk, real=db.real)
+    old = "\n".join(line for line in old.splitlines() if not line.strip().startswith("reason"))
+    for statement in old.split(";"):
+        db.execute(statement)
+    db.execute("INSERT INTO schema_version VALUES (4)")
+    db.execute("INSERT INTO workers (owner, host, device, memory, state, started, heartbeat) VALUES "
+               "('a:1:cpu', 'a', 'cpu', NULL, 'paused: share unavailable: outbox /o', 1, 2), "
+               "('b:1:cpu', 'b', 'cpu', NULL, 'working', 1, 2)")
+    db.close()
+
+
+def test_a_version_4_journal_is_read_as_it_is_and_brought_up_to_date(journal_target):
+    from nstd.daemon.journal import SCHEMA_VERSION, WorkerState
+
+    _version_4_journal(journal_target)
+    # nstd status from this nstd, while an older daemon still runs and writes "paused: why".
+    ro = Journal(journal_target, readonly=True)
+    assert ro.schema_version() == 4
+    listed = [(w.owner, w.state, w.reason, w.doing) for w in ro.workers()]
+    assert listed == [("a:1:cpu", WorkerState.PAUSED, "share unavailable: outbox /o",
+                       "paused: share unavailable: outbox /o"),
+                      ("b:1:cpu", WorkerState.WORKING, None, "working")]
+    ro.close()
+    j = Journal(journal_target)
+    assert j.schema_version() == SCHEMA_VERSION and "reason" in j._columns("workers")
+    assert [w.state for w in j.workers()] == ["paused", "working"]  # the older rows, still read
+    b = WorkerInfo("b:1:cpu", "b", "cpu", None)
+    j.beat(b, WorkerState.PAUSED, now=3, reason="outbox /o is full")
+    assert [(w.state, w.reason) for w in j.workers() if w.owner == b.owner] == [("paused", "outbox /o is full")]
+    j.beat(b, WorkerState.IDLE, now=4)
+    assert [(w.doing, w.heartbeat) for w in j.workers() if w.owner == b.owner] == [("idle", 4)]
+    with pytest.raises(ValueError):
+        j.beat(b, "paused: why", now=5)  # a state is one of WorkerState; the reason goes apart
+
+
+class _Away:
+    """A journal's connection whose database is away for its next `calls` statements."""
+
+    def __init__(self, db, calls):
+        self.db, self.calls = db, calls
+
+    def _call(self, name, *args):
+        from nstd.daemon.database import Unavailable
+
+        if self.calls > 0:
+            self.calls -= 1
+            raise Unavailable("journal: cannot connect")
+        return getattr(self.db, name)(*args)
+
+    def execute(self, *args):
+        return self._call("execute", *args)
+
+    def executemany(self, *args):
+        return self._call("executemany", *args)
+
+    def begin(self):
+        return self._call("begin")
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def test_a_worker_waits_out_an_outage_for_its_outcomes_and_not_for_new_work(tmp_path):
+    from nstd.daemon.database import Unavailable
+    from nstd.daemon.outage import RETRY_SECONDS, PatientJournal
+
+    j = Journal(tmp_path / "j.db")
+    j.add_input("a.jpg", "s1", "/s", [spec("x"), spec("y")], now=1)
+    waits = []
+    patient = PatientJournal(j, give_up=lambda: False, wait=waits.append)
+    real = j.db
+    j.db = _Away(real, calls=1)
+    assert patient.claim("k1", 1, "b1", now=2) == [] and waits == [RETRY_SECONDS]  # nothing now: ask again
+    assert patient.oldest_queued(now=2).relpath == "a.jpg"  # it is back
+    [job] = patient.claim("k1", 1, "b1", now=2)
+    waits.clear()
+    j.db = _Away(real, calls=2)
+    patient.beat(WorkerInfo("h:1:cpu", "h", "cpu", None), "working", now=3)  # a report: skipped, no wait
+    patient.progress([job.id], 10, 100)
+    assert waits == []
+    j.db = _Away(real, calls=3)
+    assert patient.finish(job.id, "x/a.jpg", token="b1") and waits == [RETRY_SECONDS] * 3  # waited out
+    assert j.get_jobs([job.id])[0].state == "done"
+    # A stop whose grace is over no longer waits: the outcome is left to the lease.
+    stopping = PatientJournal(j, give_up=lambda: True, wait=waits.append)
+    j.db = _Away(real, calls=1)
+    with pytest.raises(Unavailable):
+        stopping.fail(job.id, "late", token="b1")
+
+
+def test_the_journal_spells_no_state_as_a_quoted_literal():
+    """States are bound from their Enums, never written into a statement or a comparison by hand."""
+    import re
+    from pathlib import Path
+
+    from nstd.daemon import journal
+    from nstd.daemon.journal import State, WorkerState
+
+    states = "|".join(s.value for s in (*State, *WorkerState))
+    for path in Path(journal.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        if path.name == "records.py":
+            text = re.sub(r'^ +[A-Z]+ = "[a-z]+"', "", text, flags=re.M)  # the Enums' own members
+        assert not re.findall(rf"[\'\"]({states})[\'\"]", text), path

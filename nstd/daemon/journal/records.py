@@ -37,7 +37,7 @@ class WorkerState(str, Enum):
     PAUSED = "paused"  # taking no work: the outbox or the spool cannot be reached
 
     def __str__(self) -> str:
-        return self.value  # "idle" in an f-string on every Python, not "WorkerState.IDLE"
+        return self.value  # its value in an f-string on every Python, not WorkerState.IDLE
 
     @classmethod
     def read(cls, text: str, reason: str | None = None) -> tuple[WorkerState, str | None]:
@@ -107,7 +107,7 @@ class WorkerInfo:
 
     @property
     def doing(self) -> str:
-        """Its state in words, as nstd status prints it: "idle", "paused: why"."""
+        """Its state in words, as nstd status prints it: idle, working, or paused: why."""
         return self.state.value if self.reason is None else f"{self.state.value}: {self.reason}"
 
 
