@@ -8,22 +8,21 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 from nstd import weights
 from nstd.config import Config
-from nstd.daemon import companions, dispose, gallery, outbox, preflight
+from nstd.daemon import preflight, recovery
 from nstd.daemon.inbox import Hints, Watcher, choose_mode
 from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
 from nstd.daemon.database import Unavailable
 from nstd.daemon.folders import Folders
-from nstd.fsutil import is_share_error, own_litter
 from nstd.daemon.journal import Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
 from nstd.daemon.outage import Outage, patiently
+from nstd.daemon.rounds import IntakeLoop, guarded
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
 from nstd.daemon.workers import ProcessWorker, ThreadWorker, isolation_for
@@ -96,43 +95,8 @@ class Service:
             return self._weights[model_id]
 
     def recover(self) -> None:
-        """After a crash: running jobs back to the queue, finished outputs recognised. On a
-        shared journal, only this host's: the other hosts' batches are still running."""
-        requeued = self._give_back_running()
-        self.journal.forget_workers(time.time(), self.cfg.host)  # this host's earlier processes
-        adopted = 0
-        for job in self.journal.queued_jobs():
-            image = outbox.complete(self.cfg.outbox, job)
-            if image is not None:
-                self.journal.adopt(job.id, str(image.relative_to(self.cfg.outbox)))
-                adopted += 1
-        # Litter from writes and moves a crash interrupted; the originals are intact.
-        litter = self._litter()
-        for path in litter:
-            path.unlink(missing_ok=True)
-        if requeued or adopted or litter:
-            log.info("recovered", requeued=requeued, already_complete=adopted, removed=len(litter))
-        try:
-            gallery.write(self.cfg.outbox, self.journal)
-        except OSError as e:
-            log.warning("gallery_not_written", error=str(e))
-
-    def _give_back_running(self) -> int:
-        """Running jobs back to the queue: all of them, or on a shared journal this host's
-        (owner ids begin with the host name: worker.owner_id)."""
-        return self.journal.recover(self.cfg.host if self.journal.shared else None)
-
-    def _litter(self) -> list:
-        if self.journal.shared:
-            # On shared folders another host's half-written file is its work in progress,
-            # and a spooled photo not in the journal yet may be another host's intake.
-            return outbox.stray_temp_files(self.cfg.outbox, shared=True)
-        litter = outbox.stray_temp_files(self.cfg.outbox)
-        litter += dispose.stray_moves(self.cfg.processed) + dispose.stray_moves(self.cfg.failed)
-        # A queued job needs its photo's spool copy and the mask copies kept beside it.
-        in_use = self.journal.spools_in_use()
-        in_use |= {str(m) for s in list(in_use) for m in companions.mask_copies(Path(s))}
-        return litter + [p for p in self.inputs.intake.spool_dir.iterdir() if str(p) not in in_use]
+        """After a crash: running jobs back to the queue, finished outputs recognised."""
+        recovery.recover(self.cfg, self.journal)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -149,52 +113,17 @@ class Service:
                  styles=self.styles.names(), pid=os.getpid())
         self.step(self.clock())
         notify("READY=1")
-        intake = threading.Thread(target=self._take_in, name="nstd-intake", daemon=True)
-        intake.start()
+        intake = IntakeLoop(self.inputs, self.folders, self.outage, self.clock, self.stop_requested,
+                            self._share_away)
+        intake.thread.start()
         while not self.stop_requested.is_set():
-            self._guarded(lambda: self.step(self.clock(), inputs=False))
+            guarded(lambda: self.step(self.clock(), inputs=False), self.stop_requested, self._share_away)
             self.stop_requested.wait(0.25)
-        intake.join(self.cfg.worker.stop_timeout)
+        intake.thread.join(self.cfg.worker.stop_timeout)
         return self.shutdown()
 
-    def _take_in(self) -> None:
-        """The inbox side, on a thread of its own: decoding a large photo or region map
-        holds up the next file, never the health checks, reloads and systemd's watchdog."""
-        away = False
-        while not self.stop_requested.is_set():
-            if self.folders.reachable:
-                if away:
-                    self._guarded(self._clear_own_litter)
-                self._guarded(lambda: self._inputs_round(self.clock()))
-            away = not self.folders.reachable
-            self.hints.event.wait(0.25)
-
-    def _clear_own_litter(self) -> None:
-        """What a share's outage left half-written by the intake (its spool copies and error
-        records); called on its own thread, between rounds, so none of its writes is under way."""
-        for folder in (self.cfg.spool_dir, self.cfg.failed):
-            for path in own_litter(folder):
-                path.unlink(missing_ok=True)
-
-    def _inputs_round(self, now: float) -> None:
-        try:
-            self.inputs.step(now)
-        except Unavailable as e:
-            self.outage.down(str(e), now)
-
-    def _guarded(self, round_: Callable[[], None]) -> None:
-        try:
-            round_()
-        except OSError as e:
-            if not is_share_error(e):
-                raise
-            # The share went away mid-round: the next health check (at once) says so, once.
-            log.debug("share_error", error=str(e))
-            self.next_health = None
-            self.stop_requested.wait(1.0)
-        except Exception as e:  # noqa: BLE001 - months unattended: log, back off, carry on
-            log.error("loop_error", error=f"{type(e).__name__}: {e}")
-            self.stop_requested.wait(1.0)
+    def _share_away(self) -> None:
+        self.next_health = None  # the folders are looked at in the supervisor's next round
 
     def step(self, now: float, inputs: bool = True) -> None:
         """One round: a pending reload, the inputs (unless their thread takes them), and the
@@ -317,7 +246,8 @@ class Service:
         # gives the jobs back instead.
         give_up = time.time() + 10
         try:
-            patiently(self._give_back_running, "give_back", lambda: time.time() > give_up, time.sleep)
+            patiently(lambda: recovery.give_back_running(self.cfg, self.journal), "give_back",
+                      lambda: time.time() > give_up, time.sleep)
         except Unavailable as e:
             log.warning("running_jobs_left", error=str(e), meaning="given back at the next start or when "
                                                                     "their lease runs out")
