@@ -2,9 +2,10 @@
 
 While the database is away a host keeps computing its running batch, takes no new
 work, and says so in the log and in systemd's STATUS. The worker's outcomes wait for
-the database and its claims of new work do not (`PatientJournal`); the supervisor notes the outage once (`Outage`) and,
-once the database is back, gives the other hosts time to renew their leases before it
-takes any as expired: nobody could renew while it was down.
+the database and its claims of new work do not (`PatientJournal`); the supervisor
+notes the outage once (`Outage`) and, once the database is back, gives the other
+hosts time to renew their leases before it takes any as expired: nobody could renew
+while it was down.
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ class WorkerRegistry(Store):
     def forget_workers(self, now: float, host: str | None = None) -> int:
         """Rows of workers silent for SILENT_SECONDS; with `host`, also every row of that
         host (at its start: they are its earlier processes)."""
-        where, params = "heartbeat < ?", (now - SILENT_SECONDS,)
-        if host is not None:
-            where, params = where + " OR host = ?", params + (host,)
-        return self.db.execute(f"DELETE FROM workers WHERE {where}", params).rowcount
+        if host is None:
+            return self.db.execute("DELETE FROM workers WHERE heartbeat < ?", (now - SILENT_SECONDS,)).rowcount
+        return self.db.execute("DELETE FROM workers WHERE heartbeat < ? OR host = ?",
+                               (now - SILENT_SECONDS, host)).rowcount
 
     def note_speed(self, owner: str, flops_per_second: float, now: float) -> None:
         """What a worker measured of its device, for nstd check to quote rather than

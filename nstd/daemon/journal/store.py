@@ -75,12 +75,11 @@ class Transaction:
     def __enter__(self) -> None:
         self.db.begin()
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.db.commit()
-        else:
-            try:
-                self.db.rollback()
-            except self.db.errors:
-                pass  # a lost connection has rolled back already
-        return False
+            return
+        try:
+            self.db.rollback()
+        except self.db.errors:
+            pass  # a lost connection has rolled back already
