@@ -26,17 +26,16 @@ from pathlib import Path
 
 from nstd.daemon.database import SqliteDatabase, Unavailable, connect
 from nstd.daemon.journal.inputs import InputRecords
-from nstd.daemon.journal.queue import LESS_ONE, JobQueue
+from nstd.daemon.journal.queue import JobQueue
 from nstd.daemon.journal.records import (LEASE_SECONDS, BatchProgress, Failure, Input, Job, JobSpec, State,
                                          WorkerInfo, WorkerState)
 from nstd.daemon.journal.registry import SILENT_SECONDS, WorkerRegistry
 from nstd.daemon.journal.reports import Reports
-from nstd.daemon.journal.schema import ADDED_COLUMNS, MIGRATION_LOCK, SCHEMA, SCHEMA_VERSION, Schema, damaged
+from nstd.daemon.journal.schema import SCHEMA, SCHEMA_VERSION, Schema, damaged
 from nstd.log import get
 
-__all__ = ["ADDED_COLUMNS", "LEASE_SECONDS", "LESS_ONE", "MIGRATION_LOCK", "SCHEMA", "SCHEMA_VERSION",
-           "SILENT_SECONDS", "BatchProgress", "Failure", "Input", "Job", "JobSpec", "Journal", "State",
-           "WorkerInfo", "WorkerState"]
+__all__ = ["LEASE_SECONDS", "SCHEMA", "SCHEMA_VERSION", "SILENT_SECONDS", "BatchProgress", "Failure", "Input", "Job",
+           "JobSpec", "Journal", "State", "WorkerInfo", "WorkerState"]
 
 log = get("nstd.journal")
 
