@@ -128,18 +128,29 @@ def make_folders(root: Path, folder: Path) -> None:
     put files on the disk below the empty mount point, where nobody looks."""
     if not root.is_dir():
         raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(root))
-    folder.mkdir(parents=True, exist_ok=True)
+    path = root
+    for part in folder.relative_to(root).parts:  # one level at a time: if root goes meanwhile,
+        path = path / part                       # the next level fails rather than re-make it
+        try:
+            path.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(root)) from None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Either the old file or the complete new one is visible, never a partial one.
 
     The file ends with the mode the umask gives, as any new file would: the temporary
-    file is private while it is written, and a studio's group must read the results."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    file is private while it is written, and a studio's group must read the results.
+
+    Its folder must be there (make_folders): a folder that is not is a share whose mount
+    went, and is never re-made here, where files would land under the empty mount point."""
     # A short temporary name: the final one may already be close to NAME_MAX.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{fit_name(path.name, 40)[:40]}.@{host_tag()}@{os.getpid()}.",
-                               suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{fit_name(path.name, 40)[:40]}.@{host_tag()}@{os.getpid()}.",
+                                   suffix=".tmp")
+    except FileNotFoundError:
+        raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(path.parent)) from None
     try:
         os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:

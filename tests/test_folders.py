@@ -80,3 +80,20 @@ def test_a_publish_that_finds_its_outbox_gone_waits_for_it(service):
     run_once(service)
     assert service.journal.get_jobs([1])[0].state == "done"
     assert (service.cfg.outbox / "ink" / "a.jpg").is_file()
+
+
+def test_a_mount_that_goes_between_the_look_and_the_write_makes_nothing(tmp_path, monkeypatch):
+    """The share may go after make_folders has seen its folder: each level below is made
+    alone, and atomic_write makes no folder, so nothing is re-made under the mount point."""
+    from pathlib import Path
+
+    from nstd.fsutil import atomic_write, make_folders
+
+    root = tmp_path / "mnt" / "nas" / "outbox"  # the share is not mounted: none of it is there
+    monkeypatch.setattr(Path, "is_dir", lambda self: True)  # but it was, when looked at
+    with pytest.raises(FolderGone):
+        make_folders(root, root / "ink" / "trip")
+    monkeypatch.undo()
+    with pytest.raises(FolderGone):
+        atomic_write(root / "ink" / "p.jpg", b"image")
+    assert list(tmp_path.iterdir()) == []

@@ -52,7 +52,6 @@ def finished_before(src: Path, folder: Path, relpath: str, sha256: str | None) -
 
 def durable_move(src: Path, dst: Path) -> None:
     """Rename when on one filesystem; otherwise copy, fsync, and only then unlink."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(src, dst)
         faults.point("mid_move")  # moved, but neither the folder fsynced nor the journal told
