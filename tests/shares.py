@@ -211,7 +211,7 @@ class SmbMount(Mount):
     def mount(self) -> "SmbMount":
         env = os.environ | {"HOME": str(self.home)}
         subprocess.run([_need("smbnetfs", "smbnetfs"), str(self.point)], env=env, check=True, capture_output=True)
-        _until(lambda: self.path.is_dir(), "the SMB share to appear under the mount")
+        _until(lambda: self.mounted() and self.path.is_dir(), "the SMB share to appear under the mount")
         return self
 
 
