@@ -33,7 +33,7 @@ def available() -> bool:
 
 def missing() -> str:
     """What a user reads when `protect: faces` is set without the extra."""
-    return f"'faces' needs the face detector: pip install 'nstd[{EXTRA}]'"
+    return f"'faces' needs the face detector: from nstd's checkout, .venv/bin/pip install '.[{EXTRA}]'"
 
 
 class FaceFinder:

@@ -94,7 +94,7 @@ class PostgresDatabase:
             import psycopg
         except ImportError:
             raise JournalError("journal: a PostgreSQL URL needs the postgres extra "
-                               "(pip install 'nstd[postgres]')") from None
+                               "(from nstd's checkout: .venv/bin/pip install '.[postgres]')") from None
         self.psycopg = psycopg
         self.url, self.readonly = url, readonly
         self.label = redact(url)
