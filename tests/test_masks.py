@@ -71,8 +71,8 @@ def test_a_region_map_takes_the_nearest_colour_at_soft_edges_and_names_an_unmapp
 
 def test_protect_faces_without_the_extra_is_a_config_error_naming_it(monkeypatch):
     monkeypatch.setattr(faces, "available", lambda: False)
-    with pytest.raises(ConfigError, match=r"^transfer\.protect: 'faces' needs the face detector: "
-                                          r"\.venv/bin/pip install '\.\[faces\]'$"):
+    with pytest.raises(ConfigError, match=r"^transfer\.protect: 'faces' needs the face detector: from nstd's "
+                                          r"checkout, \.venv/bin/pip install '\.\[faces\]'$"):
         validate(TransferParams(protect="faces"))
 
 
