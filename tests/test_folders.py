@@ -45,19 +45,23 @@ def test_nothing_is_written_below_a_mount_point_whose_share_went(nas, tmp_path):
     assert (local_inbox / "p.jpg").read_bytes() == b"photo"  # and the photo waits where it was
 
 
-def test_a_share_away_pauses_once_and_resumes_once(nas, capsys):
+def test_a_share_away_pauses_once_and_resumes_once(nas):
+    from structlog.testing import capture_logs
+
     share, cfg, unmount, mount = nas
     folders = Folders(cfg)
-    assert folders.check(0.0) is None and folders.reachable
-    unmount()
-    for t in (1.0, 2.0, 3.0):
-        trouble = folders.check(t)
-        assert trouble.unreachable and trouble.reason == f"share unavailable: inbox {cfg.inbox}: No such file or directory"
-    assert not folders.reachable
-    mount()
-    assert folders.check(4.0) is None and folders.reachable
-    out = capsys.readouterr().out
-    assert out.count("paused") == 1 and out.count("resumed") == 1 and "after_seconds=3.0" in out
+    with capture_logs() as logs:
+        assert folders.check(0.0) is None and folders.reachable
+        unmount()
+        for t in (1.0, 2.0, 3.0):
+            trouble = folders.check(t)
+            assert trouble.unreachable
+            assert trouble.reason == f"share unavailable: inbox {cfg.inbox}: No such file or directory"
+        assert not folders.reachable
+        mount()
+        assert folders.check(4.0) is None and folders.reachable
+    assert [(e["event"], e["log_level"]) for e in logs] == [("paused", "warning"), ("resumed", "info")]
+    assert logs[1]["after_seconds"] == 3.0
 
 
 def test_a_publish_that_finds_its_outbox_gone_waits_for_it(service):

@@ -22,7 +22,8 @@ def test_status_time_left_holds_steady_between_logged_losses(service):
     """Losses are logged every 50 iterations; the time left nstd status shows must not
     sag between them (it read "4.2 h" for a photo that was through in 11 minutes)."""
     from nstd.daemon.report import eta as _eta
-    from nstd.daemon.worker import LeaseKeeper, _Running
+    from nstd.daemon.lease import LeaseKeeper
+    from nstd.daemon.worker import _Running
 
     j = service.journal
     (service.cfg.inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 1))
@@ -126,7 +127,7 @@ def test_check_quotes_the_speed_the_running_daemon_measured(check_config, models
     from nstd.daemon.checks import speed as _speed_findings
     from nstd.daemon.report import SILENT_AFTER
     from nstd.daemon.journal import Journal, WorkerInfo
-    from nstd.daemon.worker import owner_id
+    from nstd.daemon.lease import owner_id
     from nstd.engine.device import describe
 
     cfg, cpu = check_config, torch.device("cpu")
@@ -150,7 +151,7 @@ def test_check_quotes_the_speed_the_running_daemon_measured(check_config, models
 def test_check_measures_when_no_daemon_has_said(check_config, models):
     from nstd.daemon.checks import speed as _speed_findings
     from nstd.daemon.journal import Journal, WorkerInfo
-    from nstd.daemon.worker import owner_id
+    from nstd.daemon.lease import owner_id
     from nstd.engine.device import describe
 
     cfg, cpu = check_config, torch.device("cpu")

@@ -241,7 +241,9 @@ def test_each_photo_is_decoded_once_for_all_its_styles_and_photos_side_by_side(t
     svc.prepare()
     svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
     decodes, both = [], threading.Barrier(2, timeout=60)
-    real = worker_mod.images.decode
+    from nstd.daemon import loader
+
+    real = loader.images.decode
 
     def spy(data, name, *rest):
         decodes.append(name)
@@ -250,8 +252,8 @@ def test_each_photo_is_decoded_once_for_all_its_styles_and_photos_side_by_side(t
 
     try:
         take(svc, "a.jpg", "b.jpg")
-        monkeypatch.setattr(worker_mod, "LOADERS", 2)  # whatever this machine has
-        monkeypatch.setattr(worker_mod.images, "decode", spy)
+        monkeypatch.setattr(loader, "LOADERS", 2)  # whatever this machine has
+        monkeypatch.setattr(loader.images, "decode", spy)
         run_once(svc)
         assert sorted(decodes) == ["a.jpg", "b.jpg"]
         assert sorted(states(svc)) == [(n, "done", 1) for n in ("a.jpg", "a.jpg", "b.jpg", "b.jpg")]

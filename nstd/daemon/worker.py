@@ -4,22 +4,20 @@ from the spool and publishing to the outbox and the journal."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from nstd import faults, images
+from nstd import faults
 from nstd.config import Config
-from nstd.daemon import companions, folders, gallery, outbox
+from nstd.daemon import folders, gallery, outbox
 from nstd.daemon.database import Unavailable
-from nstd.daemon.journal import LEASE_SECONDS, Job, Journal, WorkerInfo, WorkerState
+from nstd.daemon.journal import Job, Journal, WorkerInfo, WorkerState
+from nstd.daemon.lease import LeaseKeeper, owner_id
+from nstd.daemon.loader import Loader
 from nstd.daemon.outage import PatientJournal, patiently
 from nstd.daemon.prefetch import Prefetch
 from nstd.daemon.scheduler import Scheduler
@@ -31,13 +29,12 @@ from nstd.engine.resize import long_side_size
 from nstd.engine.runner import Engine
 from nstd.engine.types import TransferResult
 from nstd.engine.vgg import VGGFeatures
-from nstd.errors import ImageError, NstdError
 from nstd.faces import FaceFinder
 from nstd.fsutil import is_share_error, own_litter
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
-from nstd.guide import REGIONS_STYLE, GuideSpec, regions_style, styled_regions
-from nstd.pipeline import LOADERS, Pipeline, Task, load_guide, load_photo, output_exif
+from nstd.guide import GuideSpec, styled_regions
+from nstd.pipeline import Pipeline, Task, output_exif
 from nstd.weights import WeightInfo
 
 log = get("nstd.worker")
@@ -52,44 +49,6 @@ class StopBatch(Exception):
 
 class ClaimLost(Exception):
     """Raised from the progress callback when the batch's lease was lost to another worker."""
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews a running batch's lease, on its own connection, whatever the iterations'
-    pace. A renewal that finds the jobs gone means another worker has them now."""
-
-    def __init__(self, target, batch_id: str, worker: WorkerInfo | None = None, lease: float = LEASE_SECONDS):
-        super().__init__(name=f"lease-{batch_id}", daemon=True)
-        self.target, self.batch_id, self.worker, self.lease = target, batch_id, worker, lease
-        self.every = lease / 4  # three renewals may fail before the lease runs out
-        self.done = threading.Event()
-        self.lost = False
-
-    def run(self) -> None:
-        journal = None
-        while not self.done.wait(self.every):
-            try:
-                journal = journal or Journal(self.target)
-                if self.worker is not None:
-                    journal.beat(self.worker, "working", time.time())
-                if journal.renew(self.batch_id, time.time(), self.lease) == 0:
-                    self.lost = True
-                    log.error("claim_lost", batch=self.batch_id,
-                              meaning="its lease ran out and another worker took the jobs; not publishing")
-                    return
-            except NstdError as e:  # the database is away: keep working, renew when it is back
-                log.warning("lease_not_renewed", batch=self.batch_id, error=str(e))
-                journal = None
-        if journal is not None:
-            journal.close()
-
-    def stop(self) -> None:
-        self.done.set()
-
-
-def owner_id(host: str, device: torch.device | str, pid: int | None = None) -> str:
-    """What a worker's claims are recorded under: host (config `host`), process and device."""
-    return f"{host}:{pid or os.getpid()}:{device}"
 
 
 class Worker(threading.Thread):
@@ -111,7 +70,7 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
         self._probed = float("-inf")
-        self.faces = FaceFinder()  # its detector loaded at the first photo that asks
+        self.loader = Loader(cfg.max_pixels, FaceFinder())  # its face detector loaded when first asked
         self._mounts = folders.mounts_of({"outbox": cfg.outbox, "spool": cfg.spool_dir})
         # Times a batch's progress: the wall clock, as the time left is written as a moment
         # that nstd status, on any host, reads against its own.
@@ -226,17 +185,9 @@ class Worker(threading.Thread):
             keeper.stop()
 
     def _load(self, journal: Journal, batch: list[Job]) -> list[Task]:
-        """The load stage: each job's spooled photo at its recorded size (with its mask), or
-        its failure. Each input is decoded once however many styles it has, and inputs are
-        decoded side by side (decoding and resizing release the GIL); the journal hears of
-        failures here, on the caller's thread and connection."""
-        book = self.styles()
-        inputs: dict[str, list[Job]] = {}
-        for job in batch:
-            inputs.setdefault(job.spool, []).append(job)
-        with ThreadPoolExecutor(max(1, min(LOADERS, len(inputs))), thread_name_prefix="load") as pool:
-            outcomes = pool.map(partial(self._read, book), inputs.values())
-            read = {job.id: o for jobs, outs in zip(inputs.values(), outcomes) for job, o in zip(jobs, outs)}
+        """The load stage (see loader.py), and each failure told to the journal here, on the
+        caller's thread and connection."""
+        read = self.loader.read_batch(self.styles(), batch)
         tasks = []
         for job in batch:
             outcome = read[job.id]
@@ -250,36 +201,6 @@ class Worker(threading.Thread):
             else:
                 journal.fail(job.id, outcome.error, job.batch_id)
         return tasks
-
-    def _read(self, book: StyleBook, jobs: list[Job]) -> list["Task | _Unread"]:
-        """One input's jobs from one decode of its spooled photo."""
-        decoded = None
-        out: list[Task | _Unread] = []
-        for job in jobs:
-            spec = GuideSpec.from_dict(job.params.get("guide"))
-            names = spec.styles() if job.style == REGIONS_STYLE and spec else [job.style]
-            gone = [n for n in names if not book.has(n)]
-            if gone:
-                out.append(_Unread(f"style '{gone[0]}' is no longer configured"))
-                continue
-            params = from_dict(job.params)
-            try:
-                decoded = decoded or images.decode(Path(job.spool).read_bytes(), job.relpath, self.cfg.max_pixels)
-                data = None if spec is None else \
-                    companions.spool_path(Path(job.spool), job.input_sha256, spec).read_bytes()
-                guide = load_guide(spec, data, decoded, params, self.cfg.max_pixels, self.faces, job.input_sha256,
-                                   job.relpath)
-            except ImageError as e:
-                out.append(_Unread(str(e)))
-                continue
-            except OSError as e:
-                out.append(_Unread(f"cannot read spooled input: {e}", transient=True, share=is_share_error(e)))
-                continue
-            style = regions_style(spec, params, book.get) if job.style == REGIONS_STYLE else book.get(job.style)
-            # Exactly the size intake recorded, so every job of a batch matches.
-            out.append(Task(load_photo(decoded, (job.height, job.width)), style, params, job.relpath,
-                            job.input_sha256, str(job.id), job.queued, job.batch_id, guide))
-        return out
 
     def _run(self, journal: Journal, batch: list[Job], tasks: list[Task], keeper: LeaseKeeper) -> None:
         sink = _Outbox(self, journal, {j.id: j for j in batch})
@@ -420,15 +341,6 @@ class Worker(threading.Thread):
             model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id)
             self._models[key] = (model.to(self.device), info)
         return self._models[key]
-
-
-@dataclass(frozen=True)
-class _Unread:
-    """Why a job could not be loaded; `transient` where trying again later may work."""
-
-    error: str
-    transient: bool = False
-    share: bool = False  # the spool's share is away: the job waits without spending an attempt
 
 
 class _Running:

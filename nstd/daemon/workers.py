@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from nstd.daemon.runtime import Runtime
-from nstd.daemon.worker import Worker, owner_id
+from nstd.daemon.lease import owner_id
+from nstd.daemon.worker import Worker
 from nstd.errors import ConfigError, NstdError
 from nstd.log import get
 
