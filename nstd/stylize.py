@@ -195,6 +195,7 @@ class _Folder:
                              self.req.outdir / f"{stem}.json", self.req.fmt, self.req.quality)
         log = log | {"output": {"path": out.image.name, "format": self.req.fmt.lower()} | log["output"]}
         try:
+            self.req.outdir.mkdir(parents=True, exist_ok=True)  # the user's own folder, named on the command line
             publish.write(out, result.image, log, f"{Path(task.input_path).name} × {task.style.parts[0].path.name}",
                           result.snapshots, output_exif(task.photo, task.style), task.photo.bits)
         except OSError as e:  # a full disk or a dropped share: this output is lost, say so and go on

@@ -72,6 +72,8 @@ def test_a_photos_sidecar_follows_it_and_a_folders_stays(tmp_path):
     from nstd.daemon import dispose
     inbox, processed, failed = tmp_path / "in", tmp_path / "done", tmp_path / "failed"
     (inbox / "f").mkdir(parents=True)
+    processed.mkdir()  # the daemon starts only with its folders there (preflight)
+    failed.mkdir()
     for name in ("f/a.jpg", "f/a.jpg.nstd.yaml", "f/.nstd.yaml", "f/b.jpg", "f/b.jpg.nstd.yaml"):
         (inbox / name).write_text("x")
     dispose.on_success(inbox, processed, "f/a.jpg", "move")
