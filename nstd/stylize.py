@@ -19,7 +19,7 @@ from nstd.engine.memory import MemoryPlanner
 from nstd.engine.runner import Engine
 from nstd.engine.types import Progress, TransferResult
 from nstd.engine.vgg import VGGFeatures
-from nstd.errors import ImageError
+from nstd.errors import ImageError, NstdError
 from nstd.fsutil import fit_name
 from nstd.params import TransferParams
 from nstd.publish import STEM_ROOM
@@ -74,7 +74,10 @@ def run(req: Request, on_error: Callable[[str], None],
     """Stylize every content with every style (or in its region map's styles); returns how
     many outputs failed, and fills `counts` with how many were written and expected."""
     sd, info = weights.load(req.models_dir, req.params.model)
-    device = resolve_device(req.device)
+    try:
+        device = resolve_device(req.device)
+    except ValueError as e:
+        raise NstdError(f"--device: {e}") from None
     model = VGGFeatures(sd, info.preprocessing, req.params.settings().layers,
                         req.params.pooling, info.model_id).to(device)
     styles = _styles(req)

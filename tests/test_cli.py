@@ -276,3 +276,18 @@ def test_init_writes_the_paintings_its_help_names(tmp_path, capsys):
     assert main(["init", str(tmp_path / "d")]) == 0
     written = sorted(p.name for p in (tmp_path / "d" / "styles").iterdir())
     assert {"two": 2, "three": 3, "four": 4}[said] == len(written), written
+
+
+@pytest.mark.parametrize("command", ["stylize", "bench"])
+def test_a_device_that_is_no_device_is_one_line(tmp_path, models, capsys, command):
+    from daemon_harness import photo_bytes
+
+    photo, style = tmp_path / "p.png", tmp_path / "s.png"
+    photo.write_bytes(photo_bytes(32, 32, 1, "PNG"))
+    style.write_bytes(photo_bytes(32, 32, 2, "PNG"))
+    args = ([str(photo), "--style", str(style), "--model", "random", "--models-dir", str(models),
+             "-o", str(tmp_path / "out")]
+            if command == "stylize" else ["--models-dir", str(models)])
+    assert main([command, *args, "--device", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nope' is not a device; use auto, cpu, cuda, cuda:N or mps" in err
