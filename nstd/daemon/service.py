@@ -31,6 +31,7 @@ from nstd.errors import ConfigError, NstdError
 from nstd.log import get
 
 log = get("nstd.service")
+PAUSED_LOOK = 1.0  # seconds between looks at the folders while work is paused for them
 CLAIM_REFRESH = 30.0  # seconds between refreshes of the inbox claim (lock.CLAIM_FRESH_SECONDS: 120)
 
 
@@ -149,6 +150,8 @@ class Service:
             dog = watchdog_interval()
             self.next_health = now + min(self.cfg.health_interval, dog or self.cfg.health_interval)
             self.health()
+            if self.folders.trouble is not None:  # paused: look again soon, to resume soon
+                self.next_health = min(self.next_health, now + PAUSED_LOOK)
 
     def _install_signals(self) -> None:
         def stop(signum, _frame):
