@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 STAMP := $(VENV)/.nstd-installed
 
-.PHONY: run test install weights bench clean browser postgres shares
+.PHONY: run test install weights bench clean browser postgres shares prometheus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,7 +59,15 @@ shares:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) $(APT_INSTALL) $(SHARE_PACKAGES) >/dev/null; } || \
 	  echo "make: could not install $(SHARE_PACKAGES); the network-share tests will fail until they are installed"; }
 
-test: $(STAMP) browser postgres shares
+# The metrics test reads /metrics back through a real Prometheus server (and promtool).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || \
+	{ echo "make: installing Debian's prometheus (no recommends) for the metrics test"; \
+	  $(SUDO) $(APT_INSTALL) prometheus >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) $(APT_INSTALL) prometheus >/dev/null; } || \
+	  echo "make: could not install prometheus; the metrics test will fail until it is installed"; }
+
+test: $(STAMP) browser postgres shares prometheus
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -14,6 +14,7 @@ from nstd.daemon.database import is_postgres
 from nstd.engine.types import HISTORY_PRECISIONS, PRECISIONS, Switches
 from nstd.errors import ConfigError, clip, shown
 from nstd.limits import Limits, parse as parse_limits
+from nstd.web.settings import HttpConfig, parse as parse_http
 from nstd.params import TransferParams, with_overrides
 
 STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -96,6 +97,7 @@ class Config:
     watch: WatchConfig = WatchConfig()
     worker: WorkerConfig = WorkerConfig()
     limits: Limits = Limits()
+    http: HttpConfig = HttpConfig()
     log_level: str = "info"
     log_format: str = "auto"
     health_interval: float = field(default=5.0)
@@ -119,7 +121,7 @@ class Config:
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success", "max_pixels",
             "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host",
-            "limits"}
+            "limits", "http"}
 
 
 def load(path: Path) -> Config:
@@ -154,6 +156,7 @@ def parse(raw: Any, path: Path) -> Config:
         watch=_watch(m.get("watch", {})),
         worker=_worker(m.get("worker", {})),
         limits=parse_limits(m.get("limits")),
+        http=parse_http(m.get("http"), root),
         log_level=_choice(log.get("level", "info"), "log.level", ("debug", "info", "warning", "error")),
         log_format=_choice(log.get("format", "auto"), "log.format", ("auto", "json", "console")),
         **_shared(m, folders["state_dir"], root),

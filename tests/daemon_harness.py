@@ -43,6 +43,7 @@ def write_config(root: Path, models: Path, **overrides) -> Path:
         "transfer": {"size": 32, "iterations": 4, "model": "random", "log_every": 2},
         "watch": {"settle_seconds": 0.5, "rescan_interval": 3, "poll_interval": 0.2},
         "worker": {"batch_window": 0.3, "stop_timeout": 5, "retry_backoff": 0.5},
+        "http": {"listen": "off"},  # tests that serve it pick their own port
     }
     for key, value in overrides.items():
         if key in ("transfer", "watch", "worker"):

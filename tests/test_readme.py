@@ -234,7 +234,8 @@ def test_the_link_check_catches_a_missing_file_or_heading(tmp_path):
 
 
 # A fragment of the config is checked as nstd reads it: merged into the example config
-# and parsed; a sidecar (its first line names a .nstd.yaml) as the intake reads one.
+# and parsed; a sidecar (its first line names a .nstd.yaml) as the intake reads one; a
+# Prometheus config (its first line names prometheus.yml) by Prometheus's own promtool.
 def check_yaml_fragment(body: str) -> None:
     from nstd.daemon import sidecar
     from nstd.params import TransferParams, with_overrides
@@ -242,6 +243,16 @@ def check_yaml_fragment(body: str) -> None:
     data = yaml.safe_load(body)
     assert isinstance(data, dict) and data, f"not a mapping:\n{body}"
     first = body.lstrip().splitlines()[0]
+    if first.startswith("#") and "prometheus.yml" in first:
+        import subprocess
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+            f.write(body)
+            f.flush()
+            check = subprocess.run(["promtool", "check", "config", f.name], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        return
     if first.startswith("#") and ".nstd.yaml" in first:
         unknown = set(data) - set(TransferParams.__dataclass_fields__) - set(sidecar.GUIDE_KEYS)
         assert not unknown, f"sidecar keys nstd does not know: {unknown}\n{body}"

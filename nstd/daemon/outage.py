@@ -160,10 +160,12 @@ class Outage:
         self.grace = 2 * renew_every  # every live host has renewed at least once by then
         self.down_since: float | None = None
         self.back_at: float | None = None
+        self.count = 0  # outages since the daemon started, for /metrics
 
     def down(self, error: str, now: float) -> None:
         if self.down_since is None:
             self.down_since = now
+            self.count += 1
             log.error("database_unavailable", error=error,
                       meaning="running batches go on; no new photos are taken in or started until it is back")
         # The watchdog is kept: the daemon is alive, only waiting.

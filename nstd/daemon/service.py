@@ -29,6 +29,7 @@ from nstd.daemon.workers import ProcessWorker, ThreadWorker, isolation_for
 from nstd.engine.device import describe, resolve_devices
 from nstd.errors import ConfigError, NstdError
 from nstd.log import get
+from nstd.web import daemon as web
 
 log = get("nstd.service")
 PAUSED_LOOK = 1.0  # seconds between looks at the folders while work is paused for them
@@ -47,6 +48,10 @@ class Service:
         self.next_health: float | None = None
         self.outage = Outage(renew_every=cfg.worker.lease / 4)
         self._weights: dict[str, tuple] = {}
+        self.last_round = time.monotonic()  # of the supervisor's loop, for /healthz
+        self.intake_loop: IntakeLoop | None = None
+        self.endpoint = None  # the HTTP endpoint (nstd/web), when it is on
+        self.token: str | None = None
         self._weights_lock = threading.Lock()
 
     @property
@@ -67,6 +72,7 @@ class Service:
         bad = [f.text for f in preflight.folders(self.cfg) if not f.ok]
         if bad:
             raise ConfigError(bad[0])
+        self.token = self.cfg.http.token() if self.cfg.http.on else None  # a bad token file: refuse now
         models_dir = self.cfg.models_dir or weights.default_models_dir()
         for model_id in sorted(self.cfg.model_ids()):
             weights.verify(models_dir, model_id)
@@ -114,13 +120,17 @@ class Service:
                  styles=self.styles.names(), pid=os.getpid())
         self.step(self.clock())
         notify("READY=1")
-        intake = IntakeLoop(self.inputs, self.folders, self.outage, self.clock, self.stop_requested,
-                            self._share_away)
-        intake.thread.start()
+        self.intake_loop = IntakeLoop(self.inputs, self.folders, self.outage, self.clock, self.stop_requested,
+                                      self._share_away)
+        self.intake_loop.thread.start()
+        self.endpoint = web.start(self)
         while not self.stop_requested.is_set():
             guarded(lambda: self.step(self.clock(), inputs=False), self.stop_requested, self._share_away)
+            self.last_round = time.monotonic()
             self.stop_requested.wait(0.25)
-        intake.thread.join(self.cfg.worker.stop_timeout)
+        self.intake_loop.thread.join(self.cfg.worker.stop_timeout)
+        if self.endpoint is not None:
+            self.endpoint.stop()
         return self.shutdown()
 
     def _share_away(self) -> None:

@@ -16,6 +16,11 @@ class Reports(Store):
         out.update({r["state"]: r["n"] for r in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")})
         return out
 
+    def counts_by_style(self) -> dict[tuple[str, str], int]:
+        """Jobs by (style, state): the styles are the configured ones, so the pairs are few."""
+        return {(r["style"], r["state"]): r["n"]
+                for r in self._rows("SELECT style, state, COUNT(*) AS n FROM jobs GROUP BY style, state")}
+
     def input_counts(self) -> dict[str, int]:
         """Photos (inbox files) by state: a photo refused at intake has no jobs."""
         out = {s.value: 0 for s in INPUT_STATES}

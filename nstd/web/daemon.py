@@ -1,0 +1,57 @@
+"""The endpoint wired to a running daemon: what its probes and metrics read."""
+
+from __future__ import annotations
+
+import time
+
+from nstd.daemon.journal import Journal
+from nstd.log import get
+from nstd.web.metrics import Live, registry
+from nstd.web.server import Endpoint, Probe
+
+log = get("nstd.web")
+STALE = 30.0  # seconds without a supervisor round before /healthz says the daemon is stuck
+
+
+def start(service) -> Endpoint | None:
+    """The endpoint for `service` (a prepared nstd.daemon.service.Service), or None when
+    it is off or its port is taken: the daemon's work does not depend on it."""
+    cfg = service.cfg.http
+    if not cfg.on:
+        return None
+    live = Live(paused=lambda: service.folders.trouble and service.folders.trouble.reason,
+                settling=lambda: len(service.inputs.settle), outages=lambda: service.outage.count)
+    probe = Probe(healthy=lambda: _healthy(service), ready=lambda: _ready(service))
+    try:
+        endpoint = Endpoint(cfg.host, cfg.port, registry(service.cfg.journal_target, live), probe, service.token)
+    except OSError as e:
+        log.warning("http_not_started", listen=f"{cfg.host}:{cfg.port}", error=e.strerror,
+                    meaning="metrics and health are not served; the daemon works on")
+        return None
+    log.info("http_listening", listen=f"{cfg.host}:{endpoint.port}", token=service.token is not None)
+    return endpoint.start()
+
+
+def _healthy(service) -> tuple[bool, str]:
+    age = time.monotonic() - service.last_round
+    if age > STALE:
+        return False, f"the supervisor's last round was {age:.0f} s ago"
+    if service.intake_loop is not None and not service.intake_loop.thread.is_alive():
+        return False, "the intake's thread has stopped"
+    return True, "alive"
+
+
+def _ready(service) -> tuple[bool, str]:
+    trouble = service.folders.trouble
+    if trouble is not None:
+        return False, f"paused: {trouble.reason}"
+    if service.outage.down_since is not None:
+        return False, "the journal's database is unavailable"
+    try:
+        Journal(service.cfg.journal_target, readonly=True).close()
+    except Exception as e:  # noqa: BLE001 - whatever keeps the journal from answering
+        return False, f"the journal does not answer ({type(e).__name__}: {e})"
+    alive = [w for w in service.workers if w.alive()]
+    if not alive:
+        return False, "no worker is running"
+    return True, f"{len(alive)} worker(s) running"

@@ -1,0 +1,146 @@
+"""The endpoint itself: a small threaded HTTP server, read-only, with bounded threads and
+timeouts so that a slow or hostile client cannot stall the daemon.
+
+    /metrics   Prometheus's text format, through prometheus_client
+    /healthz   the process and its loops are alive: 200 or 503, one line of JSON
+    /readyz    the journal answers, a worker is alive and not paused, the folders can be
+               written: 200 or 503, one line of JSON
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from nstd.log import get
+
+log = get("nstd.web")
+
+MAX_CLIENTS = 8  # requests served at once; more are answered 503 at once
+TIMEOUT = 5.0  # seconds a client may take to send its request
+
+
+class Probe:
+    """What the endpoint asks the daemon: a check returns (ok, reason)."""
+
+    def __init__(self, healthy: Callable[[], tuple[bool, str]], ready: Callable[[], tuple[bool, str]]):
+        self.healthy, self.ready = healthy, ready
+
+
+class Endpoint:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, probe: Probe, token: str | None):
+        handler = type("Handler", (_Handler,), {"registry": registry, "probe": probe, "token": token})
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (_BoundedServer,), {"address_family": family})
+        self.server = server_class((host, port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="nstd-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> "Endpoint":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that went away mid-request is its own business, not a traceback
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+    probe: Probe
+    token: str | None
+    timeout = TIMEOUT
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # a request line too broken to parse still gets a status line
+    server_version = "nstd"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        if not self._authorised():
+            return self._send(401, "application/json", _line(False, "a bearer token is required"),
+                              {"WWW-Authenticate": "Bearer"})
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                body = generate_latest(self.registry)
+            except Exception as e:  # noqa: BLE001 - a journal that cannot be read: 503, one line
+                return self._send(503, "application/json", _line(False, f"{type(e).__name__}: {e}"))
+            return self._send(200, CONTENT_TYPE_LATEST, body)
+        if path in ("/healthz", "/readyz"):
+            ok, reason = (self.probe.healthy if path == "/healthz" else self.probe.ready)()
+            return self._send(200 if ok else 503, "application/json", _line(ok, reason))
+        self._send(404, "application/json", _line(False, "no such page; there are /metrics, /healthz and /readyz"))
+
+    def do_HEAD(self) -> None:
+        self._send(405, "application/json", _line(False, "only GET"), {"Allow": "GET"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD
+
+    def send_error(self, code, message=None, explain=None) -> None:
+        """http.server's own refusals (a request line too long, a bad version) as one line."""
+        self.close_connection = True
+        self._send(code, "application/json", _line(False, message or self.responses.get(code, ("",))[0]))
+
+    def _authorised(self) -> bool:
+        if self.token is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        return given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), self.token)
+
+    def _send(self, code: int, kind: str, body: bytes, headers: dict | None = None) -> None:
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
+    def log_message(self, format, *args) -> None:
+        pass  # requests are not worth a log line each; refusals are answered, not logged
+
+
+def _line(ok: bool, reason: str) -> bytes:
+    return (json.dumps({"ok": ok, "reason": reason}) + "\n").encode()
