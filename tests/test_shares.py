@@ -3,7 +3,6 @@ an SFTP folder (OpenSSH, mounted with sshfs), with the server stopped and the mo
 taken down under it. Every folder the daemon writes is on the share; its state stays local."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
