@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nstd.daemon import outbox
-from nstd.daemon.inbox import mount_of
+from nstd.daemon.inbox import mount_of, mounts
 from nstd.log import get
 
 log = get("nstd.folders")
@@ -26,10 +26,11 @@ class Trouble:
     unreachable: bool  # the folders cannot be read at all: the inbox side waits too
 
 
-def unreachable(folders: dict[str, Path], mounts: dict[str, str | None] | None = None) -> str | None:
-    """Why one of `folders` (name -> path) cannot be reached now, or None. With `mounts`
+def unreachable(folders: dict[str, Path], mounts_at_start: dict[str, str | None] | None = None) -> str | None:
+    """Why one of `folders` (name -> path) cannot be reached now, or None. With `mounts_at_start`
     (name -> the mount point it was under at start), a folder now under another mount
     point is on the disk below a share that went: nothing must be written there."""
+    table = mounts() if mounts_at_start else []
     for name, path in folders.items():
         try:
             os.stat(path)
@@ -37,13 +38,15 @@ def unreachable(folders: dict[str, Path], mounts: dict[str, str | None] | None =
                 next(entries, None)
         except OSError as e:
             return f"{name} {path}: {e.strerror or e}"
-        if mounts and mounts.get(name) and mount_of(path)[0] != mounts[name]:
-            return f"{name} {path}: its share is no longer mounted at {mounts[name]}"
+        at_start = (mounts_at_start or {}).get(name)
+        if at_start and mount_of(path, table)[0] != at_start:
+            return f"{name} {path}: its share is no longer mounted at {at_start}"
     return None
 
 
 def mounts_of(folders: dict[str, Path]) -> dict[str, str | None]:
-    return {name: mount_of(path)[0] for name, path in folders.items()}
+    table = mounts()
+    return {name: mount_of(path, table)[0] for name, path in folders.items()}
 
 
 def watched(cfg) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -53,10 +56,11 @@ def watched(cfg) -> tuple[dict[str, Path], dict[str, Path]]:
     return reach, {"outbox": cfg.outbox} | ({} if cfg.journal else {"state_dir": cfg.state_dir})
 
 
-def paused_now(cfg, mounts: dict[str, str | None] | None = None) -> Trouble | None:
-    """Why new work waits now, or None: a folder out of reach, or one that takes no writes."""
-    reach, writable = watched(cfg)
-    reason = unreachable(reach, mounts)
+def paused_now(reach: dict[str, Path], writable: dict[str, Path],
+               mounts_at_start: dict[str, str | None] | None = None) -> Trouble | None:
+    """Why new work waits now, or None: a folder of `reach` out of reach, or one of
+    `writable` that takes no writes (watched(cfg) gives the daemon's)."""
+    reason = unreachable(reach, mounts_at_start)
     if reason:
         return Trouble(f"share unavailable: {reason}", True)
     for path in writable.values():
@@ -77,7 +81,7 @@ class Folders:
         self.since: float | None = None
 
     def check(self, now: float) -> Trouble | None:
-        trouble = paused_now(self.cfg, self.mounts)
+        trouble = paused_now(*watched(self.cfg), self.mounts)
         if trouble and self.trouble is None:
             self.since = now
             log.warning("paused", reason=trouble.reason,

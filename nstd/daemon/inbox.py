@@ -51,25 +51,31 @@ class IgnoreRules:
 
 def mount_fs_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The filesystem type of the mount holding `path`, from the longest matching mount point."""
-    return mount_of(path, mountinfo)[1]
+    return mount_of(path, mounts(mountinfo))[1]
 
 
-def mount_of(path: Path, mountinfo: str = "/proc/self/mountinfo") -> tuple[str | None, str | None]:
-    """(mount point, filesystem type) of the mount holding `path`."""
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount: read once, for as many paths as asked."""
     try:
         lines = Path(mountinfo).read_text().splitlines()
     except OSError:
-        return None, None
-    target = os.path.realpath(path)  # a link to a share is on the share
-    best, best_type = None, None
+        return []
+    out = []
     for line in lines:
         left, _, right = line.partition(" - ")
         fields = left.split()
-        if len(fields) < 5 or not right:
-            continue
-        point = fields[4].replace("\\040", " ")
+        if len(fields) >= 5 and right:
+            out.append((fields[4].replace("\\040", " "), right.split()[0]))
+    return out
+
+
+def mount_of(path: Path, table: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """(mount point, filesystem type) of the mount in `table` (see mounts) holding `path`."""
+    target = os.path.realpath(path)  # a link to a share is on the share
+    best, best_type = None, None
+    for point, fs in table:
         if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best or ""):
-            best, best_type = point, right.split()[0]
+            best, best_type = point, fs
     return best, best_type
 
 

@@ -18,7 +18,7 @@ RECENT_FAILURES = 10  # failed photos nstd status lists
 def status(cfg, journal, now: float) -> list[str]:
     """Every line of `nstd status`, in order."""
     out = []
-    trouble = folders.paused_now(cfg)
+    trouble = folders.paused_now(*folders.watched(cfg))
     if trouble:
         out.append(f"paused: {trouble.reason}; new work waits until it is back")
     p = journal.input_counts()

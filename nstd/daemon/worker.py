@@ -155,9 +155,9 @@ class Worker(threading.Thread):
         if self.paused is None and now - self._probed < PROBE_EVERY:
             return False
         self._probed = now
-        needed = {"outbox": self.cfg.outbox, "spool": self.cfg.spool_dir}
-        far = folders.unreachable(needed, self._mounts)
-        reason = f"share unavailable: {far}" if far else outbox.unwritable(self.cfg.outbox)
+        trouble = folders.paused_now({"outbox": self.cfg.outbox, "spool": self.cfg.spool_dir},
+                                     {"outbox": self.cfg.outbox}, self._mounts)
+        reason = trouble and trouble.reason
         if reason != self.paused:
             if reason:
                 log.info("worker_paused", reason=reason, device=str(self.device))
