@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from nstd.daemon.journal import Journal
 from nstd.log import get
-from nstd.web.metrics import Live, registry
+from nstd.web.metrics import Live, Reader, registry
 from nstd.web.server import Endpoint, Probe
 
 log = get("nstd.web")
@@ -21,9 +20,10 @@ def start(service) -> Endpoint | None:
         return None
     live = Live(paused=lambda: service.folders.trouble and service.folders.trouble.reason,
                 settling=lambda: len(service.inputs.settle), outages=lambda: service.outage.count)
-    probe = Probe(healthy=lambda: _healthy(service), ready=lambda: _ready(service))
+    reader = Reader(service.cfg.journal_target)
+    probe = Probe(healthy=lambda: _healthy(service), ready=lambda: _ready(service, reader))
     try:
-        endpoint = Endpoint(cfg.host, cfg.port, registry(service.cfg.journal_target, live), probe, service.token)
+        endpoint = Endpoint(cfg.host, cfg.port, registry(reader, live), probe, service.token, on_stop=reader.close)
     except OSError as e:
         log.warning("http_not_started", listen=f"{cfg.host}:{cfg.port}", error=e.strerror,
                     meaning="metrics and health are not served; the daemon works on")
@@ -41,14 +41,14 @@ def _healthy(service) -> tuple[bool, str]:
     return True, "alive"
 
 
-def _ready(service) -> tuple[bool, str]:
+def _ready(service, reader: Reader) -> tuple[bool, str]:
     trouble = service.folders.trouble
     if trouble is not None:
         return False, f"paused: {trouble.reason}"
     if service.outage.down_since is not None:
         return False, "the journal's database is unavailable"
     try:
-        Journal(service.cfg.journal_target, readonly=True).close()
+        reader.read(lambda journal: journal.counts())
     except Exception as e:  # noqa: BLE001 - whatever keeps the journal from answering
         return False, f"the journal does not answer ({type(e).__name__}: {e})"
     alive = [w for w in service.workers if w.alive()]

@@ -35,12 +35,14 @@ class Probe:
 
 
 class Endpoint:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, probe: Probe, token: str | None):
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, probe: Probe, token: str | None,
+                 on_stop: Callable[[], None] = lambda: None):
         handler = type("Handler", (_Handler,), {"registry": registry, "probe": probe, "token": token})
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("Server", (_BoundedServer,), {"address_family": family})
         self.server = server_class((host, port), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="nstd-http", daemon=True)
+        self.on_stop = on_stop
 
     @property
     def port(self) -> int:
@@ -53,6 +55,7 @@ class Endpoint:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.on_stop()
 
 
 class _BoundedServer(ThreadingHTTPServer):
