@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon_harness import Daemon, photo_bytes, wait_for, write_config  # noqa: E402
 from nstd.bench.measure import machine  # noqa: E402
-from shares import SambaServer, SmbMount  # noqa: E402
+from shares import SambaServer, SmbMount, served  # noqa: E402
 from soak import STYLES, count_outputs, failed_reasons, missing_and_twice, models_dir  # noqa: E402
 
 SHARED = ("inbox", "outbox", "failed", "processed", "spool")
@@ -36,15 +36,8 @@ SHARED = ("inbox", "outbox", "failed", "processed", "spool")
 
 def share_soak(work: Path, photos: int, restarts: int, drops: int, seed: int, outage: float = 8.0,
                log=print) -> dict:
-    server = SambaServer().start()
-    try:
-        mount = SmbMount(work / "mnt", server).mount()
-        try:
-            return _run(work, server, mount, photos, restarts, drops, seed, outage, log)
-        finally:
-            mount.unmount()
-    finally:
-        server.close()
+    with served(SambaServer(), SmbMount, work / "mnt") as (server, mount):
+        return _run(work, server, mount, photos, restarts, drops, seed, outage, log)
 
 
 def _run(work: Path, server: SambaServer, mount: SmbMount, photos: int, restarts: int, drops: int, seed: int,

@@ -162,12 +162,17 @@ def listening_sockets(pid: int) -> list[str]:
 
 # --- in-process helpers for the `service` fixture (conftest.py) ---------------------
 
+def accept(svc, name: str, seed: int):
+    """A photo written to the inbox and handed to intake as settled: what became of it."""
+    path = svc.cfg.inbox / name
+    path.write_bytes(photo_bytes(40, 40, seed))
+    st = path.stat()
+    return svc.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino))
+
+
 def take(svc, *names, seed=100):
     for i, name in enumerate(names):
-        path = svc.cfg.inbox / name
-        path.write_bytes(photo_bytes(40, 40, seed + i))
-        st = path.stat()
-        assert svc.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino)).kind is Kind.QUEUED
+        assert accept(svc, name, seed + i).kind is Kind.QUEUED
 
 
 def run_once(svc):

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 SMB_SHARE = "photos"
@@ -230,6 +231,21 @@ class SshfsMount(Mount):
                        check=True, capture_output=True)
         _until(self.mounted, "the SFTP mount")
         return self
+
+
+@contextmanager
+def served(server: _Server, mount_class, point: Path):
+    """The server started and its share mounted at `point`; both taken down again
+    whatever happens, so that no server is left holding its port for the next test."""
+    server.start()
+    try:
+        mount = mount_class(point, server).mount()
+        try:
+            yield server, mount
+        finally:
+            mount.unmount()
+    finally:
+        server.close()
 
 
 def _until(predicate, what: str, timeout: float = 30) -> None:

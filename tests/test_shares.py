@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import Daemon, files, photo_bytes, wait_for, write_config
-from shares import SambaServer, SftpServer, SmbMount, SshfsMount
+from shares import SambaServer, SftpServer, SmbMount, SshfsMount, served
 
 pytestmark = pytest.mark.slow
 SHARED = ("inbox", "outbox", "failed", "processed", "spool")
@@ -22,20 +22,14 @@ STYLES = ("ink", "wash")
 
 @pytest.fixture
 def smb(tmp_path):
-    server = SambaServer().start()
-    mount = SmbMount(tmp_path / "smb", server).mount()
-    yield server, mount
-    mount.unmount()
-    server.close()
+    with served(SambaServer(), SmbMount, tmp_path / "smb") as both:
+        yield both
 
 
 @pytest.fixture
 def sftp(tmp_path):
-    server = SftpServer().start()
-    mount = SshfsMount(tmp_path / "sftp", server).mount()
-    yield server, mount
-    mount.unmount()
-    server.close()
+    with served(SftpServer(), SshfsMount, tmp_path / "sftp") as both:
+        yield both
 
 
 def share_config(root: Path, share: Path, models: Path, **overrides) -> Path:

@@ -10,7 +10,7 @@ from nstd.daemon import sidecar
 from nstd.errors import ConfigError
 from nstd.params import TransferParams
 
-from daemon_harness import photo_bytes, take
+from daemon_harness import accept, photo_bytes, take
 
 
 def test_paths_run_from_the_inbox_root_to_the_photo():
@@ -185,14 +185,10 @@ def test_a_hostile_sidecar_is_one_line_before_any_value_is_built(tmp_path, text,
 def test_a_sidecars_bad_value_is_quoted_short(service, text, message):
     """Every refusal quotes the value cut short, however large it is."""
     (service.cfg.inbox / "p.jpg.nstd.yaml").write_text(text)
-    path = service.cfg.inbox / "p.jpg"
-    path.write_bytes(photo_bytes(40, 40, 3))
-    (service.cfg.inbox / "p.jpg.regions.png").write_bytes(photo_bytes(40, 40, 4, "PNG"))
-    if "regions" not in text:
-        (service.cfg.inbox / "p.jpg.regions.png").unlink()
+    if "regions" in text:
+        (service.cfg.inbox / "p.jpg.regions.png").write_bytes(photo_bytes(40, 40, 4, "PNG"))
     service.inputs.settle.seconds = 0
-    st = path.stat()
-    out = service.intake.accept("p.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    out = accept(service, "p.jpg", 3)
     assert out.kind is Kind.FAILED and re.match(message, out.detail), out.detail
     assert len(out.detail) < 400
     assert (service.cfg.failed / "p.jpg").exists()  # nothing lost
@@ -212,10 +208,7 @@ def test_a_sidecar_cannot_hold_the_worker_for_ever(service, text, message):
 
     service.runtime = replace(service.runtime, cfg=replace(service.cfg, limits=Limits(snapshots=3)))
     (service.cfg.inbox / "p.jpg.nstd.yaml").write_text(text)
-    path = service.cfg.inbox / "p.jpg"
-    path.write_bytes(photo_bytes(40, 40, 3))
-    st = path.stat()
-    out = service.intake.accept("p.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    out = accept(service, "p.jpg", 3)
     assert out.kind is Kind.FAILED and out.detail.startswith(message), out.detail
     assert service.journal.counts()["queued"] == 0
 
@@ -245,8 +238,5 @@ def test_the_configs_own_settings_are_never_over_its_limits(service):
     service.runtime = Runtime.load(cfg)
     take(service, "a.jpg")
     (service.cfg.inbox / "b.jpg.nstd.yaml").write_text("iterations: 3001\n")
-    path = service.cfg.inbox / "b.jpg"
-    path.write_bytes(photo_bytes(40, 40, 3))
-    st = path.stat()
-    out = service.intake.accept("b.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
+    out = accept(service, "b.jpg", 3)
     assert out.kind is Kind.FAILED and "over limits.iterations (3,000)" in out.detail
