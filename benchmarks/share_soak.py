@@ -52,7 +52,11 @@ def _run(work: Path, server: SambaServer, mount: SmbMount, photos: int, restarts
                           worker={"batch_window": 0.3, "stop_timeout": 5, "retry_backoff": 0.5})
     faults = ["restart"] * restarts + ["drop"] * drops
     rng.shuffle(faults)
-    at = sorted(rng.sample(range(5, max(6, photos - 5)), len(faults)))  # after which photo each fault comes
+    # After which photo each fault comes: away from the run's ends where there is room.
+    room = range(5, photos - 5) if photos - 10 >= len(faults) else range(photos)
+    if len(room) < len(faults):
+        raise ValueError(f"{photos} photos leave no room for {len(faults)} faults; drop more photos")
+    at = sorted(rng.sample(room, len(faults)))
     versions: dict[str, str] = {}
     d = Daemon(config).start()
     started = time.monotonic()
