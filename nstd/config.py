@@ -130,10 +130,10 @@ def load(path: Path) -> Config:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}); is it the YAML config?") from None
-    return parse(safeyaml.load(data, str(path), safeyaml.CONFIG) or {}, Path(path))
+    return parse(safeyaml.load(text, str(path), safeyaml.CONFIG) or {}, Path(path))
 
 
 def parse(raw: Any, path: Path) -> Config:
