@@ -99,12 +99,16 @@ def own_litter(folder: Path) -> list[Path]:
     """Temporary files below `folder` that this process began and could not remove: a
     write a share's outage cut short, whose clean-up failed for the same reason. Call it
     only where this process is not writing there at the same time."""
-    mine = (host_tag(), str(os.getpid()))
     try:
-        found = [p for p in folder.rglob(".*.tmp") if (m := WRITER.search(p.name)) and (m["host"], m["pid"]) == mine]
+        return [p for p in folder.rglob(".*.tmp") if is_own(p)]
     except OSError:
         return []
-    return found
+
+
+def is_own(path: Path) -> bool:
+    """Whether a temporary file's name says this process wrote it."""
+    found = WRITER.search(path.name)
+    return found is not None and (found["host"], found["pid"]) == (host_tag(), str(os.getpid()))
 
 
 def left_by_dead_writer(path: Path, host: str | None = None) -> bool:

@@ -1,6 +1,7 @@
 """The daemon's folders when their share goes: paused once, resumed once, and nothing ever
 written to the disk below a mount point whose share has gone."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -101,3 +102,30 @@ def test_a_mount_that_goes_between_the_look_and_the_write_makes_nothing(tmp_path
     with pytest.raises(FolderGone):
         atomic_write(root / "ink" / "p.jpg", b"image")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_probe_an_outage_cut_short_is_cleared_by_the_next_that_succeeds(tmp_path):
+    from nstd.fsutil import host_tag
+    mine = tmp_path / f".nstd-probe.%40{host_tag()}%40{os.getpid()}.77.tmp"  # as smbnetfs lists it
+    theirs = tmp_path / f".nstd-probe.@{host_tag()}@{os.getpid() + 1}.77.tmp"  # another process's
+    mine.write_bytes(b"")
+    theirs.write_bytes(b"")
+    assert outbox.unwritable(tmp_path) is None
+    assert not mine.exists() and theirs.exists()
+
+
+def test_threads_probing_one_folder_never_see_it_unwritable(tmp_path):
+    import threading
+    seen: list[str | None] = []
+
+    def probe():
+        for _ in range(200):
+            seen.append(outbox.unwritable(tmp_path))
+
+    threads = [threading.Thread(target=probe) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [None] * 800
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 from pathlib import Path, PurePosixPath
 
 from nstd import images, publish
 from nstd.daemon.journal import Job
-from nstd.fsutil import (SHARE_ERRNOS, contained, fit_name, host_tag, is_share_error, left_by_dead_writer,
-                         make_folders)
+from nstd.fsutil import (SHARE_ERRNOS, contained, fit_name, host_tag, is_own, is_share_error,
+                         left_by_dead_writer, make_folders)
 from nstd.publish import STEM_ROOM
 
 
@@ -91,18 +92,33 @@ def destination_trouble(e: OSError) -> bool:
     return e.errno in DESTINATION_ERRNOS or is_share_error(e)
 
 
+PROBE = ".nstd-probe"
 MIN_FREE_BYTES = 64 << 20  # below this, a batch's images may not fit (a tenth of a small volume)
+
+
+def _clear_own_probes(folder: Path) -> None:
+    """Probes of this process that an outage left (a share may list '@' as '%40', so
+    they are found by listing, not by name)."""
+    for path in folder.glob(f"{PROBE}.*.tmp"):
+        if is_own(path):
+            path.unlink(missing_ok=True)
 
 
 def unwritable(outbox: Path) -> str | None:
     """Why nothing can be written to the outbox now, or None. A real write is tried:
-    permissions and read-only flags on a share do not always say."""
-    probe = outbox / f".nstd-probe.@{host_tag()}@{os.getpid()}.tmp"  # fsutil.own_litter's, if left
+    permissions and read-only flags on a share do not always say. Each thread probes
+    under a name of its own (the supervisor and the worker look at the same folder), and
+    a probe that succeeds removes what an earlier one, cut short by an outage, left."""
+    probe = outbox / f"{PROBE}.@{host_tag()}@{os.getpid()}.{threading.get_native_id()}.tmp"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.close(fd)
-        os.unlink(probe)
+        try:
+            os.unlink(probe)
+        except FileNotFoundError:
+            pass  # another thread's clearing took it: the write happened all the same
         st = os.statvfs(outbox)
+        _clear_own_probes(outbox)
     except OSError as e:
         return f"{outbox} cannot be written ({e.strerror})"
     free = st.f_bavail * st.f_frsize
