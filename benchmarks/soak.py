@@ -91,6 +91,15 @@ def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 
     rng = random.Random(seed)
     tally = Tally()
     outbox_tmpfs = try_tmpfs(work / "outbox", "32m")
+    try:
+        return _soak(work, photos, kills, seed, rng, tally, outbox_tmpfs, size)
+    finally:  # whatever happened, no mount is left behind (a failed run left one in /tmp)
+        if outbox_tmpfs:
+            subprocess.run(["umount", "-l", str(work / "outbox")], capture_output=True)
+
+
+def _soak(work: Path, photos: int, kills: int, seed: int, rng: random.Random, tally: "Tally", outbox_tmpfs: bool,
+          size: int) -> dict:
     cfg = write_config(work, models_dir(work), transfer={"iterations": 20, "size": size, "log_every": 10},
                        watch={"settle_seconds": 0.4, "rescan_interval": 3},
                        worker={"max_attempts": 50, "retry_backoff": 0.5, "stop_timeout": 2})
@@ -130,8 +139,6 @@ def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 
                            "max": round(max(tally.rss_kib) / 1024, 1),
                            "last": round(tally.rss_kib[-1] / 1024, 1)},
                   retries=_retries(work))
-    if outbox_tmpfs:
-        subprocess.run(["umount", "-l", str(work / "outbox")], capture_output=True)
     return report
 
 

@@ -14,7 +14,7 @@ SCHEMA = 1
 
 def loss_log(*, input_path: str, input_sha256: str, styles: list[dict], params: TransferParams,
              weights: WeightInfo, device: str, batch_id: str, batch_size: int, batch_index: int,
-             output: dict, timings: dict, history: list[dict], job_id: str | None = None,
+             output: dict, timings: dict, history: list[dict], job_id: int | None = None,
              runs: list[dict] | None = None, guide: dict | None = None) -> dict:
     """`runs`: how each scale ran (size, seconds, precision, checkpointing, peak memory).
     `guide`: the mask, region map or faces that shaped it (its records then carry

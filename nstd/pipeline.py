@@ -1,7 +1,8 @@
 """One pipeline for the daemon's worker and `nstd stylize`: load, run, publish.
 
-Both build `Task`s, hand them to `Pipeline.run` with a `Sink` that knows where outputs
-go and what to record, and get the same pixels for the same photo, style and settings.
+Both build `Task`s and hand them to `Pipeline.run` with their `Work`, which gives more
+tasks as places come free, hears the progress and takes the outcomes; both get the same
+pixels for the same photo, style and settings.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import torch
@@ -19,7 +20,8 @@ from nstd.engine.device import describe
 from nstd.engine.memory import Footprint, least_bytes
 from nstd.engine.resize import POOLED, long_side_size, resize_photo
 from nstd.engine.runner import Engine
-from nstd.engine.types import Progress, TransferJob, TransferResult
+from nstd.engine.session import Outcome, Verdict
+from nstd.engine.types import TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
 from nstd.guide import Guide, GuideSpec, engine_regions, load, protect_faces
@@ -107,18 +109,28 @@ class Task:
     params: TransferParams
     input_path: str  # as the loss log names it
     input_sha256: str
-    job_id: str | None = None
+    job_id: int | None = None  # the journal's, in the daemon
     queued: float | None = None
     batch_id: str | None = None  # the claim's, in the daemon; else one is made per batch
     guide: Guide | None = None  # masks: which parts take which style, and which keep the photo
 
 
-class Sink(Protocol):
-    """Where a pipeline's outcomes go: the daemon's outbox and journal, or a folder."""
+class Work(Protocol):
+    """A batch as its owner sees it, in tasks: the daemon's worker (its claims, the outbox
+    and the journal) or `nstd stylize` (a queue and a folder). The pipeline turns it into
+    the engine's session (see engine/session.py)."""
 
-    def publish(self, task: Task, result: TransferResult, log: dict) -> None: ...
+    def take(self, n: int) -> list[Task]:
+        """Up to n tasks of the batch's size and settings for places that came free."""
 
-    def refuse(self, task: Task, reason: str) -> None: ...
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        """Each iteration's progress; the answer says whether to go on."""
+
+    def publish(self, task: Task, result: TransferResult, log: dict) -> None:
+        """A finished task, on the publisher's thread (see handoff)."""
+
+    def refuse(self, task: Task, reason: str) -> None:
+        """A task the engine could not run, on the publisher's thread."""
 
 
 class Pipeline:
@@ -127,48 +139,22 @@ class Pipeline:
         self.engine, self.model, self.clock = engine, model, clock
         self.style_for = style_for  # the styles a region map's colours may name
 
-    def run(self, tasks: list[Task], sink: Sink, progress: Progress | None = None,
-            more: Callable[[int], list[Task]] | None = None) -> None:
-        """Run same-size tasks that share their batch settings as one batch. `more(n)` may
-        give up to n tasks of the same size and settings to take the places of finished
-        images: continuous batching, as a server of language models batches requests.
-        Outcomes reach `sink` on a thread of its own (see handoff), all of them by the
+    def run(self, tasks: list[Task], work: Work) -> Outcome:
+        """Run same-size tasks that share their batch settings as one batch. As images
+        finish, `work` is asked for more tasks of the same size and settings to take their
+        places: continuous batching, as a server of language models batches requests.
+        Outcomes reach `work` on a thread of its own (see handoff), all of them by the
         time this returns."""
-        tasks = list(tasks)
         params = tasks[0].params
         model, info = self.model(params)
-        long_side = max(tasks[0].photo.pixels.shape[-2:])
         size = tuple(tasks[0].photo.pixels.shape[-2:])
-        started = [self.clock()] * len(tasks)  # each task's, for its loss log's timings
-        batch_id = tasks[0].batch_id or uuid.uuid4().hex[:12]
+        with Handoff(work) as out:
+            session = _Session(self, work, out, info, size, tasks[0].batch_id or uuid.uuid4().hex[:12])
+            return self.engine.run(model, session, session.jobs(tasks), params.scales(max(size)), params.settings())
 
-        def job(t: Task) -> TransferJob:
-            return t.params.job(t.photo.pixels, t.style.style_images(t.params),
-                                engine_regions(t.guide, t.style, self.style_for, t.params, size))
-
-        def refill(n: int) -> list[TransferJob]:
-            new = more(n)
-            tasks.extend(new)
-            started.extend([self.clock()] * len(new))
-            return [job(t) for t in new]
-
-        with Handoff(sink) as out:
-            def done(positions: list[int], results: list[TransferResult]) -> None:
-                finished = self.clock()
-                for i, result in zip(positions, results):
-                    run = result.runs[-1]
-                    log = self._log(tasks[i], result, info, batch_id, (run.batch, run.slot), (started[i], finished))
-                    out.publish(tasks[i], result, log)
-
-            def refused(positions: list[int], reason: str) -> None:
-                for i in positions:
-                    out.refuse(tasks[i], reason)
-
-            self.engine.run(model, [job(t) for t in tasks], params.scales(long_side), params.settings(), done,
-                            refused, progress, None if more is None else refill)
-
-    def _log(self, task: Task, result: TransferResult, info: WeightInfo, batch_id: str,
-             batch: tuple[int, int], times: tuple[float, float]) -> dict:
+    def log(self, task: Task, result: TransferResult, info: WeightInfo, batch_id: str,
+            batch: tuple[int, int], times: tuple[float, float]) -> dict:
+        """The task's loss log."""
         started, finished = times
         h, w = result.image.shape[-2:]
         return losslog.loss_log(
@@ -181,6 +167,43 @@ class Pipeline:
                      "seconds": round(finished - started, 3)},
             history=result.history, runs=[r.as_dict() for r in result.runs],
             guide=None if task.guide is None else task.guide.log)
+
+
+class _Session:
+    """The engine's session over a Work: tasks become the engine's jobs, numbered here,
+    and results become loss logs, handed to the publisher's thread."""
+
+    def __init__(self, pipeline: Pipeline, work: Work, out: Handoff, info: WeightInfo, size: tuple[int, int],
+                 batch_id: str):
+        self.pipeline, self.work, self.out, self.info, self.size = pipeline, work, out, info, size
+        self.batch_id = batch_id
+        self.tasks: dict[int, tuple[Task, float]] = {}  # by the engine job's id: the task, and when it began
+
+    def jobs(self, tasks: list[Task]) -> list[TransferJob]:
+        out = []
+        now = self.pipeline.clock()
+        for t in tasks:
+            number = len(self.tasks)
+            self.tasks[number] = (t, now)
+            regions = engine_regions(t.guide, t.style, self.pipeline.style_for, t.params, self.size)
+            out.append(replace(t.params.job(t.photo.pixels, t.style.style_images(t.params), regions), id=number))
+        return out
+
+    def take(self, n: int) -> list[TransferJob]:
+        return self.jobs(self.work.take(n))
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        return self.work.progress(iteration, losses)
+
+    def finished(self, job: TransferJob, result: TransferResult) -> None:
+        task, started = self.tasks.pop(job.id)
+        run = result.runs[-1]
+        log = self.pipeline.log(task, result, self.info, self.batch_id, (run.batch, run.slot),
+                                (started, self.pipeline.clock()))
+        self.out.publish(task, result, log)
+
+    def refused(self, job: TransferJob, reason: str) -> None:
+        self.out.refuse(self.tasks.pop(job.id)[0], reason)
 
 
 def output_exif(photo: Photo, style: Style) -> bytes | None:

@@ -17,6 +17,7 @@ from nstd.engine.device import free_memory, resolve_device, total_memory
 from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine.runner import Engine
+from nstd.engine.session import Verdict
 from nstd.engine.types import Progress, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError, NstdError
@@ -86,7 +87,7 @@ def run(req: Request, on_error: Callable[[str], None],
     switches = Switches()
     pipeline = Pipeline(Engine(MemoryPlanner(device, switches, partial(free_memory, device)), switches),
                         lambda _params: (model, info), style_for=by_name.__getitem__)
-    sink = _Folder(req, on_error)
+    folder = _Folder(req, on_error)
     runs = []
     for group in groups.values():
         tasks = [Task(photo, style, req.params, str(path), sha, guide=guide)
@@ -105,24 +106,38 @@ def run(req: Request, on_error: Callable[[str], None],
             # Iterations of the loop: a ceiling when photos stop early.
             total = req.params.total_iterations(max(h, w)) * -(-len(tasks) // req.max_batch)
             progress = make_progress(label, total) if make_progress else None
-            queue = tasks[req.max_batch:]
-            pipeline.run(tasks[:req.max_batch], sink, progress, _taker(queue))
+            work = FolderBatch(folder, tasks[req.max_batch:], progress)
+            pipeline.run(tasks[:req.max_batch], work)
             if progress is not None:
                 progress(total, None)
-            tasks = queue
-    failed = failures * len(styles) + sink.failures
+            tasks = work.queue
+    failed = failures * len(styles) + folder.failures
     if counts is not None:
-        counts.update(written=sink.written, expected=sink.written + failed)
+        counts.update(written=folder.written, expected=folder.written + failed)
     return failed
 
 
-def _taker(queue: list[Task]) -> Callable[[int], list[Task]]:
-    """Hands out the queue's next tasks as places in the running batch come free."""
-    def take(n: int) -> list[Task]:
-        out, queue[:] = queue[:n], queue[n:]
+class FolderBatch:
+    """The command's batch session (pipeline.Work): newcomers from its queue, progress to
+    the terminal, outcomes into the folder. It never stops a batch early."""
+
+    def __init__(self, folder: "_Folder", queue: list[Task], progress: Progress | None):
+        self.folder, self.queue, self.on_progress = folder, queue, progress
+
+    def take(self, n: int) -> list[Task]:
+        out, self.queue = self.queue[:n], self.queue[n:]
         return out
 
-    return take
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        if self.on_progress is not None:
+            self.on_progress(iteration, losses)
+        return Verdict.GO
+
+    def publish(self, task: Task, result: TransferResult, log: dict) -> None:
+        self.folder.publish(task, result, log)
+
+    def refuse(self, task: Task, reason: str) -> None:
+        self.folder.refuse(task, reason)
 
 
 def _load(req: Request, on_error: Callable[[str], None], memory: int | None) -> tuple[dict[tuple, list], int]:

@@ -73,17 +73,17 @@ def test_stylize_out_of_memory_splits_then_checkpoints_then_names_the_photo(tmp_
 
     photos = [write_photo(tmp_path / f"{n}.png", 40, 40, i) for i, n in enumerate("abc")]
     style = write_photo(tmp_path / "s.png", 40, 40, 9)
-    real, tried = runner.run_scales, []
+    real, tried = runner.multiscale.run, []
     c_pixels = resize_photo(decode(photos[2].read_bytes(), "c", 10**8).pixels, (32, 32))
 
-    def tight(model, jobs, scales, settings, cache, progress, switches, *rest):
+    def tight(model, session, jobs, scales, settings, cache, switches, *rest):
         tried.append((len(jobs), switches.checkpoint))
         # Only one image fits, and only with checkpointing; photo c never fits.
         if len(jobs) > 1 or not switches.checkpoint or torch.equal(jobs[0].content, c_pixels):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
-        return real(model, jobs, scales, settings, cache, progress, switches, *rest)
+        return real(model, session, jobs, scales, settings, cache, switches, *rest)
 
-    monkeypatch.setattr(runner, "run_scales", tight)
+    monkeypatch.setattr(runner.multiscale, "run", tight)
     rc = main(["stylize", *map(str, photos), "-s", str(style), "-o", str(tmp_path / "o"), "--size", "32",
                "--iterations", "2", "--model", "random", "--models-dir", str(models), "--max-batch", "3"])
     err = capsys.readouterr().err

@@ -266,18 +266,13 @@ def test_an_image_whose_loss_is_not_finite_is_refused_and_its_batch_mates_are_no
 
     engine = Engine(MemoryPlanner(torch.device("cpu"), Switches("fp32"), lambda: None), Switches("fp32"))
     good, bad = jobs_for(2)
-    bad = TransferJob(bad.content, bad.styles, style_weight=float("nan"))  # a black image, before
-    done, refused = [], []
+    from nstd.engine.session import Collect
 
-    def on_done(positions, results):
-        done.extend(positions)
-
-    def on_refused(positions, why):
-        refused.append((positions, why))
-
-    engine.run(tiny_model, [good, bad], [Scale(32, 3, 10)], BatchSettings(iterations=3), on_done, on_refused)
-    assert done == [0]
-    assert refused == [([1], "the loss became NaN or infinite; lower the weights or the learning rate")]
+    bad = TransferJob(bad.content, bad.styles, style_weight=float("nan"), id=1)  # a black image, before
+    session = Collect()
+    engine.run(tiny_model, session, [good, bad], [Scale(32, 3, 10)], BatchSettings(iterations=3))
+    assert list(session.results) == [0]
+    assert session.refusals == {1: "the loss became NaN or infinite; lower the weights or the learning rate"}
 
 
 def test_odd_sizes_stylize_their_last_row_and_column_like_the_rest(tiny_model, monkeypatch):

@@ -20,16 +20,16 @@ def test_schedule_grows_by_the_factor_and_ends_at_the_target():
 
 def test_each_scale_starts_from_the_last_and_the_output_has_the_requested_size(tiny_model, monkeypatch):
     calls = []
-    real = multiscale.run_batch
+    real = multiscale.transfer.run
 
-    def spy(model, jobs, settings, cache, progress, switches, free=None):
+    def spy(model, session, jobs, settings, cache, switches, free=None):
         calls.append((jobs[0].content.shape, None if jobs[0].init_image is None else jobs[0].init_image.clone(),
                       settings.iterations))
-        out = real(model, jobs, settings, cache, progress, switches, free)
-        calls[-1] += (out[0].image.clone(),)
+        out = real(model, session, jobs, settings, cache, switches, free)
+        calls[-1] += (session.results[jobs[0].id].image.clone(),)
         return out
 
-    monkeypatch.setattr(multiscale, "run_batch", spy)
+    monkeypatch.setattr(multiscale.transfer, "run", spy)
     photo = rand_image(90, 120, seed=1)
     job = TransferJob(photo, (StyleImage(rand_image(40, 40, seed=2), key="s"),), style_weight=50.0)
     scales = schedule(120, 30, 2.0, 6, (3,), 10)
@@ -74,13 +74,13 @@ def test_a_last_scale_at_the_same_size_runs_at_its_own_precision_from_the_result
     from nstd.engine.switches import Switches, resolve
 
     starts = []
-    real = multiscale.run_batch
+    real = multiscale.transfer.run
 
-    def spy(model, jobs, *args):
+    def spy(model, session, jobs, *args):
         starts.append(jobs[0].init_image)
-        return real(model, jobs, *args)
+        return real(model, session, jobs, *args)
 
-    monkeypatch.setattr(multiscale, "run_batch", spy)
+    monkeypatch.setattr(multiscale.transfer, "run", spy)
     job = TransferJob(rand_image(30, 40, seed=1), (StyleImage(rand_image(40, 40, seed=2), key="s"),))
     bf16 = Switches("bf16", checkpoint=False)
     scales = [Scale(40, 3, 5), Scale(40, 2, 5, "fp32")]

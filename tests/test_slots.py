@@ -1,6 +1,8 @@
 """Per-image stopping and slot refill: a photo leaves the batch when its loss is flat, and
 a queued one of the same size takes its place with a fresh optimiser."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,8 +10,9 @@ from nstd.engine.loop import flat
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine.multiscale import Scale
 from nstd.engine.runner import Engine
+from nstd.engine.session import Collect, Outcome, Verdict
 from nstd.engine.switches import Switches
-from nstd.engine.transfer import run_batch
+from nstd.engine.transfer import run, run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 
 from conftest import rand_image
@@ -19,6 +22,27 @@ STYLE = StyleImage(rand_image(36, 36, seed=99), key="style-a")
 
 def job(seed: int, **kw) -> TransferJob:
     return TransferJob(rand_image(32, 40, seed=seed), (STYLE,), init="noise", seed=seed, **kw)
+
+
+def numbered(jobs: list[TransferJob], start: int = 0) -> list[TransferJob]:
+    return [replace(j, id=start + i) for i, j in enumerate(jobs)]
+
+
+class Asked(Collect):
+    """A Collect that notes how many newcomers it was asked for, and checks each job
+    comes back once."""
+
+    def __init__(self, queue):
+        super().__init__(queue=queue)
+        self.asked = []
+
+    def take(self, n):
+        self.asked.append(n)
+        return super().take(n)
+
+    def finished(self, job, result):
+        assert job.id not in self.results
+        super().finished(job, result)
 
 
 def test_flat_needs_a_full_window_and_a_small_gain():
@@ -47,21 +71,11 @@ def test_refilled_jobs_run_as_they_would_alone(tiny_model, reproducible):
     # start and optimiser state. Every result is handed over once, numbered in order given.
     switches = Switches("fp32", reproducible=reproducible)
     settings = BatchSettings(iterations=8, log_every=4)
-    queue = [job(2), job(3, style_weight=30.0), job(4)]
-    asked, got = [], {}
-
-    def refill(n):
-        asked.append(n)
-        out, queue[:] = queue[:n], queue[n:]
-        return out
-
-    def finished(i, result):
-        assert i not in got
-        got[i] = result
-
-    assert run_batch(tiny_model, [job(0), job(1, tv_weight=1.0)], settings, switches=switches,
-                     refill=refill, finished=finished) == []
-    assert sorted(got) == [0, 1, 2, 3, 4] and asked[-1] >= 1
+    session = Asked(numbered([job(2), job(3, style_weight=30.0), job(4)], 2))
+    assert run(tiny_model, session, numbered([job(0), job(1, tv_weight=1.0)]), settings,
+               switches=switches) is Outcome.COMPLETE
+    got = session.results
+    assert sorted(got) == [0, 1, 2, 3, 4] and session.asked[-1] >= 1
     for i, j in enumerate([job(0), job(1, tv_weight=1.0), job(2), job(3, style_weight=30.0), job(4)]):
         [alone] = run_batch(tiny_model, [j], settings, switches=switches)
         assert [h["iteration"] for h in got[i].history] == [0, 4, 8]
@@ -76,11 +90,9 @@ def test_refilled_jobs_run_as_they_would_alone(tiny_model, reproducible):
 
 def test_stopping_with_refill_keeps_the_batch_busy(tiny_model):
     settings = BatchSettings(iterations=40, log_every=5, stop_tolerance=0.2, stop_window=5)
-    queue = [job(s) for s in range(2, 6)]
-    order = []
-    run_batch(tiny_model, [job(0), job(1)], settings,
-              refill=lambda n: [queue.pop(0) for _ in range(min(n, len(queue)))],
-              finished=lambda i, r: order.append((i, r.runs[0].iterations, r.runs[0].slot)))
+    session = Collect(queue=numbered([job(s) for s in range(2, 6)], 2))
+    run(tiny_model, session, numbered([job(0), job(1)]), settings)
+    order = [(i, session.results[i].runs[0].iterations, session.results[i].runs[0].slot) for i in session.order]
     assert sorted(i for i, _, _ in order) == list(range(6))
     assert all(its < 40 for _, its, _ in order) and {slot for _, _, slot in order} == {0, 1}
 
@@ -90,28 +102,28 @@ def test_a_job_with_regions_never_joins_and_a_regions_batch_never_asks(tiny_mode
 
     masked = job(1, regions=(Region(torch.ones(32, 40), (STYLE,), "all"),))
     with pytest.raises(ValueError, match="regions cannot take a place"):
-        run_batch(tiny_model, [job(0)], BatchSettings(iterations=2), refill=lambda n: [masked])
-    asked = []
-    run_batch(tiny_model, [masked], BatchSettings(iterations=2), refill=lambda n: asked.append(n) or [])
-    assert asked == []
+        run(tiny_model, Collect(queue=[replace(masked, id=1)]), [job(0)], BatchSettings(iterations=2))
+    session = Asked([job(2)])
+    run(tiny_model, session, [masked], BatchSettings(iterations=2))
+    assert session.asked == []
 
 
 def test_engine_reruns_unfinished_newcomers_after_out_of_memory(tiny_model):
     # The second refill runs out of memory: the newcomer of the first is not lost, and no
     # result is delivered twice.
     engine = Engine(MemoryPlanner(torch.device("cpu"), Switches(), lambda: None), Switches())
-    calls, done, refused = [], [], []
 
-    def refill(n):
-        calls.append(n)
-        if len(calls) == 1:
-            return [job(5)]
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    class Failing(Asked):
+        def take(self, n):
+            if self.asked:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().take(n)
 
+    session = Failing(numbered([job(5)], 2))
     settings = BatchSettings(iterations=4, log_every=2)
-    engine.run(tiny_model, [job(0), job(1)], [Scale(40, 4, 100)], settings,
-               lambda ps, rs: done.extend(ps), lambda ps, why: refused.extend(ps), refill=refill)
-    assert sorted(done) == [0, 1, 2] and refused == []
+    assert engine.run(tiny_model, session, numbered([job(0), job(1)]), [Scale(40, 4, 100)],
+                      settings) is Outcome.COMPLETE
+    assert sorted(session.results) == [0, 1, 2] and session.refusals == {}
 
 
 def test_a_compiled_iteration_matches_the_eager_one_and_is_reused_by_the_next_batch(vgg_sd):
@@ -163,13 +175,25 @@ def test_a_batch_left_with_few_working_images_goes_on_with_those_only(tiny_model
     monkeypatch.setattr(transfer._Problem, "iteration", counted)
     switches = Switches("fp32", reproducible=False)
     settings = BatchSettings(iterations=8, log_every=4)
-    queue = [job(9, style_weight=30.0)]
-    got = {}
-    run_batch(tiny_model, [job(s) for s in range(4)], settings, switches=switches,
-              refill=lambda n: [queue.pop() for _ in range(min(n, len(queue)))],
-              finished=lambda i, r: got.setdefault(i, r))
+    session = Asked([replace(job(9, style_weight=30.0), id=4)])
+    run(tiny_model, session, numbered([job(s) for s in range(4)]), settings, switches=switches)
+    got = session.results
     assert rows == [4] * 8 + [1] * 8 and sorted(got) == [0, 1, 2, 3, 4]
     [alone] = run_batch(tiny_model, [job(9, style_weight=30.0)], settings, switches=switches)
     assert [h["iteration"] for h in got[4].history] == [0, 4, 8]
     assert got[4].history[-1]["total"] == pytest.approx(alone.history[-1]["total"], rel=1e-4)
     assert torch.allclose(got[4].image, alone.image, atol=1e-3)
+
+
+@pytest.mark.parametrize("stop_at, asked", [(6, [2]), (4, [])])
+def test_a_session_that_says_stop_ends_the_batch_and_keeps_what_had_finished(tiny_model, stop_at, asked):
+    # Two places of four iterations and a newcomer waiting. Stopped at 6, the first two
+    # came back and the newcomer, two iterations in, does not; stopped at 4, as the first
+    # two finish, they come back all the same and no newcomer is asked for.
+    class Stopping(Asked):
+        def progress(self, iteration, losses):
+            return Verdict.STOP if iteration >= stop_at else Verdict.GO
+
+    session = Stopping(numbered([job(2)], 2))
+    assert run(tiny_model, session, numbered([job(0), job(1)]), BatchSettings(iterations=4)) is Outcome.STOPPED
+    assert sorted(session.results) == [0, 1] and session.asked == asked and session.refusals == {}

@@ -22,8 +22,9 @@ def test_status_time_left_holds_steady_between_logged_losses(service):
     """Losses are logged every 50 iterations; the time left nstd status shows must not
     sag between them (it read "4.2 h" for a photo that was through in 11 minutes)."""
     from nstd.daemon.report import eta as _eta
+    from nstd.daemon.batch import DaemonBatch
     from nstd.daemon.lease import LeaseKeeper
-    from nstd.daemon.worker import _Running
+    from nstd.daemon.outcomes import Outcomes
 
     j = service.journal
     (service.cfg.inbox / "a.jpg").write_bytes(photo_bytes(40, 40, 1))
@@ -31,13 +32,13 @@ def test_status_time_left_holds_steady_between_logged_losses(service):
     service.inputs.step(10.0)
     [job] = j.claim(j.oldest_queued(1e12).batch_key, 4, "b1", now=1000.0)
     now = [1040.0]  # loading the photo and the style took 40 s
-    service.worker.clock = lambda: now[0]
     keeper = LeaseKeeper(service.cfg.journal_target, "b1")  # not started: only `lost` is read
-    update = service.worker._progress(j, _Running({job.id: 0}), 200, keeper)
+    outcomes = Outcomes(service.cfg, j, {job.id: job}, lambda: True, lambda s: None)
+    session = DaemonBatch(j, outcomes, None, keeper, speed.Pace(200, clock=lambda: now[0]), lambda: None)
     total, readings = 200, []
     for it in range(1, total + 1):
         now[0] += 1.9 + (0.4 if it % 2 else -0.4)  # iterations of uneven length, 1.9 s on average
-        update(it, [{"iteration": it - 1, "total": 1.0}] if it % 50 == 1 else None)
+        session.progress(it, [{"iteration": it - 1, "total": 1.0}] if it % 50 == 1 else None)
         if it % 7 == 0 and 10 <= it <= 180:  # someone runs nstd status now and then
             at = now[0] + 1.0
             truly_left = sum(1.9 + (0.4 if k % 2 else -0.4) for k in range(it + 1, total + 1)) - 1.0

@@ -10,7 +10,7 @@ import torch
 
 from nstd.daemon.intake import Kind
 from nstd import config
-from nstd.daemon import outbox, worker as worker_mod
+from nstd.daemon import outbox, outcomes as outcomes_mod, worker as worker_mod
 from nstd.engine import runner
 from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
@@ -35,7 +35,7 @@ def test_disk_full_is_retried_then_succeeds(service, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(*args, **kw)
 
-    monkeypatch.setattr(worker_mod.outbox, "write", flaky)
+    monkeypatch.setattr(outcomes_mod.outbox, "write", flaky)
     run_once(service)
     [job] = service.journal.get_jobs([1])
     # The outbox's trouble, not the photo's: back in the queue, no attempt used up.
@@ -51,7 +51,7 @@ def test_an_outbox_that_cannot_be_written_never_fails_the_photo(service, monkeyp
     def broken(*args, **kw):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(worker_mod.outbox, "write", broken)
+    monkeypatch.setattr(outcomes_mod.outbox, "write", broken)
     for _ in range(4):  # more than max_attempts
         run_once(service)
     [job] = service.journal.get_jobs([1])
@@ -87,16 +87,16 @@ def test_no_work_is_taken_while_the_outbox_cannot_be_written(service, capsys):
 
 def test_out_of_memory_halves_the_batch(service, monkeypatch):
     take(service, "a.jpg", "b.jpg", "c.jpg")
-    real = runner.run_scales
+    real = runner.multiscale.run
     sizes = []
 
-    def tight(model, jobs, *args, **kw):
+    def tight(model, session, jobs, *args, **kw):
         sizes.append(len(jobs))
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, jobs, *args, **kw)
+        return real(model, session, jobs, *args, **kw)
 
-    monkeypatch.setattr(runner, "run_scales", tight)
+    monkeypatch.setattr(runner.multiscale, "run", tight)
     run_once(service)
     assert sizes == [3, 1, 2, 1, 1]
     assert [s for _, s, _ in states(service)] == ["done"] * 3
@@ -106,11 +106,11 @@ def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(servi
     take(service, "a.jpg")
     tried = []
 
-    def never(model, jobs, scales, settings, cache, progress, switches, *rest):
+    def never(model, session, jobs, scales, settings, cache, switches, *rest):
         tried.append(switches.checkpoint)
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(runner, "run_scales", never)
+    monkeypatch.setattr(runner.multiscale, "run", never)
     run_once(service)
     assert tried == [None, True]  # auto first, then activations recomputed
     [job] = service.journal.get_jobs([1])
@@ -119,14 +119,14 @@ def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(servi
 
 def test_out_of_memory_alone_succeeds_with_checkpointing(service, monkeypatch):
     take(service, "a.jpg")
-    real = runner.run_scales
+    real = runner.multiscale.run
 
     def needs_checkpoint(*args, **kw):
-        if not args[6].checkpoint:
+        if not args[6].checkpoint:  # (model, session, jobs, scales, settings, cache, switches, free)
             raise torch.OutOfMemoryError("CUDA out of memory.")
         return real(*args, **kw)
 
-    monkeypatch.setattr(runner, "run_scales", needs_checkpoint)
+    monkeypatch.setattr(runner.multiscale, "run", needs_checkpoint)
     run_once(service)
     assert states(service) == [("a.jpg", "done", 1)]
     [job] = service.journal.get_jobs([1])
@@ -151,7 +151,7 @@ def test_restart_adopts_complete_outputs_without_recomputing(service, monkeypatc
     # As if the daemon died after writing the outputs but before recording them.
     service.journal.db.execute("UPDATE jobs SET state = 'running'")
     (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").write_bytes(b"partial")
-    monkeypatch.setattr(runner, "run_scales", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(runner.multiscale, "run", lambda *a, **k: pytest.fail("recomputed"))
     service.recover()
     assert states(service) == [("a.jpg", "done", 1)]
     assert not (service.cfg.outbox / "ink" / ".a.jpg.x.tmp").exists()
@@ -263,19 +263,18 @@ def test_each_photo_is_decoded_once_for_all_its_styles_and_photos_side_by_side(t
 
 def test_a_stop_after_an_out_of_memory_split_requeues_only_the_unfinished_half(service, monkeypatch):
     take(service, "a.jpg", "b.jpg")
-    real = runner.run_scales
+    real = runner.multiscale.run
     halves = []
 
-    def tight(model, jobs, scales, settings, cache, progress, switches, *rest):
+    def tight(model, session, jobs, scales, settings, cache, switches, *rest):
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         halves.append(jobs)
         if len(halves) == 2:  # the second half: a stop arrives
             service.worker.deadline = 0.0
-            progress(1, None)
-        return real(model, jobs, scales, settings, cache, progress, switches, *rest)
+        return real(model, session, jobs, scales, settings, cache, switches, *rest)
 
-    monkeypatch.setattr(runner, "run_scales", tight)
+    monkeypatch.setattr(runner.multiscale, "run", tight)
     run_once(service)
     # a.jpg finished before the stop and stays finished; b.jpg goes back, its attempt undone.
     assert states(service) == [("a.jpg", "done", 1), ("b.jpg", "queued", 0)]
@@ -290,19 +289,19 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
     from nstd.daemon.workers import ThreadWorker
 
     take(service, "a.jpg", "b.jpg")
-    real = runner.run_scales
+    real = runner.multiscale.run
 
     singles = []
 
-    def dies_on_the_second_half(model, jobs, *args):  # noqa: the real signature, passed through
+    def dies_on_the_second_half(model, session, jobs, *args):  # noqa: the real signature, passed through
         if len(jobs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         singles.append(1)
         if len(singles) == 2:
             raise WorkerDied()
-        return real(model, jobs, *args)
+        return real(model, session, jobs, *args)
 
-    monkeypatch.setattr(runner, "run_scales", dies_on_the_second_half)
+    monkeypatch.setattr(runner.multiscale, "run", dies_on_the_second_half)
     handle = ThreadWorker(lambda: service.runtime, service.load_weights, service.devices[0])
     handle.start()
     handle.join(60)
@@ -312,7 +311,7 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
     service.watcher.start()
     restarted = []
     try:
-        monkeypatch.setattr(runner, "run_scales", real)
+        monkeypatch.setattr(runner.multiscale, "run", real)
         monkeypatch.setattr(service, "_start_worker", lambda device: restarted.append(device) or handle)
         service.health()
     finally:

@@ -20,9 +20,11 @@ import torch
 
 from nstd.bench import baseline, peer
 from nstd.bench.measure import Workload, final_losses, sync
+from nstd.engine import transfer
 from nstd.engine.device import free_memory
 from nstd.engine.losses import tv_loss
 from nstd.engine.multiscale import Scale, run_scales
+from nstd.engine.session import Collect
 from nstd.engine.sizes import least_long_side
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
@@ -143,20 +145,13 @@ def stream(model: VGGFeatures, w: Workload, batch: int, switches: Switches, phot
     cache, free = GramCache(), partial(free_memory, device)
     run_batch(model, [job] * batch, replace(settings, iterations=2), cache, switches=switches, free=free)  # warm
     given = min(batch, photos)
-
-    def refill(n: int) -> list:
-        nonlocal given
-        k = max(0, min(n, photos - given))
-        given += k
-        return [job] * k
-
-    done: list[tuple[int, torch.Tensor]] = []
+    stream = Collect(queue=[replace(job, id=i) for i in range(given, photos)])
     sync(device)
     start = time.perf_counter()
-    run_batch(model, [job] * given, settings, cache, None, switches, free, refill,
-              lambda i, result: done.append((result.runs[-1].iterations, result.image)))
+    transfer.run(model, stream, [replace(job, id=i) for i in range(given)], settings, cache, switches, free)
     sync(device)
     seconds = time.perf_counter() - start
+    done = [(stream.results[i].runs[-1].iterations, stream.results[i].image) for i in stream.order]
     ratios = [objective(model, w, image) / reference for _, image in done]
     return {"batch": batch, "photos": len(done), "seconds": seconds, "photos_per_hour": 3600 * len(done) / seconds,
             "mean_iterations": statistics.fmean(k for k, _ in done), "tolerance": TOLERANCE,

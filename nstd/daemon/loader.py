@@ -71,5 +71,5 @@ class Loader:
             style = regions_style(spec, params, book.get) if job.style == REGIONS_STYLE else book.get(job.style)
             # Exactly the size intake recorded, so every job of a batch matches.
             out.append(Task(load_photo(decoded, (job.height, job.width)), style, params, job.relpath,
-                            job.input_sha256, str(job.id), job.queued, job.batch_id, guide))
+                            job.input_sha256, job.id, job.queued, job.batch_id, guide))
         return out

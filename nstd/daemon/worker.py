@@ -11,44 +11,36 @@ from typing import Callable
 
 import torch
 
-from nstd import faults
 from nstd.config import Config
-from nstd.daemon import folders, gallery, outbox
+from nstd.daemon import folders, gallery, outcomes
+from nstd.daemon.batch import DaemonBatch, Stop
 from nstd.daemon.database import Unavailable
 from nstd.daemon.journal import Job, Journal, WorkerInfo, WorkerState
 from nstd.daemon.lease import LeaseKeeper, owner_id
-from nstd.daemon.loader import Loader
-from nstd.daemon.outage import PatientJournal, patiently
-from nstd.daemon.prefetch import Prefetch
+from nstd.daemon.loader import Loader, Unread
+from nstd.daemon.outage import PatientJournal
+from nstd.daemon.outcomes import Outcomes
+from nstd.daemon.refill import Refill
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
+from nstd.engine import speed
 from nstd.engine.device import describe, free_memory, total_memory
 from nstd.engine.memory import MemoryPlanner
-from nstd.engine import speed
 from nstd.engine.resize import long_side_size
 from nstd.engine.runner import Engine
-from nstd.engine.types import TransferResult
+from nstd.engine.session import Outcome
 from nstd.engine.vgg import VGGFeatures
 from nstd.faces import FaceFinder
 from nstd.fsutil import is_share_error, own_litter
+from nstd.guide import GuideSpec, styled_regions
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
-from nstd.guide import GuideSpec, styled_regions
-from nstd.pipeline import Pipeline, Task, output_exif
+from nstd.pipeline import Pipeline, Task
 from nstd.weights import WeightInfo
 
 log = get("nstd.worker")
 PROBE_EVERY = 5.0  # seconds between checks that the outbox can be written
 BEAT_EVERY = 15.0  # seconds between an idle worker's heartbeats in the journal
-PREFETCH = 4  # newcomers kept claimed and loaded ahead of a running batch, at most
-
-
-class StopBatch(Exception):
-    """Raised from the progress callback when a stop's grace period has run out."""
-
-
-class ClaimLost(Exception):
-    """Raised from the progress callback when the batch's lease was lost to another worker."""
 
 
 class Worker(threading.Thread):
@@ -185,106 +177,60 @@ class Worker(threading.Thread):
             keeper.stop()
 
     def _load(self, journal: Journal, batch: list[Job]) -> list[Task]:
-        """The load stage (see loader.py), and each failure told to the journal here, on the
+        """The load stage (see loader.py), each failure told to the journal here, on the
         caller's thread and connection."""
         read = self.loader.read_batch(self.styles(), batch)
-        tasks = []
         for job in batch:
-            outcome = read[job.id]
-            if isinstance(outcome, Task):
-                tasks.append(outcome)
-            elif outcome.share:
-                journal.defer(job.id, outcome.error, self.cfg.worker.retry_backoff, job.batch_id)
-                self._probed = float("-inf")  # look at the folders before the next claim
-            elif outcome.transient:
-                self._transient(journal, job, outcome.error)
-            else:
-                journal.fail(job.id, outcome.error, job.batch_id)
-        return tasks
+            if isinstance(why := read[job.id], Unread):
+                outcomes.unread(journal, job, why, self.cfg.worker)
+                if why.share:
+                    self._probed = float("-inf")  # look at the folders before the next claim
+        return [t for t in read.values() if isinstance(t, Task)]
 
     def _run(self, journal: Journal, batch: list[Job], tasks: list[Task], keeper: LeaseKeeper) -> None:
-        sink = _Outbox(self, journal, {j.id: j for j in batch})
-        p = tasks[0].params
-        long_side = max(batch[0].height, batch[0].width)
-        total = p.total_iterations(long_side)
-        scales = [(*long_side_size(batch[0].height, batch[0].width, s.long_side), s.iterations)
-                  for s in p.scales(long_side)]
-        token = batch[0].batch_id
-        running = _Running({int(t.job_id): 0 for t in tasks})
-        ahead = Prefetch(partial(self._fetch, batch[0], sink), partial(Journal, self.cfg.journal_target),
-                         min(len(tasks), PREFETCH)) if self.cfg.worker.refill else None
+        done = Outcomes(self.cfg, journal, {j.id: j for j in batch}, self._give_up, self.stopping.wait)
+        refill = Refill(self.cfg, batch[0], self.info.owner, self._load, partial(self._admits, done),
+                        len(tasks)) if self.cfg.worker.refill else None
+        session = DaemonBatch(journal, done, refill, keeper, self._pace(batch[0], tasks[0].params),
+                              self._deadline_now)
         try:
-            with ahead or contextlib.nullcontext():
-                more = None if ahead is None else self._more(journal, batch[0], sink, running, ahead)
-                progress = self._progress(journal, running, total, keeper, scales, p.settings().layers)
-                self.pipeline.run(tasks, sink, progress, more)
-        except StopBatch:
-            ids = [i for i in running.joined if i not in sink.ended]
-            journal.requeue(ids, token)
-            log.info("batch_requeued", jobs=ids, reason="stopping")
-            return
-        except ClaimLost:
-            return  # the jobs are another worker's now; nothing of ours is recorded
+            with refill or contextlib.nullcontext():
+                outcome = self.pipeline.run(tasks, session)
         except Exception as e:  # noqa: BLE001 - a deterministic engine error fails what it had not published
             error = f"{type(e).__name__}: {e}"
-            for job_id in running.joined:
-                if job_id not in sink.ended:
-                    journal.fail(job_id, error, token)
-            log.error("batch_failed", jobs=list(running.joined), error=error)
+            for job_id in session.unfinished():
+                journal.fail(job_id, error, batch[0].batch_id)
+            log.error("batch_failed", jobs=list(session.joined), error=error)
             return
         finally:
-            if ahead is not None and (back := [job.id for job, _ in ahead.leftover()]):
-                journal.requeue(back, token)  # claimed ahead, never started: as if never claimed
-        self._update_gallery(journal)
+            if refill is not None:
+                refill.give_back(journal)
+            if done.troubled:
+                self._probed = float("-inf")  # look at the outbox before the next claim
+        if session.stopped is Stop.DEADLINE:
+            ids = session.unfinished()
+            journal.requeue(ids, batch[0].batch_id)
+            log.info("batch_requeued", jobs=ids, reason="stopping")
+        elif outcome is Outcome.COMPLETE:
+            self._update_gallery(journal)
+        # A lost claim leaves the jobs to the worker that has them: nothing of ours is recorded.
 
-    def _more(self, journal: Journal, head: Job, sink: "_Outbox", running: "_Running", ahead: Prefetch):
-        """Continuous batching: queued jobs of the running batch's key take the places of
-        finished photos, under the batch's claim: prefetched ones first, else claimed and
-        loaded here. Never while stopping or paused (see `_fetch` for the rest)."""
-        def more(n: int) -> list[Task]:
-            if not self._refilling(sink) or self._outbox_unwritable(time.monotonic()):
-                return []
-            got = ahead.take(n)
-            if len(got) < n:
-                try:
-                    got += self._fetch(head, sink, journal, n - len(got))
-                except Unavailable:  # a database outage must not hold the batch up
-                    pass
-            sink.jobs.update({job.id: job for job, _ in got})
-            running.joined.update({job.id: running.iteration for job, _ in got})
-            if got:
-                log.info("joined_batch", batch=head.batch_id, jobs=[job.id for job, _ in got])
-            return [task for _, task in got]
+    def _pace(self, head: Job, p: TransferParams) -> speed.Pace:
+        long_side = max(head.height, head.width)
+        scales = [(*long_side_size(head.height, head.width, s.long_side), s.iterations) for s in p.scales(long_side)]
+        return speed.Pace(p.total_iterations(long_side), scales, p.settings().layers, self.clock)
 
-        return more
+    def _deadline_now(self) -> float | None:
+        """The moment a stop's grace runs out, or None while not stopping."""
+        if self.deadline is None and self._deadline_source is not None:
+            return self._deadline_source()
+        return self.deadline
 
-    def _refilling(self, sink: "_Outbox") -> bool:
-        """Whether a running batch may take newcomers: not while stopping, and not once it
-        met the outbox's trouble."""
-        return not (self.stopping.is_set() or self.deadline is not None or sink.troubled)
-
-    def _fetch(self, head: Job, sink: "_Outbox", journal: Journal, n: int) -> list[tuple[Job, Task]]:
-        """Up to n queued jobs of the batch's key, claimed under its token and loaded. Only
-        while that key's job is the oldest waiting, so other sizes keep their turn; not
-        while stopping, and not once this batch met the outbox's trouble: the photo it put
-        off would only come straight back."""
-        if not self._refilling(sink) or self.paused:  # paused: as the loop last saw the outbox
-            return []
-        now = time.time()
-        raw = getattr(journal, "raw", journal)  # an outage is the caller's to ride out, not to wait for
-        oldest = raw.oldest_queued(now)
-        if oldest is None or oldest.batch_key != head.batch_key:
-            return []
-        jobs = {j.id: j for j in raw.claim(head.batch_key, n, head.batch_id, now, self.info.owner,
-                                           self.cfg.worker.lease)}
-        if jobs and not self._refilling(sink):  # trouble met while claiming: the put-off photo may be among them
-            raw.requeue(list(jobs), head.batch_id)
-            return []
-        tasks = self._load(journal, list(jobs.values()))
-        guided = [int(t.job_id) for t in tasks if t.guide is not None]
-        if guided:  # queued before guided jobs had their own key: they run in a batch of their own
-            raw.requeue(guided, head.batch_id)
-        return [(jobs[int(t.job_id)], t) for t in tasks if t.guide is None]
+    def _admits(self, done: Outcomes, look: bool) -> bool:
+        """Whether the running batch may take newcomers (see refill.Admits)."""
+        if self.stopping.is_set() or self.deadline is not None or done.troubled:
+            return False
+        return not (self._outbox_unwritable(time.monotonic()) if look else self.paused)
 
     def _update_gallery(self, journal: Journal) -> None:
         try:
@@ -293,47 +239,6 @@ class Worker(threading.Thread):
             # A share that is away is said once by the supervisor, not at each write.
             (log.info if is_share_error(e) else log.warning)("gallery_not_written", error=str(e))
 
-    def _transient(self, journal: Journal, job: Job, error: str, final: bool = False) -> None:
-        fresh = journal.get_jobs([job.id])[0]
-        if final or fresh.attempts >= self.cfg.worker.max_attempts:
-            journal.fail(job.id, f"{error} (after {fresh.attempts} attempts)", job.batch_id)
-            log.warning("failed", job=job.id, input=job.relpath, error=error, attempts=fresh.attempts)
-        else:
-            delay = self.cfg.worker.retry_backoff * 2 ** (fresh.attempts - 1)
-            journal.retry(job.id, error, delay, job.batch_id)
-            log.warning("retry_later", job=job.id, input=job.relpath, error=error, in_seconds=delay)
-
-    def _progress(self, journal: Journal, running: "_Running", total: int, keeper: LeaseKeeper,
-                  scales: list[tuple[int, int, int]] | None = None, layers: frozenset[str] | None = None):
-        """The batch's progress callback: stops, lost claims, the loss log, and the journal's
-        progress, reported on the clock (see speed.Pace) rather than at each logged loss."""
-        pace = speed.Pace(total, scales, layers, self.clock)
-
-        def update(iteration: int, losses: list | None) -> None:
-            running.iteration = iteration
-            if keeper.lost:
-                raise ClaimLost()
-            deadline = self.deadline
-            if deadline is None and self._deadline_source is not None:
-                deadline = self._deadline_source()
-            if deadline is not None and time.time() > deadline:
-                raise StopBatch()
-            if losses is not None:
-                log.info("progress", jobs=list(running.joined), iteration=losses[0]["iteration"], of=total,
-                         loss=[round(r["total"], 5) for r in losses])
-            if pace.due(iteration):
-                now, rate = pace.last, pace.rate(iteration)
-                try:  # for nstd status only: not worth holding the batch for the database
-                    for joined, ids in running.by_start().items():
-                        done = min(iteration - joined, total)
-                        left = pace.left(done)
-                        getattr(journal, "raw", journal).progress(ids, done, total, rate,
-                                                                  None if left is None else now + left)
-                except Unavailable:
-                    pass
-
-        return update
-
     def _model(self, p: TransferParams) -> tuple[VGGFeatures, WeightInfo]:
         key = (p.model, p.pooling, p.settings().layers)
         if key not in self._models:
@@ -341,86 +246,3 @@ class Worker(threading.Thread):
             model = VGGFeatures(sd, info.preprocessing, p.settings().layers, p.pooling, info.model_id)
             self._models[key] = (model.to(self.device), info)
         return self._models[key]
-
-
-class _Running:
-    """A running batch's jobs and the loop iteration each joined at."""
-
-    def __init__(self, joined: dict[int, int]):
-        self.joined = joined
-        self.iteration = 0
-
-    def by_start(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for job_id, start in self.joined.items():
-            out.setdefault(start, []).append(job_id)
-        return out
-
-
-class _Outbox:
-    """The daemon's sink: outputs into the outbox, outcomes into the journal."""
-
-    def __init__(self, worker: Worker, journal: Journal, jobs: dict[int, Job]):
-        self.worker, self.jobs = worker, jobs
-        self._home = journal  # the batch's thread's
-        self._local = threading.local()
-        self.ended: set[int] = set()
-        self.troubled = False  # an output was put off for the outbox's sake
-
-    @property
-    def journal(self) -> Journal:
-        """This thread's journal: a connection belongs to the thread that opened it."""
-        return getattr(self._local, "journal", None) or self._home
-
-    @contextlib.contextmanager
-    def on_thread(self):
-        """The publisher thread's own connection, opened (and used) through an outage."""
-        w = self.worker
-        raw = patiently(lambda: Journal(w.cfg.journal_target), "open the journal", w._give_up, w.stopping.wait)
-        self._local.journal = PatientJournal(raw, w._give_up, w.stopping.wait)
-        try:
-            yield
-        finally:
-            raw.close()
-
-    def publish(self, task: Task, result: TransferResult, entry: dict) -> None:
-        job = self.jobs[int(task.job_id)]
-        self.ended.add(job.id)
-        outbox_dir = self.worker.cfg.outbox
-        if not self.journal.holds(job.id, job.batch_id):
-            # Our lease ran out (a long cut from the database) and another worker has the
-            # job: its output is the one that counts, so ours is not written over it.
-            log.warning("not_published", job=job.id, input=job.relpath, reason="claim lost to another worker")
-            return
-        try:
-            path = outbox.write(outbox_dir, job, result.image, entry, result.snapshots,
-                                output_exif(task.photo, task.style), task.photo.bits)
-        except ValueError as e:  # a name that would leave the outbox
-            self.journal.fail(job.id, f"refused output path: {e}", job.batch_id)
-            return
-        except OSError as e:
-            if outbox.destination_trouble(e):  # the outbox's trouble, not the photo's
-                delay = self.worker.cfg.worker.retry_backoff
-                # Troubled before the job is queued again: the batch's refills, on other
-                # threads, must not take it back into this batch past its delay.
-                self.troubled = True
-                self.journal.defer(job.id, f"cannot write output: {e.strerror}", delay, job.batch_id)
-                self.worker._probed = float("-inf")  # look at the outbox before the next claim
-                (log.info if is_share_error(e) else log.warning)(
-                    "output_deferred", job=job.id, input=job.relpath, error=e.strerror, in_seconds=delay)
-            else:
-                self.journal.fail(job.id, f"cannot write output: {e}", job.batch_id)
-            return
-        if not self.journal.finish(job.id, str(path.relative_to(outbox_dir)), job.batch_id):
-            log.warning("finish_refused", job=job.id, input=job.relpath, reason="claim lost to another worker")
-            return
-        faults.point("after_finish")
-        gallery.job_done(outbox_dir, job.id, job.input_sha256, task.photo.pixels, task.style, result.image,
-                         task.guide)
-        log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
-                 seconds=entry["timings"]["seconds"], batch=entry["batch"]["size"])
-
-    def refuse(self, task: Task, reason: str) -> None:
-        job = self.jobs[int(task.job_id)]
-        self.ended.add(job.id)
-        self.worker._transient(self.journal, job, reason, final=True)

@@ -12,7 +12,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from nstd.engine.types import BatchSettings, Progress
+from nstd.engine.session import Outcome, Verdict
+from nstd.engine.types import BatchSettings
 
 _log = logging.getLogger("nstd.engine")
 
@@ -71,18 +72,29 @@ def flat(settings: BatchSettings, done: int, totals: list[tuple[int, float]]) ->
     return bool(past) and past[-1] - now <= settings.stop_tolerance * abs(now)
 
 
-def optimise(batch: Batch, settings: BatchSettings, use_graph: bool, progress: Progress | None,
-             leave: Callable[[Ended], None], join: Callable[[list[int]], list[int]]) -> None:
-    """Step the batch until every slot is done. A slot is done after `settings.iterations`,
-    or sooner once its loss is flat (see `flat`); `leave` gets its image, and `join` may
-    put new images in the slots that came free (it returns the slots it filled)."""
+class Occupants(Protocol):
+    """Who is in the batch's slots (transfer's `_Occupants`): told as an image leaves,
+    asked for newcomers, and asked after each iteration whether to go on."""
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict: ...
+
+    def leave(self, end: Ended) -> None: ...
+
+    def join(self, free: list[int]) -> list[int]:
+        """Newcomers into slots of `free`; the slots filled."""
+
+
+def optimise(batch: Batch, settings: BatchSettings, use_graph: bool, occupants: Occupants) -> Outcome:
+    """Step the batch until every slot is done, or until told to stop. A slot is done after
+    `settings.iterations`, or sooner once its loss is flat (see `flat`); its image then
+    leaves, and a newcomer may take its place."""
     step = Stepper(batch.iteration, use_graph)
     device = batch.pixels().device
     reporter = LossReporter(settings.style_names, device)
     watch = Totals(device, max(1, settings.stop_window // 5)) if settings.stop_tolerance > 0 else None
     slots = [Slot(0, time.perf_counter()) for _ in range(batch.size)]
     if settings.iterations == 0:
-        _end(batch, slots, list(range(batch.size)), 0, leave)
+        _end(batch, slots, list(range(batch.size)), 0, occupants)
     it = 0
     while any(s.working for s in slots):
         row = step()
@@ -93,16 +105,19 @@ def optimise(batch: Batch, settings: BatchSettings, use_graph: bool, progress: P
         judged = watch is not None and watch.push(it, row, slots)
         ending = [k for k, s in enumerate(slots) if s.working and
                   (it - s.start >= settings.iterations or judged and flat(settings, it - s.start, s.totals))]
-        if progress is not None:
-            progress(it, reporter.ready())
+        verdict = occupants.progress(it, reporter.ready())
         if ending:
-            _end(batch, slots, ending, it, leave)
-            for k in join(ending):
+            _end(batch, slots, ending, it, occupants)
+        if verdict is Verdict.STOP:  # the images that were done have left: nothing finished is lost
+            return Outcome.STOPPED
+        if ending:
+            for k in occupants.join(ending):
                 slots[k] = Slot(it, time.perf_counter())
             if batch.park([k for k in ending if not slots[k].working]):
                 del step  # the old shapes' graph, and its memory pool
                 step = Stepper(batch.iteration, use_graph)
     del step  # frees a captured graph's memory pool
+    return Outcome.COMPLETE
 
 
 def _note(slots: list[Slot], it: int, row: torch.Tensor, batch: Batch, settings: BatchSettings) -> None:
@@ -122,14 +137,14 @@ def _note(slots: list[Slot], it: int, row: torch.Tensor, batch: Batch, settings:
             s.snapshots.append((done, pixels[k].clamp(0, 1).cpu()))
 
 
-def _end(batch: Batch, slots: list[Slot], ending: list[int], it: int, leave: Callable[[Ended], None]) -> None:
+def _end(batch: Batch, slots: list[Slot], ending: list[int], it: int, occupants: Occupants) -> None:
     final = batch.rows_now(ending)
     pixels = batch.pixels()
     now = time.perf_counter()
     for k, row in zip(ending, final):
         s = slots[k]
         s.working = False
-        leave(Ended(k, pixels[k].detach().clone(), s.records + [(it - s.start, row)], s.snapshots, it - s.start,
+        occupants.leave(Ended(k, pixels[k].detach().clone(), s.records + [(it - s.start, row)], s.snapshots, it - s.start,
                     round(now - s.clock, 3)))
 
 

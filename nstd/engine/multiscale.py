@@ -17,47 +17,65 @@ from nstd.engine.switches import Switches
 from nstd.engine.resize import long_side_size, resize_long_side, upsample
 from nstd.engine.sizes import Scale
 from nstd.engine.targets import GramCache
-from nstd.engine.transfer import Finished, run_batch
-from nstd.engine.types import BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
+from nstd.engine import transfer
+from nstd.engine.session import Collect, Outcome, Session, Verdict
+from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
 
 def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
                cache: GramCache | None = None, progress: Progress | None = None,
-               switches: Switches | None = None, free: Callable[[], int | None] | None = None,
-               refill: Refill | None = None, finished: Finished | None = None) -> list[TransferResult]:
+               switches: Switches | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
+    """Every scale run to its end, the results in the order of `jobs` (see `run`)."""
+    session = Collect(on_progress=progress)
+    run(model, session, [replace(j, id=i) for i, j in enumerate(jobs)], scales, settings, cache, switches, free)
+    return [session.results[i] for i in range(len(jobs))]
+
+
+def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: list[Scale],
+        settings: BatchSettings, cache: GramCache | None = None, switches: Switches | None = None,
+        free: Callable[[], int | None] | None = None) -> Outcome:
     """Run every scale of `scales` on same-size jobs (contents at any one size).
 
     Histories run on across scales: each record gains a "scale" (its long side) and
     iterations count from the first scale's start. Progress counts the same way. Each
-    result's `runs` has one entry per scale. `refill` and `finished` are run_batch's; a
-    newcomer cannot join a schedule half done, so several scales take no refill, and
-    each result is finished after the last scale.
+    result's `runs` has one entry per scale. A newcomer cannot join a schedule half done,
+    so several scales take none, and each result reaches the session after the last scale.
     """
     cache = cache if cache is not None else GramCache()
     if len(scales) == 1:
-        return _one_scale(model, jobs, scales[0], settings, cache, progress, switches, free, refill, finished)
-    results = _scales(model, jobs, scales, settings, cache, progress, switches, free)
-    if finished is None:
-        return results
-    for i, result in enumerate(results):
-        finished(i, result)
-    return []
+        scale = scales[0]
+        return transfer.run(model, _OneScale(session, scale), _sized(jobs, scale), _settings(settings, scale),
+                            cache, _at(switches, scale), free)
+    return _scales(model, session, jobs, scales, settings, cache, switches, free)
 
 
-def _one_scale(model, jobs, scale: Scale, settings, cache, progress, switches, free, refill, finished):
-    def mark(result: TransferResult) -> TransferResult:
-        result.history = [rec | {"scale": scale.long_side} for rec in result.history]
-        return result
+def _settings(settings: BatchSettings, scale: Scale) -> BatchSettings:
+    return replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
 
-    def sized(given: list[TransferJob]) -> list[TransferJob]:
-        return [replace(j, content=resize_long_side(j.content, scale.long_side)) for j in given]
 
-    more = None if refill is None else (lambda n: sized(refill(n)))
-    done = None if finished is None else (lambda i, result: finished(i, mark(result)))
-    step_settings = replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
-    return [mark(r) for r in run_batch(model, sized(jobs), step_settings, cache, progress, _at(switches, scale), free,
-                                       more, done)]
+def _sized(jobs: list[TransferJob], scale: Scale) -> list[TransferJob]:
+    return [replace(j, content=resize_long_side(j.content, scale.long_side)) for j in jobs]
+
+
+class _OneScale:
+    """A single scale's session: newcomers resized to it, records marked with it."""
+
+    def __init__(self, session: Session, scale: Scale):
+        self.session, self.scale = session, scale
+
+    def take(self, n: int) -> list[TransferJob]:
+        return _sized(self.session.take(n), self.scale)
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        return self.session.progress(iteration, losses)
+
+    def finished(self, job: TransferJob, result: TransferResult) -> None:
+        result.history = [rec | {"scale": self.scale.long_side} for rec in result.history]
+        self.session.finished(job, result)
+
+    def refused(self, job: TransferJob, reason: str) -> None:
+        self.session.refused(job, reason)
 
 
 def _at(switches: Switches | None, scale: Scale) -> Switches | None:
@@ -65,41 +83,56 @@ def _at(switches: Switches | None, scale: Scale) -> Switches | None:
     return switches if scale.precision is None else replace(switches or Switches(), precision=scale.precision)
 
 
-def _scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
-            cache: GramCache, progress: Progress | None, switches: Switches | None,
-            free: Callable[[], int | None] | None) -> list[TransferResult]:
-    starts: list[torch.Tensor] | None = None
-    histories: list[list[dict]] = [[] for _ in jobs]
-    runs: list[list[RunStats]] = [[] for _ in jobs]
+class _Step:
+    """One scale of several: its results kept for the next scale, its progress counted on
+    from the scales before it."""
+
+    def __init__(self, session: Session, offset: int):
+        self.session, self.offset = session, offset
+        self.results: dict[int, TransferResult] = {}
+
+    def take(self, n: int) -> list[TransferJob]:
+        return []
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        return self.session.progress(self.offset + iteration, None if losses is None else
+                                     [r | {"iteration": self.offset + r["iteration"]} for r in losses])
+
+    def finished(self, job: TransferJob, result: TransferResult) -> None:
+        self.results[job.id] = result
+
+    def refused(self, job: TransferJob, reason: str) -> None:
+        raise AssertionError("a scale's batch refuses nothing: the engine above it does")
+
+
+def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: list[Scale],
+            settings: BatchSettings, cache: GramCache, switches: Switches | None,
+            free: Callable[[], int | None] | None) -> Outcome:
+    starts: dict[int, torch.Tensor] = {}
+    histories: dict[int, list[dict]] = {j.id: [] for j in jobs}
+    runs: dict[int, list[RunStats]] = {j.id: [] for j in jobs}
     done = 0
-    results: list[TransferResult] = []
+    step = _Step(session, 0)
     for scale in scales:
         h, w = jobs[0].content.shape[-2:]
         size = long_side_size(h, w, scale.long_side)
-        scaled = []
-        for i, job in enumerate(jobs):
-            content = resize_long_side(job.content, scale.long_side)
-            init_image = None if starts is None else upsample(starts[i], size)
-            scaled.append(replace(job, content=content, init_image=init_image))
-        step_settings = replace(settings, iterations=scale.iterations, lbfgs_history=scale.lbfgs_history)
-        offset = done
-
-        def step_progress(it, rows, offset=offset):
-            if progress is not None:
-                progress(offset + it, None if rows is None else
-                         [r | {"iteration": offset + r["iteration"]} for r in rows])
-
-        results = run_batch(model, scaled, step_settings, cache, step_progress, _at(switches, scale), free)
-        for i, r in enumerate(results):
+        scaled = [replace(job, content=resize_long_side(job.content, scale.long_side),
+                          init_image=upsample(starts[job.id], size) if starts else None) for job in jobs]
+        step = _Step(session, done)
+        if transfer.run(model, step, scaled, _settings(settings, scale), cache, _at(switches, scale),
+                        free) is Outcome.STOPPED:
+            return Outcome.STOPPED
+        for job_id, r in step.results.items():
             # The end of one scale and the start of the next are the same iteration; each
             # image counts its own, which are fewer than the scale's where it stopped early.
-            skip, before = (1, histories[i][-1]["iteration"]) if histories[i] else (0, 0)
-            histories[i] += [rec | {"iteration": before + rec["iteration"], "scale": scale.long_side}
-                             for rec in r.history[skip:]]
-            runs[i] += r.runs
-        starts = [r.image for r in results]
-        done += max(r.runs[-1].iterations for r in results)  # the loop's count, short where all stopped early
-    for r, history, run in zip(results, histories, runs):
-        r.history, r.runs = history, run
-    return results
-
+            skip, before = (1, histories[job_id][-1]["iteration"]) if histories[job_id] else (0, 0)
+            histories[job_id] += [rec | {"iteration": before + rec["iteration"], "scale": scale.long_side}
+                                  for rec in r.history[skip:]]
+            runs[job_id] += r.runs
+        starts = {job_id: r.image for job_id, r in step.results.items()}
+        done += max(r.runs[-1].iterations for r in step.results.values())  # short where all stopped early
+    for job in jobs:
+        result = step.results[job.id]
+        result.history, result.runs = histories[job.id], runs[job.id]
+        session.finished(job, result)
+    return Outcome.COMPLETE

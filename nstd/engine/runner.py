@@ -1,27 +1,25 @@
 """The engine's one way in: a batch on a device, with its Gram cache, its memory plan and
-the out-of-memory fallback. The worker and `nstd stylize` call only this."""
+the out-of-memory fallback. The worker and `nstd stylize` call only this (through the
+pipeline), with a session (see session.py)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable
 
 import torch
 
+from nstd.engine import multiscale
 from nstd.engine.device import describe, is_oom, release_cache
-from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner, OomStep, regions_of
-from nstd.engine.multiscale import Scale, run_scales
+from nstd.engine.session import Outcome, Session, Verdict
+from nstd.engine.sizes import Scale
+from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
-from nstd.engine.types import BatchSettings, Progress, Refill, TransferJob, TransferResult
+from nstd.engine.types import BatchSettings, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
-# Called with the positions (in the jobs given to run) and their results, as each part
-# of a batch finishes: an out-of-memory split delivers its halves one after the other.
-Done = Callable[[list[int], list[TransferResult]], None]
-# Called with the positions of jobs that cannot run on this device, and why.
-Refused = Callable[[list[int], str], None]
+NOT_FINITE = "the loss became NaN or infinite; lower the weights or the learning rate"
 
 
 class Engine:
@@ -30,65 +28,87 @@ class Engine:
         self.device = planner.device
         self.cache = GramCache()
 
-    def run(self, model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale], settings: BatchSettings,
-            done: Done, refused: Refused, progress: Progress | None = None, refill: Refill | None = None) -> None:
-        """Run same-size jobs through every scale, each result delivered as its image
-        finishes. `refill` may hand over more jobs as places come free; they take the
-        positions after the given jobs', in order. Out of memory halves the batch, then
-        recomputes a lone image's activations (where checkpointing is on auto), then
-        refuses that image; any other error propagates."""
-        self._run(model, list(range(len(jobs))), jobs, scales, settings, done, refused, progress,
-                  self.switches.checkpoint, refill)
+    def run(self, model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: list[Scale],
+            settings: BatchSettings) -> Outcome:
+        """Run same-size jobs through every scale, each result handed to the session as its
+        image finishes, newcomers taken from it as places come free. Out of memory halves
+        the batch, then recomputes a lone image's activations (where checkpointing is on
+        auto), then refuses that image; any other error propagates."""
+        return self._run(model, _Guard(session), jobs, scales, settings, self.switches.checkpoint)
 
-    def _run(self, model, positions: list[int], jobs: list[TransferJob], scales: list[Scale],
-             settings: BatchSettings, done: Done, refused: Refused, progress, checkpoint: bool | None,
-             refill: Refill | None = None) -> None:
-        held, where = list(jobs), list(positions)
-        delivered: set[int] = set()
-        last: list[TransferResult] = []
-
-        def more(n: int) -> list[TransferJob]:
-            new = refill(n)
-            where.extend(range(len(held), len(held) + len(new)))
-            held.extend(new)
-            return new
-
-        def finished(i: int, result: TransferResult) -> None:
-            delivered.add(i)
-            last[:] = [result]
-            ok = bool(torch.isfinite(result.image).all()) and math.isfinite(result.history[-1]["total"])
-            if ok:
-                done([where[i]], [result])
-            else:
-                refused([where[i]], "the loss became NaN or infinite; lower the weights or the learning rate")
-
+    def _run(self, model: VGGFeatures, guard: "_Guard", jobs: list[TransferJob], scales: list[Scale],
+             settings: BatchSettings, checkpoint: bool | None) -> Outcome:
+        guard.given(jobs)
+        mark = len(guard.taken)
         try:
-            run_scales(model, jobs, scales, settings, self.cache, progress,
-                       replace(self.switches, checkpoint=checkpoint), self.planner.free,
-                       None if refill is None else more, finished)
+            outcome = multiscale.run(model, guard, jobs, scales, settings, self.cache,
+                                     replace(self.switches, checkpoint=checkpoint), self.planner.free)
         except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
             if not is_oom(e):
                 raise
             release_cache(self.device)
-            # What had not finished runs again, without refills: this batch was too large.
-            rest = [k for k in range(len(held)) if k not in delivered]
-            if rest:
-                self._after_oom(model, [where[k] for k in rest], [held[k] for k in rest], scales, settings, done,
-                                refused, progress, checkpoint)
-            return
-        self.planner.observe(settings, scales[-1].lbfgs_history, last[0].runs, regions_of(held))
+            # What had not come back runs again, without newcomers: this batch was too large.
+            guard.refilling = False
+            rest = guard.outstanding(jobs + guard.taken[mark:])
+            return self._after_oom(model, guard, rest, scales, settings, checkpoint) if rest else Outcome.COMPLETE
+        if outcome is Outcome.COMPLETE and guard.last is not None:
+            self.planner.observe(settings, scales[-1].lbfgs_history, guard.last.runs, regions_of(jobs))
+        return outcome
 
-    def _after_oom(self, model, positions, jobs, scales, settings, done, refused, progress, checkpoint) -> None:
+    def _after_oom(self, model: VGGFeatures, guard: "_Guard", jobs: list[TransferJob], scales: list[Scale],
+                   settings: BatchSettings, checkpoint: bool | None) -> Outcome:
         step = self.planner.after_oom(len(jobs), checkpoint)
         if step is OomStep.SPLIT:
             half = len(jobs) // 2
-            for part in (slice(None, half), slice(half, None)):
-                self._run(model, positions[part], jobs[part], scales, settings, done, refused, progress,
-                          checkpoint)
-        elif step is OomStep.CHECKPOINT:
+            for part in (jobs[:half], jobs[half:]):
+                if self._run(model, guard, part, scales, settings, checkpoint) is Outcome.STOPPED:
+                    return Outcome.STOPPED
+            return Outcome.COMPLETE
+        if step is OomStep.CHECKPOINT:
             # The estimate said it fits and it did not: recompute activations instead.
-            self._run(model, positions, jobs, scales, settings, done, refused, progress, True)
-        else:
-            h, w = jobs[0].content.shape[-2:]
-            refused(positions, f"out of memory even alone at {w}x{h} on {describe(self.device)}; "
+            return self._run(model, guard, jobs, scales, settings, True)
+        h, w = jobs[0].content.shape[-2:]
+        for job in jobs:
+            guard.refused(job, f"out of memory even alone at {w}x{h} on {describe(self.device)}; "
                                f"lower the size or max_pixels")
+        return Outcome.COMPLETE
+
+
+class _Guard:
+    """The caller's session as the engine hands it on: a result whose loss went NaN is
+    refused, and what has not come back is known, to run again after out of memory."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.held: dict[int, TransferJob] = {}  # by id: every job given, not yet back
+        self.taken: list[TransferJob] = []  # the newcomers, in order
+        self.refilling = True
+        self.last: TransferResult | None = None
+
+    def given(self, jobs: list[TransferJob]) -> None:
+        self.held.update({j.id: j for j in jobs})
+
+    def outstanding(self, jobs: list[TransferJob]) -> list[TransferJob]:
+        """Those of `jobs` that have not come back."""
+        return [j for j in jobs if j.id in self.held]
+
+    def take(self, n: int) -> list[TransferJob]:
+        new = self.session.take(n) if self.refilling else []
+        self.given(new)
+        self.taken += new
+        return new
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        return self.session.progress(iteration, losses)
+
+    def finished(self, job: TransferJob, result: TransferResult) -> None:
+        self.held.pop(job.id, None)
+        self.last = result
+        if bool(torch.isfinite(result.image).all()) and math.isfinite(result.history[-1]["total"]):
+            self.session.finished(job, result)
+        else:
+            self.session.refused(job, NOT_FINITE)
+
+    def refused(self, job: TransferJob, reason: str) -> None:
+        self.held.pop(job.id, None)
+        self.session.refused(job, reason)

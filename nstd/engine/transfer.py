@@ -15,38 +15,40 @@ from nstd.engine import color
 from nstd.engine.device import PeakMemory, is_oom
 from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import Ended, histories, optimise
+from nstd.engine.session import Collect, Outcome, Session, Verdict
 from nstd.engine.memory import Footprint, batch_bytes, regions_of
 from nstd.engine.resize import crop, pad, pool_padding
 from nstd.engine.guides import blend_keep, fit, pixel_guides
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
 from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
-from nstd.engine.types import COLOR_MODES, INITS, BatchSettings, Progress, Refill, RunStats, TransferJob, TransferResult
+from nstd.engine.types import COLOR_MODES, INITS, BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
 _log = logging.getLogger("nstd.engine")
 
-# Given each result as its image finishes, with the job's number in the order given.
-Finished = Callable[[int, TransferResult], None]
-
 
 def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings,
               cache: GramCache | None = None, progress: Progress | None = None,
-              switches: Switches | None = None, free: Callable[[], int | None] | None = None,
-              refill: Refill | None = None, finished: Finished | None = None) -> list[TransferResult]:
-    """Optimise a batch of same-size jobs together; each image keeps its own state.
+              switches: Switches | None = None, free: Callable[[], int | None] | None = None) -> list[TransferResult]:
+    """A batch run to its end, the results in the order of `jobs` (see `run`)."""
+    session = Collect(on_progress=progress)
+    run(model, session, [replace(j, id=i) for i, j in enumerate(jobs)], settings, cache, switches, free)
+    return [session.results[i] for i in range(len(jobs))]
 
-    `free` tells how many bytes the device has free, for the switches left on auto;
-    without it, memory decides nothing. With `refill`, jobs of the same size take the
-    places of finished images (not in a batch with regions). With `finished`, each result
-    goes there as its image finishes, numbered in the order its job was given (the batch's,
-    then the refills'), and nothing is returned; else the results come back in that order."""
+
+def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings: BatchSettings,
+        cache: GramCache | None = None, switches: Switches | None = None,
+        free: Callable[[], int | None] | None = None) -> Outcome:
+    """Optimise a batch of same-size jobs together, each image with its own state, each
+    result handed to the session as its image finishes. As places come free, the session
+    is asked for newcomers of the same size (not in a batch with regions). `free` tells
+    how many bytes the device has free, for the switches left on auto; without it, memory
+    decides nothing."""
     check_batch(model, jobs, settings)
-    shape = tuple(jobs[0].content.shape)
-    h, w = shape[-2:]
+    h, w = jobs[0].content.shape[-2:]
     margin = pool_padding(h, w)
     ph, pw = h + margin[2] + margin[3], w + margin[0] + margin[1]
-
     footprint = Footprint(settings.layers, settings.optimizer, settings.lbfgs_history,
                           history_precision=(switches or Switches()).history_precision, regions=regions_of(jobs))
 
@@ -55,36 +57,8 @@ def run_batch(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettin
 
     r = resolve(switches, model.mean.device, need, None if free is None else free())
     peak = PeakMemory(r.device)
-    given = list(jobs)
-    kept: dict[int, TransferResult] = {}
-
-    def take(n: int) -> list[TransferJob]:
-        new = refill(n) if refill is not None and not any(j.regions for j in jobs) else []
-        for job in new:
-            check_job(job, shape)
-            if job.regions:
-                raise ValueError("a job with regions cannot take a place in a running batch")
-        given.extend(new)
-        return [_padded(color.prepare(j), margin) for j in new]
-
-    def out(i: int, result: TransferResult, end: Ended) -> None:
-        job = given[i]
-        result.image = crop(result.image, margin)
-        result.snapshots = [(k, crop(snap, margin)) for k, snap in result.snapshots]
-        color.finish(job, result)
-        result.image = blend_keep(job, result.image)
-        result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
-        result.runs = [RunStats((h, w), len(jobs), end.iterations, end.seconds, **r.describe(), **peak.read(),
-                                slot=end.slot)]
-        if finished is not None:
-            finished(i, result)
-        else:
-            kept[i] = result
-
     with running(r):
-        _run(model, [_padded(color.prepare(j), margin) for j in jobs], settings,
-             cache if cache is not None else GramCache(), progress, r, max(h, w), take, out)
-    return [kept[i] for i in sorted(kept)]
+        return _run(model, session, jobs, settings, cache if cache is not None else GramCache(), r, margin, peak)
 
 
 def _padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
@@ -97,43 +71,91 @@ def _padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
     return replace(job, content=pad(job.content, margin), init_image=init, regions=regions)
 
 
-def _run(model: VGGFeatures, jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
-         progress: Progress | None, r: Resolved, long_side: int, take: Refill,
-         out: Callable[[int, TransferResult, Ended], None]) -> None:
+def _run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings: BatchSettings,
+         cache: GramCache, r: Resolved, margin: tuple[int, int, int, int], peak: PeakMemory) -> Outcome:
     if r.channels_last:
         model.to(memory_format=torch.channels_last)  # once per model; a no-op after
-
+    h, w = jobs[0].content.shape[-2:]
+    padded = [_padded(color.prepare(j), margin) for j in jobs]
     features = partial(_features, model, r=r)
-    content = torch.stack([j.content for j in jobs]).to(r.device, torch.float32)
-    build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
-    problems = [build([jobs[i] for i in group], content=content[group])
+    content = torch.stack([j.content for j in padded]).to(r.device, torch.float32)
+    build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=max(h, w))
+    problems = [build([padded[i] for i in group], content=content[group])
                 for group in _groups(len(jobs), r.reproducible)]
     eager = partial(_loss, model, r=r)
     loss = _Fused(partial(compiled_loss(), model, r=r), eager) if r.compile else eager
     # Not while compiling: each narrower batch would be a new shape to compile.
     batch = _Batch(problems, features, loss, skip_parked=not r.cuda_graph, narrow=not r.compile)
-    held = list(jobs)  # every job the batch has held, in the order given
-    holders = list(range(len(jobs)))  # which of them each slot holds now
+    fitting = _Fitting(model, features, settings, cache, r, margin, len(jobs), peak)
+    return optimise(batch, settings, r.cuda_graph, _Occupants(session, batch, list(jobs), fitting))
 
-    def leave(end: Ended) -> None:
-        job = held[holders[end.slot]]
-        history = histories(end.records, settings.style_names)
+
+@dataclass
+class _Fitting:
+    """What a job needs to enter the batch, and its image to leave it: the batch's margin,
+    device, targets and the run's description."""
+
+    model: VGGFeatures
+    features: Callable
+    settings: BatchSettings
+    cache: GramCache
+    r: Resolved
+    margin: tuple[int, int, int, int]
+    size: int  # the batch's places
+    peak: PeakMemory  # since the batch began
+
+    def enter(self, batch: "_Batch", k: int, job: TransferJob) -> None:
+        h, w = job.content.shape[-2:]
+        job = _padded(color.prepare(job), self.margin)
+        one = job.content[None].to(self.r.device, torch.float32)
+        with torch.no_grad():
+            objective = _objective(self.model, self.features, [job], self.settings, one, self.cache, self.r,
+                                   max(h, w))
+        batch.load(k, objective, _init([job], one))
+
+    def leave(self, job: TransferJob, end: Ended) -> TransferResult:
+        """The image out of the batch: cropped, its colour and kept regions restored, its
+        losses named and its run described."""
+        history = histories(end.records, self.settings.style_names)
         _name_regions(job, history)
-        result = TransferResult(end.image.clamp(0, 1).cpu(), history, end.snapshots)
-        out(holders[end.slot], result, end)
+        m = self.margin
+        image = crop(end.image.clamp(0, 1).cpu(), m)
+        h, w = image.shape[-2:]
+        result = TransferResult(image, history, [(k, crop(snap, m)) for k, snap in end.snapshots])
+        color.finish(job, result)
+        result.image = blend_keep(job, result.image)
+        result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
+        result.runs = [RunStats((h, w), self.size, end.iterations, end.seconds, **self.r.describe(),
+                                **self.peak.read(), slot=end.slot)]
+        return result
 
-    def join(free: list[int]) -> list[int]:
-        new = take(len(free))
+
+class _Occupants:
+    """Which job each slot holds: the only book of positions between the caller and the
+    loop. Images leave to the session, newcomers come from it."""
+
+    def __init__(self, session: Session, batch: "_Batch", jobs: list[TransferJob], fitting: _Fitting):
+        self.session, self.batch, self.fitting = session, batch, fitting
+        self.held = jobs  # slot k holds held[k]
+        self.shape = tuple(jobs[0].content.shape)
+        self.refillable = not any(j.regions for j in jobs)
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        return self.session.progress(iteration, losses)
+
+    def leave(self, end: Ended) -> None:
+        job = self.held[end.slot]
+        self.session.finished(job, self.fitting.leave(job, end))
+
+    def join(self, free: list[int]) -> list[int]:
+        new = self.session.take(len(free)) if self.refillable else []
         for k, job in zip(free, new):
-            one = job.content[None].to(r.device, torch.float32)
-            with torch.no_grad():
-                objective = _objective(model, features, [job], settings, one, cache, r, long_side)
-            batch.load(k, objective, _init([job], one))
-            holders[k] = len(held)
-            held.append(job)
+            check_job(job, self.shape)
+            if job.regions:
+                raise ValueError("a job with regions cannot take a place in a running batch")
+            self.fitting.enter(self.batch, k, job)
+            self.held[k] = job
         return free[:len(new)]
-
-    optimise(batch, settings, r.cuda_graph, progress, leave, join)
 
 
 def _rows(rows: list[torch.Tensor]) -> torch.Tensor:

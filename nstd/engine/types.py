@@ -109,6 +109,7 @@ class TransferJob:
     preserve_color: str = "none"  # none | luminance | histogram
     init_image: torch.Tensor | None = None  # (3, H, W): start here instead of `init`
     regions: tuple[Region, ...] = ()  # none: `styles` everywhere; else each region its own
+    id: int = 0  # the caller's name for it: its result comes back under this (see session.py)
 
     @property
     def styled_regions(self) -> tuple[Region, ...]:
@@ -157,6 +158,3 @@ class TransferResult:
 # Called after each iteration with the iterations done so far and, at logged
 # iterations (one interval late on CUDA), one loss record per image.
 Progress = Callable[[int, "list[dict] | None"], None]
-# Asked, when images of a running batch have finished, for up to n more jobs of the
-# batch's size and settings to take their places; [] when there are none.
-Refill = Callable[[int], "list[TransferJob]"]
