@@ -20,7 +20,7 @@ from nstd.engine.device import describe
 from nstd.engine.memory import Footprint, least_bytes
 from nstd.engine.resize import POOLED, long_side_size, resize_photo
 from nstd.engine.runner import Engine
-from nstd.engine.session import Outcome, Verdict
+from nstd.engine.session import Drop, Outcome, Verdict
 from nstd.engine.types import TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
@@ -123,8 +123,9 @@ class Work(Protocol):
     def take(self, n: int) -> list[Task]:
         """Up to n tasks of the batch's size and settings for places that came free."""
 
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
-        """Each iteration's progress; the answer says whether to go on."""
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
+        """Each iteration's progress; the answer says whether to go on, or which tasks
+        (by job_id) leave the batch unfinished."""
 
     def publish(self, task: Task, result: TransferResult, log: dict) -> None:
         """A finished task, on the publisher's thread (see handoff)."""
@@ -192,8 +193,14 @@ class _Session:
     def take(self, n: int) -> list[TransferJob]:
         return self.jobs(self.work.take(n))
 
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
-        return self.work.progress(iteration, losses)
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
+        answer = self.work.progress(iteration, losses)
+        if not isinstance(answer, Drop):
+            return answer
+        leaving = frozenset(i for i, (task, _) in self.tasks.items() if task.job_id in answer.ids)
+        for i in leaving:
+            del self.tasks[i]
+        return Drop(leaving)
 
     def finished(self, job: TransferJob, result: TransferResult) -> None:
         task, started = self.tasks.pop(job.id)

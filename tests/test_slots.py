@@ -197,3 +197,40 @@ def test_a_session_that_says_stop_ends_the_batch_and_keeps_what_had_finished(tin
     session = Stopping(numbered([job(2)], 2))
     assert run(tiny_model, session, numbered([job(0), job(1)]), BatchSettings(iterations=4)) is Outcome.STOPPED
     assert sorted(session.results) == [0, 1] and session.asked == asked and session.refusals == {}
+
+
+def test_a_dropped_job_leaves_unfinished_and_a_newcomer_takes_its_place(tiny_model):
+    # Job 1 is cancelled three iterations in: it never comes back, and the newcomer that
+    # takes its place comes out as it would alone.
+    from nstd.engine.session import Drop
+
+    class Cancelling(Asked):
+        def progress(self, iteration, losses):
+            return Drop(frozenset({1})) if iteration == 3 else Verdict.GO
+
+    settings = BatchSettings(iterations=8, log_every=4)
+    switches = Switches("fp32", reproducible=True)
+    session = Cancelling(numbered([job(2)], 2))
+    assert run(tiny_model, session, numbered([job(0), job(1)]), settings, switches=switches) is Outcome.COMPLETE
+    assert sorted(session.results) == [0, 2] and session.asked[0] == 1 and session.refusals == {}
+    [alone] = run_batch(tiny_model, [job(2)], settings, switches=switches)
+    assert torch.equal(session.results[2].image, alone.image)
+
+
+def test_a_job_dropped_at_one_scale_goes_no_further(tiny_model):
+    from nstd.engine.multiscale import run as run_scales_session
+    from nstd.engine.session import Drop
+
+    seen = []
+
+    class Cancelling(Collect):
+        def progress(self, iteration, losses):
+            seen.append(iteration)
+            return Drop(frozenset({0})) if iteration == 2 else Verdict.GO
+
+    session = Cancelling()
+    scales = [Scale(20, 3, 10), Scale(40, 2, 10)]
+    assert run_scales_session(tiny_model, session, numbered([job(0), job(1)]), scales,
+                              BatchSettings(log_every=1)) is Outcome.COMPLETE
+    assert list(session.results) == [1] and session.results[1].image.shape == (3, 32, 40)
+    assert seen[-1] == 5  # both scales ran for the job that stayed

@@ -78,6 +78,9 @@ class Occupants(Protocol):
 
     def progress(self, iteration: int, losses: list[dict] | None) -> Verdict: ...
 
+    def dropped(self) -> list[int]:
+        """Slots whose images must leave unfinished, said since last asked."""
+
     def leave(self, end: Ended) -> None: ...
 
     def join(self, free: list[int]) -> list[int]:
@@ -103,17 +106,20 @@ def optimise(batch: Batch, settings: BatchSettings, use_graph: bool, occupants: 
             reporter.push(it, row.detach().clone())
         it += 1
         judged = watch is not None and watch.push(it, row, slots)
+        verdict = occupants.progress(it, reporter.ready())
+        dropped = [k for k in occupants.dropped() if slots[k].working]
+        for k in dropped:
+            slots[k].working = False
         ending = [k for k, s in enumerate(slots) if s.working and
                   (it - s.start >= settings.iterations or judged and flat(settings, it - s.start, s.totals))]
-        verdict = occupants.progress(it, reporter.ready())
         if ending:
             _end(batch, slots, ending, it, occupants)
         if verdict is Verdict.STOP:  # the images that were done have left: nothing finished is lost
             return Outcome.STOPPED
-        if ending:
-            for k in occupants.join(ending):
+        if freed := sorted(ending + dropped):
+            for k in occupants.join(freed):
                 slots[k] = Slot(it, time.perf_counter())
-            if batch.park([k for k in ending if not slots[k].working]):
+            if batch.park([k for k in freed if not slots[k].working]):
                 del step  # the old shapes' graph, and its memory pool
                 step = Stepper(batch.iteration, use_graph)
     del step  # frees a captured graph's memory pool

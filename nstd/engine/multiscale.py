@@ -18,7 +18,7 @@ from nstd.engine.resize import long_side_size, resize_long_side, upsample
 from nstd.engine.sizes import Scale
 from nstd.engine.targets import GramCache
 from nstd.engine import transfer
-from nstd.engine.session import Collect, Outcome, Session, Verdict
+from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
 from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 
@@ -67,7 +67,7 @@ class _OneScale:
     def take(self, n: int) -> list[TransferJob]:
         return _sized(self.session.take(n), self.scale)
 
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
         return self.session.progress(iteration, losses)
 
     def finished(self, job: TransferJob, result: TransferResult) -> None:
@@ -94,7 +94,7 @@ class _Step:
     def take(self, n: int) -> list[TransferJob]:
         return []
 
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
         return self.session.progress(self.offset + iteration, None if losses is None else
                                      [r | {"iteration": self.offset + r["iteration"]} for r in losses])
 
@@ -129,6 +129,9 @@ def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scale
             histories[job_id] += [rec | {"iteration": before + rec["iteration"], "scale": scale.long_side}
                                   for rec in r.history[skip:]]
             runs[job_id] += r.runs
+        jobs = [j for j in jobs if j.id in step.results]  # a dropped job goes no further
+        if not jobs:
+            return Outcome.COMPLETE
         starts = {job_id: r.image for job_id, r in step.results.items()}
         done += max(r.runs[-1].iterations for r in step.results.values())  # short where all stopped early
     for job in jobs:

@@ -12,7 +12,7 @@ import torch
 from nstd.engine import multiscale
 from nstd.engine.device import describe, is_oom, release_cache
 from nstd.engine.memory import MemoryPlanner, OomStep, regions_of
-from nstd.engine.session import Outcome, Session, Verdict
+from nstd.engine.session import Drop, Outcome, Session, Verdict
 from nstd.engine.sizes import Scale
 from nstd.engine.switches import Switches
 from nstd.engine.targets import GramCache
@@ -98,8 +98,12 @@ class _Guard:
         self.taken += new
         return new
 
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
-        return self.session.progress(iteration, losses)
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
+        answer = self.session.progress(iteration, losses)
+        if isinstance(answer, Drop):  # gone for good: not to run again after out of memory
+            for i in answer.ids:
+                self.held.pop(i, None)
+        return answer
 
     def finished(self, job: TransferJob, result: TransferResult) -> None:
         self.held.pop(job.id, None)

@@ -2,8 +2,8 @@
 
 The engine drives a session through four verbs and holds the batch's slots itself:
 the caller keeps no positions. `take` hands over newcomers for places that came free,
-`progress` hears each iteration and answers whether to go on (stopping is a value the
-engine returns, not an exception), and each job comes back once, `finished` with its
+`progress` hears each iteration and answers whether to go on, or which jobs leave
+(stopping is a value the engine returns, not an exception), and each job comes back once, `finished` with its
 result or `refused` with a reason. A job is known by its `id`, which the caller chose.
 """
 
@@ -30,12 +30,20 @@ class Outcome(Enum):
     STOPPED = "stopped"  # the session said stop; the jobs that had not come back are the caller's
 
 
+@dataclass(frozen=True)
+class Drop:
+    """The session's answer when jobs must leave now, unfinished (a cancel): they never
+    come back, finished or refused, and their places are free for newcomers."""
+
+    ids: frozenset[int]
+
+
 class Session(Protocol):
     def take(self, n: int) -> list[TransferJob]:
         """Up to n newcomers of the batch's size and settings, for places that came free;
         [] when there are none. Not asked of a batch that cannot take newcomers."""
 
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
         """After each loop iteration, with the iterations done so far and, at logged
         iterations (one interval late on CUDA), one loss record per slot."""
 

@@ -15,7 +15,7 @@ from nstd.engine import color
 from nstd.engine.device import PeakMemory, is_oom
 from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import Ended, histories, optimise
-from nstd.engine.session import Collect, Outcome, Session, Verdict
+from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
 from nstd.engine.memory import Footprint, batch_bytes, regions_of
 from nstd.engine.resize import crop, pad, pool_padding
 from nstd.engine.guides import blend_keep, fit, pixel_guides
@@ -139,9 +139,18 @@ class _Occupants:
         self.held = jobs  # slot k holds held[k]
         self.shape = tuple(jobs[0].content.shape)
         self.refillable = not any(j.regions for j in jobs)
+        self.leaving: list[int] = []  # slots whose jobs were dropped
 
     def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
-        return self.session.progress(iteration, losses)
+        answer = self.session.progress(iteration, losses)
+        if isinstance(answer, Drop):
+            self.leaving += [k for k, job in enumerate(self.held) if job.id in answer.ids]
+            return Verdict.GO
+        return answer
+
+    def dropped(self) -> list[int]:
+        out, self.leaving = self.leaving, []
+        return out
 
     def leave(self, end: Ended) -> None:
         job = self.held[end.slot]
