@@ -54,6 +54,13 @@ class Reports(Store):
         """The jobs one worker is running: its own claims."""
         return self._jobs("WHERE state = ? AND claimed_by = ? ORDER BY id", (State.RUNNING, owner))
 
+    def queue_head(self, limit: int) -> list[Job]:
+        """The first `limit` queued jobs in the order they are taken: highest priority
+        first where the journal has priorities, then oldest. Bounded, where queued_jobs
+        reads a backlog whole."""
+        first = "priority DESC, " if "priority" in self._present("jobs") else ""
+        return self._jobs(f"WHERE state = ? ORDER BY {first}queued, id LIMIT ?", (State.QUEUED, limit))
+
     def recent_done(self, limit: int = 200) -> list[Job]:
         """Finished jobs, newest first."""
         return self._jobs("WHERE state = ? ORDER BY finished DESC, id DESC LIMIT ?", (State.DONE, limit))
