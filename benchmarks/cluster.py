@@ -1,9 +1,9 @@
 """Cluster harness: several real daemons on one machine sharing one inbox, one outbox and
 one PostgreSQL journal, under faults; then an audit of everything that came out.
 
-    python benchmarks/cluster.py --photos 200 --hosts 3 --kills 10   # the full run (minutes, CPU)
-    python benchmarks/cluster.py --photos 12 --hosts 3 --kills 1     # what the test suite runs
-    python benchmarks/cluster.py --scaling                           # throughput with 1..3 hosts,
+    python -m benchmarks.cluster --photos 200 --hosts 3 --kills 10   # the full run (minutes, CPU)
+    python -m benchmarks.cluster --photos 12 --hosts 3 --kills 1     # what the test suite runs
+    python -m benchmarks.cluster --scaling                           # throughput with 1..3 hosts,
                                                                      # and claims/s on 10,000 jobs
 
 Each daemon has its own state folder and its own `host` name, as separate machines would.
@@ -21,20 +21,17 @@ import json
 import random
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
-from pg import PostgresServer  # noqa: E402
-from soak import count_outputs, missing_and_twice, models_dir  # noqa: E402
-from soak import failed_reasons as failed_reasons_in  # noqa: E402
+from harness.audit import count_outputs, missing_and_twice
+from harness.audit import failed_reasons as failed_reasons_in
+from harness.daemon import Daemon, photo_bytes, write_config
+from harness.pg import PostgresServer
+from harness.synthetic import models_dir
 
 STYLES = ("ink", "wash")
 FOLDERS = ("inbox", "outbox", "failed", "processed", "spool")

@@ -1,6 +1,6 @@
 """Load: many files at once, a burst beyond the inotify queue, polling over 10,000 entries.
 
-    python benchmarks/load.py [--files 2000] [--entries 10000] [--minutes 5]
+    python -m benchmarks.load [--files 2000] [--entries 10000] [--minutes 5]
 
 Reports the time from drop to every file queued in the journal, and the daemon's
 memory (RSS) and CPU time, and the RSS over a steady stream of photos. Tiny model settings
@@ -14,16 +14,12 @@ import json
 import os
 import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
-from soak import models_dir, rss_kib  # noqa: E402
+from harness.daemon import Daemon, photo_bytes, rss_kib, write_config
+from harness.synthetic import models_dir
 
 QUEUE_SYSCTL = Path("/proc/sys/fs/inotify/max_queued_events")
 

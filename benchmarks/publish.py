@@ -10,7 +10,7 @@ newcomer; the engine runs two iterations on random weights: this measures the ha
 not the optimisation. The photos are shots of one scene upscaled to `--megapixels`, like a
 camera's files.
 
-    python benchmarks/publish.py --images ../shared/images --out benchmarks/results-publish-cpu.json
+    python -m benchmarks.publish --images ../shared/images --out benchmarks/results-publish-cpu.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -28,18 +27,16 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageEnhance
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from conftest import random_vgg_state_dict  # noqa: E402
-from daemon_harness import photo_bytes, write_config  # noqa: E402
-from nstd import config, pipeline  # noqa: E402
-from nstd.bench import measure  # noqa: E402
-from nstd.cli import main as cli  # noqa: E402
-from nstd.daemon import worker as worker_mod  # noqa: E402
-from nstd.daemon.intake import Kind  # noqa: E402
-from nstd.daemon.prefetch import Prefetch  # noqa: E402
-from nstd.daemon.service import Service  # noqa: E402
-from nstd.handoff import Handoff  # noqa: E402
+from harness.daemon import photo_bytes, write_config
+from harness.synthetic import random_vgg_state_dict
+from nstd import config, pipeline
+from nstd.bench import measure
+from nstd.cli import main as cli
+from nstd.daemon import worker as worker_mod
+from nstd.daemon.intake import Kind
+from nstd.daemon.prefetch import Prefetch
+from nstd.daemon.service import Service
+from nstd.handoff import Handoff
 
 
 def no_prefetch(self, n):

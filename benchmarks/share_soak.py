@@ -1,8 +1,8 @@
 """The daemon on a real SMB share under a NAS's faults, then the exactly-once audit.
 
-    python benchmarks/share_soak.py --photos 100 --restarts 3 --drops 2   # the full run (minutes, CPU)
+    python -m benchmarks.share_soak --photos 100 --restarts 3 --drops 2   # the full run (minutes, CPU)
 
-Samba serves a temporary folder on 127.0.0.1:445 (as root; see tests/shares.py) and
+Samba serves a temporary folder on 127.0.0.1:445 (as root; see harness/shares.py) and
 smbnetfs mounts it; the inbox, outbox, failed/, processed/ and the spool are all on the
 share, the journal in a local state folder. Photos arrive over the run, half written on
 the server's side (another client) and half copied through the mount; meanwhile the
@@ -23,13 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from daemon_harness import Daemon, photo_bytes, wait_for, write_config  # noqa: E402
-from nstd.bench.measure import machine  # noqa: E402
-from shares import SambaServer, SmbMount, served  # noqa: E402
-from soak import STYLES, count_outputs, failed_reasons, missing_and_twice, models_dir  # noqa: E402
+from harness.audit import count_outputs, failed_reasons, missing_and_twice
+from harness.daemon import STYLES, Daemon, photo_bytes, wait_for, write_config
+from harness.shares import SambaServer, SmbMount, served
+from harness.synthetic import models_dir
+from nstd.bench.measure import machine
 
 SHARED = ("inbox", "outbox", "failed", "processed", "spool")
 

@@ -1,7 +1,7 @@
 """Soak harness: the real daemon under faults, then a full audit of what came out.
 
-    python benchmarks/soak.py --photos 200 --kills 10      # the full run (minutes, CPU)
-    python benchmarks/soak.py --photos 20 --kills 2        # what the test suite runs
+    python -m benchmarks.soak --photos 200 --kills 10      # the full run (minutes, CPU)
+    python -m benchmarks.soak --photos 20 --kills 2        # what the test suite runs
 
 Tiny model settings on the CPU; random VGG19 weights (the engine is not under test).
 Faults, at random moments: SIGKILL and restart; the inbox swapped for a fresh folder
@@ -20,18 +20,15 @@ import random
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from daemon_harness import Daemon, photo_bytes, write_config  # noqa: E402
-from nstd.daemon.lock import CLAIM_NAME  # noqa: E402
-
-STYLES = ("ink", "wash")
+from harness.audit import count_outputs, failed_reasons, missing_and_twice
+from harness.daemon import STYLES, Daemon, photo_bytes, rss_kib, write_config
+from harness.synthetic import models_dir
+from nstd.daemon.lock import CLAIM_NAME
 
 
 @dataclass
@@ -52,39 +49,12 @@ class Tally:
         self.versions.setdefault(name, set()).add(hashlib.sha256(data).hexdigest())
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def try_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return False
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True).returncode == 0
-
-
-def models_dir(work: Path) -> Path:
-    import torch
-    from conftest import random_vgg_state_dict
-    from nstd.cli import main as nstd_main
-
-    d = work / "models"
-    torch.save(random_vgg_state_dict(), work / "random.pth")
-    with open(os.devnull, "w") as devnull:
-        old, sys.stdout = sys.stdout, devnull
-        try:
-            nstd_main(["weights", "import", str(work / "random.pth"), "--name", "random",
-                       "--preprocessing", "torchvision", "--models-dir", str(d)])
-        finally:
-            sys.stdout = old
-    return d
 
 
 def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 40) -> dict:
@@ -240,44 +210,6 @@ def _retries(work: Path) -> int:
     for line in (work / "daemon.log").read_text(errors="replace").splitlines():
         n += any(f'"{event}"' in line for event in ("retry_later", "output_deferred", "paused"))
     return n
-
-
-def count_outputs(outbox: Path, styles) -> tuple[dict[tuple[str, str], int], list[str]]:
-    """Outputs per (style, input sha256), by their loss logs; and the logs whose image is missing."""
-    outputs: dict[tuple[str, str], int] = {}
-    incomplete = []
-    for style in styles:
-        for js in sorted((outbox / style).rglob("*.json")) if (outbox / style).exists() else []:
-            log = json.loads(js.read_text())
-            if not (outbox / log["output"]["path"]).exists():
-                incomplete.append(str(js))
-            key = (style, log["input"]["sha256"])
-            outputs[key] = outputs.get(key, 0) + 1
-    return outputs, incomplete
-
-
-def missing_and_twice(versions: list[tuple[str, str]], outputs: dict[tuple[str, str], int], failed: dict,
-                      styles) -> tuple[list[str], list[str]]:
-    """Each (label, sha256) dropped, in each style: the outputs that never came (and did
-    not fail for a reason), and those that came more than once."""
-    missing, duplicated = [], []
-    for label, sha in versions:
-        for style in styles:
-            k = outputs.get((style, sha), 0)
-            if k == 0 and sha not in failed:
-                missing.append(f"{label} in {style}")
-            if k > 1:
-                duplicated.append(f"{label} in {style}: {k}")
-    return missing, duplicated
-
-
-def failed_reasons(failed: Path) -> dict[str | None, str | None]:
-    """Input sha256 -> reason, from failed/'s error records."""
-    out = {}
-    for ej in failed.rglob("*.error.json"):
-        rec = json.loads(ej.read_text())
-        out[rec.get("sha256")] = rec.get("reason")
-    return out
 
 
 def audit(work: Path, tally: Tally) -> dict:

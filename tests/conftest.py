@@ -4,24 +4,13 @@ import threading
 import pytest
 import torch
 
-from nstd.engine.layers import weight_shapes
 from nstd.engine.vgg import VGGFeatures
 from nstd.engine.types import BatchSettings
 
+from harness.synthetic import random_vgg_state_dict
+
 # Two cores: keep torch from oversubscribing them when pytest runs.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def random_vgg_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """He-initialised weights with VGG19's shapes, keyed like torchvision's features."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in weight_shapes().items():
-        if key.endswith(".weight"):
-            sd[key] = torch.randn(*shape, generator=gen) * (2.0 / (shape[1] * 9)) ** 0.5
-        else:
-            sd[key] = torch.randn(*shape, generator=gen) * 0.01
-    return sd
 
 
 @pytest.fixture(scope="session")
@@ -35,13 +24,6 @@ def tiny_model(vgg_sd):
     return VGGFeatures(vgg_sd, "torchvision", BatchSettings().layers, model_id="random")
 
 
-def rand_image(h: int, w: int, seed: int) -> torch.Tensor:
-    """A smooth random image: noise, blurred by downsampling, so it has structure."""
-    gen = torch.Generator().manual_seed(seed)
-    small = torch.rand(1, 3, max(2, h // 4), max(2, w // 4), generator=gen)
-    return torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
-
-
 @pytest.fixture
 def service(tmp_path):
     """A prepared daemon in-process, on a random-weight model, with a worker not started:
@@ -51,7 +33,7 @@ def service(tmp_path):
     from nstd.daemon.service import Service
     from nstd.daemon.worker import Worker
 
-    from daemon_harness import write_config
+    from harness.daemon import write_config
 
     models = tmp_path / "models"
     torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
@@ -101,7 +83,7 @@ def session_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pg_server():
     """A real PostgreSQL server for the session, from Debian's postgresql package."""
-    from pg import PostgresServer
+    from harness.pg import PostgresServer
 
     server = PostgresServer().start()
     yield server

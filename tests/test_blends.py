@@ -7,7 +7,7 @@ from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.errors import ConfigError
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 from test_config import write
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from nstd.cli import main
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 
 
 def write_photo(path, h, w, seed):
@@ -251,7 +251,7 @@ def test_folders_are_taken_as_their_photos_and_a_blend_is_one_output(tmp_path, m
 
 
 def test_retry_names_what_is_not_in_failed_and_still_moves_the_names_that_are(tmp_path, capsys):
-    from daemon_harness import write_config
+    from harness.daemon import write_config
     from nstd.daemon import dispose
 
     config = write_config(tmp_path, tmp_path / "models")
@@ -280,7 +280,7 @@ def test_init_writes_the_paintings_its_help_names(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["stylize", "bench"])
 def test_a_device_that_is_no_device_is_one_line(tmp_path, models, capsys, command):
-    from daemon_harness import photo_bytes
+    from harness.daemon import photo_bytes
 
     photo, style = tmp_path / "p.png", tmp_path / "s.png"
     photo.write_bytes(photo_bytes(32, 32, 1, "PNG"))

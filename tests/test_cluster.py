@@ -1,17 +1,13 @@
 """A short run of the cluster harness: three real daemons sharing one inbox and a real
 PostgreSQL, with a kill -9, a host frozen past its lease and a database restart."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 
 def test_short_cluster_run_loses_nothing_and_does_nothing_twice(tmp_path):
-    from cluster import cluster_run
+    from benchmarks.cluster import cluster_run
 
     report = cluster_run(tmp_path / "work", photos=10, hosts=3, kills=1, seed=5, lease=3.0, iterations=20)
     assert report["ok"], report

@@ -5,7 +5,7 @@ from nstd.engine import color
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 
 
 def chroma(image):

@@ -7,7 +7,7 @@ import pytest
 
 from nstd import faults
 
-from daemon_harness import Daemon, files, photo_bytes, wait_for, write_config
+from harness.daemon import Daemon, files, photo_bytes, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 STYLES = ("ink", "wash")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 
-from daemon_harness import Daemon, files, jobs, listening_sockets, photo_bytes, wait_for, write_config
+from harness.daemon import Daemon, files, jobs, listening_sockets, photo_bytes, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,7 @@ def test_sighup_reloads_the_style_set(tmp_path, daemon, isolation):
 
 def test_bad_input_corpus(tmp_path, daemon, session_models):
     """Every awkward or hostile file is stylized or refused with a reason; nothing escapes."""
-    from corpus import build
+    from harness.corpus import build
 
     d = daemon(styles={"ink": {"image": "style.png"}}, transfer={"iterations": 2})
     staging = tmp_path / "staging"

@@ -9,7 +9,7 @@ from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import LAYER_NAMES, VGGFeatures
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 
 
 def jobs_for(n, h=32, w=40, **kw):

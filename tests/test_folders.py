@@ -70,7 +70,7 @@ def test_a_publish_that_finds_its_outbox_gone_waits_for_it(service):
     and written once the share is back (the share soak found them failed)."""
     import shutil
 
-    from daemon_harness import run_once, take
+    from harness.daemon import run_once, take
 
     take(service, "a.jpg")
     away = service.cfg.outbox.with_name("outbox-away")

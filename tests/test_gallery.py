@@ -8,8 +8,8 @@ from pathlib import Path
 from nstd.daemon.intake import Kind
 from nstd.daemon import gallery
 
-from daemon_harness import photo_bytes
-from daemon_harness import run_once, take
+from harness.daemon import photo_bytes
+from harness.daemon import run_once, take
 
 
 def chromium() -> str:

@@ -1,10 +1,7 @@
 """Issue 13's goals read off a campaign's result files."""
 
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 
 def _campaign(folder: Path, photos_per_hour: float, within: float, share: float, latency: float) -> Path:
@@ -23,7 +20,7 @@ def _campaign(folder: Path, photos_per_hour: float, within: float, share: float,
 
 
 def test_each_goal_is_met_only_by_a_measurement_past_its_target(tmp_path):
-    from goals import rows
+    from benchmarks.goals import rows
 
     met = {goal.split(",")[0]: ok for goal, _, _, ok in rows([_campaign(tmp_path / "a", 12_000, 1.0, 0.36, 9.0)])}
     assert met == {"photos/h to the reference": "yes", "VGG pass": "yes", "drop to output": "yes",
@@ -35,7 +32,7 @@ def test_each_goal_is_met_only_by_a_measurement_past_its_target(tmp_path):
 
 
 def test_the_compiled_contenders_count_from_their_own_file(tmp_path):
-    from goals import rows
+    from benchmarks.goals import rows
 
     folder = _campaign(tmp_path / "a", 12_000, 1.0, 0.36, 9.0)
     compiled = [{"name": "nstd_fp32", "reached": True, "seconds": 31.0, "best_vs_reference": 0.99},

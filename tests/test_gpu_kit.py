@@ -2,8 +2,6 @@
 there gives the objective's features exactly as the full weights do."""
 
 import json
-import sys
-from pathlib import Path
 
 import torch
 
@@ -11,11 +9,9 @@ from nstd import weights
 from nstd.engine.types import BatchSettings
 from nstd.engine.vgg import VGGFeatures
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
 
 def test_weights_cut_at_conv5_1_give_the_objective_s_features_exactly(tmp_path, vgg_sd):
-    import gpu_kit
+    from benchmarks import gpu_kit
 
     here, there, kit = tmp_path / "here", tmp_path / "there", tmp_path / "kit"
     kit.mkdir()

@@ -9,7 +9,7 @@ from nstd.engine.switches import Switches
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, Region, StyleImage, TransferJob
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 
 H, W = 40, 60
 

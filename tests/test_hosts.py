@@ -16,8 +16,8 @@ from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
 from nstd.errors import ConfigError
 
-from conftest import random_vgg_state_dict
-from daemon_harness import files, photo_bytes, write_config
+from harness.daemon import files, photo_bytes, write_config
+from harness.synthetic import random_vgg_state_dict
 
 
 def make_hosts(tmp_path, url: str, names=("a", "b"), refill: bool = True) -> list[Service]:
@@ -147,7 +147,7 @@ def test_a_host_keeps_its_batch_through_a_database_outage_and_takes_nothing_new(
     and judges no lease until the live hosts have had time to renew theirs."""
     from nstd.daemon import outage
     from nstd.daemon.outage import PatientJournal
-    from pg import PostgresServer
+    from harness.pg import PostgresServer
 
     monkeypatch.setattr(outage, "RETRY_SECONDS", 0.05)
     server = PostgresServer().start()

@@ -162,7 +162,7 @@ def test_linear_light_mid_grey_brightens_in_srgb():
 
 
 def test_a_header_claiming_giant_dimensions_is_refused_by_nstds_own_limit():
-    from corpus import png_bomb
+    from harness.corpus import png_bomb
     with pytest.raises(ImageError, match=r"bomb.png: 40000x40000 is 1,600,000,000 pixels, over the limit "
                                          r"of 50,000,000 \(max_pixels\)"):
         images.decode(png_bomb(40000, 40000), "bomb.png")

@@ -11,7 +11,7 @@ from nstd.daemon.lock import CLAIM_NAME, InboxClaim, StateLock
 from nstd.daemon.service import Service
 from nstd.errors import ConfigError
 
-from daemon_harness import write_config
+from harness.daemon import write_config
 
 
 def test_a_second_daemon_on_the_same_config_is_refused_naming_the_first(service, capsys):

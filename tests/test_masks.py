@@ -14,7 +14,7 @@ from nstd.daemon.journal import State
 from nstd.errors import ConfigError, ImageError
 from nstd.params import TransferParams, validate
 
-from daemon_harness import files, photo_bytes
+from harness.daemon import files, photo_bytes
 from test_service import drive, queued_inputs
 
 

@@ -6,7 +6,7 @@ from nstd.engine.multiscale import run_scales
 from nstd.engine.sizes import Scale, schedule
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 
 
 def test_schedule_grows_by_the_factor_and_ends_at_the_target():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from daemon_harness import write_config
+from harness.daemon import write_config
 
 # Runs one command in a fresh interpreter and reports which heavy modules it loaded.
 RUN = """

@@ -7,7 +7,7 @@ from PIL import Image
 
 from nstd.cli import main
 
-from daemon_harness import run_once, take
+from harness.daemon import run_once, take
 
 
 def test_stylize_and_the_daemon_give_bit_identical_pixels(service, tmp_path):

@@ -15,7 +15,7 @@ from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import VGGFeatures
 
-from conftest import random_vgg_state_dict
+from harness.synthetic import random_vgg_state_dict
 
 RGB = (200, 100, 50)  # a pixel, 0-255
 

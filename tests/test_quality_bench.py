@@ -2,21 +2,17 @@
 an independent route, and its matched weights make nstd minimise the peer's objective."""
 
 import json
-import sys
-from pathlib import Path
 
 import torch
 
 from nstd.cli import main
 
-from conftest import random_vgg_state_dict
-from daemon_harness import photo_bytes
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from harness.daemon import photo_bytes
+from harness.synthetic import random_vgg_state_dict
 
 
 def test_nstd_with_matched_weights_starts_at_the_evaluators_objective(tmp_path):
-    import quality
+    from benchmarks import quality
     from nstd import stylize
     from nstd.params import TransferParams
 

@@ -78,7 +78,7 @@ def test_the_service_steps_run_in_a_temporary_root_to_a_ready_check(tmp_path):
 
     import torch
 
-    from conftest import random_vgg_state_dict
+    from harness.synthetic import random_vgg_state_dict
 
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
         raise AssertionError("the steps begin with git archive: run the suite from a git checkout")
@@ -379,7 +379,7 @@ def test_every_other_pasted_command_names_what_exists(monkeypatch, capsys):
     def stop_after_parsing(self, args=None, namespace=None):
         raise Parsed(parse_args(self, args, namespace))
 
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the scripts put benchmarks/ and tests/ on it
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a script that edits it edits this copy
     before = set(sys.modules)
     scripts = 0
     for name, (program, *args) in shell_commands():
@@ -392,15 +392,24 @@ def test_every_other_pasted_command_names_what_exists(monkeypatch, capsys):
             assert (ROOT / args[0]).is_file(), where
             if args[0].endswith("gpu_campaign.sh"):
                 assert set(args[3:]) <= stages and args[3:], f"{where}: no such stage"
-        elif program.endswith("/python") and args[0].endswith(".py"):
-            script = ROOT / args[0]
-            assert script.is_file(), f"{where}: no such script"
+        elif program.endswith("/python") and (args[0].endswith(".py") or args[0] == "-m" and
+                                              args[1].split(".")[0] in ("benchmarks", "harness")):
+            module = args[1] if args[0] == "-m" else None
+            script = ROOT / (f"{module.replace('.', '/')}.py" if module else args[0])
+            assert script.is_file(), f"{where}: no such {'module' if module else 'script'}"
             if script.parent.name != "benchmarks":
                 continue
+            # Run by its path, a script has its own folder on the import path, not the
+            # repository root: under pytest its import of the harness would pass all the same.
+            assert module or not re.search(r"^\s*(from|import) (harness|benchmarks)\b", script.read_text(), re.M), \
+                f"{where}: it imports from the repository root; run it as -m benchmarks.{script.stem}"
             monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop_after_parsing)
-            monkeypatch.setattr(sys, "argv", [str(script), *args[1:]])
+            monkeypatch.setattr(sys, "argv", [str(script), *args[2 if module else 1:]])
             try:
-                runpy.run_path(str(script), run_name="__main__")
+                if module:
+                    runpy.run_module(module, run_name="__main__", alter_sys=True)
+                else:
+                    runpy.run_path(str(script), run_name="__main__")
             except Parsed:
                 scripts += 1
             except SystemExit:

@@ -17,7 +17,7 @@ from nstd.daemon.inbox import Watcher
 from nstd.daemon.journal import State
 from nstd.daemon.scheduler import Scheduler
 
-from daemon_harness import files, photo_bytes, wait_for
+from harness.daemon import files, photo_bytes, wait_for
 
 
 def drive(svc, now: float, rounds: int = 20) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import Daemon, files, photo_bytes, wait_for, write_config
-from shares import SambaServer, SftpServer, SmbMount, SshfsMount, served
+from harness.daemon import Daemon, files, photo_bytes, wait_for, write_config
+from harness.shares import SambaServer, SftpServer, SmbMount, SshfsMount, served
 
 pytestmark = pytest.mark.slow
 SHARED = ("inbox", "outbox", "failed", "processed", "spool")

@@ -10,7 +10,7 @@ from nstd.daemon import sidecar
 from nstd.errors import ConfigError
 from nstd.params import TransferParams
 
-from daemon_harness import accept, photo_bytes, take
+from harness.daemon import accept, photo_bytes, take
 
 
 def test_paths_run_from_the_inbox_root_to_the_photo():
@@ -58,7 +58,7 @@ def test_the_daemon_applies_a_sidecar_and_refuses_a_bad_one(service):  # noqa: F
     assert job.params["style_weight"] == 77 and job.params["preserve_color"] == "luminance"
     (service.cfg.inbox / "b.jpg.nstd.yaml").write_text("style_weight: lots\n")
     path = service.cfg.inbox / "b.jpg"
-    from daemon_harness import photo_bytes
+    from harness.daemon import photo_bytes
     path.write_bytes(photo_bytes(40, 40, 3))
     st = path.stat()
     out = service.intake.accept("b.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
@@ -215,7 +215,7 @@ def test_a_sidecar_cannot_hold_the_worker_for_ever(service, text, message):
 
 def test_limits_are_read_from_the_config(tmp_path):
     from nstd import config
-    from daemon_harness import write_config
+    from harness.daemon import write_config
 
     cfg = config.load(write_config(tmp_path, tmp_path / "models", limits={"iterations": 50}))
     assert cfg.limits.iterations == 50 and cfg.limits.total_iterations == 5000

@@ -15,7 +15,7 @@ from nstd.engine.switches import Switches
 from nstd.engine.transfer import run, run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 
 STYLE = StyleImage(rand_image(36, 36, seed=99), key="style-a")
 

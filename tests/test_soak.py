@@ -1,16 +1,12 @@
 """A short run of the soak harness: faults injected, then every file accounted for."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 
 def test_short_soak_loses_nothing(tmp_path):
-    from soak import soak
+    from benchmarks.soak import soak
 
     # 32 px: a multiple of 16, so no margin is computed (engine/resize.pool_padding).
     report = soak(tmp_path / "work", photos=12, kills=2, seed=3, size=32)

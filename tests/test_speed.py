@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from daemon_harness import photo_bytes, write_config
+from harness.daemon import photo_bytes, write_config
 from nstd.engine import speed
 from nstd.engine.memory import flops_per_iteration
 from nstd.engine.types import BatchSettings

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from daemon_harness import Daemon, files, photo_bytes, wait_for, write_config
+from harness.daemon import Daemon, files, photo_bytes, wait_for, write_config
 from nstd.web.server import MAX_CLIENTS, Endpoint, Probe
 
 TOKEN = "s3cret-token-of-the-studio"

@@ -10,7 +10,7 @@ from nstd import weights
 from nstd.cli import main
 from nstd.errors import WeightsError
 
-from conftest import random_vgg_state_dict
+from harness.synthetic import random_vgg_state_dict
 
 
 def write_keras_h5(path, sd):

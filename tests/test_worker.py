@@ -16,8 +16,8 @@ from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
 from nstd.cli import main
 
-from conftest import random_vgg_state_dict
-from daemon_harness import photo_bytes, run_once, take, write_config
+from harness.daemon import photo_bytes, run_once, take, write_config
+from harness.synthetic import random_vgg_state_dict
 
 
 def states(svc):

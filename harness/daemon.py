@@ -17,9 +17,10 @@ from PIL import Image
 from nstd.daemon.intake import Kind
 from nstd.daemon.lock import CLAIM_NAME
 
-from conftest import rand_image
+from harness.synthetic import rand_image
 
 FOLDERS = ("inbox", "outbox", "failed", "processed", "state")
+STYLES = ("ink", "wash")  # what write_config gives every daemon, unless told otherwise
 
 
 def photo_bytes(h: int, w: int, seed: int, fmt: str = "JPEG") -> bytes:
@@ -123,6 +124,17 @@ def wait_for(predicate, timeout: float = 30, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def rss_kib(pid: int) -> int:
+    """The process's resident memory, or 0 once it is gone (a harness samples it between kills)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def files(folder: Path) -> list[str]:
     """Every file below `folder`, but the inbox claim a running daemon keeps there."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != CLAIM_NAME)
@@ -160,7 +172,7 @@ def listening_sockets(pid: int) -> list[str]:
     return found
 
 
-# --- in-process helpers for the `service` fixture (conftest.py) ---------------------
+# --- in-process helpers for the `service` fixture (tests/conftest.py) ---------------
 
 def accept(svc, name: str, seed: int):
     """A photo written to the inbox and handed to intake as settled: what became of it."""

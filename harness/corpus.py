@@ -1,6 +1,6 @@
 """A corpus of awkward and hostile inputs, generated rather than committed.
 
-`python tests/corpus.py DIR` writes it into DIR; the tests call `build(dir, outside)`.
+`python -m harness.corpus DIR` writes it into DIR; the tests call `build(dir, outside)`.
 Each entry says whether nstd should stylize it ("ok") or refuse it ("failed"), and
 for refusals a phrase the reason must contain.
 """
