@@ -1,4 +1,5 @@
-"""Command line: `nstd run | stylize | check | status | retry | init | weights | bench`."""
+"""Command line: `nstd run | stylize | check | status | retry | priority | cancel | pause |
+resume | init | weights | bench`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from nstd import __version__, images, weights
+from nstd import __version__, images, steer, weights
 from nstd.args import blend_weights, flag_metavar, flag_value, models_dir, ready_folder
 from nstd.errors import NstdError
 from nstd.params import FLAGS, TransferParams, validate
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_stylize(sub)
     _add_retry(sub)
+    steer.add(sub, _add_config)
     _add_init(sub)
     _add_weights(sub)
     _add_bench(sub)

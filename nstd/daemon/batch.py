@@ -9,17 +9,20 @@ from enum import Enum
 from typing import Callable
 
 from nstd.daemon.database import Unavailable
-from nstd.daemon.journal import Journal
+from nstd.daemon.journal import Job, Journal
 from nstd.daemon.lease import LeaseKeeper
 from nstd.daemon.outcomes import Outcomes
 from nstd.daemon.refill import Refill
 from nstd.engine import speed
-from nstd.engine.session import Verdict
+from nstd.engine.resize import long_side_size
+from nstd.engine.session import Drop, Verdict
 from nstd.engine.types import TransferResult
 from nstd.log import get
+from nstd.params import TransferParams
 from nstd.pipeline import Task
 
 log = get("nstd.worker")
+CANCEL_LOOK = 1.0  # seconds between looks for cancelled jobs in the journal
 
 
 class Stop(Enum):
@@ -34,6 +37,7 @@ class DaemonBatch:
                  pace: speed.Pace, deadline: Callable[[], float | None]):
         self.journal, self.outcomes, self.refill, self.keeper = journal, outcomes, refill, keeper
         self.pace, self.deadline = pace, deadline
+        self.looked = float("-inf")  # when cancels were last looked for, by the pace's clock
         self.joined = {job_id: 0 for job_id in outcomes.jobs}  # each job's loop iteration at joining
         self.iteration = 0
         self.stopped: Stop | None = None
@@ -49,7 +53,7 @@ class DaemonBatch:
             self.joined[job.id] = self.iteration
         return [task for _, task in got]
 
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
         self.iteration = iteration
         self.stopped = self._stop()
         if self.stopped is not None:
@@ -59,7 +63,25 @@ class DaemonBatch:
                      loss=[round(r["total"], 5) for r in losses])
         if self.pace.due(iteration):
             self._report(iteration)
-        return Verdict.GO
+        cancelled = self._cancelled()
+        return Drop(frozenset(cancelled)) if cancelled else Verdict.GO
+
+    def _cancelled(self) -> set[int]:
+        """The running jobs cancelled since the last look (nstd cancel, from any host):
+        they leave the batch, nothing of them published, and their places are refilled."""
+        now = self.pace.clock()
+        if now - self.looked < CANCEL_LOOK:
+            return set()
+        self.looked = now
+        try:
+            found = getattr(self.journal, "raw", self.journal).cancelled_among(self.unfinished())
+        except Unavailable:
+            return set()  # looked for again once the database is back
+        for job_id in sorted(found):
+            self.outcomes.ended.add(job_id)
+            job = self.outcomes.jobs[job_id]
+            log.info("cancelled", job=job_id, input=job.relpath, style=job.style, batch=job.batch_id)
+        return found
 
     def _stop(self) -> Stop | None:
         if self.keeper.lost:
@@ -95,3 +117,10 @@ class DaemonBatch:
     def on_thread(self):
         return self.outcomes.on_thread()
 
+
+
+def pace_for(head: Job, p: TransferParams, clock: Callable[[], float]) -> speed.Pace:
+    """A batch's pace, its later scales' iterations counted dearer."""
+    long_side = max(head.height, head.width)
+    scales = [(*long_side_size(head.height, head.width, s.long_side), s.iterations) for s in p.scales(long_side)]
+    return speed.Pace(p.total_iterations(long_side), scales, p.settings().layers, clock)

@@ -16,6 +16,7 @@ from nstd.daemon.database import Unavailable
 from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, relative, scan, settle_seconds
 from nstd.daemon.intake import Intake, Kind
 from nstd.daemon.journal import Input, Journal, State
+from nstd.daemon.journal.records import ENDED_BADLY
 from nstd.daemon.runtime import Runtime
 from nstd.fsutil import FolderGone, is_share_error, printable, sha256_file
 from nstd.log import get
@@ -175,7 +176,7 @@ class Inputs:
             self.journal.close_input(inp.id, State.DONE if all(j.state is State.DONE for j in jobs)
                                      else State.FAILED)
             return
-        failed = [j for j in jobs if j.state is State.FAILED]
+        failed = [j for j in jobs if j.state in ENDED_BADLY]
         if failed:
             reason = "; ".join(f"{j.style}: {j.error}" for j in failed)
             attempts = max(j.attempts for j in failed)

@@ -194,21 +194,22 @@ class Intake:
         """One job per style (or one for a region map), with the sidecars' overrides, at the
         photo's working size."""
         memory = self.journal.largest_memory(time.time())  # of every worker that has said, on any host
+        priority = sidecar.priority(sidecars)
         if spec is not None and spec.kind == "regions":
             params = sidecar.apply(self.cfg.transfer, sidecars, self.models)
             return [self._spec(relpath, REGIONS_STYLE, params, self.cfg.transfer, h, w, memory,
-                               self.styles.regions_params(spec, self.cfg.output, params), spec)]
+                               self.styles.regions_params(spec, self.cfg.output, params), spec, priority)]
         specs = []
         for name in styles:
             base = self.styles.get(name).params
             params = sidecar.apply(base, sidecars, self.models)
             stored = self.styles.job_params(name, self.cfg.output, params)
             specs.append(self._spec(relpath, name, params, base, h, w, memory,
-                                    stored | ({"guide": spec.as_dict()} if spec else {}), spec))
+                                    stored | ({"guide": spec.as_dict()} if spec else {}), spec, priority))
         return specs
 
     def _spec(self, relpath: str, style: str, params, base, h: int, w: int, memory: int | None, stored: dict,
-              spec: GuideSpec | None) -> JobSpec:
+              spec: GuideSpec | None, priority: int = 0) -> JobSpec:
         """A guided job's mask, region map or face keeping shapes its objective and its
         memory, and only jobs of one shape of objective can take each other's places in a
         running batch."""
@@ -219,7 +220,7 @@ class Intake:
                    self.cfg.worker.switches.history_precision)
         key = [ww, hh, repr(params.batch_key())] + (["guided"] if guided else [])
         return JobSpec(style=style, params_hash=_digest(stored), params=stored, width=ww, height=hh,
-                       batch_key=_digest(key))
+                       batch_key=_digest(key), priority=priority)
 
     def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
         self.journal.fail_input(printable(relpath), sha or "", reason)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 from nstd.daemon.database import Unavailable
-from nstd.daemon.journal import LEASE_SECONDS, Failure, Job, Journal, WorkerInfo, WorkerState
+from nstd.daemon.journal import LEASE_SECONDS, Failure, Job, Journal, Pause, WorkerInfo, WorkerState
 from nstd.daemon.notify import notify
 from nstd.log import get
 
@@ -72,7 +72,8 @@ class PatientJournal:
     `count_queued`, `claim`) and reports that the next round says again (`beat`,
     `progress`, `note_speed`). A worker waiting on a claim could not see a stop, a
     paused outbox or its own heartbeat, and holds nothing the wait would save; it takes
-    nothing now and asks again on its next round. The verbs of new work pause
+    nothing now and asks again on its next round. An operator's pause (`pause_of`) is
+    read the same way. The verbs of new work pause
     RETRY_SECONDS first (`wait`, which a stop cuts short), so that round keeps to the
     outage's pace rather than asking the server many times a second.
 
@@ -150,6 +151,10 @@ class PatientJournal:
 
     def note_speed(self, owner: str, flops_per_second: float, now: float) -> None:
         self._or_nothing("note_speed", lambda: self.raw.note_speed(owner, flops_per_second, now), None)
+
+    def pause_of(self, host: str, device: str) -> Pause | None:
+        """Fail fast too: with the database away no work is claimed anyway."""
+        return self._or_nothing("pause_of", lambda: self.raw.pause_of(host, device), None)
 
 
 class Outage:

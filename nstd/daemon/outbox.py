@@ -74,6 +74,13 @@ def write(outbox: Path, job: Job, pixels, log: dict, snapshots=(), exif: bytes |
     return image
 
 
+def withdraw(outbox: Path, job: Job) -> None:
+    """Remove a job's outputs, written just before the job was cancelled: nothing of a
+    cancelled job is published."""
+    for path in targets(outbox, job):
+        path.unlink(missing_ok=True)
+
+
 def stray_temp_files(outbox: Path, shared: bool = False) -> list[Path]:
     """Temporary files an interrupted write left behind (names from fsutil.atomic_write).
     On an outbox `shared` with other hosts, only those this host's dead processes left."""

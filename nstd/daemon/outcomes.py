@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
 from typing import Callable
 
 from nstd import faults
 from nstd.config import Config, WorkerConfig
 from nstd.daemon import gallery, outbox
-from nstd.daemon.journal import Job, Journal
+from nstd.daemon.journal import Job, Journal, State
 from nstd.daemon.loader import Unread
 from nstd.daemon.outage import PatientJournal, patiently
 from nstd.engine.types import TransferResult
@@ -46,6 +47,15 @@ def unread(journal: Journal, job: Job, why: Unread, policy: WorkerConfig) -> Non
         journal.fail(job.id, why.error, job.batch_id)
 
 
+def update_gallery(outbox_dir: Path, journal: Journal) -> None:
+    """The gallery page after a batch; a convenience, so its trouble fails nothing."""
+    try:
+        gallery.write(outbox_dir, journal)
+    except OSError as e:
+        # A share that is away is said once by the supervisor, not at each write.
+        (log.info if is_share_error(e) else log.warning)("gallery_not_written", error=str(e))
+
+
 class Outcomes:
     """A batch's finished and refused jobs, on the publisher's thread (see handoff): the
     outputs into the outbox, the outcomes into the journal."""
@@ -78,9 +88,10 @@ class Outcomes:
         job = self.jobs[task.job_id]
         self.ended.add(job.id)
         if not self.journal.holds(job.id, job.batch_id):
-            # Our lease ran out (a long cut from the database) and another worker has the
-            # job: its output is the one that counts, so ours is not written over it.
-            log.warning("not_published", job=job.id, input=job.relpath, reason="claim lost to another worker")
+            # Cancelled, or our lease ran out (a long cut from the database) and another
+            # worker has the job: its output is the one that counts, so ours is not
+            # written over it.
+            self._not_held(job, "not_published")
             return
         try:
             path = outbox.write(self.cfg.outbox, job, result.image, entry, result.snapshots,
@@ -92,13 +103,23 @@ class Outcomes:
             self._unwritten(job, e)
             return
         if not self.journal.finish(job.id, str(path.relative_to(self.cfg.outbox)), job.batch_id):
-            log.warning("finish_refused", job=job.id, input=job.relpath, reason="claim lost to another worker")
+            if self._not_held(job, "finish_refused"):
+                outbox.withdraw(self.cfg.outbox, job)  # cancelled while it was being written
             return
         faults.point("after_finish")
         gallery.job_done(self.cfg.outbox, job.id, job.input_sha256, task.photo.pixels, task.style, result.image,
                          task.guide)
         log.info("done", job=job.id, input=job.relpath, style=job.style, output=str(path),
                  seconds=entry["timings"]["seconds"], batch=entry["batch"]["size"])
+
+    def _not_held(self, job: Job, event: str) -> bool:
+        """Log why a job's outcome is not ours to record; True where it was cancelled."""
+        [now] = self.journal.get_jobs([job.id])
+        if now.state is State.CANCELLED:
+            log.info(event, job=job.id, input=job.relpath, reason=now.error)
+            return True
+        log.warning(event, job=job.id, input=job.relpath, reason="claim lost to another worker")
+        return False
 
     def _unwritten(self, job: Job, e: OSError) -> None:
         """An output that could not be written: deferred where the outbox is the trouble

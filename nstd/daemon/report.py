@@ -9,10 +9,12 @@ import time
 from collections import defaultdict
 
 from nstd.daemon import folders
+from nstd.daemon.journal.records import State
 from nstd.durations import say
 
 SILENT_AFTER = 90.0  # seconds without a heartbeat before nstd status calls a worker silent
 RECENT_FAILURES = 10  # failed photos nstd status lists
+ALWAYS = (State.QUEUED, State.RUNNING, State.DONE, State.FAILED)  # said even at 0; cancelled only once there are any
 
 
 def status(cfg, journal, now: float) -> list[str]:
@@ -22,11 +24,17 @@ def status(cfg, journal, now: float) -> list[str]:
     if trouble:
         out.append(f"paused: {trouble.reason}; new work waits until it is back")
     p = journal.input_counts()
-    out.append(f"photos: {p['queued']} in progress, {p['done']} done, {p['failed']} failed")
+    out.append(f"photos: {p[State.QUEUED]} in progress, {p[State.DONE]} done, {p[State.FAILED]} failed")
     c = journal.counts()
-    out.append(f"jobs (photo x style): {c['queued']} queued, {c['running']} running, {c['done']} done, "
-               f"{c['failed']} failed")
-    return out + workers(journal, now) + failures(journal)
+    out.append("jobs (photo x style): " + ", ".join(f"{c[s]} {s.value}" for s in State if c[s] or s in ALWAYS))
+    return out + pauses(journal) + workers(journal, now) + failures(journal)
+
+
+def pauses(journal) -> list[str]:
+    """The operators' pauses in force (nstd pause), on every host."""
+    return [f"paused by operator: host {p.host}, device {p.device}{f' by {p.by_whom}' if p.by_whom else ''} "
+            f"since {time.strftime('%Y-%m-%d %H:%M', time.localtime(p.since))} (nstd resume)"
+            for p in journal.pauses()]
 
 
 def workers(journal, now: float) -> list[str]:

@@ -2,7 +2,8 @@
 
 `photo.jpg.nstd.yaml` applies to that photo; `.nstd.yaml` in a folder applies to every
 photo below it, the nearest folder winning and the photo's own file last. A sidecar
-holds transfer keys, validated like the config's, and the guide keys: `mask` or
+holds transfer keys, validated like the config's, `priority` (higher runs first), and
+the guide keys: `mask` or
 `region_map` (a mask file's name in the sidecar's own folder) and `regions` (a region
 map's colours, each to a configured style or keep). It has no way to name a style image,
 a path or a folder, so it can neither reach outside the configured styles and the inbox
@@ -24,6 +25,9 @@ PHOTO_SUFFIX = ".nstd.yaml"
 FOLDER_NAME = ".nstd.yaml"
 MAX_BYTES = 64 * 1024
 GUIDE_KEYS = ("mask", "region_map", "regions")
+PRIORITY = "priority"  # not a transfer setting: where the photo stands in the queue
+NOT_TRANSFER = GUIDE_KEYS + (PRIORITY,)
+PRIORITY_RANGE = (-1000, 1000)
 
 
 def paths_for(relpath: str) -> list[str]:
@@ -48,7 +52,7 @@ def overrides_for(inbox: Path, relpath: str) -> list[tuple[str, dict]]:
 def apply(params: TransferParams, found: list[tuple[str, dict]], models: set[str]) -> TransferParams:
     """params with every sidecar's overrides; a bad key raises ConfigError naming file and key."""
     for rel, overrides in found:
-        params = with_overrides(params, {k: v for k, v in overrides.items() if k not in GUIDE_KEYS}, rel)
+        params = with_overrides(params, {k: v for k, v in overrides.items() if k not in NOT_TRANSFER}, rel)
         if params.model not in models:
             raise ConfigError(f"{rel}.model: {shown(params.model)} is not a model this config uses "
                               f"({', '.join(sorted(models))})")
@@ -61,6 +65,18 @@ def guide_keys(found: list[tuple[str, dict]]) -> dict[str, tuple[str, object]]:
     for rel, mapping in found:
         out |= {k: (rel, v) for k, v in mapping.items() if k in GUIDE_KEYS}
     return out
+
+
+def priority(found: list[tuple[str, dict]]) -> int:
+    """The photo's priority, the nearest sidecar's winning: higher runs first; 0 by default."""
+    value, where = 0, None
+    for rel, mapping in found:
+        if PRIORITY in mapping:
+            value, where = mapping[PRIORITY], rel
+    low, high = PRIORITY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}.{PRIORITY}: {shown(value)} is not a whole number from {low} to {high}")
+    return value
 
 
 def _read(path: Path, rel: str) -> dict | None:

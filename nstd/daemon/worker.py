@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 
 from nstd.config import Config
-from nstd.daemon import folders, gallery, outcomes
-from nstd.daemon.batch import DaemonBatch, Stop
+from nstd.daemon import expected, folders, outcomes
+from nstd.daemon.batch import DaemonBatch, Stop, pace_for
 from nstd.daemon.database import Unavailable
 from nstd.daemon.journal import Job, Journal, WorkerInfo, WorkerState
 from nstd.daemon.lease import LeaseKeeper, owner_id
@@ -23,15 +23,13 @@ from nstd.daemon.outcomes import Outcomes
 from nstd.daemon.refill import Refill
 from nstd.daemon.scheduler import Scheduler
 from nstd.daemon.styles import StyleBook
-from nstd.engine import speed
 from nstd.engine.device import describe, free_memory, total_memory
 from nstd.engine.memory import MemoryPlanner
-from nstd.engine.resize import long_side_size
 from nstd.engine.runner import Engine
 from nstd.engine.session import Outcome
 from nstd.engine.vgg import VGGFeatures
 from nstd.faces import FaceFinder
-from nstd.fsutil import is_share_error, own_litter
+from nstd.fsutil import own_litter
 from nstd.guide import GuideSpec, styled_regions
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
@@ -61,6 +59,7 @@ class Worker(threading.Thread):
         self.info = WorkerInfo(owner_id(cfg.host, device), cfg.host, describe(device), total_memory(device))
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
+        self.held: str | None = None  # an operator's pause (nstd pause), as its reason says it
         self._probed = float("-inf")
         self.loader = Loader(cfg.max_pixels, FaceFinder())  # its face detector loaded when first asked
         self._mounts = folders.mounts_of({"outbox": cfg.outbox, "spool": cfg.spool_dir})
@@ -94,10 +93,13 @@ class Worker(threading.Thread):
         beaten = float("-inf")
         while not self.stopping.is_set():
             now = time.monotonic()
-            if now - beaten >= BEAT_EVERY:
+            if self._held_now(journal) or now - beaten >= BEAT_EVERY:
                 beaten = now
-                journal.beat(self.info, WorkerState.PAUSED if self.paused else WorkerState.IDLE, time.time(),
-                             self.paused)
+                reason = self.held or self.paused
+                journal.beat(self.info, WorkerState.PAUSED if reason else WorkerState.IDLE, time.time(), reason)
+            if self.held:
+                self.stopping.wait(1.0)
+                continue
             # Only with work waiting: an idle worker has no reason to write to a share.
             was_paused = self.paused is not None
             if journal.oldest_queued(time.time()) is not None and self._outbox_unwritable(now):
@@ -110,9 +112,19 @@ class Worker(threading.Thread):
             if not batch:
                 self.stopping.wait(0.2)
                 continue
-            journal.beat(self.info, "working", time.time())
+            journal.beat(self.info, WorkerState.WORKING, time.time())
             self.process(journal, batch)
             beaten = float("-inf")  # say it is idle again at once
+
+    def _held_now(self, journal: PatientJournal) -> bool:
+        """Look for an operator's pause of this worker (nstd pause); True when that changed."""
+        pause = journal.pause_of(self.cfg.host, str(self.device))
+        held = None if pause is None else pause.reason
+        if held == self.held:
+            return False
+        log.info("worker_held" if held else "worker_released", device=str(self.device), reason=held)
+        self.held = held
+        return True
 
     def _give_up(self) -> bool:
         """Stop waiting for the database: stopping with no batch, or the stop's grace is over."""
@@ -122,24 +134,12 @@ class Worker(threading.Thread):
         return not deadline or time.time() > deadline
 
     def _say_speed(self, journal: Journal | None = None) -> None:
-        """Log how long a photo will take here at the configured settings: on a CPU it is
-        minutes, and a user should hear that before waiting for the first one. The rate goes
-        into the journal too: nstd check quotes it rather than measure on a busy device."""
-        p = self.cfg.transfer
         try:
-            model, _ = self._model(p)
-            rate = speed.measure(model, self.cfg.worker.switches).flops_per_second
+            model, _ = self._model(self.cfg.transfer)
         except Exception as e:  # noqa: BLE001 - an estimate is worth a line, not the worker
             log.warning("expected_speed_unknown", device=str(self.device), error=f"{type(e).__name__}: {e}")
             return
-        seconds = speed.photo_seconds(rate, p.typical_scales(), p.settings().layers)
-        log.info("expected_speed", device=str(self.device), per_photo_and_style=speed.say(seconds),
-                 size=p.size, iterations=p.iterations, gflops=round(rate / 1e9, 1))
-        if journal is not None:
-            try:
-                journal.note_speed(self.info.owner, rate, time.time())
-            except Unavailable:
-                pass  # nstd check measures for itself then
+        expected.say_speed(self.cfg, model, str(self.device), self.info.owner, journal)
 
     def _outbox_unwritable(self, now: float) -> bool:
         """Take no work while the outbox cannot be written or the spool read (a share that
@@ -191,7 +191,7 @@ class Worker(threading.Thread):
         done = Outcomes(self.cfg, journal, {j.id: j for j in batch}, self._give_up, self.stopping.wait)
         refill = Refill(self.cfg, batch[0], self.info.owner, self._load, partial(self._admits, done),
                         len(tasks)) if self.cfg.worker.refill else None
-        session = DaemonBatch(journal, done, refill, keeper, self._pace(batch[0], tasks[0].params),
+        session = DaemonBatch(journal, done, refill, keeper, pace_for(batch[0], tasks[0].params, self.clock),
                               self._deadline_now)
         try:
             with refill or contextlib.nullcontext():
@@ -212,13 +212,8 @@ class Worker(threading.Thread):
             journal.requeue(ids, batch[0].batch_id)
             log.info("batch_requeued", jobs=ids, reason="stopping")
         elif outcome is Outcome.COMPLETE:
-            self._update_gallery(journal)
+            outcomes.update_gallery(self.cfg.outbox, journal)
         # A lost claim leaves the jobs to the worker that has them: nothing of ours is recorded.
-
-    def _pace(self, head: Job, p: TransferParams) -> speed.Pace:
-        long_side = max(head.height, head.width)
-        scales = [(*long_side_size(head.height, head.width, s.long_side), s.iterations) for s in p.scales(long_side)]
-        return speed.Pace(p.total_iterations(long_side), scales, p.settings().layers, self.clock)
 
     def _deadline_now(self) -> float | None:
         """The moment a stop's grace runs out, or None while not stopping."""
@@ -228,16 +223,9 @@ class Worker(threading.Thread):
 
     def _admits(self, done: Outcomes, look: bool) -> bool:
         """Whether the running batch may take newcomers (see refill.Admits)."""
-        if self.stopping.is_set() or self.deadline is not None or done.troubled:
+        if self.stopping.is_set() or self.deadline is not None or done.troubled or self.held:
             return False
         return not (self._outbox_unwritable(time.monotonic()) if look else self.paused)
-
-    def _update_gallery(self, journal: Journal) -> None:
-        try:
-            gallery.write(self.cfg.outbox, journal)
-        except OSError as e:  # the page is a convenience; the outputs are what matter
-            # A share that is away is said once by the supervisor, not at each write.
-            (log.info if is_share_error(e) else log.warning)("gallery_not_written", error=str(e))
 
     def _model(self, p: TransferParams) -> tuple[VGGFeatures, WeightInfo]:
         key = (p.model, p.pooling, p.settings().layers)

@@ -79,12 +79,13 @@ class JournalCollector(Collector):
             inputs.add_metric([state], n)
         finished = CounterMetricFamily("nstd_jobs_finished", "Jobs published, by style", labels=["style"])
         failed = CounterMetricFamily("nstd_jobs_failed", "Jobs set aside in failed/, by style", labels=["style"])
+        cancelled = CounterMetricFamily("nstd_jobs_cancelled", "Jobs cancelled (nstd cancel), by style",
+                                        labels=["style"])
+        ended = {State.DONE.value: finished, State.FAILED.value: failed, State.CANCELLED.value: cancelled}
         for (style, state), n in sorted(by_style.items()):
-            if state == State.DONE.value:
-                finished.add_metric([style], n)
-            elif state == State.FAILED.value:
-                failed.add_metric([style], n)
-        yield from (jobs, inputs, finished, failed)
+            if state in ended:
+                ended[state].add_metric([style], n)
+        yield from (jobs, inputs, finished, failed, cancelled)
 
     def _workers(self, workers: list, now: float):
         up = GaugeMetricFamily("nstd_worker_state", "Each worker's state (1 for the state it is in)",

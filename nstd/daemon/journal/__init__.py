@@ -13,6 +13,7 @@ folder for one host, PostgreSQL for several. The journal is in parts, one job ea
 - `queue`: jobs claimed, renewed, settled and given back;
 - `registry`: the workers and their heartbeats;
 - `reports`: counts, progress and recent outcomes for people;
+- `controls`: the studio's priority, cancel and pause;
 - `records` (the values rows decode into, by column name) and `store` (the connection
   they share).
 
@@ -25,22 +26,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from nstd.daemon.database import SqliteDatabase, Unavailable, connect
+from nstd.daemon.journal.controls import Controls
 from nstd.daemon.journal.inputs import InputRecords
 from nstd.daemon.journal.queue import JobQueue
-from nstd.daemon.journal.records import (LEASE_SECONDS, BatchProgress, Failure, Input, Job, JobSpec, State,
-                                         WorkerInfo, WorkerState)
+from nstd.daemon.journal.records import (ANY, LEASE_SECONDS, BatchProgress, Failure, Input, Job, JobSpec, Pause,
+                                         State, WorkerInfo, WorkerState)
 from nstd.daemon.journal.registry import SILENT_SECONDS, WorkerRegistry
 from nstd.daemon.journal.reports import Reports
 from nstd.daemon.journal.schema import SCHEMA, SCHEMA_VERSION, Schema, damaged
 from nstd.log import get
 
-__all__ = ["LEASE_SECONDS", "SCHEMA", "SCHEMA_VERSION", "SILENT_SECONDS", "BatchProgress", "Failure", "Input", "Job",
-           "JobSpec", "Journal", "State", "WorkerInfo", "WorkerState"]
+__all__ = ["ANY", "LEASE_SECONDS", "SCHEMA", "SCHEMA_VERSION", "SILENT_SECONDS", "BatchProgress", "Failure", "Input",
+           "Job", "JobSpec", "Journal", "Pause", "State", "WorkerInfo", "WorkerState"]
 
 log = get("nstd.journal")
 
 
-class Journal(Schema, InputRecords, JobQueue, WorkerRegistry, Reports):
+class Journal(Schema, InputRecords, JobQueue, WorkerRegistry, Reports, Controls):
     """The job store on SQLite (a path) or PostgreSQL (a postgresql:// URL): opened,
     checked, and made or brought up to date (unless `readonly`), with its parts' verbs.
 

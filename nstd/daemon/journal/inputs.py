@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from nstd.daemon.journal.records import (INPUT_COLUMNS, LEASE_SECONDS, WAITING, Input, Job, JobSpec, State,
-                                         input_from)
+from nstd.daemon.journal.records import (ENDED_BADLY, INPUT_COLUMNS, LEASE_SECONDS, WAITING, Input, Job, JobSpec,
+                                         State, input_from)
 from nstd.daemon.journal.store import Store
 
 
@@ -38,18 +38,19 @@ class InputRecords(Store):
         return found
 
     def _queue_job(self, relpath: str, sha256: str, spool: str | None, s: JobSpec, now: float) -> int:
-        """A job queued, or found; a failed one queued again afresh. Returns its id."""
+        """A job queued, or found; a failed or cancelled one queued again afresh. Returns its id."""
         self.db.execute(
             "INSERT INTO jobs (input_sha256, style, params_hash, relpath, spool, width, "
-            "height, batch_key, params, state, created, queued) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "height, batch_key, params, state, priority, created, queued) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (sha256, s.style, s.params_hash, relpath, spool, s.width, s.height, s.batch_key,
-             json.dumps(s.params, sort_keys=True), State.QUEUED, now, now))
+             json.dumps(s.params, sort_keys=True), State.QUEUED, s.priority, now, now))
         job_id = self._value("SELECT id FROM jobs WHERE input_sha256 = ? AND style = ? AND params_hash = ?",
                              (sha256, s.style, s.params_hash))
         self.db.execute("UPDATE jobs SET state = ?, attempts = 0, crashes = 0, error = NULL, not_before = 0, "
-                        "queued = ?, spool = ? WHERE id = ? AND state = ?",
-                        (State.QUEUED, now, spool, job_id, State.FAILED))
+                        "queued = ?, spool = ?, priority = ?, cancelled_by = NULL, cancelled_at = NULL "
+                        "WHERE id = ? AND state IN (?, ?)",
+                        (State.QUEUED, now, spool, s.priority, job_id, *ENDED_BADLY))
         return job_id
 
     def fail_input(self, relpath: str, sha256: str, error: str, now: float | None = None) -> None:

@@ -12,7 +12,8 @@ from nstd.daemon.journal.store import Store
 LESS_ONE = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"  # an attempt given back
 # A running job back in the queue as if never started; binds State.QUEUED.
 BACK_TO_QUEUE = f"state = ?, attempts = {LESS_ONE}, batch_id = NULL, lease_until = NULL"
-HELD = "batch_id = ? AND state = ?"  # the claim (batch id, then State.RUNNING) still holds it
+HELD = "batch_id = ? AND state = ?"
+ORDER = "priority DESC, queued, id"  # the queue's order: priority, then age (as Deadline's farms take work)  # the claim (batch id, then State.RUNNING) still holds it
 
 
 class JobQueue(Store):
@@ -31,7 +32,8 @@ class JobQueue(Store):
         return cur.rowcount
 
     def oldest_queued(self, now: float) -> Job | None:
-        jobs = self._jobs("WHERE state = ? AND not_before <= ? ORDER BY queued, id LIMIT 1", (State.QUEUED, now))
+        """The job the scheduler takes next: the highest priority, then the oldest."""
+        jobs = self._jobs(f"WHERE state = ? AND not_before <= ? ORDER BY {ORDER} LIMIT 1", (State.QUEUED, now))
         return jobs[0] if jobs else None
 
     def count_queued(self, batch_key: str, now: float) -> int:
@@ -49,7 +51,7 @@ class JobQueue(Store):
 
     def claim(self, batch_key: str, limit: int, batch_id: str, now: float, owner: str | None = None,
               lease: float = LEASE_SECONDS) -> list[Job]:
-        """Mark the oldest `limit` queued jobs of one batch key as running by `owner`, in one
+        """Mark the first `limit` queued jobs of one batch key (by priority, then age) as running by `owner`, in one
         statement. On PostgreSQL, rows another host is claiming are skipped, not waited on.
         `batch_id` is the claim's token; the lease runs `lease` seconds from `now`."""
         with self._tx():
@@ -57,7 +59,7 @@ class JobQueue(Store):
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, started = ?, batch_id = ?, claimed_by = ?, "
                 "lease_until = ?, progress = NULL, progress_total = NULL, progress_rate = NULL, progress_eta = NULL "
                 "WHERE id IN (SELECT id FROM jobs WHERE state = ? AND batch_key = ? AND not_before <= ? "
-                "ORDER BY queued, id LIMIT ?" + self.db.lock_rows + ") RETURNING id",
+                f"ORDER BY {ORDER} LIMIT ?" + self.db.lock_rows + ") RETURNING id",
                 (State.RUNNING, now, batch_id, owner, now + lease, State.QUEUED, batch_key, now, limit))
         return self.get_jobs([r["id"] for r in rows])
 

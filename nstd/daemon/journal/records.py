@@ -19,10 +19,12 @@ class State(str, Enum):
     RUNNING = "running"  # jobs only
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # jobs only: by `nstd cancel`; its input goes to failed/ for it
 
 
 INPUT_STATES = (State.QUEUED, State.DONE, State.FAILED)  # an input is never running: its jobs are
 WAITING = (State.QUEUED, State.RUNNING)  # a job not through yet
+ENDED_BADLY = (State.FAILED, State.CANCELLED)  # a job whose input goes to failed/; dropped again, it starts afresh
 
 
 LEGACY_PAUSE_SEPARATOR = ": "  # "paused: why", one text, before schema 5
@@ -57,6 +59,7 @@ class JobSpec:
     width: int
     height: int
     batch_key: str
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class Job:
     output: str | None = None
     batch_id: str | None = None
     finished: float | None = None
+    priority: int = 0  # higher first; then the oldest
+    cancelled_by: str | None = None  # who, as user@host, and when
+    cancelled_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,28 @@ class WorkerInfo:
         return self.state.value if self.reason is None else f"{self.state.value}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class Pause:
+    """An operator's pause of workers: of one host (or every host, "*"), of one device of
+    it (or every device, "*"). It lives in the journal, so it outlasts a restart."""
+
+    host: str
+    device: str
+    by_whom: str | None
+    since: float
+
+    def covers(self, host: str, device: str) -> bool:
+        return self.host in (ANY, host) and self.device in (ANY, device)
+
+    @property
+    def reason(self) -> str:
+        who = f" by {self.by_whom}" if self.by_whom else ""
+        return f"paused{who} (nstd resume)"
+
+
+ANY = "*"  # every host, or every device
+
+
 class BatchProgress(NamedTuple):
     """How far a running batch has come, as its worker last reported: iterations done
     and of how many, iterations per second, and when it expects to be through (None
@@ -130,7 +158,7 @@ class Failure(NamedTuple):
     finished: float | None
 
 
-JOB_COLUMNS = ", ".join(f.name for f in fields(Job))
+JOB_FIELDS = tuple(f.name for f in fields(Job))
 INPUT_COLUMNS = ", ".join(f.name for f in fields(Input))
 WORKER_COLUMNS = tuple(f.name for f in fields(WorkerInfo))
 PROGRESS_COLUMNS = ("progress", "progress_total", "progress_rate", "progress_eta")

@@ -14,8 +14,9 @@ from nstd.daemon.journal.store import Store
 from nstd.errors import JournalError
 
 # 2: leases and claims; 3: the workers table; 4: rates, time left and measured speeds;
-# 5: a worker's state is one of WorkerState, a pause's reason in its own column.
-SCHEMA_VERSION = 5
+# 5: a worker's state is one of WorkerState, a pause's reason in its own column;
+# 6: a job's priority and its cancelling, and the operators' pauses.
+SCHEMA_VERSION = 6
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
     id {pk},
@@ -41,7 +42,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     height INTEGER NOT NULL,
     batch_key TEXT NOT NULL,
     params TEXT NOT NULL,
-    state TEXT NOT NULL,            -- State: queued | running | done | failed
+    state TEXT NOT NULL,            -- State: queued | running | done | failed | cancelled
+    priority INTEGER NOT NULL DEFAULT 0,  -- higher first, then the oldest
+    cancelled_by TEXT,              -- who cancelled it (user@host), and when
+    cancelled_at {real},
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     output TEXT,
@@ -79,14 +83,24 @@ CREATE TABLE IF NOT EXISTS workers (
     heartbeat {real} NOT NULL,
     speed {real},                   -- FLOP/s the worker measured when it started, and when
     speed_at {real}
+);
+CREATE TABLE IF NOT EXISTS pauses (
+    host TEXT NOT NULL,             -- a host as the config names it, or * for every host
+    device TEXT NOT NULL,           -- a device as torch names it (cuda:0, cpu), or * for all
+    by_whom TEXT,                   -- user@host of the nstd pause
+    since {real} NOT NULL,
+    PRIMARY KEY (host, device)
 )
 """
 # Columns added since version 1, for journals made before them.
 ADDED_COLUMNS = {"jobs": (("claimed_by", "TEXT"), ("crashes", "INTEGER NOT NULL DEFAULT 0"), ("progress", "INTEGER"),
                           ("progress_total", "INTEGER"), ("lease_until", "{real}"), ("progress_rate", "{real}"),
-                          ("progress_eta", "{real}")),
+                          ("progress_eta", "{real}"), ("priority", "INTEGER NOT NULL DEFAULT 0"),
+                          ("cancelled_by", "TEXT"), ("cancelled_at", "{real}")),
                  "inputs": (("disposer", "TEXT"), ("dispose_until", "{real}")),
                  "workers": (("speed", "{real}"), ("speed_at", "{real}"), ("reason", "TEXT"))}
+# Indexes on added columns: made once the columns are there.
+LATE_INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_order ON jobs (state, priority, queued)",)
 # The PostgreSQL advisory lock that lets one host at a time create or migrate the tables.
 # The number itself means nothing; what matters is that it never changes, since an older
 # and a newer nstd must take the same lock to exclude each other, and that nothing else
@@ -121,6 +135,8 @@ class Schema(Store):
             for statement in SCHEMA.format(pk=self.db.pk, real=self.db.real).split(";"):
                 self.db.execute(statement)
             self._add_columns()
+            for statement in LATE_INDEXES:
+                self.db.execute(statement)
             self.db.execute("DELETE FROM schema_version WHERE version < ?", (SCHEMA_VERSION,))
             if self.schema_version() is None:
                 self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nstd.daemon.database import PostgresDatabase, SqliteDatabase
-from nstd.daemon.journal.records import JOB_COLUMNS, Job, Row, job_from, named
+from nstd.daemon.journal.records import JOB_FIELDS, Job, Row, job_from, named
 
 
 class Store:
@@ -37,8 +37,11 @@ class Store:
         return None if row is None else row[0]
 
     def _jobs(self, tail: str, params: tuple | list = ()) -> list[Job]:
-        """Jobs, whole, from `SELECT ... FROM jobs` followed by `tail`."""
-        return [job_from(r) for r in self._rows(f"SELECT {JOB_COLUMNS} FROM jobs {tail}", params)]
+        """Jobs, whole, from `SELECT ... FROM jobs` followed by `tail`: the columns this
+        journal has (an older one, read as it is, lacks the newest)."""
+        present = self._present("jobs")
+        columns = ", ".join(c for c in JOB_FIELDS if c in present)
+        return [job_from(r) for r in self._rows(f"SELECT {columns} FROM jobs {tail}", params)]
 
     def _columns(self, table: str) -> set[str]:
         """The columns `table` has now; none where it does not exist."""
