@@ -76,7 +76,7 @@ def test_two_hosts_on_one_inbox_make_each_output_once(hosts):
     assert sorted(images) == sorted(f"ink/p{n}.jpg" for n in range(6))
     assert sorted(files(a.cfg.processed)) == sorted(f"p{n}.png" for n in range(6))  # each moved once
     assert files(inbox) == [] and files(a.cfg.failed) == []
-    assert a.journal.counts() == {"queued": 0, "running": 0, "done": 6, "failed": 0}
+    assert a.journal.counts() == {"queued": 0, "running": 0, "done": 6, "failed": 0, "cancelled": 0}
     owners = {r[0].split(":")[0] for r in a.journal.db.execute("SELECT claimed_by FROM jobs")}
     assert owners == {"a", "b"}  # the work was shared
     assert a.journal.input_counts()["done"] == 6
@@ -243,4 +243,4 @@ def test_a_restarted_host_keeps_the_shared_spools_mask_copies(hosts):
     assert len(list(a.cfg.spool_dir.glob("*.mask-*"))) == 2
     scheduler = Scheduler(b.journal, 0, lambda job: 2, clock=time.time, owner="b:1:cpu")
     b.worker.process(b.journal, scheduler.next_batch())
-    assert b.journal.counts() == {"queued": 0, "running": 0, "done": 2, "failed": 0}
+    assert b.journal.counts() == {"queued": 0, "running": 0, "done": 2, "failed": 0, "cancelled": 0}
