@@ -36,7 +36,7 @@ def make_hosts(tmp_path, url: str, names=("a", "b"), refill: bool = True) -> lis
         root.mkdir()
         folders = {f: str(share / f) for f in ("inbox", "outbox", "failed", "processed")}
         write_config(share, models)  # the shared folders and the style image
-        cfg = config.load(write_config(root, models, **folders, journal=url, spool=str(share / "spool"),
+        cfg = config.load(write_config(root, models, **folders, journal=url, spool=str(share / "spool"), host=name,
                                        styles={"ink": {"image": str(share / "style.png")}},
                                        worker={"max_attempts": 2, "retry_backoff": 0, "max_batch": 4,
                                                "batch_window": 0, "refill": refill}))

@@ -47,7 +47,7 @@ class JobQueue(Store):
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        return self._jobs(f"WHERE id IN ({marks}) ORDER BY queued, id", list(ids))
+        return self._jobs(f"WHERE id IN ({marks}) ORDER BY {ORDER}", list(ids))  # as claimed: a batch's first place to the first
 
     def claim(self, batch_key: str, limit: int, batch_id: str, now: float, owner: str | None = None,
               lease: float = LEASE_SECONDS) -> list[Job]:
