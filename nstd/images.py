@@ -7,9 +7,11 @@ commands that only read a config (status, retry, check's folders) load no PyTorc
 from __future__ import annotations
 
 import io
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import IO, TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
@@ -19,11 +21,12 @@ from nstd.errors import ImageError
 if TYPE_CHECKING:
     import torch
 
-# A half-written file must fail to decode, never decode as a grey-padded image.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# nstd checks the header's dimensions against its own, configurable `max_pixels` before
-# decoding anything; Pillow's fixed limit would pre-empt it with a different number.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's settings are module globals that every caller in the process shares, so nstd
+# sets none of them. Its pixel limit is nstd's own, per decode (`max_pixels`: see
+# _open_image). A half-written file must fail, never decode grey-padded: Pillow reads
+# ImageFile.LOAD_TRUNCATED_IMAGES at load time and has no per-call switch for it, and its
+# default, off, is the behaviour nstd needs, so nstd relies on the default rather than
+# set it for everyone (test_images pins both).
 
 DEFAULT_MAX_PIXELS = 50_000_000
 FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "tiff": "TIFF", "tif": "TIFF"}
@@ -45,9 +48,12 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
            max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode fully, or raise ImageError naming the file."""
     label = name or str(data_or_path) if not isinstance(data_or_path, bytes) else (name or "<bytes>")
-    src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
+    is_bytes = isinstance(data_or_path, bytes)
     try:
-        with Image.open(src) as im:
+        with (
+            io.BytesIO(data_or_path) if is_bytes else open(data_or_path, "rb") as fp,
+            _open_image(fp, "" if is_bytes else os.fspath(data_or_path)) as im,
+        ):
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of "
@@ -78,9 +84,38 @@ def decode(data_or_path: bytes | str | Path, name: str | None = None,
         size = len(data_or_path) if isinstance(data_or_path, bytes) else None
         why = "an empty file" if size == 0 else "not a recognised image format"
         raise ImageError(f"{label}: not a usable image ({why})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+    # DecompressionBombError: a GIF frame reaching past its screen is still checked by
+    # Pillow, against its own limit, while it is opened.
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as e:
         raise ImageError(f"{label}: cannot decode ({_short(e)})") from None
     return Decoded(pixels, bits, exif)
+
+
+def _open_image(fp: IO[bytes], filename: str) -> ImageFile.ImageFile:
+    """Image.open, lazily as it does, less its check of the header against Pillow's
+    MAX_IMAGE_PIXELS.
+
+    That limit is a module global with no per-call switch. Left as it is, Pillow refuses
+    a header over twice it before decode can, in Pillow's words rather than nstd's one
+    line, and refuses a photo that a config's larger max_pixels allows; changed, it
+    changes for every use of Pillow in the process. So decode checks the header against
+    its own max_pixels, and this tries Pillow's registered formats in Image.open's order
+    (the common ones, then every plugin) without the global check."""
+    prefix = fp.read(16)
+    tried: set[str] = set()
+    for register in (Image.preinit, Image.init):
+        register()
+        for fmt in [f for f in Image.ID if f not in tried]:
+            tried.add(fmt)
+            factory, accept = Image.OPEN[fmt]
+            try:  # a format's test of the prefix can fail on a short file, as its parser can
+                fits = accept(prefix) if accept else True
+                if fits and not isinstance(fits, str):  # a str is Pillow's "close, but not this one"
+                    fp.seek(0)
+                    return factory(fp, filename)
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                pass  # not this format after all; Image.open moves on in the same way
+    raise UnidentifiedImageError(f"cannot identify image file {filename or fp!r}")
 
 
 def _16bit_colour_reader(im: Image.Image, src) -> Callable[[bytes | str | Path], np.ndarray] | None:

@@ -49,8 +49,8 @@ def test_every_mode_becomes_rgb(mode):
     dec = images.decode(data, f"x.{mode}")
     assert dec.pixels.shape == (3, 30, 40) and dec.pixels.dtype == torch.float32
     assert 0 <= dec.pixels.min() and dec.pixels.max() <= 1
+    assert dec.bits == (16 if mode == "I;16" else 8)
     if mode == "I;16":
-        assert dec.bits == 16
         assert torch.allclose(dec.pixels[0], torch.from_numpy(np.asarray(base.convert("L")) / 255.0).float(),
                               atol=1e-3)
 
@@ -166,6 +166,60 @@ def test_a_header_claiming_giant_dimensions_is_refused_by_nstds_own_limit():
     with pytest.raises(ImageError, match=r"bomb.png: 40000x40000 is 1,600,000,000 pixels, over the limit "
                                          r"of 50,000,000 \(max_pixels\)"):
         images.decode(png_bomb(40000, 40000), "bomb.png")
+
+
+# Run before anything else in a fresh interpreter: what Pillow's modules hold before and
+# after nstd.images is imported, every setting a module keeps as a plain value.
+PILLOW_SETTINGS = """
+import json, sys
+from PIL import Image, ImageCms, ImageFile, ImageOps
+Image.init()  # every plugin loaded, so that their settings are compared too
+
+
+def settings():
+    return {f"{name}.{key}": repr(value) for name, module in sorted(sys.modules.items())
+            if name.startswith("PIL.") and module is not None
+            for key, value in vars(module).items()
+            if not key.startswith("__") and isinstance(value, (bool, int, float, str, type(None)))}
+
+
+before = settings()
+import nstd.images  # noqa: E402
+after = settings()
+print(json.dumps({"changed": {k: [v, after[k]] for k, v in before.items() if after.get(k) != v},
+                  "max_image_pixels": Image.MAX_IMAGE_PIXELS, "load_truncated": ImageFile.LOAD_TRUNCATED_IMAGES}))
+"""
+
+
+def test_importing_nstd_images_leaves_pillows_settings_as_they_were():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PILLOW_SETTINGS], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout)
+    assert seen["changed"] == {}
+    assert seen["max_image_pixels"] == 1024 * 1024 * 1024 // 4 // 3 and seen["load_truncated"] is False
+
+
+@pytest.mark.parametrize("pillows_limit", [None, 100])
+def test_each_decode_answers_to_its_own_max_pixels_whatever_pillows_limit(monkeypatch, pillows_limit):
+    """Another part of the process may set Pillow's limit either way: it decides nothing
+    for nstd, and nstd's refusal stays its own one line."""
+    import warnings
+
+    from harness.corpus import png_bomb
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillows_limit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even Pillow's DecompressionBombWarning
+        assert images.decode(save(gradient_rgb(40, 30), "PNG"), "small.png", max_pixels=1200).pixels.shape == (3, 30, 40)
+        with pytest.raises(ImageError, match=r"^small.png: 40x30 is 1,200 pixels, over the limit of 1,199 "
+                                             r"\(max_pixels\)$"):
+            images.decode(save(gradient_rgb(40, 30), "PNG"), "small.png", max_pixels=1199)
+        with pytest.raises(ImageError, match=r"^bomb.png: 40000x40000 is 1,600,000,000 pixels, over the limit "
+                                             r"of 50,000,000 \(max_pixels\)$"):
+            images.decode(png_bomb(40000, 40000), "bomb.png")
 
 
 def _photo_with_exif(h=40, w=60):
