@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 from nstd.log import get
+from nstd.web.dashboard import Dashboard
 from nstd.web.metrics import Live, Reader, registry
 from nstd.web.server import Endpoint, Probe
+from nstd.web.status import Site
 
 log = get("nstd.web")
 STALE = 30.0  # seconds without a supervisor round before /healthz says the daemon is stuck
@@ -22,11 +24,14 @@ def start(service) -> Endpoint | None:
                 settling=lambda: len(service.inputs.settle), outages=lambda: service.outage.count)
     reader = Reader(service.cfg.journal_target)
     probe = Probe(healthy=lambda: _healthy(service), ready=lambda: _ready(service, reader))
+    site = Site(host=service.cfg.host, outbox=lambda: service.cfg.outbox, config=lambda: service.cfg.path,
+                paused=live.paused)
     try:
-        endpoint = Endpoint(cfg.host, cfg.port, registry(reader, live), probe, service.token, on_stop=reader.close)
+        endpoint = Endpoint(cfg.host, cfg.port, registry(reader, live), probe, service.token, on_stop=reader.close,
+                            dashboard=Dashboard(reader, site))
     except OSError as e:
         log.warning("http_not_started", listen=f"{cfg.host}:{cfg.port}", error=e.strerror,
-                    meaning="metrics and health are not served; the daemon works on")
+                    meaning="metrics, health and the dashboard are not served; the daemon works on")
         return None
     log.info("http_listening", listen=f"{cfg.host}:{endpoint.port}", token=service.token is not None)
     return endpoint.start()
@@ -51,7 +56,7 @@ def _ready(service, reader: Reader) -> tuple[bool, str]:
         reader.read(lambda journal: journal.counts())
     except Exception as e:  # noqa: BLE001 - whatever keeps the journal from answering
         return False, f"the journal does not answer ({type(e).__name__}: {e})"
-    alive = [w for w in service.workers if w.alive()]
+    alive = service.pool.alive()
     if not alive:
         return False, "no worker is running"
     return True, f"{len(alive)} worker(s) running"

@@ -5,6 +5,8 @@ timeouts so that a slow or hostile client cannot stall the daemon.
     /healthz   the process and its loops are alive: 200 or 503, one line of JSON
     /readyz    the journal answers, a worker is alive and not paused, the folders can be
                written: 200 or 503, one line of JSON
+    /          the live dashboard (nstd/web/dashboard.py), with /api/status and
+               /api/thumb/ID that its page fetches
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from nstd.log import get
+
+if TYPE_CHECKING:
+    from nstd.web.dashboard import Dashboard
 
 log = get("nstd.web")
 
@@ -36,8 +41,9 @@ class Probe:
 
 class Endpoint:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, probe: Probe, token: str | None,
-                 on_stop: Callable[[], None] = lambda: None):
-        handler = type("Handler", (_Handler,), {"registry": registry, "probe": probe, "token": token})
+                 on_stop: Callable[[], None] = lambda: None, dashboard: Dashboard | None = None):
+        handler = type("Handler", (_Handler,), {"registry": registry, "probe": probe, "token": token,
+                                                "dashboard": dashboard})
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("Server", (_BoundedServer,), {"address_family": family})
         self.server = server_class((host, port), handler)
@@ -89,6 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
     probe: Probe
     token: str | None
+    dashboard: Dashboard | None
     timeout = TIMEOUT
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.1"  # a request line too broken to parse still gets a status line
@@ -96,36 +103,44 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def do_GET(self) -> None:
-        if not self._authorised():
-            return self._send(401, "application/json", _line(False, "a bearer token is required"),
-                              {"WWW-Authenticate": "Bearer"})
         path = self.path.split("?", 1)[0]
+        page = self.dashboard.page(path) if self.dashboard is not None else None
+        if page is not None:  # the page's own files, the same for everyone: see dashboard.py
+            return self._send(200, *page)
+        if not self._authorised():
+            return self._send(401, "application/json", one_line(False, "a bearer token is required"),
+                              {"WWW-Authenticate": "Bearer"})
         if path == "/metrics":
             try:
                 body = generate_latest(self.registry)
             except Exception as e:  # noqa: BLE001 - a journal that cannot be read: 503, one line
-                return self._send(503, "application/json", _line(False, f"{type(e).__name__}: {e}"))
+                return self._send(503, "application/json", one_line(False, f"{type(e).__name__}: {e}"))
             return self._send(200, CONTENT_TYPE_LATEST, body)
         if path in ("/healthz", "/readyz"):
             ok, reason = (self.probe.healthy if path == "/healthz" else self.probe.ready)()
-            return self._send(200 if ok else 503, "application/json", _line(ok, reason))
-        self._send(404, "application/json", _line(False, "no such page; there are /metrics, /healthz and /readyz"))
+            return self._send(200 if ok else 503, "application/json", one_line(ok, reason))
+        if self.dashboard is not None and path.startswith("/api/"):
+            return self._send(*self.dashboard.answer(path))
+        self._send(404, "application/json",
+                   one_line(False, "no such page; there are /, /metrics, /healthz and /readyz"))
 
     def do_HEAD(self) -> None:
-        self._send(405, "application/json", _line(False, "only GET"), {"Allow": "GET"})
+        self._send(405, "application/json", one_line(False, "only GET"), {"Allow": "GET"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD
 
     def send_error(self, code, message=None, explain=None) -> None:
         """http.server's own refusals (a request line too long, a bad version) as one line."""
         self.close_connection = True
-        self._send(code, "application/json", _line(False, message or self.responses.get(code, ("",))[0]))
+        self._send(code, "application/json", one_line(False, message or self.responses.get(code, ("",))[0]))
 
     def _authorised(self) -> bool:
         if self.token is None:
             return True
         given = self.headers.get("Authorization", "")
-        return given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), self.token)
+        # As bytes: compare_digest refuses str with characters past ASCII, which a header can hold.
+        return given.startswith("Bearer ") and hmac.compare_digest(
+            given[7:].strip().encode("utf-8", "surrogateescape"), self.token.encode())
 
     def _send(self, code: int, kind: str, body: bytes, headers: dict | None = None) -> None:
         try:
@@ -133,6 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
@@ -145,5 +161,5 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # requests are not worth a log line each; refusals are answered, not logged
 
 
-def _line(ok: bool, reason: str) -> bytes:
+def one_line(ok: bool, reason: str) -> bytes:
     return (json.dumps({"ok": ok, "reason": reason}) + "\n").encode()

@@ -1,0 +1,301 @@
+"""The live dashboard (GET /, /api/status, /api/thumb/ID): its document read from a journal
+filled here, the token and the thumbnails' containment, then the page itself in headless
+Chromium (Debian's, driven by Playwright through its path) against a real daemon.
+
+NSTD_DASHBOARD_SHOTS=docs also writes the page at a laptop's and a phone's width to
+docs/dashboard.png and docs/dashboard-phone.png."""
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness.daemon import Daemon, photo_bytes, wait_for, write_config
+from nstd.daemon.gallery import result_thumb
+from nstd.daemon.journal import JobSpec, Journal, State, WorkerInfo
+from nstd.web.dashboard import Dashboard
+from nstd.web.metrics import Reader
+from nstd.web.server import Endpoint, Probe
+from nstd.web.status import Site, retry_command
+from prometheus_client import CollectorRegistry
+
+TOKEN = "a-studio-token-for-the-page"
+SHOTS = os.environ.get("NSTD_DASHBOARD_SHOTS")  # a folder: write the screenshots there
+
+
+def get(url: str, token: str | None = TOKEN) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+# --- the document, from a journal filled here ----------------------------------------
+
+@pytest.fixture
+def filled(tmp_path):
+    """A journal with a worker running a batch half way, three queued jobs, one done with
+    its thumbnail, and a photo refused; and an endpoint serving it with a token."""
+    outbox, now = tmp_path / "outbox", time.time()
+    journal = Journal(tmp_path / "journal.sqlite3")
+    worker = WorkerInfo("studio-2:7:cuda:0", "studio-2", "cuda:0", 80 * 2**30)
+    journal.beat(worker, "working", now - 4)
+    spec = [JobSpec("ink", "p", {}, 32, 24, "k1")]
+    journal.add_input("run/a.jpg", "a" * 64, "a.spool", spec, now=now - 100)
+    [running] = journal.claim("k1", 4, "batch-1", now=now - 90, owner=worker.owner)
+    journal.progress([running.id], 120, 500, 2.5, now + 150)
+    for i, name in enumerate(["old.jpg", "<b>new</b>.jpg", "mid.jpg"]):
+        journal.add_input(name, str(i) * 64, "s", [JobSpec("wash", "p", {}, 64, 48, "k2")], now=now - 60 + 10 * i)
+    journal.add_input("done.jpg", "d" * 64, "d.spool", [JobSpec("ink", "p", {}, 32, 32, "k3")], now=now - 50)
+    [done] = journal.claim("k3", 1, "batch-2", now=now - 40)
+    journal.finish(done.id, "ink/done.jpg", "batch-2")
+    journal.fail_input("shoot/notes[1].jpg", "e" * 64, "shoot/notes[1].jpg: cannot decode: not an image", now=now)
+    journal.close()
+    (outbox / ".gallery").mkdir(parents=True)
+    (outbox / result_thumb(done.id)).write_bytes(photo_bytes(24, 32, 5))
+    endpoint = serve(tmp_path / "journal.sqlite3", outbox, tmp_path / "config.yaml", TOKEN)
+    yield f"http://127.0.0.1:{endpoint.port}", outbox, {"running": running.id, "done": done.id}
+    endpoint.stop()
+
+
+def serve(journal: Path, outbox: Path, config: Path, token: str | None) -> Endpoint:
+    """The endpoint with its dashboard on a journal, as the daemon serves it."""
+    site = Site(host="studio-1", outbox=lambda: outbox, config=lambda: config, paused=lambda: None)
+    reader = Reader(journal)
+    return Endpoint("127.0.0.1", 0, CollectorRegistry(), Probe(lambda: (True, ""), lambda: (True, "")), token,
+                    on_stop=reader.close, dashboard=Dashboard(reader, site)).start()
+
+
+def test_the_status_document_says_what_the_journal_holds(filled):
+    base, _, ids = filled
+    status, headers, body = get(base + "/api/status")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    doc = json.loads(body)
+    assert doc["host"] == "studio-1" and doc["paused"] is None
+    assert (doc["jobs"]["queued"], doc["jobs"]["running"], doc["jobs"]["done"]) == (3, 1, 1)
+    [w] = doc["workers"]
+    assert (w["host"], w["device"], w["state"], w["silent"]) == ("studio-2", "cuda:0", "working", False)
+    assert 3 <= w["heartbeat_age"] < 60
+    [b] = doc["batches"]
+    assert (b["host"], b["size"], b["iteration"], b["total"], b["rate"]) == ("studio-2", "32x24", 120, 500, 2.5)
+    assert 100 < b["left"] <= 150 and b["jobs"] == [{"id": ids["running"], "photo": "run/a.jpg", "style": "ink"}]
+    # The order the scheduler takes them: oldest first (highest priority first, once jobs have one).
+    assert [q["photo"] for q in doc["queue"]] == ["old.jpg", "<b>new</b>.jpg", "mid.jpg"]
+    assert all(q["priority"] == 0 and q["size"] == "64x48" for q in doc["queue"])
+    [d] = doc["done"]
+    assert (d["id"], d["photo"], d["output"], d["thumb"]) == (ids["done"], "done.jpg", "ink/done.jpg", True)
+    [f] = doc["failures"]
+    assert f["photo"] == "shoot/notes[1].jpg" and f["reason"] == "cannot decode: not an image"
+    assert f["retry"] == retry_command(Path(filled[1].parent / "config.yaml"), "shoot/notes[1].jpg")
+
+
+def test_the_retry_command_names_that_photo_alone_when_pasted():
+    cmd = retry_command(Path("/etc/nstd/my config.yaml"), "it's [1].jpg")
+    assert cmd == "nstd retry --config '/etc/nstd/my config.yaml' 'it'\"'\"'s [[]1].jpg'"
+    from fnmatch import fnmatch
+    import shlex
+    pattern = shlex.split(cmd)[-1]
+    assert fnmatch("it's [1].jpg", pattern) and not fnmatch("it's 1.jpg", pattern)
+
+
+def test_the_page_is_served_to_anyone_and_its_data_only_with_the_token(filled):
+    base, _, ids = filled
+    status, headers, body = get(base + "/", token=None)
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and b"static/app.js" in body
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    for path in ("/static/app.js", "/static/app.css", "/static/icon.svg"):
+        assert get(base + path, token=None)[0] == 200
+    for path in ("/api/status", f"/api/thumb/{ids['done']}", "/metrics", "/static/nothing.js"):
+        status, _, body = get(base + path, token=None)
+        assert status == 401 and json.loads(body)["reason"] == "a bearer token is required"
+    assert get(base + "/api/status", token="é-not-ascii-and-wrong")[0] == 401  # refused, not dropped
+
+
+def test_thumbnails_come_only_from_the_gallery_by_job_id(filled, tmp_path):
+    base, outbox, ids = filled
+    status, headers, body = get(base + f"/api/thumb/{ids['done']}")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+    for path in ("/api/thumb/999", "/api/thumb/../../journal.sqlite3", "/api/thumb/1.jpg", "/api/thumb/-1",
+                 "/api/thumb/%2e%2e", "/api/nothing"):
+        status, _, body = get(base + path)
+        assert status == 404 and body.count(b"\n") == 1, path
+    # A gallery folder that a planted link leads out of the outbox is not read through.
+    outside = tmp_path / "elsewhere"
+    (outbox / ".gallery").rename(outside)
+    (outbox / ".gallery").symlink_to(outside)
+    assert get(base + f"/api/thumb/{ids['done']}")[0] == 404
+    assert json.loads(get(base + "/api/status")[2])["done"][0]["thumb"] is False
+
+
+# --- the page in Chromium, against a real daemon -------------------------------------
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise AssertionError("no Chromium found: `make test` installs Debian's chromium package")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daemon(tmp_path, session_models):
+    """A daemon serving the dashboard with a token: `sketch` done in a few iterations,
+    `starry` running far longer than the test looks at it (it is stopped at the end).
+    A photo for `sketch` and a file that is no photo wait in the inbox when it starts."""
+    port = free_port()
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
+    config = write_config(tmp_path, session_models, http={"listen": f"127.0.0.1:{port}", "token_file": "token"},
+                          styles={"sketch": {"image": "style.png"},
+                                  "starry": {"image": "style.png", "iterations": 20000}},
+                          limits={"iterations": 20000, "total_iterations": 20000})
+    inbox = tmp_path / "inbox"
+    for style in ("sketch", "starry"):
+        (inbox / style).mkdir()
+    (inbox / "sketch" / "IMG_2041.jpg").write_bytes(photo_bytes(36, 48, 1))
+    (inbox / "notes.jpg").write_bytes(b"meeting notes, not a photo\n")
+    d = Daemon(config).start(wait=False)
+    try:
+        yield d, f"http://127.0.0.1:{port}", inbox
+    finally:
+        if d.alive():
+            d.stop()
+
+
+def _answers(base: str) -> bool:
+    try:
+        return get(base + "/readyz")[0] == 200
+    except OSError:
+        return False
+
+
+def test_the_dashboard_in_chromium_shows_progress_outputs_and_failures(daemon):
+    from playwright.sync_api import sync_playwright
+
+    d, base, inbox = daemon
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            # The long batch goes in once the short one is out, so it cannot hold the only worker first.
+            wait_for(lambda: list((d.root / "outbox" / ".gallery").glob("out-*.jpg")), 90, "the sketch's output")
+            for i in range(3):
+                (inbox / "starry" / f"IMG_21{i}0.jpg").write_bytes(photo_bytes(36, 48, 10 + i))
+            wait_for(lambda: _answers(base), 30, "the dashboard to answer")
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{base}/#token={TOKEN}")
+            assert "token" not in page.url  # taken off the address bar, kept for the tab
+            # A finished output's thumbnail, fetched with the token and loaded.
+            page.wait_for_function("() => [...document.querySelectorAll('#done img.thumb')]"
+                                   ".some(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+            assert "IMG_2041.jpg" in page.text_content("#done")
+            # The refused file, with its reason and the command that retries it.
+            page.wait_for_selector("#failures .failure", timeout=30_000)
+            failure = page.text_content("#failures")
+            assert "notes.jpg" in failure and "not a recognised image format" in failure
+            assert f"nstd retry --config {d.config} notes.jpg" in failure
+            # A batch that runs a while: its iteration moves on between polls.
+            first = page.wait_for_selector("#batches .iteration", timeout=60_000).get_attribute("data-iteration")
+            # A photo of another size, once the long batch holds the worker: it waits in the queue.
+            (inbox / "starry" / "IMG_2200.jpg").write_bytes(photo_bytes(48, 36, 20))
+            page.wait_for_function("first => Number(document.querySelector('#batches .iteration')"
+                                   "?.dataset.iteration) > first", arg=int(first), timeout=60_000)
+            assert "starry/IMG_21" in page.text_content("#batches")
+            page.wait_for_function("() => document.querySelector('#queue').textContent.includes('IMG_2200.jpg')",
+                                   timeout=30_000)
+            assert errors == []
+        finally:
+            browser.close()
+    assert d.stop() == 0
+
+
+# --- the docs' screenshots ----------------------------------------------------------
+
+@pytest.mark.skipif(not SHOTS, reason="writes the docs' screenshots: NSTD_DASHBOARD_SHOTS=docs")
+def test_screenshots_for_the_docs(tmp_path):
+    """A studio's afternoon, filled into a journal: two hosts, three GPUs, a queue, outputs
+    (cut from the docs' own pictures) and failures; the page at a laptop's and a phone's width."""
+    from playwright.sync_api import sync_playwright
+
+    journal, outbox = tmp_path / "journal.sqlite3", tmp_path / "outbox"
+    studio(journal, outbox)
+    endpoint = serve(journal, outbox, Path("/etc/nstd/config.yaml"), None)
+    folder = Path(SHOTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"http://127.0.0.1:{endpoint.port}/")
+            page.wait_for_function("() => [...document.querySelectorAll('#done img.thumb')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+            page.wait_for_timeout(500)
+            for name, width in (("dashboard.png", 1200), ("dashboard-phone.png", 390)):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.wait_for_timeout(300)  # the layout settles at the new width
+                page.screenshot(path=str(folder / name), full_page=True)
+                small(folder / name)
+            browser.close()
+    finally:
+        endpoint.stop()
+
+
+def studio(path: Path, outbox: Path) -> None:
+    from PIL import Image
+
+    now, journal = time.time(), Journal(path)
+    workers = [WorkerInfo(f"studio-{h}:1{d}:cuda:{d}", f"studio-{h}", f"cuda:{d}", 80 * 2**30) for h, d in
+               ((1, 0), (1, 1), (2, 0))]
+    for w in workers[:2]:
+        journal.beat(w, "working", now - 2)
+    journal.beat(workers[2], "paused", now - 4, reason="the outbox cannot be written (No space left on device)")
+    shoots = [("rush-acme/", 6), ("wedding-0412/", 12), ("catalogue/", 8)]
+    n = 0
+    for (folder, count), style in zip(shoots, ("starry", "scream", "shipwreck")):
+        for i in range(count):
+            n += 1
+            spec = JobSpec(style, "p", {}, 512, 384 if i % 3 else 341, f"{style}-{i % 3 != 0}")
+            journal.add_input(f"{folder}IMG_{4100 + n}.jpg", f"{n:064x}", "s", [spec], now=now - 900 + 30 * n)
+    pictures = sorted(Path("docs/defaults").glob("*.jpg"))
+    (outbox / ".gallery").mkdir(parents=True)
+    for i in range(6):
+        [job] = journal.claim("starry-True" if i < 3 else "scream-True", 1, f"done-{i}", now=now - 800)
+        journal.finish(job.id, f"{job.style}/{Path(job.relpath).name}", f"done-{i}")
+        journal.close_input(journal.find_input(job.relpath, job.input_sha256).id, State.DONE)
+        with Image.open(pictures[i % len(pictures)]) as grid:  # 3 x 3 tiles of 256 x 192, each captioned
+            col, row = 1 + i % 2, i // 2
+            grid.crop((256 * col, 220 * row, 256 * col + 256, 220 * row + 192)).save(outbox / result_thumb(job.id),
+                                                                                      quality=85)
+    for w, key in zip(workers[:2], ("scream-True", "shipwreck-True")):
+        jobs = journal.claim(key, 4, f"batch-{w.device}", now=now - 120, owner=w.owner)
+        journal.progress([j.id for j in jobs], 310 if key.startswith("scream") else 95, 500, 2.4, now + 80)
+    journal.fail_input("wedding-0412/IMG_4188.CR3", "f" * 64, "wedding-0412/IMG_4188.CR3: not a usable image "
+                       "(not a recognised image format)", now=now - 300)
+    journal.fail_input("catalogue/scan 7.tif", "e" * 64, "catalogue/scan 7.tif: 21,000 x 14,000 pixels is over "
+                       "max_pixels (50,000,000)", now=now - 60)
+    journal.close()
+
+
+def small(png: Path) -> None:
+    """A screenshot in 128 colours: the docs' pictures stay under 200 KB."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        im.convert("RGB").quantize(128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            png, optimize=True)
