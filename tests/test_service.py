@@ -16,6 +16,7 @@ import pytest
 from nstd.daemon.inbox import Watcher
 from nstd.daemon.journal import State
 from nstd.daemon.scheduler import Scheduler
+from nstd.daemon.workers import WorkerPool
 
 from harness.daemon import files, photo_bytes, wait_for
 
@@ -229,7 +230,7 @@ def test_an_inbox_deleted_and_recreated_like_a_remount_is_watched_again(service,
     inbox = service.cfg.inbox
     service.watcher = Watcher(inbox, "native", 0.2, service.hints)
     service.watcher.start()
-    service.workers = []
+    service.pool = WorkerPool("thread", lambda: service.runtime, service.load_weights)
     try:
         service.inputs.step(0.0)
         shutil.rmtree(inbox)

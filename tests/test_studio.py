@@ -4,7 +4,6 @@ sharing a PostgreSQL journal."""
 import itertools
 import re
 import json
-import threading
 
 import pytest
 

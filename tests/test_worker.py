@@ -286,7 +286,7 @@ class WorkerDied(BaseException):
 
 def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, monkeypatch):
     from nstd.daemon.inbox import Watcher
-    from nstd.daemon.workers import ThreadWorker
+    from nstd.daemon.workers import ThreadWorker, WorkerPool
 
     take(service, "a.jpg", "b.jpg")
     real = runner.multiscale.run
@@ -306,13 +306,14 @@ def test_the_health_loop_requeues_only_what_a_dead_worker_left_running(service, 
     handle.start()
     handle.join(60)
     assert not handle.alive() and "WorkerDied" in handle.error
-    service.workers = [handle]
+    service.pool = WorkerPool("thread", lambda: service.runtime, service.load_weights)
+    service.pool.workers = [handle]
     service.watcher = Watcher(service.cfg.inbox, "polling", 1.0, service.hints)
     service.watcher.start()
     restarted = []
     try:
         monkeypatch.setattr(runner.multiscale, "run", real)
-        monkeypatch.setattr(service, "_start_worker", lambda device: restarted.append(device) or handle)
+        monkeypatch.setattr(service.pool, "_start_worker", lambda device: restarted.append(device) or handle)
         service.health()
     finally:
         service.watcher.stop()
@@ -407,6 +408,6 @@ def test_several_gpus_never_share_one_process_s_backend_flags(tmp_path, models, 
         return
     try:
         svc.prepare()
-        assert svc.isolation == chosen
+        assert svc.pool.isolation == chosen
     finally:
         svc.close()

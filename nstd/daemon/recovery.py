@@ -1,5 +1,6 @@
 """Start-up after a crash or a stop: running jobs back to the queue, outputs a crash left
-complete adopted, and the litter of interrupted writes and moves cleared."""
+complete adopted, and the litter of interrupted writes and moves cleared; at a stop,
+what the workers could not hand back."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 from nstd.config import Config
 from nstd.daemon import companions, dispose, gallery, outbox
+from nstd.daemon.database import Unavailable
 from nstd.daemon.journal import Journal
+from nstd.daemon.outage import patiently
 from nstd.log import get
 
 log = get("nstd.recovery")
@@ -54,3 +57,16 @@ def litter(cfg: Config, journal: Journal) -> list[Path]:
     in_use = journal.spools_in_use()
     in_use |= {str(m) for s in list(in_use) for m in companions.mask_copies(Path(s))}
     return found + [p for p in cfg.spool_dir.iterdir() if str(p) not in in_use]
+
+
+def give_back_at_stop(cfg: Config, journal: Journal) -> None:
+    """At a stop, anything the workers could not hand back cleanly. The supervisor's
+    connection may be one a database restart ended since its last use: a moment to
+    reconnect; with the database away, the next start (or another host, at the lease's
+    end) gives the jobs back instead."""
+    give_up = time.time() + 10
+    try:
+        patiently(lambda: give_back_running(cfg, journal), "give_back", lambda: time.time() > give_up, time.sleep)
+    except Unavailable as e:
+        log.warning("running_jobs_left", error=str(e), meaning="given back at the next start or when "
+                                                                "their lease runs out")

@@ -30,6 +30,17 @@ def status(cfg, journal, now: float) -> list[str]:
     return out + pauses(journal) + workers(journal, now) + failures(journal)
 
 
+def status_line(counts: dict, trouble, held: list) -> str:
+    """systemd's STATUS: the jobs by state, and why work is paused, if it is."""
+    line = ", ".join(f"{s.value} {counts[s]}" for s in State if counts[s] or s in ALWAYS)
+    if trouble:
+        line += f"; paused: {trouble.reason}"
+    if held:
+        line += "; paused by operator: " + ", ".join(f"{p.device if p.device != '*' else 'all devices'}"
+                                                     for p in held)
+    return line
+
+
 def pauses(journal) -> list[str]:
     """The operators' pauses in force (nstd pause), on every host."""
     return [f"paused by operator: host {p.host}, device {p.device}{f' by {p.by_whom}' if p.by_whom else ''} "

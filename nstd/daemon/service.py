@@ -5,27 +5,26 @@ round of both, so tests can drive the daemon with their own clock."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from typing import Callable
 
 from nstd import weights
 from nstd.config import Config
-from nstd.daemon import preflight, recovery
+from nstd.daemon import preflight, recovery, report, signals
 from nstd.daemon.inbox import Hints, Watcher, choose_mode
 from nstd.daemon.inputs import Inputs
 from nstd.daemon.intake import Intake
 from nstd.daemon.database import Unavailable
 from nstd.daemon.folders import Folders
-from nstd.daemon.journal import Journal
+from nstd.daemon.journal import ANY, Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
-from nstd.daemon.outage import Outage, patiently
+from nstd.daemon.outage import Outage
 from nstd.daemon.rounds import IntakeLoop, guarded
 from nstd.daemon.runtime import Runtime
 from nstd.daemon.styles import StyleBook
-from nstd.daemon.workers import ProcessWorker, ThreadWorker, isolation_for
+from nstd.daemon.workers import WorkerPool, isolation_for
 from nstd.engine.device import describe, resolve_devices
 from nstd.errors import ConfigError, NstdError
 from nstd.log import get
@@ -42,7 +41,6 @@ class Service:
         self.clock = clock
         self.runtime: Runtime | None = None  # set by prepare; a reload swaps it whole
         self.stop_requested = threading.Event()  # set by a signal
-        self.stopping = False  # set by shutdown: dead workers are no longer replaced
         self.reload_requested = threading.Event()
         self.hints = Hints()
         self.next_health: float | None = None
@@ -80,7 +78,8 @@ class Service:
             self.devices = resolve_devices(self.cfg.worker.device)
         except ValueError as e:
             raise ConfigError(f"worker.device: {e}") from None
-        self.isolation = isolation_for(self.cfg.worker.isolation, len(self.devices))
+        self.pool = WorkerPool(isolation_for(self.cfg.worker.isolation, len(self.devices)), lambda: self.runtime,
+                               self.load_weights)
         self.lock = StateLock(self.cfg.state_dir)
         self.lock.acquire()
         # On a shared journal, other hosts on the same inbox are the point: no claim on it.
@@ -110,11 +109,11 @@ class Service:
     def run(self) -> int:
         self.prepare()
         self.recover()
-        self._install_signals()
+        signals.install(self.stop_requested, self.reload_requested, self.hints.event)
         mode, fs = choose_mode(self.cfg.watch.mode, self.cfg.inbox)
         self.watcher = Watcher(self.cfg.inbox, mode, self.cfg.watch.poll_interval, self.hints)
         self.watcher.start()
-        self.workers = [self._start_worker(dev) for dev in self.devices]
+        self.pool.start(self.devices)
         log.info("started", inbox=str(self.cfg.inbox), watch=mode, filesystem=fs,
                  devices=[describe(d) for d in self.devices],
                  styles=self.styles.names(), pid=os.getpid())
@@ -163,24 +162,6 @@ class Service:
             if self.folders.trouble is not None:  # paused: look again soon, to resume soon
                 self.next_health = min(self.next_health, now + PAUSED_LOOK)
 
-    def _install_signals(self) -> None:
-        def stop(signum, _frame):
-            log.info("stopping", signal=signal.Signals(signum).name)
-            self.stop_requested.set()
-            self.hints.event.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, lambda *_: (self.reload_requested.set(), self.hints.event.set()))
-
-    def _start_worker(self, device) -> ThreadWorker | ProcessWorker:
-        if self.isolation == "process":
-            handle = ProcessWorker(self.cfg.path, self.cfg.host, device)
-        else:
-            handle = ThreadWorker(lambda: self.runtime, self.load_weights, device)
-        handle.start()
-        return handle
-
     def health(self) -> None:
         was_away = not self.folders.reachable
         trouble = self.folders.check(self.clock())
@@ -188,9 +169,8 @@ class Service:
             self._watch_health(after_outage=was_away)
         self._workers_health()
         self.journal.forget_workers(time.time())
-        c = self.journal.counts()
-        notify(f"STATUS=queued {c['queued']}, running {c['running']}, done {c['done']}, failed {c['failed']}"
-               f"{f'; paused: {trouble.reason}' if trouble else ''}\nWATCHDOG=1")
+        held = [p for p in self.journal.pauses() if p.host in (ANY, self.cfg.host)]
+        notify(f"STATUS={report.status_line(self.journal.counts(), trouble, held)}\nWATCHDOG=1")
 
     def _watch_health(self, after_outage: bool = False) -> None:
         """The inbox watch restarted where it died (or its folder was replaced, a remount):
@@ -203,13 +183,7 @@ class Service:
                 log.warning("inbox_unavailable", inbox=str(self.cfg.inbox))
 
     def _workers_health(self) -> None:
-        for i, w in enumerate(self.workers):
-            if not w.alive() and not self.stopping:
-                # Only its own claims go back: other devices' batches run on.
-                requeued, quarantined = self.journal.requeue_claimed_by(w.owner)
-                log.error("worker_restarted", device=str(w.device), error=w.error, requeued=requeued,
-                          quarantined=[j.id for j in quarantined])
-                self.workers[i] = self._start_worker(w.device)
+        self.pool.replace_dead(self.journal)
         # Batches whose worker stopped renewing: a host that died or lost the database.
         # Just after an outage nobody could renew, so the live hosts get time to first.
         if self.outage.settled(self.clock()):
@@ -240,30 +214,14 @@ class Service:
             log.error("reload_failed", error=str(e), keeping=self.styles.names())
             return
         self.runtime = fresh  # one swap: intake and thread workers read it on their next use
-        for w in self.workers:
-            w.reload()  # worker processes read the file again themselves
+        self.pool.reload()
         log.info("reloaded", styles=fresh.styles.names())
 
     def shutdown(self) -> int:
         notify("STOPPING=1")
-        deadline = time.time() + self.cfg.worker.stop_timeout
-        self.stopping = True
-        for w in self.workers:
-            w.stop(deadline)
-        for w in self.workers:
-            w.join(max(0.0, deadline - time.time()) + 10)
+        self.pool.stop(time.time() + self.cfg.worker.stop_timeout)
         self.watcher.stop()
-        # Anything the workers could not hand back cleanly. The supervisor's connection may
-        # be one a database restart ended since its last use: a moment to reconnect, and
-        # with the database away, the next start (or another host, at the lease's end)
-        # gives the jobs back instead.
-        give_up = time.time() + 10
-        try:
-            patiently(lambda: recovery.give_back_running(self.cfg, self.journal), "give_back",
-                      lambda: time.time() > give_up, time.sleep)
-        except Unavailable as e:
-            log.warning("running_jobs_left", error=str(e), meaning="given back at the next start or when "
-                                                                    "their lease runs out")
+        recovery.give_back_at_stop(self.cfg, self.journal)
         self.close()
         log.info("stopped")
         return 0

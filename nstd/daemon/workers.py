@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -146,3 +147,49 @@ def _child_main(config_path: str, device: str, stop, deadline, generation) -> No
                     deadline=lambda: deadline.value or None)
     worker.run()  # in this process's main thread
     raise SystemExit(0 if worker.error is None else 1)
+
+
+class WorkerPool:
+    """This daemon's workers, one per device: started, replaced when one dies (its own
+    claims given back, other devices' batches running on), told of a reload, and stopped
+    within a stop's grace."""
+
+    def __init__(self, isolation: str, runtime: Callable[[], Runtime], load_weights: Callable):
+        self.isolation, self.runtime, self.load_weights = isolation, runtime, load_weights
+        self.workers: list = []
+        self.stopping = False  # set by stop: dead workers are no longer replaced
+
+    def start(self, devices: list[torch.device]) -> None:
+        self.workers = [self._start_worker(d) for d in devices]
+
+    def _start_worker(self, device: torch.device) -> "ThreadWorker | ProcessWorker":
+        if self.isolation == "process":
+            cfg = self.runtime().cfg
+            handle = ProcessWorker(cfg.path, cfg.host, device)
+        else:
+            handle = ThreadWorker(self.runtime, self.load_weights, device)
+        handle.start()
+        return handle
+
+    def replace_dead(self, journal) -> None:
+        for i, w in enumerate(self.workers):
+            if not w.alive() and not self.stopping:
+                requeued, quarantined = journal.requeue_claimed_by(w.owner)
+                log.error("worker_restarted", device=str(w.device), error=w.error, requeued=requeued,
+                          quarantined=[j.id for j in quarantined])
+                self.workers[i] = self._start_worker(w.device)
+
+    def alive(self) -> list:
+        return [w for w in self.workers if w.alive()]
+
+    def reload(self) -> None:
+        for w in self.workers:
+            w.reload()  # worker processes read the file again themselves
+
+    def stop(self, deadline: float) -> None:
+        """Each worker's running batch finishes by `deadline` or goes back to the queue."""
+        self.stopping = True
+        for w in self.workers:
+            w.stop(deadline)
+        for w in self.workers:
+            w.join(max(0.0, deadline - time.time()) + 10)
