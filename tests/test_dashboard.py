@@ -53,6 +53,8 @@ def filled(tmp_path):
     journal.progress([running.id], 120, 500, 2.5, now + 150)
     for i, name in enumerate(["old.jpg", "<b>new</b>.jpg", "mid.jpg"]):
         journal.add_input(name, str(i) * 64, "s", [JobSpec("wash", "p", {}, 64, 48, "k2")], now=now - 60 + 10 * i)
+    [mid] = journal.jobs_of(journal.find_input("mid.jpg", "2" * 64).id)
+    journal.set_priority([mid.id], 5)
     journal.add_input("done.jpg", "d" * 64, "d.spool", [JobSpec("ink", "p", {}, 32, 32, "k3")], now=now - 50)
     [done] = journal.claim("k3", 1, "batch-2", now=now - 40)
     journal.finish(done.id, "ink/done.jpg", "batch-2")
@@ -86,9 +88,9 @@ def test_the_status_document_says_what_the_journal_holds(filled):
     [b] = doc["batches"]
     assert (b["host"], b["size"], b["iteration"], b["total"], b["rate"]) == ("studio-2", "32x24", 120, 500, 2.5)
     assert 100 < b["left"] <= 150 and b["jobs"] == [{"id": ids["running"], "photo": "run/a.jpg", "style": "ink"}]
-    # The order the scheduler takes them: oldest first (highest priority first, once jobs have one).
-    assert [q["photo"] for q in doc["queue"]] == ["old.jpg", "<b>new</b>.jpg", "mid.jpg"]
-    assert all(q["priority"] == 0 and q["size"] == "64x48" for q in doc["queue"])
+    # The order the scheduler takes them: the highest priority, then the oldest.
+    assert [(q["photo"], q["priority"]) for q in doc["queue"]] == [("mid.jpg", 5), ("old.jpg", 0), ("<b>new</b>.jpg", 0)]
+    assert all(q["size"] == "64x48" for q in doc["queue"])
     [d] = doc["done"]
     assert (d["id"], d["photo"], d["output"], d["thumb"]) == (ids["done"], "done.jpg", "ink/done.jpg", True)
     [f] = doc["failures"]
@@ -272,6 +274,7 @@ def studio(path: Path, outbox: Path) -> None:
             n += 1
             spec = JobSpec(style, "p", {}, 512, 384 if i % 3 else 341, f"{style}-{i % 3 != 0}")
             journal.add_input(f"{folder}IMG_{4100 + n}.jpg", f"{n:064x}", "s", [spec], now=now - 900 + 30 * n)
+    journal.set_priority([j.id for j in journal.queue_head(50) if j.relpath.startswith("rush-")], 10)
     pictures = sorted(Path("docs/defaults").glob("*.jpg"))
     (outbox / ".gallery").mkdir(parents=True)
     for i in range(6):
