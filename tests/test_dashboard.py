@@ -89,7 +89,8 @@ def test_the_status_document_says_what_the_journal_holds(filled):
     assert (b["host"], b["size"], b["iteration"], b["total"], b["rate"]) == ("studio-2", "32x24", 120, 500, 2.5)
     assert 100 < b["left"] <= 150 and b["jobs"] == [{"id": ids["running"], "photo": "run/a.jpg", "style": "ink"}]
     # The order the scheduler takes them: the highest priority, then the oldest.
-    assert [(q["photo"], q["priority"]) for q in doc["queue"]] == [("mid.jpg", 5), ("old.jpg", 0), ("<b>new</b>.jpg", 0)]
+    queue = [(q["photo"], q["priority"]) for q in doc["queue"]]
+    assert queue == [("mid.jpg", 5), ("old.jpg", 0), ("<b>new</b>.jpg", 0)]
     assert all(q["size"] == "64x48" for q in doc["queue"])
     [d] = doc["done"]
     assert (d["id"], d["photo"], d["output"], d["thumb"]) == (ids["done"], "done.jpg", "ink/done.jpg", True)
