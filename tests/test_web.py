@@ -78,6 +78,7 @@ def test_a_real_prometheus_reads_the_daemons_metrics(tmp_path, session_models):
         assert status == 200
         text = body.decode()
         assert 'nstd_jobs{state="done"} 2.0' in text and 'nstd_jobs_finished_total{style="ink"} 1.0' in text
+        assert "nstd_job_compute_seconds_count 2.0" in text and "nstd_job_drop_to_output_seconds_count 2.0" in text
         assert "p.jpg" not in text  # labels are bounded: never a photo's name
         check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
         assert check.returncode == 0, check.stdout + check.stderr
@@ -91,6 +92,36 @@ def test_a_real_prometheus_reads_the_daemons_metrics(tmp_path, session_models):
         prometheus.close()
         if d.alive():
             d.kill()
+
+
+def test_the_metrics_of_a_busy_journal_are_bounded_and_well_formed(tmp_path):
+    """Histograms, the queue by size and priority, and each worker's slots, from a journal
+    filled by hand; promtool checks the whole exposition."""
+    from prometheus_client import generate_latest
+
+    from nstd.daemon.journal import Journal, JobSpec, WorkerInfo, WorkerState
+    from nstd.web.metrics import Live, Reader, registry
+
+    j = Journal(tmp_path / "j.db")
+    sizes = [(32 + 8 * (n % 13), 32) for n in range(40)]  # 13 sizes: more than the label lists
+    for n, (w, h) in enumerate(sizes):
+        j.add_input(f"p{n}.jpg", f"s{n}", "sp", [JobSpec("ink", "x", {}, w, h, f"k{w}", priority=n % 3)], now=100.0)
+    j.beat(WorkerInfo("h1:1:cpu", "h1", "cpu", None), WorkerState.WORKING, 150.0)
+    running = j.claim("k32", 3, "b1", 150.0, owner="h1:1:cpu")
+    j.progress([x.id for x in running], 10, 100, 2.5, 190.0)
+    j.finish(running[0].id, "ink/p0.jpg", "b1")
+    j.close()
+    live = Live(lambda: None, lambda: 0, lambda: 0)
+    text = generate_latest(registry(Reader(tmp_path / "j.db"), live)).decode()
+    assert 'nstd_worker_slots_in_use{device="cpu",host="h1"} 2.0' in text
+    assert 'nstd_worker_iterations_per_second{device="cpu",host="h1"} 2.5' in text
+    assert 'nstd_job_compute_seconds_bucket{le="+Inf"} 1.0' in text
+    sizes_listed = [line for line in text.splitlines() if line.startswith("nstd_queued_by_size{")]
+    assert len(sizes_listed) == 11 and any('size="other"' in line for line in sizes_listed)
+    assert {line.split('"')[1] for line in text.splitlines() if line.startswith("nstd_queued_by_priority{")} \
+        == {"0", "1", "2"}
+    check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_a_listening_address_off_loopback_needs_a_token(tmp_path, session_models):

@@ -79,11 +79,13 @@ class Folders:
         self.mounts = mounts_of(watched(cfg)[0])  # at start, when preflight found every folder
         self.trouble: Trouble | None = None
         self.since: float | None = None
+        self.pauses = 0  # since the daemon started, for /metrics
 
     def check(self, now: float) -> Trouble | None:
         trouble = paused_now(*watched(self.cfg), self.mounts)
         if trouble and self.trouble is None:
             self.since = now
+            self.pauses += 1
             log.warning("paused", reason=trouble.reason,
                         meaning="nothing is lost or failed: running work waits, new work starts once it is back")
         elif trouble is None and self.trouble is not None:

@@ -47,6 +47,7 @@ class Service:
         self.outage = Outage(renew_every=cfg.worker.lease / 4)
         self._weights: dict[str, tuple] = {}
         self.last_round = time.monotonic()  # of the supervisor's loop, for /healthz
+        self.lease_expiries = 0  # other workers' jobs given back, for /metrics
         self.intake_loop: IntakeLoop | None = None
         self.endpoint = None  # the HTTP endpoint (nstd/web), when it is on
         self.token: str | None = None
@@ -188,6 +189,7 @@ class Service:
         # Just after an outage nobody could renew, so the live hosts get time to first.
         if self.outage.settled(self.clock()):
             requeued, quarantined = self.journal.requeue_expired(time.time())
+            self.lease_expiries += requeued + len(quarantined)
             if requeued or quarantined:
                 log.warning("leases_expired", requeued=requeued, quarantined=[j.id for j in quarantined])
 

@@ -21,7 +21,8 @@ def start(service) -> Endpoint | None:
     if not cfg.on:
         return None
     live = Live(paused=lambda: service.folders.trouble and service.folders.trouble.reason,
-                settling=lambda: len(service.inputs.settle), outages=lambda: service.outage.count)
+                settling=lambda: len(service.inputs.settle), outages=lambda: service.outage.count,
+                pauses=lambda: service.folders.pauses, expiries=lambda: service.lease_expiries)
     reader = Reader(service.cfg.journal_target)
     probe = Probe(healthy=lambda: _healthy(service), ready=lambda: _ready(service, reader))
     site = Site(host=service.cfg.host, outbox=lambda: service.cfg.outbox, config=lambda: service.cfg.path,

@@ -14,6 +14,7 @@ folder for one host, PostgreSQL for several. The journal is in parts, one job ea
 - `registry`: the workers and their heartbeats;
 - `reports`: counts, progress and recent outcomes for people;
 - `controls`: the studio's priority, cancel and pause;
+- `tallies`: distributions and groupings for /metrics;
 - `records` (the values rows decode into, by column name) and `store` (the connection
   they share).
 
@@ -34,6 +35,7 @@ from nstd.daemon.journal.records import (ANY, LEASE_SECONDS, BatchProgress, Fail
 from nstd.daemon.journal.registry import SILENT_SECONDS, WorkerRegistry
 from nstd.daemon.journal.reports import Reports
 from nstd.daemon.journal.schema import SCHEMA, SCHEMA_VERSION, Schema, damaged
+from nstd.daemon.journal.tallies import Tallies
 from nstd.log import get
 
 __all__ = ["ANY", "LEASE_SECONDS", "SCHEMA", "SCHEMA_VERSION", "SILENT_SECONDS", "BatchProgress", "Failure", "Input",
@@ -42,7 +44,7 @@ __all__ = ["ANY", "LEASE_SECONDS", "SCHEMA", "SCHEMA_VERSION", "SILENT_SECONDS",
 log = get("nstd.journal")
 
 
-class Journal(Schema, InputRecords, JobQueue, WorkerRegistry, Reports, Controls):
+class Journal(Schema, InputRecords, JobQueue, WorkerRegistry, Reports, Controls, Tallies):
     """The job store on SQLite (a path) or PostgreSQL (a postgresql:// URL): opened,
     checked, and made or brought up to date (unless `readonly`), with its parts' verbs.
 
