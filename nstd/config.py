@@ -14,6 +14,7 @@ from nstd.daemon.database import is_postgres
 from nstd.engine.types import HISTORY_PRECISIONS, PRECISIONS, Switches
 from nstd.errors import ConfigError, clip, shown
 from nstd.limits import Limits, parse as parse_limits
+from nstd.daemon.hooks import HookConfig, parse as parse_hooks
 from nstd.web.settings import HttpConfig, parse as parse_http
 from nstd.params import TransferParams, with_overrides
 
@@ -98,6 +99,7 @@ class Config:
     worker: WorkerConfig = WorkerConfig()
     limits: Limits = Limits()
     http: HttpConfig = HttpConfig()
+    on_done: HookConfig = HookConfig()
     log_level: str = "info"
     log_format: str = "auto"
     health_interval: float = field(default=5.0)
@@ -121,7 +123,7 @@ class Config:
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success", "max_pixels",
             "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host",
-            "limits", "http"}
+            "limits", "http", "on_done"}
 
 
 def load(path: Path) -> Config:
@@ -157,6 +159,7 @@ def parse(raw: Any, path: Path) -> Config:
         worker=_worker(m.get("worker", {})),
         limits=parse_limits(m.get("limits")),
         http=parse_http(m.get("http"), root),
+        on_done=parse_hooks(m.get("on_done"), root),
         log_level=_choice(log.get("level", "info"), "log.level", ("debug", "info", "warning", "error")),
         log_format=_choice(log.get("format", "auto"), "log.format", ("auto", "json", "console")),
         **_shared(m, folders["state_dir"], root),

@@ -12,6 +12,7 @@ from typing import Callable
 from nstd import masks
 from nstd.config import Config
 from nstd.daemon import companions, dispose
+from nstd.daemon.hooks import Hooks, Notice
 from nstd.daemon.database import Unavailable
 from nstd.daemon.inbox import Hints, IgnoreRules, SettleTracker, relative, scan, settle_seconds
 from nstd.daemon.intake import Intake, Kind
@@ -33,7 +34,8 @@ class Inputs:
         self.rules = IgnoreRules(cfg.watch.extensions, cfg.watch.ignore)
         self.settle = SettleTracker(settle_seconds(cfg.watch.settle_seconds, cfg.inbox))
         self.accepted: dict[str, tuple[int, int, int]] = {}  # relpath -> stat key when taken in
-        self.intake = Intake(runtime, journal, self._settled)
+        self.hooks = Hooks(cfg.on_done)
+        self.intake = Intake(runtime, journal, self._settled, self.hooks)
         self.next_rescan: float | None = None
         self.deferred: dict[int, tuple[float, float]] = {}  # input id -> (retry at, last wait)
         self.refused: set[str] = set()  # inputs whose disposal was refused, logged once
@@ -180,14 +182,19 @@ class Inputs:
         if failed:
             reason = "; ".join(f"{j.style}: {j.error}" for j in failed)
             attempts = max(j.attempts for j in failed)
-            dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts,
-                              finishing=True)
+            moved = dispose.to_failed(self.cfg.inbox, self.cfg.failed, inp.relpath, reason, inp.sha256, attempts,
+                                      finishing=True)
             self.journal.close_input(inp.id, State.FAILED, reason)
             log.warning("input_failed", input=inp.relpath, reason=reason)
         else:
-            dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success, inp.sha256)
+            moved = dispose.on_success(self.cfg.inbox, self.cfg.processed, inp.relpath, self.cfg.on_success,
+                                       inp.sha256)
             self.journal.close_input(inp.id, State.DONE)
             log.info("input_done", input=inp.relpath, outputs=[j.output for j in jobs])
+        self.hooks.tell(Notice(inp.relpath, State.FAILED.value if failed else State.DONE.value, inp.sha256,
+                               None if moved is None else str(moved),
+                               tuple(str(self.cfg.outbox / j.output) for j in jobs if j.output and not failed),
+                               reason if failed else None, self.cfg.host), self.cfg.on_done)
         for rel in [inp.relpath] + [m for kind in masks.KINDS for m in masks.own_names(inp.relpath, kind)]:
             self.accepted.pop(rel, None)
         if inp.spool and not self.journal.spool_in_use(inp.spool):

@@ -16,6 +16,7 @@ from typing import Callable
 from nstd import guide, images, masks
 from nstd.config import Config
 from nstd.daemon import companions, dispose, sidecar
+from nstd.daemon.hooks import Hooks, Notice
 from nstd.daemon.inbox import route
 from nstd.daemon.journal import Input, JobSpec, Journal, State
 from nstd.daemon.runtime import Runtime
@@ -72,8 +73,10 @@ def read_settled(path: Path, key: tuple[int, int, int]) -> bytes:
 
 
 class Intake:
-    def __init__(self, runtime: Callable[[], Runtime], journal: Journal, settled: companions.Settled):
+    def __init__(self, runtime: Callable[[], Runtime], journal: Journal, settled: companions.Settled,
+                 hooks: Hooks | None = None):
         self.runtime, self.journal = runtime, journal
+        self.hooks = hooks or Hooks(self.cfg.on_done)  # told of each photo refused at the door
         self.settled = settled  # a mask file's stat key once the watcher has seen it settle
         self.spool_dir = self.cfg.spool_dir
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -224,12 +227,15 @@ class Intake:
 
     def _refuse(self, relpath: str, sha: str | None, reason: str) -> Outcome:
         self.journal.fail_input(printable(relpath), sha or "", reason)
+        moved = None
         try:
-            dispose.to_failed(self.cfg.inbox, self.cfg.failed, relpath, reason, sha)
+            moved = dispose.to_failed(self.cfg.inbox, self.cfg.failed, relpath, reason, sha)
         except ValueError as e:  # a planted link in failed/: nothing is written through it
             reason = f"{reason}; left in the inbox: {e}"
             self.journal.fail_input(printable(relpath), sha or "", reason)
         log.warning("refused", input=printable(relpath), reason=reason)
+        self.hooks.tell(Notice(printable(relpath), State.FAILED.value, sha, None if moved is None else str(moved),
+                               reason=reason, host=self.cfg.host), self.cfg.on_done)
         return Outcome(Kind.FAILED, reason)
 
 
