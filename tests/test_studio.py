@@ -166,9 +166,20 @@ def test_a_paused_worker_takes_no_new_batch_and_the_pause_outlasts_a_restart(ser
     reopened = Journal(service.cfg.journal_target)  # as a restarted daemon finds it
     assert reopened.pause_of(service.cfg.host, "cpu") is not None
     reopened.close()
+    # /readyz says so: no worker here takes work.
+    from types import SimpleNamespace
+
+    from nstd.web.daemon import _ready
+    from nstd.web.metrics import Reader
+
+    service.pool.workers = [SimpleNamespace(alive=lambda: True, device=worker.device)]
+    reader = Reader(service.cfg.journal_target)
+    assert _ready(service, reader) == (False, "paused by operator: cpu (nstd resume)")
     assert main(["resume", *cfg]) == 0
     assert "(1 pause(s) lifted)" in capsys.readouterr().out
     assert service.journal.pause_of(service.cfg.host, "cpu") is None
+    assert _ready(service, reader) == (True, "1 worker(s) running")
+    reader.close()
 
 
 @pytest.fixture

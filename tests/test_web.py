@@ -182,3 +182,24 @@ def test_hostile_requests_get_a_4xx_and_never_stall_it(endpoint):
     raw.settimeout(10)
     assert raw.recv(100).startswith(b"HTTP/1.1 400")
     raw.close()
+
+
+def test_without_a_token_it_answers_only_to_a_loopback_name():
+    """A page on another site can make a browser reach 127.0.0.1 under that site's name
+    (DNS rebinding); without a token, only loopback names are answered."""
+    registry = CollectorRegistry()
+    Gauge("nstd_test", "a test gauge", registry=registry).set(3)
+    e = Endpoint("127.0.0.1", 0, registry, Probe(lambda: (True, "alive"), lambda: (True, "ok")), None).start()
+    try:
+        def status(host: str) -> int:
+            conn = socket.create_connection(("127.0.0.1", e.port))
+            conn.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            conn.settimeout(10)
+            line = conn.recv(100).split(b"\r\n")[0]
+            conn.close()
+            return int(line.split()[1])
+
+        assert [status(h) for h in (f"127.0.0.1:{e.port}", f"localhost:{e.port}", f"[::1]:{e.port}")] == [200] * 3
+        assert status(f"attacker.example:{e.port}") == 403 and status("10.0.0.5") == 403
+    finally:
+        e.stop()

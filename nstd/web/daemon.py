@@ -60,4 +60,8 @@ def _ready(service, reader: Reader) -> tuple[bool, str]:
     alive = service.pool.alive()
     if not alive:
         return False, "no worker is running"
-    return True, f"{len(alive)} worker(s) running"
+    pauses = reader.read(lambda journal: journal.pauses())
+    held = [w for w in alive if any(p.covers(service.cfg.host, str(w.device)) for p in pauses)]
+    if len(held) == len(alive):
+        return False, f"paused by operator: {held[0].device if len(held) == 1 else 'every worker'} (nstd resume)"
+    return True, f"{len(alive) - len(held)} worker(s) running" + (f", {len(held)} paused" if held else "")

@@ -12,6 +12,7 @@ timeouts so that a slow or hostile client cannot stall the daemon.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import socket
 import threading
@@ -104,6 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        if not self._trusted_host():
+            return self._send(403, "application/json", one_line(False, "this endpoint answers to a loopback name "
+                                                                       "only (localhost, 127.0.0.1, [::1])"))
         page = self.dashboard.page(path) if self.dashboard is not None else None
         if page is not None:  # the page's own files, the same for everyone: see dashboard.py
             return self._send(200, *page)
@@ -133,6 +137,23 @@ class _Handler(BaseHTTPRequestHandler):
         """http.server's own refusals (a request line too long, a bad version) as one line."""
         self.close_connection = True
         self._send(code, "application/json", one_line(False, message or self.responses.get(code, ("",))[0]))
+
+    def _trusted_host(self) -> bool:
+        """Without a token, the endpoint is on loopback and trusts whoever can reach it: a
+        browser can be made to reach it under another name (DNS rebinding), so a request
+        must name a loopback host, as every local client does."""
+        if self.token is not None:
+            return True
+        host = self.headers.get("Host")
+        if host is None:
+            return True  # HTTP/1.0 clients such as probes; a browser always sends it
+        name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if name.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
     def _authorised(self) -> bool:
         if self.token is None:
