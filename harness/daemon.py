@@ -43,7 +43,8 @@ def write_config(root: Path, models: Path, **overrides) -> Path:
         "styles": {"ink": {"image": "style.png"}, "wash": {"image": "style.png", "style_weight": 50}},
         "transfer": {"size": 32, "iterations": 4, "model": "random", "log_every": 2},
         "watch": {"settle_seconds": 0.5, "rescan_interval": 3, "poll_interval": 0.2},
-        "worker": {"batch_window": 0.3, "stop_timeout": 5, "retry_backoff": 0.5},
+        # No speed probe: a second of CPU at each start, which only the speed tests need.
+        "worker": {"batch_window": 0.3, "stop_timeout": 5, "retry_backoff": 0.5, "measure_speed": False},
         "http": {"listen": "off"},  # tests that serve it pick their own port
     }
     for key, value in overrides.items():

@@ -69,6 +69,7 @@ class WorkerConfig:
     isolation: str = "auto"  # thread | process per device; auto: processes where there are several
     lease: float = 120.0  # seconds a claim holds without renewal before another worker may take it
     refill: bool = True  # queued jobs of a running batch's size take its finished photos' places
+    measure_speed: bool = True  # time the device at start, to say how long a photo takes (about a second)
     # worker.precision, cuda_graphs, checkpoint, reproducible, compile, history_precision and
     # memory_budget: how batches run
     switches: Switches = Switches()
@@ -272,7 +273,7 @@ def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
                                  "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
                                  "checkpoint", "reproducible", "compile", "history_precision", "lease",
-                                 "refill"})
+                                 "refill", "measure_speed"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -285,6 +286,7 @@ def _worker(raw: Any) -> WorkerConfig:
         isolation=_choice(m.get("isolation", d.isolation), "worker.isolation", ("auto", "thread", "process")),
         lease=_float(m.get("lease", d.lease), "worker.lease", 2),
         refill=_bool(m.get("refill", d.refill), "worker.refill"),
+        measure_speed=_bool(m.get("measure_speed", d.measure_speed), "worker.measure_speed"),
         switches=Switches(
             precision=_choice(m.get("precision", d.switches.precision), "worker.precision", PRECISIONS),
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),

@@ -99,7 +99,9 @@ def test_sd_notify_ready_status_and_watchdog(tmp_path, session_models):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(30)
-    d = Daemon(write_config(tmp_path, session_models)).start(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000")
+    # The speed probe on, as the service runs: the worker says how long a photo takes.
+    d = Daemon(write_config(tmp_path, session_models, worker={"measure_speed": True})).start(
+        NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000")
     try:
         seen = []
         deadline = time.time() + 30
@@ -110,6 +112,7 @@ def test_sd_notify_ready_status_and_watchdog(tmp_path, session_models):
         status = next(m for m in seen if m.startswith("STATUS="))
         assert "queued 0, running 0, done 0, failed 0" in status and "WATCHDOG=1" in status
         assert listening_sockets(d.proc.pid) == []  # no network listener
+        d.wait_log("expected_speed", timeout=60)
     finally:
         assert d.stop() == 0
         sock.close()

@@ -75,7 +75,8 @@ class Worker(threading.Thread):
             self.error = e
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")
             return
-        self._say_speed(journal.raw)
+        if self.cfg.worker.measure_speed:
+            self._say_speed(journal.raw)
         try:
             self._loop(journal)
             journal.raw.leave(self.info.owner)

@@ -13,10 +13,11 @@ from typing import Callable
 import torch
 
 from nstd.durations import say  # noqa: F401 - speed.say: check's and the worker's estimates
+from nstd.engine import transfer
 from nstd.engine.loop import Stepper
 from nstd.engine.memory import flops_per_iteration
+from nstd.engine.session import Collect, Verdict
 from nstd.engine.switches import Switches
-from nstd.engine.transfer import run_batch
 from nstd.engine.types import BatchSettings, StyleImage, TransferJob
 from nstd.engine.vgg import VGGFeatures
 
@@ -34,8 +35,26 @@ class Measured:
     seconds: float  # how long the measurement took, warm-up included
 
 
-class _Enough(Exception):
-    """Raised from the probe's progress callback once it has timed enough iterations."""
+class _Probe(Collect):
+    """The probe's session: each iteration's time, until enough are timed."""
+
+    def __init__(self, device: torch.device, warm: int, budget: float, clock: Callable[[], float]):
+        super().__init__()
+        self.device, self.warm, self.budget, self.clock = device, warm, budget, clock
+        self.marks: list[float] = []
+        self.laps: list[float] = []
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.marks.append(self.clock())
+        if iteration <= self.warm:
+            return Verdict.GO
+        self.laps.append(self.marks[-1] - self.marks[-2])
+        timed = self.marks[-1] - self.marks[self.warm - 1]
+        fewest, most = PROBE_LAPS
+        done = len(self.laps) >= most or (len(self.laps) >= fewest and timed >= self.budget)
+        return Verdict.STOP if done else Verdict.GO
 
 
 def measure(model: VGGFeatures, switches: Switches | None = None, budget: float = PROBE_SECONDS,
@@ -46,35 +65,19 @@ def measure(model: VGGFeatures, switches: Switches | None = None, budget: float 
     fastest is the device's own pace: what the daemon gets while it has the device. One
     short run timed whole swung with whatever else the machine was doing then."""
     device = model.mean.device
-    cuda = device.type == "cuda"
     side = PROBE_SIDE.get(device.type, 128)
-    fewest, most = PROBE_LAPS
     # Not timed: allocations, autotuning, and on a GPU the eager iterations before the
     # loop's graph is captured.
-    warm = Stepper.WARMUP + 2 if cuda else 1
+    warm = Stepper.WARMUP + 2 if device.type == "cuda" else 1
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(3, side, side, generator=gen)
     job = TransferJob(image, (StyleImage(image.flip(2)),))  # any photo and style: only the time counts
-    settings = BatchSettings(iterations=warm + most + 1, log_every=warm + most + 1)
-    laps: list[float] = []
+    last = warm + PROBE_LAPS[1] + 1
+    settings = BatchSettings(iterations=last, log_every=last)
+    probe = _Probe(device, warm, budget, clock)
     began = clock()
-    marks: list[float] = []
-
-    def lap(it: int, _losses) -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-        marks.append(clock())
-        if it > warm:
-            laps.append(marks[-1] - marks[-2])
-            timed = marks[-1] - marks[warm - 1]
-            if len(laps) >= most or (len(laps) >= fewest and timed >= budget):
-                raise _Enough()
-
-    try:
-        run_batch(model, [job], settings, progress=lap, switches=switches)
-    except _Enough:
-        pass
-    return Measured(flops_per_iteration(side, side, settings.layers) / min(laps), marks[-1] - began)
+    transfer.run(model, probe, [job], settings, switches=switches)
+    return Measured(flops_per_iteration(side, side, settings.layers) / min(probe.laps), probe.marks[-1] - began)
 
 
 def photo_seconds(flops_per_second: float, scales: list[tuple[int, int, int]], layers: frozenset[str]) -> float:
