@@ -7,6 +7,7 @@ docs/dashboard.png and docs/dashboard-phone.png."""
 
 import json
 import os
+import shlex
 import shutil
 import time
 import urllib.error
@@ -17,7 +18,7 @@ import pytest
 
 from harness.daemon import Daemon, photo_bytes, wait_for, write_config
 from nstd.daemon.gallery import result_thumb
-from nstd.daemon.journal import JobSpec, Journal, State, WorkerInfo
+from nstd.daemon.journal import ANY, JobSpec, Journal, State, WorkerInfo
 from nstd.web.dashboard import Dashboard
 from nstd.web.metrics import Reader
 from nstd.web.server import Endpoint, Probe
@@ -42,7 +43,8 @@ def get(url: str, token: str | None = TOKEN) -> tuple[int, dict, bytes]:
 @pytest.fixture
 def filled(tmp_path):
     """A journal with a worker running a batch half way, three queued jobs, one done with
-    its thumbnail, and a photo refused; and an endpoint serving it with a token."""
+    its thumbnail, a photo refused and two operators' pauses; and an endpoint serving it
+    with a token."""
     outbox, now = tmp_path / "outbox", time.time()
     journal = Journal(tmp_path / "journal.sqlite3")
     worker = WorkerInfo("studio-2:7:cuda:0", "studio-2", "cuda:0", 80 * 2**30)
@@ -59,6 +61,8 @@ def filled(tmp_path):
     [done] = journal.claim("k3", 1, "batch-2", now=now - 40)
     journal.finish(done.id, "ink/done.jpg", "batch-2")
     journal.fail_input("shoot/notes[1].jpg", "e" * 64, "shoot/notes[1].jpg: cannot decode: not an image", now=now)
+    journal.pause("studio-2", ANY, "ana@studio-1", now - 600)
+    journal.pause(ANY, "cuda:1", None, now - 30)
     journal.close()
     (outbox / ".gallery").mkdir(parents=True)
     (outbox / result_thumb(done.id)).write_bytes(photo_bytes(24, 32, 5))
@@ -97,6 +101,29 @@ def test_the_status_document_says_what_the_journal_holds(filled):
     [f] = doc["failures"]
     assert f["photo"] == "shoot/notes[1].jpg" and f["reason"] == "cannot decode: not an image"
     assert f["retry"] == retry_command(Path(filled[1].parent / "config.yaml"), "shoot/notes[1].jpg")
+    assert [(p["host"], p["device"], p["by"]) for p in doc["pauses"]] == \
+        [("*", "cuda:1", None), ("studio-2", "*", "ana@studio-1")]
+    assert 600 <= doc["pauses"][1]["ago"] < 660
+
+
+def test_each_pause_is_shown_with_the_command_that_lifts_it(filled, tmp_path):
+    from nstd.cli import build_parser
+
+    doc = json.loads(get(filled[0] + "/api/status")[2])
+    config = str(tmp_path / "config.yaml")
+    assert [p["resume"] for p in doc["pauses"]] == [f"nstd resume --config {config} --host all --device cuda:1",
+                                                     f"nstd resume --config {config} --host studio-2 --device all"]
+    # Pasted, it lifts that pause: nstd's own parser reads it, and the journal lifts it.
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        for p in doc["pauses"]:
+            args = build_parser().parse_args(shlex.split(p["resume"])[1:])
+            sides = [ANY if side == "all" else side for side in (args.host, args.device)]
+            assert (args.config, journal.resume(*sides)) == (Path(config), 1)
+        assert journal.pauses() == []
+    finally:
+        journal.close()
+    assert json.loads(get(filled[0] + "/api/status")[2])["pauses"] == []
 
 
 def test_the_retry_command_names_that_photo_alone_when_pasted():
@@ -213,6 +240,12 @@ def test_the_dashboard_in_chromium_shows_progress_outputs_and_failures(daemon):
             failure = page.text_content("#failures")
             assert "notes.jpg" in failure and "not a recognised image format" in failure
             assert f"nstd retry --config {d.config} notes.jpg" in failure
+            # An operator's pause of another host on the shared journal, with the command that lifts it.
+            journal = Journal(d.root / "state" / "journal.sqlite3")
+            journal.pause("studio-9", ANY, "ana@studio-1", time.time())
+            journal.close()
+            page.wait_for_selector("#pauses .pause", timeout=30_000)
+            assert f"nstd resume --config {d.config} --host studio-9 --device all" in page.text_content("#pauses")
             # A batch that runs a while: its iteration moves on between polls.
             first = page.wait_for_selector("#batches .iteration", timeout=60_000).get_attribute("data-iteration")
             # A photo of another size, once the long batch holds the worker: it waits in the queue.

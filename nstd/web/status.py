@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from nstd.daemon.gallery import result_thumb
+from nstd.daemon.journal import ANY
 from nstd.daemon.report import SILENT_AFTER
 from nstd.fsutil import contained
+from nstd.steer import EVERY
 
 LIMIT = 50  # items in each list; the counts at the top say how many there are in all
 
@@ -46,6 +48,7 @@ def read(journal, site: Site, now: float) -> dict:
         "jobs": counts,
         "photos": journal.input_counts(),
         "workers": [_worker(w, now) for w in listed],
+        "pauses": [_pause(p, site.config(), now) for p in journal.pauses()[:LIMIT]],
         "batches": _batches(journal, running, held, now),
         "queue": [_queued(job, now) for job in journal.queue_head(LIMIT)],
         "done": [_done(job, now) for job in journal.recent_done(LIMIT)],
@@ -77,6 +80,13 @@ def _worker(w, now: float) -> dict:
     age = max(0.0, now - w.heartbeat)
     return {"host": w.host, "device": w.device, "state": str(w.state), "reason": w.reason,
             "memory": w.memory, "heartbeat_age": round(age, 1), "silent": age > SILENT_AFTER}
+
+
+def _pause(pause, config: Path, now: float) -> dict:
+    """An operator's pause (nstd pause), host and device as the journal holds them ("*"
+    for every one), with the command that lifts it."""
+    return {"host": pause.host, "device": pause.device, "by": pause.by_whom,
+            "ago": round(max(0.0, now - pause.since), 1), "resume": resume_command(config, pause.host, pause.device)}
 
 
 def _batches(journal, running: list, held: dict, now: float) -> list[dict]:
@@ -126,4 +136,13 @@ def retry_command(config: Path, relpath: str) -> str:
     """The command that brings a failed photo back, as pasted into a shell: nstd retry
     takes globs, so the name's own glob characters are escaped to match it alone."""
     words = ["nstd", "retry", "--config", str(config), glob.escape(relpath)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def resume_command(config: Path, host: str, device: str) -> str:
+    """The command that lifts one pause, as pasted into a shell, its host and device named
+    as nstd resume takes them ('all' for every one). A wide pause's command lifts the
+    narrower ones it covers too, as nstd resume does."""
+    sides = [EVERY if side == ANY else side for side in (host, device)]
+    words = ["nstd", "resume", "--config", str(config), "--host", sides[0], "--device", sides[1]]
     return " ".join(shlex.quote(w) for w in words)

@@ -130,6 +130,7 @@
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     if (doc.paused) banner("This daemon takes no new work: " + doc.paused);
     drawCounts(doc);
+    drawPauses(doc.pauses || []);
     drawWorkers(doc.workers);
     drawBatches(doc.batches);
     drawQueue(doc.queue, doc.jobs.queued);
@@ -160,6 +161,23 @@
     ]);
     box.replaceChildren(table([["host", "main"], ["device", "short"], ["state", null],
       ["heartbeat", "short", "heard"], ["memory", "wide short"]], rows));
+  }
+
+  // The operators' pauses (nstd pause), each with the command that lifts it; nothing
+  // at all while there are none, as a pause is the exception.
+  function drawPauses(pauses) {
+    const box = document.getElementById("pauses");
+    if (!pauses.length) return box.replaceChildren();
+    box.replaceChildren(el("ul", "pauses", ...pauses.map(pauseItem)));
+  }
+
+  function pauseItem(p) {
+    const side = (name, what) => (name === "*" ? "every " + what : name); // "*": the journal's every one
+    const when = (p.by ? "by " + p.by + ", " : "") + span(p.ago) + " ago";
+    return el("li", "pause",
+      el("div", null, el("b", null, `Paused: ${side(p.host, "host")}, ${side(p.device, "device")}`), " ",
+        el("span", "muted", when)),
+      el("code", "resume", p.resume));
   }
 
   function drawBatches(batches) {
