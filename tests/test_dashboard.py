@@ -1,14 +1,10 @@
 """The live dashboard (GET /, /api/status, /api/thumb/ID): its document read from a journal
 filled here, the token and the thumbnails' containment, then the page itself in headless
-Chromium (Debian's, driven by Playwright through its path) against a real daemon.
-
-NSTD_DASHBOARD_SHOTS=docs also writes the page at a laptop's and a phone's width to
-docs/dashboard.png and docs/dashboard-phone.png."""
+Chromium (Debian's, driven by Playwright through its path) against a real daemon. The
+docs' screenshots are made by harness/screenshots.py, whose studio is checked here."""
 
 import json
-import os
 import shlex
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -17,16 +13,12 @@ from pathlib import Path
 import pytest
 
 from harness.daemon import Daemon, photo_bytes, wait_for, write_config
+from harness.screenshots import chromium, serve, studio
 from nstd.daemon.gallery import result_thumb
-from nstd.daemon.journal import ANY, JobSpec, Journal, State, WorkerInfo
-from nstd.web.dashboard import Dashboard
-from nstd.web.metrics import Reader
-from nstd.web.server import Endpoint, Probe
-from nstd.web.status import Site, retry_command
-from prometheus_client import CollectorRegistry
+from nstd.daemon.journal import ANY, JobSpec, Journal, WorkerInfo
+from nstd.web.status import retry_command
 
 TOKEN = "a-studio-token-for-the-page"
-SHOTS = os.environ.get("NSTD_DASHBOARD_SHOTS")  # a folder: write the screenshots there
 
 
 def get(url: str, token: str | None = TOKEN) -> tuple[int, dict, bytes]:
@@ -69,14 +61,6 @@ def filled(tmp_path):
     endpoint = serve(tmp_path / "journal.sqlite3", outbox, tmp_path / "config.yaml", TOKEN)
     yield f"http://127.0.0.1:{endpoint.port}", outbox, {"running": running.id, "done": done.id}
     endpoint.stop()
-
-
-def serve(journal: Path, outbox: Path, config: Path, token: str | None) -> Endpoint:
-    """The endpoint with its dashboard on a journal, as the daemon serves it."""
-    site = Site(host="studio-1", outbox=lambda: outbox, config=lambda: config, paused=lambda: None)
-    reader = Reader(journal)
-    return Endpoint("127.0.0.1", 0, CollectorRegistry(), Probe(lambda: (True, ""), lambda: (True, "")), token,
-                    on_stop=reader.close, dashboard=Dashboard(reader, site)).start()
 
 
 def test_the_status_document_says_what_the_journal_holds(filled):
@@ -164,15 +148,26 @@ def test_thumbnails_come_only_from_the_gallery_by_job_id(filled, tmp_path):
     assert json.loads(get(base + "/api/status")[2])["done"][0]["thumb"] is False
 
 
+def test_the_docs_studio_is_a_journal_the_page_reads(tmp_path):
+    """The afternoon harness/screenshots.py pictures, as /api/status serves it: a change to
+    the journal that breaks the script shows here, not when the docs are next redrawn."""
+    studio(tmp_path / "journal.sqlite3", tmp_path / "outbox")
+    endpoint = serve(tmp_path / "journal.sqlite3", tmp_path / "outbox", Path("/etc/nstd/config.yaml"), TOKEN)
+    try:
+        status, _, body = get(f"http://127.0.0.1:{endpoint.port}/api/status")
+    finally:
+        endpoint.stop()
+    assert status == 200
+    doc = json.loads(body)
+    assert [w["state"] for w in doc["workers"]] == ["working", "working", "paused", "paused"]
+    assert [(p["host"], p["device"]) for p in doc["pauses"]] == [("studio-2", "cuda:1")]
+    assert len(doc["batches"]) == 2 and all(b["host"] for b in doc["batches"])
+    assert doc["queue"][0]["priority"] == 10 and doc["queue"][0]["photo"].startswith("rush-acme/")
+    assert len(doc["done"]) == 6 and all(d["thumb"] for d in doc["done"])
+    assert len(doc["failures"]) == 2
+
+
 # --- the page in Chromium, against a real daemon -------------------------------------
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise AssertionError("no Chromium found: `make test` installs Debian's chromium package")
-
 
 def free_port() -> int:
     import socket
@@ -259,80 +254,3 @@ def test_the_dashboard_in_chromium_shows_progress_outputs_and_failures(daemon):
         finally:
             browser.close()
     assert d.stop() == 0
-
-
-# --- the docs' screenshots ----------------------------------------------------------
-
-@pytest.mark.skipif(not SHOTS, reason="writes the docs' screenshots: NSTD_DASHBOARD_SHOTS=docs")
-def test_screenshots_for_the_docs(tmp_path):
-    """A studio's afternoon, filled into a journal: two hosts, three GPUs, a queue, outputs
-    (cut from the docs' own pictures) and failures; the page at a laptop's and a phone's width."""
-    from playwright.sync_api import sync_playwright
-
-    journal, outbox = tmp_path / "journal.sqlite3", tmp_path / "outbox"
-    studio(journal, outbox)
-    endpoint = serve(journal, outbox, Path("/etc/nstd/config.yaml"), None)
-    folder = Path(SHOTS)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(f"http://127.0.0.1:{endpoint.port}/")
-            page.wait_for_function("() => [...document.querySelectorAll('#done img.thumb')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
-            page.wait_for_timeout(500)
-            for name, width in (("dashboard.png", 1200), ("dashboard-phone.png", 390)):
-                page.set_viewport_size({"width": width, "height": 900})
-                page.wait_for_timeout(300)  # the layout settles at the new width
-                page.screenshot(path=str(folder / name), full_page=True)
-                small(folder / name)
-            browser.close()
-    finally:
-        endpoint.stop()
-
-
-def studio(path: Path, outbox: Path) -> None:
-    from PIL import Image
-
-    now, journal = time.time(), Journal(path)
-    workers = [WorkerInfo(f"studio-{h}:1{d}:cuda:{d}", f"studio-{h}", f"cuda:{d}", 80 * 2**30) for h, d in
-               ((1, 0), (1, 1), (2, 0))]
-    for w in workers[:2]:
-        journal.beat(w, "working", now - 2)
-    journal.beat(workers[2], "paused", now - 4, reason="the outbox cannot be written (No space left on device)")
-    shoots = [("rush-acme/", 6), ("wedding-0412/", 12), ("catalogue/", 8)]
-    n = 0
-    for (folder, count), style in zip(shoots, ("starry", "scream", "shipwreck")):
-        for i in range(count):
-            n += 1
-            spec = JobSpec(style, "p", {}, 512, 384 if i % 3 else 341, f"{style}-{i % 3 != 0}")
-            journal.add_input(f"{folder}IMG_{4100 + n}.jpg", f"{n:064x}", "s", [spec], now=now - 900 + 30 * n)
-    journal.set_priority([j.id for j in journal.queue_head(50) if j.relpath.startswith("rush-")], 10)
-    pictures = sorted(Path("docs/defaults").glob("*.jpg"))
-    (outbox / ".gallery").mkdir(parents=True)
-    for i in range(6):
-        [job] = journal.claim("starry-True" if i < 3 else "scream-True", 1, f"done-{i}", now=now - 800)
-        journal.finish(job.id, f"{job.style}/{Path(job.relpath).name}", f"done-{i}")
-        journal.close_input(journal.find_input(job.relpath, job.input_sha256).id, State.DONE)
-        with Image.open(pictures[i % len(pictures)]) as grid:  # 3 x 3 tiles of 256 x 192, each captioned
-            col, row = 1 + i % 2, i // 2
-            grid.crop((256 * col, 220 * row, 256 * col + 256, 220 * row + 192)).save(outbox / result_thumb(job.id),
-                                                                                      quality=85)
-    for w, key in zip(workers[:2], ("scream-True", "shipwreck-True")):
-        jobs = journal.claim(key, 4, f"batch-{w.device}", now=now - 120, owner=w.owner)
-        journal.progress([j.id for j in jobs], 310 if key.startswith("scream") else 95, 500, 2.4, now + 80)
-    journal.fail_input("wedding-0412/IMG_4188.CR3", "f" * 64, "wedding-0412/IMG_4188.CR3: not a usable image "
-                       "(not a recognised image format)", now=now - 300)
-    journal.fail_input("catalogue/scan 7.tif", "e" * 64, "catalogue/scan 7.tif: 21,000 x 14,000 pixels is over "
-                       "max_pixels (50,000,000)", now=now - 60)
-    journal.close()
-
-
-def small(png: Path) -> None:
-    """A screenshot in 128 colours: the docs' pictures stay under 200 KB."""
-    from PIL import Image
-
-    with Image.open(png) as im:
-        im.convert("RGB").quantize(128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-            png, optimize=True)

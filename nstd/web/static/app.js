@@ -152,10 +152,12 @@
   function drawWorkers(workers) {
     const box = document.getElementById("workers");
     if (!workers.length) return box.replaceChildren(empty("No worker is listed in the journal."));
+    // An operator's pause gives its reason as "paused by …": said once, not "paused: paused by …".
+    const why = (w) => (w.reason && w.reason.startsWith(w.state + " ") ? w.reason.slice(w.state.length + 1) : w.reason);
     const rows = workers.map((w) => [
       w.host, w.device,
       el("span", "state state-" + (w.silent ? "silent" : w.state), w.silent ? "silent" : w.state,
-        w.reason ? ": " + w.reason : ""),
+        w.reason ? ": " + why(w) : ""),
       (w.silent ? "silent for " : "") + span(w.heartbeat_age) + (w.silent ? "" : " ago"),
       w.memory ? (w.memory / 2 ** 30).toFixed(0) + " GiB" : "",
     ]);
