@@ -105,6 +105,18 @@ def own_litter(folder: Path) -> list[Path]:
         return []
 
 
+def clear_own_litter(folder: Path) -> bool:
+    """Remove what `own_litter` finds; whether the folder could be listed and cleared
+    (False while its share is still away: try again later)."""
+    try:
+        found = [p for p in folder.rglob(".*.tmp") if is_own(p)]
+        for path in found:
+            path.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
 def is_own(path: Path) -> bool:
     """Whether a temporary file's name says this process wrote it."""
     found = WRITER.search(path.name)

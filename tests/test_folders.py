@@ -129,3 +129,24 @@ def test_threads_probing_one_folder_never_see_it_unwritable(tmp_path):
         t.join()
     assert seen == [None] * 800
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_gallery_write_an_outage_cut_short_leaves_nothing_once_the_outbox_is_back(service, monkeypatch):
+    import errno as errnos
+
+    from nstd.daemon import gallery
+    from nstd.fsutil import host_tag
+
+    from harness.daemon import run_once, take
+
+    def away(outbox, journal):
+        litter.write_bytes(b"half a page")  # as atomic_write leaves it when the share goes mid-write
+        raise OSError(errnos.ENOTCONN, "Transport endpoint is not connected")
+
+    litter = service.cfg.outbox / f".index.html.@{host_tag()}@{os.getpid()}.x1.tmp"
+    monkeypatch.setattr(gallery, "write", away)
+    take(service, "a.jpg")
+    run_once(service)
+    assert service.worker.littered and litter.exists()
+    service.worker._tidy()
+    assert not litter.exists() and not service.worker.littered

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from structlog.testing import capture_logs
 
 from nstd import config
 from nstd.cli import main
@@ -64,7 +65,7 @@ def test_the_command_hears_each_input_in_its_environment(tmp_path):
     assert bad["NSTD_INPUT_PATH"] == str(svc.cfg.failed / "bad.jpg")
 
 
-def test_a_hook_that_hangs_fails_or_floods_never_holds_or_fails_the_work(tmp_path, capsys):
+def test_a_hook_that_hangs_fails_or_floods_never_holds_or_fails_the_work(tmp_path):
     release = tmp_path / "release"
     ran = tmp_path / "ran"
     # It waits for the test to let it go, then floods its output and fails.
@@ -73,30 +74,33 @@ def test_a_hook_that_hangs_fails_or_floods_never_holds_or_fails_the_work(tmp_pat
                                        'head -c 20000000 /dev/zero\necho the last words\nexit 3\n')
     svc = make_service(tmp_path, {"command": str(hook), "timeout": 120})
     try:
-        take(svc, "a.jpg")
-        run_once(svc)
-        svc.inputs.finalize(1e12)  # returns at once: the hook runs on its own thread
-        assert files(svc.cfg.processed) == ["a.jpg"]
-        wait_for(lambda: ran.exists(), 30, "the hook to start")
-        take(svc, "b.jpg", seed=7)  # the next photo goes through while the hook still waits
-        run_once(svc)
-        svc.inputs.finalize(1e12)
-        assert sorted(files(svc.cfg.processed)) == ["a.jpg", "b.jpg"] and not release.exists()
-        release.touch()
-        assert svc.inputs.hooks.wait(60)
+        with capture_logs() as logs:
+            take(svc, "a.jpg")
+            run_once(svc)
+            svc.inputs.finalize(1e12)  # returns at once: the hook runs on its own thread
+            assert files(svc.cfg.processed) == ["a.jpg"]
+            wait_for(lambda: ran.exists(), 30, "the hook to start")
+            take(svc, "b.jpg", seed=7)  # the next photo goes through while the hook still waits
+            run_once(svc)
+            svc.inputs.finalize(1e12)
+            assert sorted(files(svc.cfg.processed)) == ["a.jpg", "b.jpg"] and not release.exists()
+            release.touch()
+            assert svc.inputs.hooks.wait(60)
         assert [j.state for j in svc.journal.get_jobs([1, 2])] == ["done", "done"]  # neither failed nor redone
     finally:
         svc.close()
-    out = capsys.readouterr().out
-    assert out.count("hook_failed") == 2 and "exit_code=3" in out and "the last words" in out
+    failed = [e for e in logs if e["event"] == "hook_failed"]
+    assert [(e["input"], e["exit_code"]) for e in failed] == [("a.jpg", 3), ("b.jpg", 3)]
+    assert failed[0]["output"][-1].endswith("the last words")  # the tail of 20 MB, kept short
 
 
-def test_a_hook_past_its_time_is_stopped(tmp_path, capsys):
+def test_a_hook_past_its_time_is_stopped(tmp_path):
     hook = script(tmp_path, "hook.sh", "sleep 600\n")
     hooks = Hooks(HookConfig(command=(str(hook),), timeout=0.5))
-    hooks.tell(Notice("a.jpg", "done", "x", None))
-    assert hooks.wait(60)
-    assert "hook_timed_out" in capsys.readouterr().out
+    with capture_logs() as logs:
+        hooks.tell(Notice("a.jpg", "done", "x", None))
+        assert hooks.wait(60)
+    assert [e["event"] for e in logs] == ["hook_timed_out"]
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -111,7 +115,7 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_webhook_posts_json_and_a_silent_one_times_out(tmp_path, capsys):
+def test_the_webhook_posts_json_and_a_silent_one_times_out(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     silent = __import__("socket").socket()
@@ -126,9 +130,10 @@ def test_the_webhook_posts_json_and_a_silent_one_times_out(tmp_path, capsys):
         assert doc == {"input": "a.jpg", "outcome": "done", "sha256": "abc", "input_path": "/p/a.jpg",
                        "outputs": ["/o/ink/a.jpg"], "reason": None, "host": "h1"}
         slow = Hooks(HookConfig(webhook=f"http://127.0.0.1:{silent.getsockname()[1]}/", timeout=0.5))
-        slow.tell(Notice("b.jpg", "failed", None, None, reason="x"))
-        assert slow.wait(30)
-        assert "webhook_failed" in capsys.readouterr().out
+        with capture_logs() as logs:
+            slow.tell(Notice("b.jpg", "failed", None, None, reason="x"))
+            assert slow.wait(30)
+        assert [(e["event"], e["input"]) for e in logs] == [("webhook_failed", "b.jpg")]
     finally:
         server.shutdown()
         silent.close()

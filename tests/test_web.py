@@ -70,6 +70,7 @@ def test_a_real_prometheus_reads_the_daemons_metrics(tmp_path, session_models):
     prometheus = PrometheusServer(f"127.0.0.1:{port}")
     try:
         base = f"http://127.0.0.1:{port}"
+        d.wait_log("http_listening", timeout=60)  # it listens just after it says it started
         wait_for(lambda: get(base + "/readyz")[0] == 200, 60, "the daemon to be ready")
         assert json.loads(get(base + "/healthz")[1]) == {"ok": True, "reason": "alive"}
         (tmp_path / "inbox" / "p.jpg").write_bytes(photo_bytes(32, 32, 1))

@@ -47,13 +47,16 @@ def unread(journal: Journal, job: Job, why: Unread, policy: WorkerConfig) -> Non
         journal.fail(job.id, why.error, job.batch_id)
 
 
-def update_gallery(outbox_dir: Path, journal: Journal) -> None:
-    """The gallery page after a batch; a convenience, so its trouble fails nothing."""
+def update_gallery(outbox_dir: Path, journal: Journal) -> bool:
+    """The gallery page after a batch; a convenience, so its trouble fails nothing.
+    Whether it was written (a write cut short may leave a temporary file behind)."""
     try:
         gallery.write(outbox_dir, journal)
     except OSError as e:
         # A share that is away is said once by the supervisor, not at each write.
         (log.info if is_share_error(e) else log.warning)("gallery_not_written", error=str(e))
+        return False
+    return True
 
 
 class Outcomes:

@@ -29,7 +29,7 @@ from nstd.engine.runner import Engine
 from nstd.engine.session import Outcome
 from nstd.engine.vgg import VGGFeatures
 from nstd.faces import FaceFinder
-from nstd.fsutil import own_litter
+from nstd.fsutil import clear_own_litter
 from nstd.guide import GuideSpec, styled_regions
 from nstd.log import get
 from nstd.params import TransferParams, from_dict
@@ -60,6 +60,7 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.paused: str | None = None  # why no work is taken now (the outbox cannot be written)
         self.held: str | None = None  # an operator's pause (nstd pause), as its reason says it
+        self.littered = False  # a write to the outbox failed: its temporary file may be left
         self._probed = float("-inf")
         self.loader = Loader(cfg.max_pixels, FaceFinder())  # its face detector loaded when first asked
         self._mounts = folders.mounts_of({"outbox": cfg.outbox, "spool": cfg.spool_dir})
@@ -102,13 +103,11 @@ class Worker(threading.Thread):
                 self.stopping.wait(1.0)
                 continue
             # Only with work waiting: an idle worker has no reason to write to a share.
-            was_paused = self.paused is not None
+            self.littered |= self.paused is not None
             if journal.oldest_queued(time.time()) is not None and self._outbox_unwritable(now):
                 self.stopping.wait(1.0)
                 continue
-            if was_paused and self.paused is None:  # between batches: none of its writes is under way
-                for path in own_litter(self.cfg.outbox):
-                    path.unlink(missing_ok=True)
+            self._tidy()
             batch = scheduler.next_batch()
             if not batch:
                 self.stopping.wait(0.2)
@@ -116,6 +115,12 @@ class Worker(threading.Thread):
             journal.beat(self.info, WorkerState.WORKING, time.time())
             self.process(journal, batch)
             beaten = float("-inf")  # say it is idle again at once
+
+    def _tidy(self) -> None:
+        """Between batches, so none of its writes is under way, and once the outbox is back:
+        the temporary files of writes an outage cut short."""
+        if self.littered and self.paused is None:
+            self.littered = not clear_own_litter(self.cfg.outbox)
 
     def _held_now(self, journal: PatientJournal) -> bool:
         """Look for an operator's pause of this worker (nstd pause); True when that changed."""
@@ -208,12 +213,13 @@ class Worker(threading.Thread):
                 refill.give_back(journal)
             if done.troubled:
                 self._probed = float("-inf")  # look at the outbox before the next claim
+                self.littered = True
         if session.stopped is Stop.DEADLINE:
             ids = session.unfinished()
             journal.requeue(ids, batch[0].batch_id)
             log.info("batch_requeued", jobs=ids, reason="stopping")
         elif outcome is Outcome.COMPLETE:
-            outcomes.update_gallery(self.cfg.outbox, journal)
+            self.littered |= not outcomes.update_gallery(self.cfg.outbox, journal)
         # A lost claim leaves the jobs to the worker that has them: nothing of ours is recorded.
 
     def _deadline_now(self) -> float | None:
