@@ -205,8 +205,19 @@ def _add_stylize(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
                    help="refuse larger images (decompression-bomb guard)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--max-memory", type=_memory, metavar="SIZE",
+                   help="the most memory to plan for, e.g. 8GiB; a photo whose scale needs more runs as tiles")
     _add_models_dir(p)
     p.set_defaults(func=cmd_stylize)
+
+
+def _memory(text: str) -> int:
+    from nstd.units import size_in_bytes
+
+    try:
+        return size_in_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_stylize(args) -> int:
@@ -232,7 +243,7 @@ def cmd_stylize(args) -> int:
                           device=args.device, fmt=images.output_format(args.format),
                           quality=args.quality, max_batch=args.max_batch, max_pixels=args.max_pixels,
                           models_dir=models_dir(args.models_dir), blend=args.blend, mask=args.mask,
-                          regions=args.regions,
+                          regions=args.regions, max_memory=args.max_memory,
                           colours=region_colours(args.region, args.style, args.mask, args.regions, args.blend))
     try:
         counts: dict = {}

@@ -15,6 +15,7 @@ from nstd.engine.types import HISTORY_PRECISIONS, PRECISIONS, Switches
 from nstd.errors import ConfigError, clip, shown
 from nstd.limits import Limits, parse as parse_limits
 from nstd.daemon.hooks import HookConfig, parse as parse_hooks
+from nstd.units import size_in_bytes
 from nstd.web.settings import HttpConfig, parse as parse_http
 from nstd.params import TransferParams, with_overrides
 
@@ -70,6 +71,7 @@ class WorkerConfig:
     lease: float = 120.0  # seconds a claim holds without renewal before another worker may take it
     refill: bool = True  # queued jobs of a running batch's size take its finished photos' places
     measure_speed: bool = True  # time the device at start, to say how long a photo takes (about a second)
+    max_memory: int | None = None  # bytes the engine may plan for; past it a photo's large scales tile
     # worker.precision, cuda_graphs, checkpoint, reproducible, compile, history_precision and
     # memory_budget: how batches run
     switches: Switches = Switches()
@@ -273,7 +275,7 @@ def _worker(raw: Any) -> WorkerConfig:
     m = _mapping(raw, "worker", {"device", "max_batch", "batch_window", "stop_timeout", "max_attempts",
                                  "retry_backoff", "isolation", "memory_budget", "precision", "cuda_graphs",
                                  "checkpoint", "reproducible", "compile", "history_precision", "lease",
-                                 "refill", "measure_speed"})
+                                 "refill", "measure_speed", "max_memory"})
     d = WorkerConfig()
     mb = m.get("max_batch", "auto")
     return WorkerConfig(
@@ -287,6 +289,7 @@ def _worker(raw: Any) -> WorkerConfig:
         lease=_float(m.get("lease", d.lease), "worker.lease", 2),
         refill=_bool(m.get("refill", d.refill), "worker.refill"),
         measure_speed=_bool(m.get("measure_speed", d.measure_speed), "worker.measure_speed"),
+        max_memory=_size(m.get("max_memory", "auto"), "worker.max_memory"),
         switches=Switches(
             precision=_choice(m.get("precision", d.switches.precision), "worker.precision", PRECISIONS),
             cuda_graph=_auto_bool(m.get("cuda_graphs", "auto"), "worker.cuda_graphs"),
@@ -297,6 +300,15 @@ def _worker(raw: Any) -> WorkerConfig:
                                       "worker.history_precision", HISTORY_PRECISIONS),
             memory_budget=_float(m.get("memory_budget", d.switches.memory_budget), "worker.memory_budget", 0.05, 1.0)),
     )
+
+
+def _size(raw: Any, key: str) -> int | None:
+    if raw == "auto":
+        return None
+    try:
+        return size_in_bytes(raw)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def _auto_bool(raw: Any, key: str) -> bool | None:

@@ -20,6 +20,7 @@ from nstd.engine.device import describe
 from nstd.engine.memory import Footprint, least_bytes
 from nstd.engine.resize import POOLED, long_side_size, resize_photo
 from nstd.engine.runner import Engine
+from nstd.engine.tiles import LEAST_SIDE
 from nstd.engine.session import Drop, Outcome, Verdict
 from nstd.engine.types import TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -64,20 +65,21 @@ def working_size(name: str, h: int, w: int, params: TransferParams, max_pixels: 
 
 def check_fits(name: str, size: tuple[int, int], params: TransferParams, memory: int | None,
                regions: int = 0, history_precision: str = "fp32") -> None:
-    """An ImageError naming the photo when even alone, in bf16 with checkpointing, it
-    needs more than `memory` bytes (the largest device's); None says nothing is known.
-    `regions`: the styled regions of its mask or region map (guide.styled_regions);
-    `history_precision`: how the workers store the L-BFGS history (worker.history_precision)."""
+    """An ImageError naming the photo when even its smallest useful tile, alone, in bf16
+    with checkpointing, needs more than `memory` bytes (the largest device's); None says
+    nothing is known. A photo too large to hold whole runs as tiles (engine/tiles.py), so
+    this refuses only a device too small for any photo. `regions`: the styled regions of
+    its mask or region map; `history_precision`: how the workers store the L-BFGS history."""
     if memory is None:
         return
-    h, w = size
+    h, w = (min(side, LEAST_SIDE) for side in size)
     settings = params.settings()
-    history = params.scales(max(h, w))[-1].lbfgs_history
+    history = params.scales(max(size))[-1].lbfgs_history
     need = least_bytes(h, w, Footprint(settings.layers, settings.optimizer, history, regions=regions,
                                        history_precision=history_precision))
     if need > memory:
-        raise ImageError(f"{name}: at {w}x{h} one image needs about {need / 2**30:.1f} GiB, more than the "
-                         f"largest device has ({memory / 2**30:.1f} GiB); lower its size")
+        raise ImageError(f"{name}: even a {w}x{h} tile of it needs about {need / 2**30:.1f} GiB, more than the "
+                         f"largest device has ({memory / 2**30:.1f} GiB)")
 
 
 # Photos decoded at once, side by side: a 50-megapixel one holds 600 MB of pixels while it

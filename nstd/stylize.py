@@ -46,6 +46,7 @@ class Request:
     mask: Path | None = None  # for every photo; else each photo's own photo.jpg.mask.png, if any
     regions: Path | None = None  # a region map for every photo; else each photo's own, if any
     colours: tuple[tuple[str, str], ...] = ()  # the region map's ("#rrggbb", style stem or keep)
+    max_memory: int | None = None  # the most the engine plans for; a larger scale runs as tiles
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -85,7 +86,8 @@ def run(req: Request, on_error: Callable[[str], None],
     by_name = {s.name: s for s in styles}
     groups, failures = _load(req, on_error, total_memory(device))
     switches = Switches()
-    pipeline = Pipeline(Engine(MemoryPlanner(device, switches, partial(free_memory, device)), switches),
+    planner = MemoryPlanner(device, switches, partial(free_memory, device), limit=req.max_memory)
+    pipeline = Pipeline(Engine(planner, switches),
                         lambda _params: (model, info), style_for=by_name.__getitem__)
     folder = _Folder(req, on_error)
     runs = []

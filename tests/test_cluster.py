@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 def test_short_cluster_run_loses_nothing_and_does_nothing_twice(tmp_path):
     from benchmarks.cluster import cluster_run
 
-    report = cluster_run(tmp_path / "work", photos=10, hosts=3, kills=1, seed=5, lease=3.0, iterations=20)
+    report = cluster_run(tmp_path / "work", photos=10, hosts=3, kills=1, seed=5, lease=3.0, iterations=6)
     assert report["ok"], report
     assert report["exit_codes"] == [0, 0, 0]
     assert (report["kills"], report["db_restarts"]) == (1, 1) and report["frozen_seconds"] >= 7.5

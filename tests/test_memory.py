@@ -130,35 +130,20 @@ def test_a_masked_batch_counts_its_region_products():
     assert auto_batch(40 << 30, 384, 512, fp(regions=3)) < auto_batch(40 << 30, 384, 512, fp())
 
 
-def test_a_masked_photo_too_big_for_any_device_is_refused_though_a_plain_one_fits():
+def test_a_photo_too_big_to_hold_whole_is_taken_and_only_a_device_without_room_for_a_tile_refuses():
     import pytest
 
+    from nstd.engine.tiles import LEAST_SIDE
     from nstd.errors import ImageError
     from nstd.params import TransferParams
     from nstd.pipeline import check_fits
 
-    params, size = TransferParams(size=512), (384, 512)  # one scale, with the full history of 100
-    plain = least_bytes(*size, Footprint(LAYERS))
-    three = least_bytes(*size, Footprint(LAYERS, regions=3))
-    memory = (plain + three) // 2
-    check_fits("p.jpg", size, params, memory)
-    check_fits("p.jpg", size, params, memory, regions=0)
-    with pytest.raises(ImageError, match=r"^p.jpg: at 512x384 one image needs about .* lower its size$"):
-        check_fits("p.jpg", size, params, memory, regions=3)
-
-
-def test_a_photo_that_fits_only_with_a_bf16_history_is_refused_only_with_an_fp32_one():
-    import pytest
-
-    from nstd.errors import ImageError
-    from nstd.params import TransferParams
-    from nstd.pipeline import check_fits
-
-    params, size = TransferParams(size=512), (384, 512)
-    fp32 = least_bytes(*size, Footprint(LAYERS))
-    bf16 = least_bytes(*size, Footprint(LAYERS, history_precision="bf16"))
-    assert bf16 < fp32
-    memory = (fp32 + bf16) // 2
-    check_fits("p.jpg", size, params, memory, history_precision="bf16")
-    with pytest.raises(ImageError, match=r"^p.jpg: at 512x384 one image needs about"):
-        check_fits("p.jpg", size, params, memory)
+    params, size = TransferParams(size=4000), (3000, 4000)  # far more than `memory` holds whole
+    history = params.scales(4000)[-1].lbfgs_history  # the finest scale's, which sets the peak
+    tile = least_bytes(LEAST_SIDE, LEAST_SIDE, Footprint(LAYERS, lbfgs_history=history, regions=3))
+    assert least_bytes(*size, Footprint(LAYERS)) > tile * 10
+    check_fits("p.jpg", size, params, tile, regions=3)  # its tiles fit: it is taken
+    check_fits("p.jpg", size, params, tile - 1)  # a plain tile needs less than a masked one
+    with pytest.raises(ImageError, match=r"^p.jpg: even a 64x64 tile of it needs about .* GiB, more than the "
+                                         r"largest device has \(.* GiB\)$"):
+        check_fits("p.jpg", size, params, tile - 1, regions=3)

@@ -95,28 +95,38 @@ def test_a_size_far_above_the_photo_is_refused_at_intake_not_run(service):
     assert service.journal.queued_jobs() == []
 
 
-def test_a_size_no_device_can_ever_hold_is_refused_at_intake(service):
+def _least_tile(service, history_precision: str) -> int:
+    """The least a 64 px tile of a 4000 px photo needs, as intake reckons it."""
+    from nstd.engine.memory import Footprint, least_bytes
+    from nstd.engine.tiles import LEAST_SIDE
+
+    settings = service.cfg.transfer.settings()
+    history = service.cfg.transfer.scales(4000)[-1].lbfgs_history
+    return least_bytes(LEAST_SIDE, LEAST_SIDE, Footprint(settings.layers, settings.optimizer, history,
+                                                         history_precision=history_precision))
+
+
+def _drop_big(service, name: str, seed: int):
+    (service.cfg.inbox / f"{name}.nstd.yaml").write_text("size: 4000\n")
+    path = service.cfg.inbox / name
+    path.write_bytes(photo_bytes(40, 30, seed))
+    st = path.stat()
+    return service.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino))
+
+
+def test_a_size_no_device_can_hold_whole_is_taken_to_be_tiled_and_only_no_room_for_a_tile_refuses(service):
     from nstd.daemon.journal import WorkerInfo
 
-    # Under max_pixels, but past what the largest worker that has said (on any host) holds.
-    (service.cfg.inbox / "big.jpg.nstd.yaml").write_text("size: 4000\n")
-    path = service.cfg.inbox / "big.jpg"
-    path.write_bytes(photo_bytes(40, 30, 1))
-    st = path.stat()
-    key = (st.st_size, st.st_mtime_ns, st.st_ino)
-    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", 8 << 30), "idle", time.time())
-    out = service.intake.accept("big.jpg", key)
+    # The largest device that has said is too small even for a tile: refused, saying so.
+    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", _least_tile(service, "fp32") - 1), "idle",
+                         time.time())
+    out = _drop_big(service, "small.jpg", 2)
     assert out.kind is Kind.FAILED
-    assert "big.jpg: at 3000x4000 one image needs about" in out.detail
-    assert "more than the largest device has (8.0 GiB); lower its size" in out.detail
-    assert service.journal.queued_jobs() == []
-    # A host with a bigger device joins: the photo dropped again (its sidecar went to failed/ with it).
-    (service.cfg.inbox / "big.jpg.nstd.yaml").write_text("size: 4000\n")
-    path.write_bytes(photo_bytes(40, 30, 2))
-    st = path.stat()
-    service.journal.beat(WorkerInfo("g:1:cuda:0", "g", "cuda:0", 80 << 30), "idle", time.time())
-    out = service.intake.accept("big.jpg", (st.st_size, st.st_mtime_ns, st.st_ino))
-    assert out.kind is Kind.QUEUED
+    assert out.detail.startswith("small.jpg: even a 64x64 tile of it needs about ")
+    assert out.detail.endswith(" GiB, more than the largest device has (0.3 GiB)")
+    # A host with 8 GiB joins: far less than a 3000x4000 photo needs whole, but its tiles fit.
+    service.journal.beat(WorkerInfo("g:1:cuda:0", "g", "cuda:0", 8 << 30), "idle", time.time())
+    assert _drop_big(service, "big.jpg", 1).kind is Kind.QUEUED
     assert [(j.width, j.height) for j in service.journal.queued_jobs()] == [(3000, 4000)]
 
 
@@ -125,23 +135,16 @@ def test_intake_sizes_a_photo_by_the_history_precision_the_workers_use(service):
 
     from nstd.daemon.journal import WorkerInfo
 
-    # 14.2 GiB: under a 4000 px photo's least with its L-BFGS history in fp32 (14.6),
-    # over it with the history in bf16 (13.9).
-    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", int(14.2 * 2**30)), "idle", time.time())
-
-    def drop(name: str, seed: int):
-        (service.cfg.inbox / f"{name}.nstd.yaml").write_text("size: 4000\n")
-        path = service.cfg.inbox / name
-        path.write_bytes(photo_bytes(40, 30, seed))
-        st = path.stat()
-        return service.intake.accept(name, (st.st_size, st.st_mtime_ns, st.st_ino))
-
-    assert drop("a.jpg", 1).kind is Kind.FAILED
+    # Between a tile's least with its L-BFGS history in fp32 and in bf16.
+    fp32, bf16 = _least_tile(service, "fp32"), _least_tile(service, "bf16")
+    assert bf16 < fp32
+    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", (fp32 + bf16) // 2), "idle", time.time())
+    assert _drop_big(service, "a.jpg", 1).kind is Kind.FAILED
     # As a daemon started with worker.history_precision: bf16 would be.
     cfg = service.runtime.cfg
     worker = replace(cfg.worker, switches=replace(cfg.worker.switches, history_precision="bf16"))
     service.runtime = replace(service.runtime, cfg=replace(cfg, worker=worker))
-    assert drop("b.jpg", 2).kind is Kind.QUEUED
+    assert _drop_big(service, "b.jpg", 2).kind is Kind.QUEUED
 
 
 def _alias_bomb(key: str) -> str:

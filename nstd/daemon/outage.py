@@ -18,7 +18,7 @@ from nstd.daemon.notify import notify
 from nstd.log import get
 
 log = get("nstd.outage")
-RETRY_SECONDS = 5.0
+RETRY_SECONDS = 2.0
 T = TypeVar("T")
 
 

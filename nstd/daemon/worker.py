@@ -53,7 +53,7 @@ class Worker(threading.Thread):
         self._models: dict[tuple, tuple[VGGFeatures, WeightInfo]] = {}
         # The configured switches; the engine decides what is left on auto per scale.
         switches = cfg.worker.switches
-        self.planner = MemoryPlanner(device, switches, partial(free_memory, device))
+        self.planner = MemoryPlanner(device, switches, partial(free_memory, device), limit=cfg.worker.max_memory)
         self.pipeline = Pipeline(Engine(self.planner, switches), self._model,
                                  style_for=lambda name: self.styles().get(name))
         self.info = WorkerInfo(owner_id(cfg.host, device), cfg.host, describe(device), total_memory(device))

@@ -192,14 +192,19 @@ class MemoryPlanner:
     """
 
     def __init__(self, device: torch.device, switches: Switches, probe: Callable[[], int | None],
-                 cap: int | None = None):
+                 cap: int | None = None, limit: int | None = None):
         self.device, self.switches, self.probe = device, switches, probe
+        self.limit = limit  # worker.max_memory: the most the engine may plan for, whatever is free
         self.precision = resolve(switches, device).precision
         self.cap = cap if cap is not None else (16 if device.type == "cpu" else 64)
         self.measured = MeasuredMemory()
 
     def free(self) -> int | None:
-        return self.probe()
+        """The bytes a batch may plan on: what the device has free, within the limit."""
+        free = self.probe()
+        if self.limit is None:
+            return free
+        return self.limit if free is None else min(free, self.limit)
 
     def max_batch(self, h: int, w: int, settings: BatchSettings, finest_history: int, regions: int = 0) -> int:
         """Images of h x w that fit at once; `finest_history` is the L-BFGS history of the

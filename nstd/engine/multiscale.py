@@ -14,10 +14,12 @@ from typing import Callable
 import torch
 
 from nstd.engine.switches import Switches
-from nstd.engine.resize import long_side_size, resize_long_side, upsample
 from nstd.engine.sizes import Scale
 from nstd.engine.targets import GramCache
-from nstd.engine import transfer
+from nstd.engine import tiles, transfer
+from nstd.engine.memory import Footprint, batch_bytes, regions_of
+from nstd.engine.resize import long_side_size, pool_padding, resize_long_side, upsample
+from nstd.engine.switches import resolve
 from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
 from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -43,11 +45,32 @@ def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: l
     so several scales take none, and each result reaches the session after the last scale.
     """
     cache = cache if cache is not None else GramCache()
-    if len(scales) == 1:
+    tilings = [_tiling(model, jobs, scale, settings, switches, free) for scale in scales]
+    if len(scales) == 1 and tilings[0] is None:
         scale = scales[0]
         return transfer.run(model, _OneScale(session, scale), _sized(jobs, scale), _settings(settings, scale),
                             cache, _at(switches, scale), free)
-    return _scales(model, session, jobs, scales, settings, cache, switches, free)
+    return _scales(model, session, jobs, list(zip(scales, tilings)), settings, cache, switches, free)
+
+
+def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings: BatchSettings,
+            switches: Switches | None, free: Callable[[], int | None] | None) -> tiles.Tiling | None:
+    """How a scale's images run where even one does not fit the memory the device (or
+    worker.max_memory) leaves: as tiles; None where they run whole, or nothing is known."""
+    room = None if free is None else free()
+    if room is None:
+        return None
+    s = _at(switches, scale) or Switches()
+    h, w = long_side_size(*jobs[0].content.shape[-2:], scale.long_side)
+    fp = Footprint(settings.layers, settings.optimizer, scale.lbfgs_history, precision=resolve(s, model.mean.device)
+                   .precision, checkpoint=s.checkpoint is not False, history_precision=s.history_precision,
+                   regions=regions_of(jobs))
+
+    def fits(th: int, tw: int, count: int) -> bool:
+        margin = pool_padding(th, tw)
+        return batch_bytes(count, th + margin[2] + margin[3], tw + margin[0] + margin[1], fp) <= room * s.memory_budget
+
+    return tiles.plan(h, w, fits)
 
 
 def _settings(settings: BatchSettings, scale: Scale) -> BatchSettings:
@@ -105,7 +128,7 @@ class _Step:
         raise AssertionError("a scale's batch refuses nothing: the engine above it does")
 
 
-def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: list[Scale],
+def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: list[tuple[Scale, tiles.Tiling | None]],
             settings: BatchSettings, cache: GramCache, switches: Switches | None,
             free: Callable[[], int | None] | None) -> Outcome:
     starts: dict[int, torch.Tensor] = {}
@@ -113,14 +136,14 @@ def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scale
     runs: dict[int, list[RunStats]] = {j.id: [] for j in jobs}
     done = 0
     step = _Step(session, 0)
-    for scale in scales:
+    for scale, tiling in scales:
         h, w = jobs[0].content.shape[-2:]
         size = long_side_size(h, w, scale.long_side)
         scaled = [replace(job, content=resize_long_side(job.content, scale.long_side),
                           init_image=upsample(starts[job.id], size) if starts else None) for job in jobs]
         step = _Step(session, done)
-        if transfer.run(model, step, scaled, _settings(settings, scale), cache, _at(switches, scale),
-                        free) is Outcome.STOPPED:
+        args = (model, step, scaled, _settings(settings, scale), cache, _at(switches, scale), free)
+        if (transfer.run(*args) if tiling is None else _tiled(*args, tiling)) is Outcome.STOPPED:
             return Outcome.STOPPED
         for job_id, r in step.results.items():
             # The end of one scale and the start of the next are the same iteration; each
@@ -138,4 +161,16 @@ def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scale
         result = step.results[job.id]
         result.history, result.runs = histories[job.id], runs[job.id]
         session.finished(job, result)
+    return Outcome.COMPLETE
+
+
+def _tiled(model: VGGFeatures, step: "_Step", jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
+           switches: Switches | None, free, tiling: tiles.Tiling) -> Outcome:
+    """A scale too large to run whole: each photo in turn, as rounds of tiles."""
+    for job in jobs:
+        tiled = tiles.run_scale(model, step, job, settings, cache, switches, free, tiling, 0)
+        if tiled.stopped:
+            return Outcome.STOPPED
+        if tiled.result is not None:
+            step.results[job.id] = tiled.result
     return Outcome.COMPLETE

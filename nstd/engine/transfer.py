@@ -80,7 +80,8 @@ def _run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings
     padded = [_padded(color.prepare(j), margin) for j in jobs]
     features = partial(_features, model, r=r)
     content = torch.stack([j.content for j in padded]).to(r.device, torch.float32)
-    build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=max(h, w))
+    long_side = jobs[0].style_side or max(h, w)  # a tile's style follows its whole photo
+    build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
     problems = [build([padded[i] for i in group], content=content[group])
                 for group in _groups(len(jobs), r.reproducible)]
     eager = partial(_loss, model, r=r)
@@ -111,7 +112,7 @@ class _Fitting:
         one = job.content[None].to(self.r.device, torch.float32)
         with torch.no_grad():
             objective = _objective(self.model, self.features, [job], self.settings, one, self.cache, self.r,
-                                   max(h, w))
+                                   job.style_side or max(h, w))
         batch.load(k, objective, _init([job], one))
 
     def leave(self, job: TransferJob, end: Ended) -> TransferResult:

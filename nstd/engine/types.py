@@ -110,6 +110,9 @@ class TransferJob:
     init_image: torch.Tensor | None = None  # (3, H, W): start here instead of `init`
     regions: tuple[Region, ...] = ()  # none: `styles` everywhere; else each region its own
     id: int = 0  # the caller's name for it: its result comes back under this (see session.py)
+    # The long side the style's scale follows: the whole photo's for one of its tiles;
+    # None: this job's own.
+    style_side: int | None = None
 
     @property
     def styled_regions(self) -> tuple[Region, ...]:
@@ -134,6 +137,7 @@ class RunStats:
     peak_bytes: int | None = None  # CUDA: allocated beyond what was held before
     peak_reserved_bytes: int | None = None
     slot: int = 0  # the image's place in the batch
+    tiles: dict | None = None  # a tiled scale: tile side, overlap, rounds, tiles at once
 
     def as_dict(self) -> dict:
         """The loss log's `runs` entry."""
@@ -144,6 +148,8 @@ class RunStats:
                "peak_bytes": self.peak_bytes}
         if self.peak_reserved_bytes is not None:
             out["peak_reserved_bytes"] = self.peak_reserved_bytes
+        if self.tiles is not None:
+            out["tiles"] = self.tiles
         return out
 
 

@@ -1,0 +1,258 @@
+"""Print size on any device: a scale too large to optimise whole runs as overlapping tiles.
+
+Each round cuts the image into tiles of one size on a grid that moves from round to
+round, so that no boundary stays in one place (the shifted tiles sketched in
+crowsonkb/style_transfer's issue 10). The tiles of a round are a batch for the ordinary
+engine: each has the photo's content under it and the whole painting's style targets,
+sized to the photo rather than the tile, so every tile aims at the same statistics.
+Their results are put back with weights that fall towards a tile's edges, so
+neighbours cross-fade over their overlap.
+
+L-BFGS keeps curvature pairs of one tile's pixels; when the grid moves, a tile holds
+other pixels and those pairs no longer describe it. Each round therefore starts its
+optimisers afresh, from the stitched image, and the scale's iterations are shared
+among the rounds: a few long rounds rather than many short ones, since every start
+spends its first iterations rebuilding curvature (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from nstd.engine import color, transfer
+from nstd.engine.guides import blend_keep, fit
+from nstd.engine.resize import POOLED
+from nstd.engine.session import Collect, Drop, Outcome, Verdict
+from nstd.engine.types import TransferJob, TransferResult
+
+ROUNDS = 3  # grid positions per tiled scale
+OVERLAP = 0.25  # of a tile's side, shared with each neighbour
+LEAST_SIDE = 4 * POOLED  # a tile smaller than this sees too little of the painting's texture
+
+
+@dataclass(frozen=True)
+class Tiling:
+    side: int  # a tile's height and width
+    overlap: int  # pixels a tile shares with its neighbour
+    rounds: int  # grid positions
+    per_batch: int  # tiles optimised at once
+
+    def corners(self, h: int, w: int, round_: int) -> list[tuple[int, int]]:
+        """The tiles' top-left corners at one round: every pixel covered, the grid shifted
+        by a share of its stride at each round."""
+        stride = self.side - self.overlap
+        shift = (round_ * stride) // self.rounds
+        return [(y, x) for y in _starts(h, self.side, stride, shift) for x in _starts(w, self.side, stride, shift)]
+
+
+def _starts(n: int, side: int, stride: int, shift: int) -> list[int]:
+    if side >= n:
+        return [0]
+    out, p = [], -shift
+    while p < n:
+        out.append(min(max(p, 0), n - side))
+        p += stride
+    if out[-1] != n - side:
+        out.append(n - side)
+    return sorted(set(out))
+
+
+Fits = Callable[[int, int, int], bool]  # whether `count` images of h x w fit the device at once
+
+
+def plan(h: int, w: int, fits: Fits, rounds: int = ROUNDS) -> Tiling | None:
+    """How a scale of h x w runs: None where the whole image fits alone; else the largest
+    square tile that fits, and as many of them at once as fit (at most a round's)."""
+    if fits(h, w, 1):
+        return None
+    side = min(_largest(fits), max(h, w))
+    if side < LEAST_SIDE:
+        return None  # no useful tile fits: run whole, and out of memory says so
+    overlap = max(POOLED, int(side * OVERLAP) // POOLED * POOLED)
+    tiling = Tiling(side, overlap, rounds, 1)
+    count = len(tiling.corners(h, w, 0))
+    per_batch = max(n for n in range(1, count + 1) if n == 1 or fits(side, side, n))
+    return replace(tiling, per_batch=per_batch)
+
+
+def _largest(fits: Fits) -> int:
+    """The largest square tile (a multiple of the pools' 16) that fits alone."""
+    low, high = 0, 1 << 14
+    while high - low > POOLED:
+        mid = (low + high) // 2 // POOLED * POOLED
+        low, high = (mid, high) if fits(mid, mid, 1) else (low, mid)
+    return low
+
+
+def feather(h: int, w: int, overlap: int) -> torch.Tensor:
+    """(h, w) weights rising from the edges over the overlap: neighbours cross-fade."""
+    def ramp(n: int) -> torch.Tensor:
+        i = torch.arange(n, dtype=torch.float32) + 0.5
+        return torch.clamp(torch.minimum(i, n - i) / max(overlap, 1), max=1.0)
+
+    return ramp(h)[:, None] * ramp(w)[None, :]
+
+
+class Round:
+    """One round's tiles of one photo, as jobs for the engine and back into the image."""
+
+    def __init__(self, job: TransferJob, image: torch.Tensor, tiling: Tiling, round_: int):
+        self.job, self.image, self.tiling = job, image, tiling
+        h, w = job.content.shape[-2:]
+        self.corners = tiling.corners(h, w, round_)
+        self.masks = [fit(r.mask, (h, w)) for r in job.regions]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """A tile's (height, width): the side, or the image's where it is narrower."""
+        h, w = self.job.content.shape[-2:]
+        return min(self.tiling.side, h), min(self.tiling.side, w)
+
+    def jobs(self) -> list[TransferJob]:
+        (th, tw), long_side = self.shape, max(self.job.content.shape[-2:])
+        out = []
+        for k, (y, x) in enumerate(self.corners):
+            regions = tuple(replace(r, mask=m[y:y + th, x:x + tw]) for r, m in zip(self.job.regions, self.masks))
+            out.append(replace(self.job, content=self.job.content[:, y:y + th, x:x + tw],
+                               init_image=self.image[:, y:y + th, x:x + tw], regions=regions,
+                               preserve_color="none", style_side=long_side, id=k))
+        return out
+
+    def stitch(self, results: dict[int, TransferResult]) -> torch.Tensor:
+        """The tiles' results put back, each weighted by its feather; pixels no tile
+        finished (a cancel mid-round) keep the image as it was."""
+        th, tw = self.shape
+        weight = feather(th, tw, self.tiling.overlap)
+        total = torch.zeros_like(self.image)
+        weights = torch.zeros(self.image.shape[-2:])
+        for k, (y, x) in enumerate(self.corners):
+            if k in results:
+                total[:, y:y + th, x:x + tw] += results[k].image * weight
+                weights[y:y + th, x:x + tw] += weight
+        covered = weights > 0
+        out = self.image.clone()
+        out[:, covered] = total[:, covered] / weights[covered]
+        return out
+
+
+class TileSession(Collect):
+    """A round's tiles as a session: their results kept, the progress of the photo's
+    scale passed on to the caller's session, counted from `offset`."""
+
+    def __init__(self, outer, photo_id: int, offset: int):
+        super().__init__()
+        self.outer, self.photo_id, self.offset = outer, photo_id, offset
+        self.dropped = False
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
+        answer = self.outer.progress(self.offset + iteration, None if losses is None else
+                                     [r | {"iteration": self.offset + r["iteration"]} for r in losses])
+        if isinstance(answer, Drop):
+            if self.photo_id not in answer.ids:
+                return Verdict.GO
+            self.dropped = True
+            return Verdict.STOP
+        return answer
+
+
+def prepared(job: TransferJob) -> TransferJob:
+    """The photo as its tiles see it: colour preservation applied to the whole photo, so
+    every tile's luminance is matched to the same statistics."""
+    return color.prepare(job)
+
+
+def finished(job: TransferJob, image: torch.Tensor, history: list[dict]) -> TransferResult:
+    """The stitched image as the photo's result: its colour and kept regions restored."""
+    result = TransferResult(image.clamp(0, 1), history)
+    color.finish(job, result)
+    result.image = blend_keep(job, result.image)
+    return result
+
+
+def round_history(results: dict[int, TransferResult], start: int, round_: int) -> list[dict]:
+    """A round's loss records for the photo: each logged iteration's losses averaged over
+    the tiles (every tile logs at the same iterations), counted from `start`."""
+    histories = [r.history for r in results.values()]
+    if not histories:
+        return []
+    out = []
+    for records in zip(*histories):
+        first = records[0]
+        rec = {k: sum(r[k] for r in records) / len(records) for k in ("total", "content", "style", "tv")}
+        for part in ("style_by_layer", "style_by_region"):
+            if part in first:
+                rec[part] = {name: sum(r[part][name] for r in records) / len(records) for name in first[part]}
+        out.append({"iteration": start + first["iteration"], **rec, "tiled": True, "round": round_})
+    return out
+
+
+def chunks(jobs: list[TransferJob], size: int) -> list[list[TransferJob]]:
+    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
+
+
+def start_image(job: TransferJob) -> torch.Tensor:
+    """Where a tiled scale starts: the coarser scale's result, or the job's own start."""
+    if job.init_image is not None:
+        return job.init_image.float()
+    if job.init == "content":
+        return job.content.float().clone()
+    if job.init == "noise":
+        gen = torch.Generator().manual_seed(job.seed)
+        return torch.rand(job.content.shape, generator=gen)
+    style = job.styles[0].image.float()
+    return torch.nn.functional.interpolate(style[None], size=tuple(job.content.shape[-2:]), mode="bicubic",
+                                           align_corners=False)[0].clamp(0, 1)
+
+
+@dataclass
+class Tiled:
+    """What a tiled scale gave: the photo's result, or why there is none."""
+
+    result: TransferResult | None
+    stopped: bool = False  # the caller's session said stop
+    dropped: bool = False  # the photo was dropped (cancelled)
+
+
+def run_scale(model, session, job: TransferJob, settings, cache, switches, free, tiling: Tiling,
+              offset: int) -> Tiled:
+    """One scale of one photo as rounds of tiles; progress reaches `session` counted from
+    `offset`. The result's history has one record per logged iteration, averaged over
+    the tiles and marked "tiled"."""
+    whole = prepared(job)
+    image = start_image(whole)
+    per_round = max(1, settings.iterations // tiling.rounds)
+    history: list[dict] = []
+    runs = []
+    done = offset
+    for r in range(tiling.rounds):
+        its = per_round if r < tiling.rounds - 1 else max(1, settings.iterations - per_round * r)
+        rnd = Round(whole, image, tiling, r)
+        tiles_session = TileSession(session, job.id, done)
+        for part in chunks(rnd.jobs(), tiling.per_batch):
+            outcome = transfer.run(model, tiles_session, part, replace(settings, iterations=its), cache, switches,
+                                   free)
+            if tiles_session.dropped:
+                return Tiled(None, dropped=True)
+            if outcome is Outcome.STOPPED:
+                return Tiled(None, stopped=True)
+        image = rnd.stitch(tiles_session.results)
+        history += round_history(tiles_session.results, done, r)
+        runs += [res.runs[-1] for res in tiles_session.results.values()]
+        done += its
+    result = finished(job, image, history)
+    result.runs = [_summary(runs, tuple(job.content.shape[-2:]), done - offset, tiling)]
+    return Tiled(result)
+
+
+def _summary(runs, size: tuple[int, int], iterations: int, tiling: Tiling):
+    """The scale's one entry in the loss log's runs: its tiles' runs, summed."""
+    first = runs[0]
+    peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
+    return replace(first, size=size, batch=1, iterations=iterations,
+                   seconds=round(sum(r.seconds for r in runs) / max(1, tiling.per_batch), 3),
+                   peak_bytes=max(peaks) if peaks else None, slot=0,
+                   tiles={"side": tiling.side, "overlap": tiling.overlap, "rounds": tiling.rounds,
+                          "at_once": tiling.per_batch})

@@ -1,0 +1,140 @@
+"""Tiles: a scale larger than the memory the engine may plan for runs as overlapping
+tiles on a moving grid, stitched without seams, with colour and masks as whole."""
+
+import json
+
+import pytest
+import torch
+
+from nstd.engine import color, tiles
+from nstd.engine.memory import Footprint, MemoryPlanner, batch_bytes
+from nstd.engine.runner import Engine
+from nstd.engine.session import Collect
+from nstd.engine.sizes import Scale
+from nstd.engine.switches import Switches
+from nstd.engine.types import BatchSettings, Region, StyleImage, TransferJob
+
+from harness.synthetic import rand_image
+
+SETTINGS = BatchSettings(iterations=6, log_every=2)
+SWITCHES = Switches("fp32", checkpoint=True)
+H, W = 96, 128  # the photo: a little more than the limits below let run whole
+
+
+def limit_for(h: int, w: int) -> int:
+    """A memory limit just under what an h x w photo needs whole (as the planner reckons)."""
+    fp = Footprint(SETTINGS.layers, "lbfgs", 100, precision="fp32", checkpoint=True)
+    return int((batch_bytes(1, h, w, fp) - 1) / SWITCHES.memory_budget)
+
+
+def run(model, job: TransferJob, limit: int | None):
+    engine = Engine(MemoryPlanner(torch.device("cpu"), SWITCHES, lambda: None, limit=limit), SWITCHES)
+    session = Collect()
+    engine.run(model, session, [job], [Scale(max(job.content.shape[-2:]), SETTINGS.iterations, 100)], SETTINGS)
+    return session.results[job.id]
+
+
+def photo_job(**kw) -> TransferJob:
+    return TransferJob(rand_image(H, W, seed=1), (StyleImage(rand_image(64, 64, seed=2), key="s"),),
+                       style_weight=50.0, **kw)
+
+
+def test_the_plan_tiles_only_what_does_not_fit_and_its_grid_covers_everything_and_moves():
+    def fits(h, w, n):
+        return n * h * w <= 128 * 128
+
+    assert tiles.plan(100, 120, fits) is None  # fits whole
+    plan = tiles.plan(300, 500, fits)
+    assert plan.side == 128 and plan.overlap == 32 and plan.per_batch == 1 and plan.rounds == tiles.ROUNDS
+    grids = []
+    for r in range(plan.rounds):
+        covered = torch.zeros(300, 500, dtype=torch.bool)
+        corners = plan.corners(300, 500, r)
+        for y, x in corners:
+            assert 0 <= y <= 300 - 128 and 0 <= x <= 500 - 128
+            covered[y:y + 128, x:x + 128] = True
+        assert covered.all()
+        grids.append(set(corners))
+    assert grids[0] != grids[1] != grids[2]  # no boundary stays in one place
+    assert tiles.plan(300, 500, lambda h, w, n: n * h * w <= 32 * 32) is None  # no useful tile fits: run whole
+
+
+def test_stitching_a_rounds_unchanged_tiles_gives_the_image_back():
+    job = photo_job()
+    image = rand_image(120, 160, seed=5)
+    rnd = tiles.Round(job, image, tiles.Tiling(64, 16, 3, 1), 1)
+    results = {k: type("R", (), {"image": j.init_image})() for k, j in enumerate(rnd.jobs())}
+    assert torch.allclose(rnd.stitch(results), image, atol=1e-6)
+
+
+def test_neighbours_cross_fade_over_their_overlap_where_a_pasted_tile_would_step():
+    # Two tiles whose results differ by 1.0 everywhere: stitched, the image climbs from
+    # one to the other across the overlap in steps no larger than the feather's slope.
+    job = photo_job()
+    rnd = tiles.Round(job, torch.zeros(3, H, W), tiles.Tiling(96, 32, 1, 1), 0)
+    assert len(rnd.corners) == 2
+    results = {k: type("R", (), {"image": torch.full((3, 96, 96), float(k))})() for k in range(2)}
+    row = rnd.stitch(results)[0, H // 2]
+    steps = (row[1:] - row[:-1]).abs()
+    assert row[0] == 0.0 and row[-1] == 1.0 and steps.max() < 0.1
+    assert steps.sum() == pytest.approx(1.0)
+
+
+def test_a_photo_over_the_limit_tiles_and_ends_at_its_size_with_one_history(tiny_model):
+    job = photo_job()
+    whole = run(tiny_model, job, None)
+    tiled = run(tiny_model, job, limit_for(H, W))
+    assert "tiles" not in whole.runs[0].as_dict()
+    spec = tiled.runs[0].as_dict()["tiles"]
+    assert spec["rounds"] == tiles.ROUNDS and spec["side"] < W
+    assert tiled.image.shape == whole.image.shape == (3, H, W)
+    assert all(rec.get("tiled") for rec in tiled.history) and tiled.history[-1]["iteration"] == SETTINGS.iterations
+    # The tiles were optimised, not pasted back: the image moved from the photo as the whole
+    # one did (each round restarts L-BFGS, so a short run gets less far; benchmarks/tiles.py
+    # measures the losses).
+    assert (tiled.image - job.content).abs().mean() > 0.5 * (whole.image - job.content).abs().mean()
+
+
+def test_colour_preservation_and_a_kept_region_hold_across_tiles(tiny_model):
+    keep = torch.zeros(H, W)
+    keep[:, :32] = 1.0  # the left quarter keeps the photo
+    styled = StyleImage(rand_image(64, 64, seed=2), key="s")
+    job = photo_job(preserve_color="luminance",
+                    regions=(Region(keep, (), "keep"), Region(1 - keep, (styled,), "sky")))
+    result = run(tiny_model, job, limit_for(H, W))
+    assert "tiles" in result.runs[0].as_dict()
+    photo_iq, out_iq = color.rgb_to_yiq(job.content)[1:], color.rgb_to_yiq(result.image)[1:]
+    assert (out_iq - photo_iq)[:, :, 32:].abs().mean() < 0.02  # the photo's colour, where it was painted
+    assert torch.allclose(result.image[:, :, :28], job.content[:, :, :28], atol=0.02)  # kept as it was
+    assert set(result.history[-1]["style_by_region"]) == {"sky"}
+
+
+def test_the_daemon_tiles_a_photo_its_limit_cannot_hold_and_says_so_in_the_loss_log(tmp_path, models):
+    import threading
+
+    from nstd import config
+    from nstd.daemon.service import Service
+    from nstd.daemon.worker import Worker
+
+    from harness.daemon import photo_bytes, run_once, write_config
+
+    cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"}},
+                                   transfer={"size": 96, "iterations": 6, "log_every": 3},
+                                   worker={"max_memory": f"{limit_for(72, 96) // 2**20}MiB", "max_batch": 1,
+                                           "precision": "fp32", "checkpoint": True}))
+    svc = Service(cfg)
+    svc.prepare()
+    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
+    try:
+        (cfg.inbox / "a.jpg").write_bytes(photo_bytes(72, 96, 3))
+        st = (cfg.inbox / "a.jpg").stat()
+        assert svc.intake.accept("a.jpg", (st.st_size, st.st_mtime_ns, st.st_ino)).kind.name == "QUEUED"
+        run_once(svc)
+        [job] = svc.journal.get_jobs([1])
+        assert job.state == "done"
+        log = json.loads((cfg.outbox / job.output).with_suffix(".json").read_text())
+        assert log["runs"][-1]["tiles"]["rounds"] == tiles.ROUNDS and log["output"]["width"] == 96
+        svc.inputs.finalize(1e12)
+        assert (cfg.processed / "a.jpg").exists()
+    finally:
+        svc.close()
