@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from nstd.daemon.journal import LEASE_SECONDS, Journal, WorkerInfo
+from nstd.daemon.journal import LEASE_SECONDS, Journal, WorkerInfo, WorkerState
 from nstd.errors import NstdError
 from nstd.log import get
 
@@ -33,7 +33,7 @@ class LeaseKeeper(threading.Thread):
             try:
                 journal = journal or Journal(self.target)
                 if self.worker is not None:
-                    journal.beat(self.worker, "working", time.time())
+                    journal.beat(self.worker, WorkerState.WORKING, time.time())
                 if journal.renew(self.batch_id, time.time(), self.lease) == 0:
                     self.lost = True
                     log.error("claim_lost", batch=self.batch_id,

@@ -71,7 +71,7 @@ class Worker(threading.Thread):
     def run(self) -> None:
         try:
             journal = PatientJournal(Journal(self.cfg.journal_target), self._give_up, self.stopping.wait)
-            journal.beat(self.info, "starting", time.time())
+            journal.beat(self.info, WorkerState.STARTING, time.time())
         except BaseException as e:  # noqa: BLE001 - reported by the health loop, as below
             self.error = e
             log.error("worker_crashed", error=f"{type(e).__name__}: {e}")

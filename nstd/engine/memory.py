@@ -55,9 +55,9 @@ def activation_elements(h: int, w: int, layers: frozenset[str], checkpoint: bool
 
 
 # Bytes per activation element, forward kept plus backward transients, by precision and
-# checkpointing. fp32 counts each element twice. bf16 is calibrated on an H100 at 512 to
-# 6000 px (benchmarks/RESULTS.md): 4.6 bytes measured without checkpointing (its fp32 Gram
-# and loss copies keep it above 2x2), 2.8 with.
+# checkpointing. fp32 counts each element twice. bf16 is calibrated from measured peaks
+# (docs/performance.md): its fp32 Gram and loss copies keep it above 2x2 without
+# checkpointing.
 ACTIVATION_BYTES = {("fp32", False): 8, ("fp32", True): 8, ("tf32", False): 8, ("tf32", True): 8,
                     ("bf16", False): 5, ("bf16", True): 3}
 
@@ -114,8 +114,8 @@ def _region_bytes(h: int, w: int, fp: Footprint) -> int:
     return sum(4 * oh * ow * (cout * (fp.regions + 2) + fp.regions) for cout, oh, ow in captured)
 
 
-# cuDNN's workspace and the allocator's rounding: once per batch, whatever its size. A
-# single 512x341 image peaked 177 MB above its estimate on an H100.
+# cuDNN's workspace and the allocator's rounding: once per batch, whatever its size (the
+# measured excess over the estimate is in docs/performance.md).
 WORKSPACE_BYTES = 256 << 20
 
 

@@ -148,7 +148,7 @@ class BatchedLBFGS:
         self._count.add_(ok.long())
         # One pass over the history gives the new pair's dots and the gradient's. The
         # products go image by image: for a batch of these long, thin matrices cuBLAS
-        # picks a kernel that ran at a third of memory bandwidth on an H100.
+        # picks a slow kernel (docs/performance.md has the measurement).
         v = torch.stack([s, y, g], 2)
         dots = torch.stack([self._mm.dots(self._w[i], v[i]) for i in range(len(v))])  # (n, 2m, 3)
         s_dot_y_new, y_dot_s_new, y_dot_y_new = dots[:, :m, 1], dots[:, m:, 0], dots[:, m:, 1]

@@ -12,8 +12,8 @@ from nstd.daemon.journal.store import Store
 LESS_ONE = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"  # an attempt given back
 # A running job back in the queue as if never started; binds State.QUEUED.
 BACK_TO_QUEUE = f"state = ?, attempts = {LESS_ONE}, batch_id = NULL, lease_until = NULL"
-HELD = "batch_id = ? AND state = ?"
-ORDER = "priority DESC, queued, id"  # the queue's order: priority, then age (as Deadline's farms take work)  # the claim (batch id, then State.RUNNING) still holds it
+HELD = "batch_id = ? AND state = ?"  # the claim (batch id, then State.RUNNING) still holds it
+ORDER = "priority DESC, queued, id"  # the queue's order: priority, then age (as Deadline's farms take work)
 
 
 class JobQueue(Store):
