@@ -138,3 +138,30 @@ def test_the_daemon_tiles_a_photo_its_limit_cannot_hold_and_says_so_in_the_loss_
         assert (cfg.processed / "a.jpg").exists()
     finally:
         svc.close()
+
+
+def test_a_daemon_killed_mid_tiled_photo_recomputes_it_and_publishes_it_once(tmp_path, session_models):
+    from harness.daemon import Daemon, files, jobs, photo_bytes, wait_for, write_config
+
+    config = write_config(tmp_path, session_models, styles={"ink": {"image": "style.png"}},
+                          transfer={"size": 96, "iterations": 9, "log_every": 3},
+                          worker={"max_memory": f"{limit_for(72, 96) // 2**20}MiB", "max_batch": 1,
+                                  "precision": "fp32", "checkpoint": True})
+    d = Daemon(config).start()
+    try:
+        (tmp_path / "inbox" / "a.jpg").write_bytes(photo_bytes(72, 96, 3))
+        d.wait_log("progress", timeout=60)  # under way, one tile's round at a time
+        d.kill()
+        assert [state for _, _, state, _ in jobs(tmp_path)] == ["running"]
+        d = Daemon(config).start()
+        d.wait_log("recovered", timeout=30)
+        wait_for(lambda: files(tmp_path / "processed") == ["a.jpg"], 180, "the photo after the restart")
+        assert d.stop() == 0
+    finally:
+        if d.alive():
+            d.kill()
+    assert [(state, attempts) for _, _, state, attempts in jobs(tmp_path)] == [("done", 1)]
+    assert [f for f in files(tmp_path / "outbox") if f.startswith("ink/")] == ["ink/a.jpg", "ink/a.json",
+                                                                                  "ink/a.loss.svg"]
+    log = json.loads((tmp_path / "outbox" / "ink" / "a.json").read_text())
+    assert log["runs"][-1]["tiles"]["rounds"] == tiles.ROUNDS
