@@ -63,7 +63,7 @@ def _starts(n: int, side: int, stride: int, shift: int) -> list[int]:
 Fits = Callable[[int, int, int], bool]  # whether `count` images of h x w fit the device at once
 
 
-def plan(h: int, w: int, fits: Fits, rounds: int = ROUNDS) -> Tiling | None:
+def plan(h: int, w: int, fits: Fits, rounds: int | None = None) -> Tiling | None:
     """How a scale of h x w runs: None where the whole image fits alone; else the largest
     square tile that fits, and as many of them at once as fit (at most a round's)."""
     if fits(h, w, 1):
@@ -72,7 +72,7 @@ def plan(h: int, w: int, fits: Fits, rounds: int = ROUNDS) -> Tiling | None:
     if side < LEAST_SIDE:
         return None  # no useful tile fits: run whole, and out of memory says so
     overlap = max(POOLED, int(side * OVERLAP) // POOLED * POOLED)
-    tiling = Tiling(side, overlap, rounds, 1)
+    tiling = Tiling(side, overlap, rounds or ROUNDS, 1)  # ROUNDS read now: a benchmark may change it
     count = len(tiling.corners(h, w, 0))
     per_batch = max(n for n in range(1, count + 1) if n == 1 or fits(side, side, n))
     return replace(tiling, per_batch=per_batch)
