@@ -105,6 +105,8 @@ class Config:
     on_done: HookConfig = HookConfig()
     log_level: str = "info"
     log_format: str = "auto"
+    # Seconds between the supervisor's looks at its folders, workers and other hosts'
+    # leases (a share that went away, a dead worker, an expired claim).
     health_interval: float = field(default=5.0)
     journal: str | None = None  # a postgresql:// URL shared by several hosts; None: SQLite in state_dir
     spool: Path | None = None  # where accepted photos wait for their jobs; None: state_dir/spool
@@ -126,7 +128,7 @@ class Config:
 
 TOP_KEYS = {"inbox", "outbox", "failed", "processed", "state_dir", "models_dir", "on_success", "max_pixels",
             "styles", "blends", "transfer", "output", "watch", "worker", "log", "journal", "spool", "host",
-            "limits", "http", "on_done"}
+            "limits", "http", "on_done", "health_interval"}
 
 
 def load(path: Path) -> Config:
@@ -163,6 +165,7 @@ def parse(raw: Any, path: Path) -> Config:
         limits=parse_limits(m.get("limits")),
         http=parse_http(m.get("http"), root),
         on_done=parse_hooks(m.get("on_done"), root),
+        health_interval=_float(m.get("health_interval", 5.0), "health_interval", 0.2, 60),
         log_level=_choice(log.get("level", "info"), "log.level", ("debug", "info", "warning", "error")),
         log_format=_choice(log.get("format", "auto"), "log.format", ("auto", "json", "console")),
         **_shared(m, folders["state_dir"], root),

@@ -426,3 +426,23 @@ def test_a_link_planted_on_a_photos_name_is_a_name_taken(service, settle, tmp_pa
     moved = getattr(service.cfg, folder) / "planted-1.jpg"
     assert moved.is_file() and not moved.is_symlink()
     assert os.path.islink(getattr(service.cfg, folder) / name)  # the link itself left alone
+
+
+def test_a_share_said_away_during_a_health_look_is_looked_at_again_without_error(service, monkeypatch):
+    """The intake's thread says a share went away while the supervisor is in its health
+    look: the supervisor neither trips over it nor forgets it."""
+    from types import SimpleNamespace
+
+    looks = []
+
+    def health():
+        looks.append(len(looks))
+        if len(looks) == 1:
+            service._share_away()  # from the other thread, mid-look
+        service.folders.trouble = SimpleNamespace(reason="share unavailable: a test")
+
+    monkeypatch.setattr(service, "health", health)
+    service.claimed_at = 0.0
+    service._supervise(1.0)
+    service._supervise(1.1)  # looked at again at once, not after the interval
+    assert looks == [0, 1]

@@ -44,6 +44,7 @@ class Service:
         self.reload_requested = threading.Event()
         self.hints = Hints()
         self.next_health: float | None = None
+        self.look_now = threading.Event()  # a share went away: look at the folders at once
         self.outage = Outage(renew_every=cfg.worker.lease / 4)
         self._weights: dict[str, tuple] = {}
         self.last_round = time.monotonic()  # of the supervisor's loop, for /healthz
@@ -134,7 +135,9 @@ class Service:
         return self.shutdown()
 
     def _share_away(self) -> None:
-        self.next_health = None  # the folders are looked at in the supervisor's next round
+        # Said from the intake's thread too: an event, not the supervisor's own schedule,
+        # which it may be computing at this moment.
+        self.look_now.set()  # the folders are looked at in the supervisor's next round
 
     def step(self, now: float, inputs: bool = True) -> None:
         """One round: a pending reload, the inputs (unless their thread takes them), and the
@@ -156,12 +159,14 @@ class Service:
         if self.claimed_at is None or now - self.claimed_at >= CLAIM_REFRESH:
             self.claimed_at = now
             self._refresh_claim()
-        if self.next_health is None or now >= self.next_health:
+        if self.look_now.is_set() or self.next_health is None or now >= self.next_health:
+            self.look_now.clear()
             dog = watchdog_interval()
-            self.next_health = now + min(self.cfg.health_interval, dog or self.cfg.health_interval)
+            due = now + min(self.cfg.health_interval, dog or self.cfg.health_interval)
             self.health()
             if self.folders.trouble is not None:  # paused: look again soon, to resume soon
-                self.next_health = min(self.next_health, now + PAUSED_LOOK)
+                due = min(due, now + PAUSED_LOOK)
+            self.next_health = due
 
     def health(self) -> None:
         was_away = not self.folders.reachable
