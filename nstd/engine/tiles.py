@@ -41,23 +41,25 @@ class Tiling:
     per_batch: int  # tiles optimised at once
 
     def corners(self, h: int, w: int, round_: int) -> list[tuple[int, int]]:
-        """The tiles' top-left corners at one round: every pixel covered, the grid shifted
-        by a share of its stride at each round."""
-        stride = self.side - self.overlap
-        shift = (round_ * stride) // self.rounds
-        return [(y, x) for y in _starts(h, self.side, stride, shift) for x in _starts(w, self.side, stride, shift)]
+        """The tiles' top-left corners at one round: every pixel covered, as many tiles
+        every round, the inner boundaries moved from round to round."""
+        return [(y, x) for y in self._starts(h, round_) for x in self._starts(w, round_)]
 
-
-def _starts(n: int, side: int, stride: int, shift: int) -> list[int]:
-    if side >= n:
-        return [0]
-    out, p = [], -shift
-    while p < n:
-        out.append(min(max(p, 0), n - side))
-        p += stride
-    if out[-1] != n - side:
-        out.append(n - side)
-    return sorted(set(out))
+    def _starts(self, n: int, round_: int) -> list[int]:
+        """Starts along an axis of n pixels: evenly spaced, the first at 0 and the last at
+        the end; the inner ones shift together by up to the room their overlap leaves
+        (down to half of it), a different shift each round. Clamping a shifted grid at
+        both ends instead would add a row and a column of near-duplicate tiles."""
+        side = self.side
+        if side >= n:
+            return [0]
+        # At least one inner start, so that the boundaries have something to move.
+        count = max(3, -(-(n - side) // (side - self.overlap)) + 1)
+        gap = (n - side) / (count - 1)
+        room = max(0.0, side - self.overlap / 2 - gap)  # how far an inner start may move
+        shift = 0.0 if self.rounds == 1 else room * (2 * round_ / (self.rounds - 1) - 1)
+        starts = [0] + [round(i * gap + shift) for i in range(1, count - 1)] + [n - side]
+        return sorted({min(max(p, 0), n - side) for p in starts})
 
 
 Fits = Callable[[int, int, int], bool]  # whether `count` images of h x w fit the device at once
