@@ -17,7 +17,7 @@ from nstd.engine.device import free_memory, resolve_device, total_memory
 from nstd.engine.switches import Switches
 from nstd.engine.memory import MemoryPlanner
 from nstd.engine.runner import Engine
-from nstd.engine.session import Verdict
+from nstd.engine.session import Queued
 from nstd.engine.types import Progress, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError, NstdError
@@ -108,7 +108,7 @@ def run(req: Request, on_error: Callable[[str], None],
             # Iterations of the loop: a ceiling when photos stop early.
             total = req.params.total_iterations(max(h, w)) * -(-len(tasks) // req.max_batch)
             progress = make_progress(label, total) if make_progress else None
-            work = FolderBatch(folder, tasks[req.max_batch:], progress)
+            work = FolderBatch(tasks[req.max_batch:], progress, folder)
             pipeline.run(tasks[:req.max_batch], work)
             if progress is not None:
                 progress(total, None)
@@ -119,21 +119,12 @@ def run(req: Request, on_error: Callable[[str], None],
     return failed
 
 
-class FolderBatch:
+@dataclass
+class FolderBatch(Queued):
     """The command's batch session (pipeline.Work): newcomers from its queue, progress to
     the terminal, outcomes into the folder. It never stops a batch early."""
 
-    def __init__(self, folder: "_Folder", queue: list[Task], progress: Progress | None):
-        self.folder, self.queue, self.on_progress = folder, queue, progress
-
-    def take(self, n: int) -> list[Task]:
-        out, self.queue = self.queue[:n], self.queue[n:]
-        return out
-
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
-        if self.on_progress is not None:
-            self.on_progress(iteration, losses)
-        return Verdict.GO
+    folder: "_Folder | None" = None
 
     def publish(self, task: Task, result: TransferResult, log: dict) -> None:
         self.folder.publish(task, result, log)

@@ -96,3 +96,16 @@ def journal_target(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "j.db"
     return request.getfixturevalue("pg_server").new_database()
+
+
+@pytest.fixture
+def hosts(tmp_path, pg_server):
+    """Two prepared daemons on one PostgreSQL journal (test_hosts.make_hosts). Without
+    refills, driven one after the other: the schedulers alone decide which host takes
+    what (with them, the first host's batch would take every queued photo)."""
+    from test_hosts import make_hosts
+
+    services = make_hosts(tmp_path, pg_server.new_database(), refill=False)
+    yield services
+    for svc in services:
+        svc.close()

@@ -47,16 +47,6 @@ def make_hosts(tmp_path, url: str, names=("a", "b"), refill: bool = True) -> lis
     return services
 
 
-@pytest.fixture
-def hosts(tmp_path, pg_server):
-    # Without refills, driven one after the other: the schedulers alone decide which host
-    # takes what (with them, the first host's batch would take every queued photo).
-    services = make_hosts(tmp_path, pg_server.new_database(), refill=False)
-    yield services
-    for svc in services:
-        svc.close()
-
-
 def test_two_hosts_on_one_inbox_make_each_output_once(hosts):
     a, b = hosts
     inbox = a.cfg.inbox

@@ -4,7 +4,6 @@ sharing a PostgreSQL journal."""
 import itertools
 import json
 
-import pytest
 from structlog.testing import capture_logs
 
 from nstd.cli import main
@@ -183,18 +182,8 @@ def test_a_paused_worker_takes_no_new_batch_and_the_pause_outlasts_a_restart(ser
     reader.close()
 
 
-@pytest.fixture
-def two_hosts(tmp_path, pg_server):
-    from test_hosts import make_hosts
-
-    services = make_hosts(tmp_path, pg_server.new_database(), refill=False)
-    yield services
-    for svc in services:
-        svc.close()
-
-
-def test_on_two_hosts_a_pause_holds_one_while_the_other_drains_and_a_cancel_reaches_across(two_hosts, capsys):
-    a, b = two_hosts
+def test_on_two_hosts_a_pause_holds_one_while_the_other_drains_and_a_cancel_reaches_across(hosts, capsys):
+    a, b = hosts
     for n in range(4):
         (a.cfg.inbox / f"p{n}.png").write_bytes(photo_bytes(40, 32, n, "PNG"))
     now = 1000.0

@@ -55,17 +55,14 @@ class Session(Protocol):
 
 
 @dataclass
-class Collect:
-    """A session that keeps what comes back: a batch run to its end by a test, a benchmark
-    or the speed probe. `queue` is handed out as places come free."""
+class Queued:
+    """The take and progress of a session that never stops a batch: `queue` handed out
+    as places come free, each iteration told to `on_progress`."""
 
-    queue: list[TransferJob] = field(default_factory=list)
+    queue: list = field(default_factory=list)
     on_progress: Progress | None = None
-    results: dict[int, TransferResult] = field(default_factory=dict)
-    refusals: dict[int, str] = field(default_factory=dict)
-    order: list[int] = field(default_factory=list)  # job ids, in the order they came back
 
-    def take(self, n: int) -> list[TransferJob]:
+    def take(self, n: int) -> list:
         out, self.queue = self.queue[:n], self.queue[n:]
         return out
 
@@ -73,6 +70,16 @@ class Collect:
         if self.on_progress is not None:
             self.on_progress(iteration, losses)
         return Verdict.GO
+
+
+@dataclass
+class Collect(Queued):
+    """A session that keeps what comes back: a batch run to its end by a test, a benchmark
+    or the speed probe."""
+
+    results: dict[int, TransferResult] = field(default_factory=dict)
+    refusals: dict[int, str] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # job ids, in the order they came back
 
     def finished(self, job: TransferJob, result: TransferResult) -> None:
         self.results[job.id] = result
