@@ -46,7 +46,6 @@ def write_config(root: Path, models: Path, **overrides) -> Path:
         # No speed probe: a second of CPU at each start, which only the speed tests need.
         "worker": {"batch_window": 0.3, "stop_timeout": 5, "retry_backoff": 0.5, "measure_speed": False},
         "http": {"listen": "off"},  # tests that serve it pick their own port
-        "health_interval": 1,  # a share's outage, a dead worker or an expired lease seen within a second
     }
     for key, value in overrides.items():
         if key in ("transfer", "watch", "worker"):

@@ -70,6 +70,9 @@ def paused_now(reach: dict[str, Path], writable: dict[str, Path],
     return None
 
 
+AFTER_OUTAGE = 30.0  # seconds after the folders are back in which a watch restart is expected
+
+
 class Folders:
     """The supervisor's view of its folders. `check` looks, and logs only the changes:
     one warning when work pauses, one line when it resumes."""
@@ -80,6 +83,7 @@ class Folders:
         self.trouble: Trouble | None = None
         self.since: float | None = None
         self.pauses = 0  # since the daemon started, for /metrics
+        self.back_at: float | None = None  # when the folders were last back after an outage
 
     def check(self, now: float) -> Trouble | None:
         trouble = paused_now(*watched(self.cfg), self.mounts)
@@ -90,9 +94,14 @@ class Folders:
                         meaning="nothing is lost or failed: running work waits, new work starts once it is back")
         elif trouble is None and self.trouble is not None:
             log.info("resumed", after_seconds=round(now - (self.since or now), 1), was=self.trouble.reason)
-            self.since = None
+            self.since, self.back_at = None, now
         self.trouble = trouble
         return trouble
+
+    def just_back(self, now: float) -> bool:
+        """Whether the folders came back lately: the inbox watch may notice its folder was
+        replaced a look or two after that, and its restart then is the outage's, not news."""
+        return self.trouble is None and self.back_at is not None and now - self.back_at <= AFTER_OUTAGE
 
     @property
     def reachable(self) -> bool:

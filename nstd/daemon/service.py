@@ -169,10 +169,10 @@ class Service:
             self.next_health = due
 
     def health(self) -> None:
-        was_away = not self.folders.reachable
-        trouble = self.folders.check(self.clock())
+        now = self.clock()
+        trouble = self.folders.check(now)
         if self.folders.reachable:
-            self._watch_health(after_outage=was_away)
+            self._watch_health(after_outage=self.folders.just_back(now))
         self._workers_health()
         self.journal.forget_workers(time.time())
         held = [p for p in self.journal.pauses() if p.host in (ANY, self.cfg.host)]
