@@ -77,6 +77,8 @@ class Cluster:
         raise RuntimeError(f"host h{i} did not start in {tries} tries")
 
     def stop(self) -> list[int]:
+        for d in self.daemons:  # side by side: each winds down while the others do
+            d.terminate()
         return [d.stop(timeout=60) for d in self.daemons]
 
 
@@ -159,12 +161,13 @@ def run_faults(cluster: Cluster, tally: Tally, photos: int, kills: int, lease: f
 
 def busy_host(cluster: Cluster, rng: random.Random, wait: float = 10.0) -> int:
     """A host running a batch now, as the journal says (a fault there costs the most),
-    or after `wait` seconds with none, any host."""
+    or after `wait` seconds with none, any host; at once when there is no work left that
+    a host could take up (the inbox empty, nothing queued or running)."""
     from nstd.daemon.journal import Journal
     from nstd.errors import NstdError
 
     deadline = time.time() + wait
-    while time.time() < deadline:
+    while time.time() < deadline and not quiet(cluster):
         try:
             j = Journal(cluster.url, readonly=True)
             rows = j.db.execute("SELECT DISTINCT claimed_by FROM jobs WHERE state = 'running'").fetchall()
@@ -221,7 +224,7 @@ def cluster_run(work: Path, photos: int, hosts: int, kills: int, seed: int, leas
         run_faults(cluster, tally, photos, kills, lease, rng)
         deadline = time.time() + 120 + photos * 3
         while time.time() < deadline and not quiet(cluster):
-            time.sleep(1.0)
+            time.sleep(0.2)
         codes = cluster.stop()
         report = audit(cluster, tally)
         events = _events(cluster)

@@ -63,6 +63,7 @@ class Daemon:
         self.root = config.parent
         self.log = self.root / "daemon.log"
         self.proc: subprocess.Popen | None = None
+        self._terminated = False
 
     def start(self, wait: bool = True, **extra_env) -> "Daemon":
         env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -71,6 +72,7 @@ class Daemon:
         # A restart appends to the same log: wait for this process's own "started".
         started_before = sum(e.get("event") == "started" for e in self.events()) if self.log.exists() else 0
         self._out = open(self.log, "ab")
+        self._terminated = False
         self.proc = subprocess.Popen([sys.executable, "-m", "nstd", "run", "--config", str(self.config)],
                                      stdout=self._out, stderr=subprocess.STDOUT, env=env)
         if wait:
@@ -104,9 +106,16 @@ class Daemon:
         self.proc.wait(10)
         self._out.close()
 
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM) without waiting: several daemons stop side by side,
+        then stop() waits for each. A second SIGTERM is not sent."""
+        if self.proc and self.proc.poll() is None and not self._terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             self.proc.wait(timeout)
         self._out.close()
         return self.proc.returncode
