@@ -57,20 +57,21 @@ def try_tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 40) -> dict:
+def soak(work: Path, photos: int, kills: int, seed: int, log=print, size: int = 40, iterations: int = 20) -> dict:
     rng = random.Random(seed)
     tally = Tally()
     outbox_tmpfs = try_tmpfs(work / "outbox", "32m")
     try:
-        return _soak(work, photos, kills, seed, rng, tally, outbox_tmpfs, size)
+        return _soak(work, photos, kills, seed, rng, tally, outbox_tmpfs, size, iterations)
     finally:  # whatever happened, no mount is left behind (a failed run left one in /tmp)
         if outbox_tmpfs:
             subprocess.run(["umount", "-l", str(work / "outbox")], capture_output=True)
 
 
 def _soak(work: Path, photos: int, kills: int, seed: int, rng: random.Random, tally: "Tally", outbox_tmpfs: bool,
-          size: int) -> dict:
-    cfg = write_config(work, models_dir(work), transfer={"iterations": 20, "size": size, "log_every": 10},
+          size: int, iterations: int) -> dict:
+    cfg = write_config(work, models_dir(work), transfer={"iterations": iterations, "size": size,
+                                                         "log_every": max(1, iterations // 2)},
                        watch={"settle_seconds": 0.4, "rescan_interval": 3},
                        worker={"max_attempts": 50, "retry_backoff": 0.5, "stop_timeout": 2})
     inbox = work / "inbox"
@@ -97,7 +98,7 @@ def _soak(work: Path, photos: int, kills: int, seed: int, rng: random.Random, ta
     deadline = time.time() + 60 + photos * 6
     while time.time() < deadline and not _quiet(work):
         tally.rss_kib.append(rss_kib(daemon.proc.pid))
-        time.sleep(1.0)
+        time.sleep(0.2)
     tally.rss_kib.append(rss_kib(daemon.proc.pid))
     rc = daemon.stop()
     report = audit(work, tally)
