@@ -36,8 +36,8 @@ def outputs_done(root, names, styles=("ink", "wash")):
 
 
 def test_kill9_mid_batch_then_restart_loses_nothing(tmp_path, daemon):
-    # Killed at the first progress line (iteration 10), seconds before the batch's end.
-    d = daemon(transfer={"iterations": 20, "size": 48, "log_every": 10})
+    # Killed at the first progress line (iteration 0), seconds before the batch's end.
+    d = daemon(transfer={"iterations": 10, "size": 48, "log_every": 5})
     names = [f"p{i}" for i in range(3)]
     for i, n in enumerate(names):
         (tmp_path / "inbox" / f"{n}.jpg").write_bytes(photo_bytes(48, 48, 10 + i))
@@ -175,7 +175,8 @@ def test_bad_input_corpus(tmp_path, daemon, session_models):
 
 
 def test_a_worker_process_killed_mid_batch_is_restarted_and_its_jobs_run_once(tmp_path, daemon):
-    d = daemon(transfer={"iterations": 40, "size": 48, "log_every": 10},
+    # Killed at the first progress line (iteration 0), a second or two before the batch's end.
+    d = daemon(transfer={"iterations": 20, "size": 48, "log_every": 10},
                worker={"isolation": "process", "batch_window": 0})
     [started] = [e for e in d.events() if e.get("event") == "worker_started"]
     assert started["pid"] != d.proc.pid
@@ -197,7 +198,9 @@ def test_a_full_state_dir_pauses_the_daemon_and_spends_no_attempt(tmp_path, sess
     """The SQLite journal on a full disk is waited out like a lost database: no crash and
     restart every few seconds, the running batch finishes once there is room, and no
     photo is set aside. A real full filesystem: a small tmpfs under the state folder."""
-    config = write_config(tmp_path, session_models, transfer={"iterations": 30, "size": 40, "log_every": 10})
+    # The disk filled at the first progress line (iteration 0): the batch's finish, a second
+    # or two later, meets it.
+    config = write_config(tmp_path, session_models, transfer={"iterations": 15, "size": 40, "log_every": 5})
     state = tmp_path / "state"
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], capture_output=True)
     assert mounted.returncode == 0, f"this test needs to mount a tmpfs (as root): {mounted.stderr.decode()}"
