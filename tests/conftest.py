@@ -1,8 +1,15 @@
 import os
 import threading
 
-import pytest
-import torch
+# OpenMP's threads sleep when they have no work rather than spin for it: read once, as torch
+# loads its OpenMP runtime, so set before the import. The CPU is shared with the daemons
+# the tests start and whatever else runs; a spinning thread that loses its core holds up
+# every parallel step of the tests' own optimisations (a 4-iteration run at 32 px took
+# 8 s rather than 1 s on the 2-core CPU with another process busy). An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from nstd.engine.vgg import VGGFeatures
 from nstd.engine.types import BatchSettings
