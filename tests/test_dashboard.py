@@ -179,15 +179,16 @@ def free_port() -> int:
 @pytest.fixture
 def daemon(tmp_path, session_models):
     """A daemon serving the dashboard with a token: `sketch` done in a few iterations,
-    `starry` running far longer than the test looks at it (it is stopped at the end).
-    A photo for `sketch` and a file that is no photo wait in the inbox when it starts."""
+    `starry` running far longer than the test looks at it (it is stopped at the end, its
+    batch cut short after a second rather than the harness's five). A photo for `sketch`
+    and a file that is no photo wait in the inbox when it starts."""
     port = free_port()
     (tmp_path / "token").write_text(TOKEN)
     (tmp_path / "token").chmod(0o600)
     config = write_config(tmp_path, session_models, http={"listen": f"127.0.0.1:{port}", "token_file": "token"},
                           styles={"sketch": {"image": "style.png"},
                                   "starry": {"image": "style.png", "iterations": 20000}},
-                          limits={"iterations": 20000, "total_iterations": 20000})
+                          limits={"iterations": 20000, "total_iterations": 20000}, worker={"stop_timeout": 1})
     inbox = tmp_path / "inbox"
     for style in ("sketch", "starry"):
         (inbox / style).mkdir()
@@ -208,6 +209,25 @@ def _answers(base: str) -> bool:
         return False
 
 
+POLL_MS = 3000  # the page's wait between polls of api/status (static/app.js)
+
+
+def next_polls(page, expression: str, arg=None, timeout: float = 60):
+    """Wait until `expression` holds in the page; each half second it does not, the page's
+    clock is moved on to its next poll, rather than the test waiting out the 3 s between
+    polls. What a poll shows still comes from the daemon, in real time."""
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return page.wait_for_function(expression, arg=arg, timeout=500)
+        except PageTimeout:
+            if time.time() > deadline:
+                raise
+            page.clock.fast_forward(POLL_MS)
+
+
 def test_the_dashboard_in_chromium_shows_progress_outputs_and_failures(daemon):
     from playwright.sync_api import sync_playwright
 
@@ -224,6 +244,7 @@ def test_the_dashboard_in_chromium_shows_progress_outputs_and_failures(daemon):
             errors = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.clock.install()  # its own pace, until the test moves it on to a poll
             page.goto(f"{base}/#token={TOKEN}")
             assert "token" not in page.url  # taken off the address bar, kept for the tab
             # A finished output's thumbnail, fetched with the token and loaded.
@@ -239,17 +260,18 @@ def test_the_dashboard_in_chromium_shows_progress_outputs_and_failures(daemon):
             journal = Journal(d.root / "state" / "journal.sqlite3")
             journal.pause("studio-9", ANY, "ana@studio-1", time.time())
             journal.close()
-            page.wait_for_selector("#pauses .pause", timeout=30_000)
+            next_polls(page, "() => document.querySelector('#pauses .pause')", timeout=30)
             assert f"nstd resume --config {d.config} --host studio-9 --device all" in page.text_content("#pauses")
             # A batch that runs a while: its iteration moves on between polls.
-            first = page.wait_for_selector("#batches .iteration", timeout=60_000).get_attribute("data-iteration")
+            next_polls(page, "() => document.querySelector('#batches .iteration')")
+            first = page.get_attribute("#batches .iteration", "data-iteration")
             # A photo of another size, once the long batch holds the worker: it waits in the queue.
             (inbox / "starry" / "IMG_2200.jpg").write_bytes(photo_bytes(48, 36, 20))
-            page.wait_for_function("first => Number(document.querySelector('#batches .iteration')"
-                                   "?.dataset.iteration) > first", arg=int(first), timeout=60_000)
+            next_polls(page, "first => Number(document.querySelector('#batches .iteration')"
+                             "?.dataset.iteration) > first", arg=int(first))
             assert "starry/IMG_21" in page.text_content("#batches")
-            page.wait_for_function("() => document.querySelector('#queue').textContent.includes('IMG_2200.jpg')",
-                                   timeout=30_000)
+            next_polls(page, "() => document.querySelector('#queue').textContent.includes('IMG_2200.jpg')",
+                       timeout=30)
             assert errors == []
         finally:
             browser.close()
