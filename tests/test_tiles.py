@@ -145,7 +145,7 @@ def test_a_daemon_killed_mid_tiled_photo_recomputes_it_and_publishes_it_once(tmp
     from harness.daemon import Daemon, files, jobs, photo_bytes, wait_for, write_config
 
     config = write_config(tmp_path, session_models, styles={"ink": {"image": "style.png"}},
-                          transfer={"size": 96, "iterations": 9, "log_every": 3},
+                          transfer={"size": 96, "iterations": 6, "log_every": 3},
                           worker={"max_memory": f"{limit_for(72, 96) // 2**20}MiB", "max_batch": 1,
                                   "precision": "fp32", "checkpoint": True})
     d = Daemon(config).start()
