@@ -189,6 +189,8 @@ def test_two_hosts_on_one_smb_share_and_one_postgresql_make_each_output_once(tmp
         wait_for(lambda: done(share, names), 180, "every photo")
         wait_for(lambda: len(files(share / "processed")) == 4, 60, "every photo moved out")
         for d in daemons:
+            d.terminate()  # both wind down side by side
+        for d in daemons:
             assert d.stop() == 0
     finally:
         for d in daemons:
