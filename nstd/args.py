@@ -41,7 +41,8 @@ def blend_weights(text: str) -> tuple[float, ...]:
 
 def region_colours(pairs: list[str], styles: list[Path], mask: Path | None, regions: Path | None,
                    blend: tuple[float, ...] | None) -> tuple[tuple[str, str], ...]:
-    """--region '#rrggbb=STYLE' pairs, checked against the --style names."""
+    """--region '#rrggbb=STYLE' (or STYLE@S, S its strength) pairs, checked against the
+    --style names."""
     from nstd import masks
 
     if mask and regions:
@@ -53,8 +54,12 @@ def region_colours(pairs: list[str], styles: list[Path], mask: Path | None, regi
         if not sep:
             raise NstdError(f"--region {text}: write it as '#rrggbb=STYLE' or '#rrggbb=keep'")
         masks.parse_colour(colour, f"--region {text}")
-        if target != masks.KEEP and (target not in names or blend):
-            raise NstdError(f"--region {text}: {target!r} is not a --style name ({', '.join(sorted(names))}) "
+        try:
+            name, _ = masks.split_target(target)
+        except ValueError as e:
+            raise NstdError(f"--region {text}: {e}") from None
+        if name != masks.KEEP and (name not in names or blend):
+            raise NstdError(f"--region {text}: {name!r} is not a --style name ({', '.join(sorted(names))}) "
                             f"or keep" + (" (a region map takes single styles, not --blend)" if blend else ""))
         out.append(("#" + colour.strip().lstrip("#").lower(), target))
     return tuple(out)

@@ -1,7 +1,8 @@
 """Masks and region maps: their names beside a photo, and their decoding, checked against it.
 
-`photo.jpg.mask.png` (white: stylize, black: keep the photo, grey: in between) and
-`photo.jpg.regions.png` (flat colours, each mapped to a style or `keep` by a sidecar)
+`photo.jpg.mask.png` (white: the full style, black: keep the photo, grey: the style at that
+strength) and `photo.jpg.regions.png` (flat colours, each mapped by a sidecar to a style,
+`STYLE@0.5` for a style at half strength, or `keep`)
 belong to `photo.jpg`. A name like `vignette.mask.png` is a mask that sidecars may name.
 Neither is ever taken for a photo. The names need no torch, so commands that only move
 files (nstd retry) load none; it is imported where a region map is labelled.
@@ -71,6 +72,21 @@ def own_file(photo: Path, kind: str, links: bool = False) -> Path | None:
                              f"so {photo.name} is not stylized without its {kind}")
         return photo.with_name(name)
     return None
+
+
+def split_target(target: str) -> tuple[str, float]:
+    """A region's target as (style or keep, strength): `starry@0.5` is starry at half its
+    strength, `starry@0` keeps the photo as `keep` does. A ValueError says what is wrong."""
+    name, at, level = target.partition("@")
+    if not at:
+        return target, 0.0 if target == KEEP else 1.0
+    try:
+        strength = float(level)
+    except ValueError:
+        raise ValueError(f"{target!r}: the strength after @ must be a number from 0 to 1") from None
+    if not 0 <= strength <= 1 or name == KEEP or not name:
+        raise ValueError(f"{target!r}: write STYLE@S with S from 0 (keep the photo) to 1 (the full style)")
+    return (KEEP, 0.0) if strength == 0 else (name, strength)
 
 
 def parse_colour(text, where: str) -> tuple[int, int, int]:

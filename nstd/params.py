@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -45,7 +46,10 @@ class TransferParams:
     preserve_color: str = _flag("none", "keep the photo's colours: transfer luminance only, or match the "
                                         "style's colours first", COLOR_MODES)
     style_scale: float = _flag(1.0, "style size relative to the photo's")
-    protect: str = _flag("none", "keep what is found as it is in the photo: faces (needs nstd[faces])", PROTECT)
+    protect: str = _flag("none", "hold the style back where something is found: faces (needs nstd[faces])",
+                         PROTECT)
+    protect_strength: float = _flag(0.3, "the style's strength on what --protect finds, from 0 (the photo "
+                                         "as it is) to 1 (as everywhere else)")
     pooling: str = _flag("max", "VGG pooling", POOLINGS)
     model: str = _flag("caffe", "weights id (see: nstd weights list)")
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
@@ -81,9 +85,10 @@ class TransferParams:
         """Jobs may share a batch when these agree (and their images are the same size)."""
         return (self.size, self.model, self.settings())
 
-    def job(self, content, styles: tuple[StyleImage, ...], regions: tuple[Region, ...] = ()) -> TransferJob:
+    def job(self, content, styles: tuple[StyleImage, ...], regions: tuple[Region, ...] = (),
+            content_map=None) -> TransferJob:
         own = {f.name: getattr(self, f.name) for f in fields(TransferJob) if f.name in FIELD_NAMES}
-        return TransferJob(content=content, styles=styles, regions=regions, **own)
+        return TransferJob(content=content, styles=styles, regions=regions, content_map=content_map, **own)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -143,6 +148,9 @@ def validate(p: TransferParams, where: str = "transfer") -> TransferParams:
         raise bad("style_scale", f"must be between 0.05 and 4, got {p.style_scale}")
     if p.protect not in PROTECT:
         raise bad("protect", f"must be one of {', '.join(PROTECT)}, got {shown(p.protect)}")
+    if not 0 <= p.protect_strength <= 1:
+        raise bad("protect_strength", f"must be from 0 (keep the photo) to 1 (the full style), "
+                                      f"got {p.protect_strength}")
     if p.protect == "faces" and not faces.available():
         raise bad("protect", faces.missing())
     if p.pooling not in POOLINGS:
@@ -178,9 +186,15 @@ def with_overrides(base: TransferParams, overrides: dict, where: str) -> Transfe
     values = {}
     for key, value in overrides.items():
         if key not in FIELD_NAMES:
-            raise ConfigError(f"{where}.{clip(str(key), 60)}: unknown key (known: {', '.join(FIELD_NAMES)})")
+            raise ConfigError(f"{where}.{clip(str(key), 40)}: unknown key ({_known(str(key))})")
         values[key] = _coerce(key, value, f"{where}.{key}")
     return validate(replace(base, **values), where)
+
+
+def _known(key: str) -> str:
+    """The key meant, where one is close; else every key."""
+    close = difflib.get_close_matches(key, FIELD_NAMES, 1)
+    return f"did you mean {close[0]}?" if close else f"known: {', '.join(FIELD_NAMES)}"
 
 
 def _coerce(key: str, value, where: str):

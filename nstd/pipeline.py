@@ -25,7 +25,7 @@ from nstd.engine.session import Drop, Outcome, Verdict
 from nstd.engine.types import TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
 from nstd.errors import ImageError
-from nstd.guide import Guide, GuideSpec, engine_regions, load, protect_faces
+from nstd.guide import Guide, GuideSpec, content_map, engine_regions, load, protect_faces
 from nstd.faces import FaceFinder
 from nstd.handoff import Handoff
 from nstd.params import TransferParams
@@ -98,7 +98,7 @@ def load_guide(spec: GuideSpec | None, data: bytes | None, decoded: images.Decod
     stage's other half. An ImageError names a bad mask file."""
     guide = None if spec is None else load(spec, data, tuple(decoded.pixels.shape[-2:]), max_pixels)
     if params.protect == "faces":
-        guide = protect_faces(guide, decoded.pixels, finder, sha256, name)
+        guide = protect_faces(guide, decoded.pixels, finder, params.protect_strength, sha256, name)
     return guide
 
 
@@ -189,7 +189,8 @@ class _Session:
             number = len(self.tasks)
             self.tasks[number] = (t, now)
             regions = engine_regions(t.guide, t.style, self.pipeline.style_for, t.params, self.size)
-            out.append(replace(t.params.job(t.photo.pixels, t.style.style_images(t.params), regions), id=number))
+            job = t.params.job(t.photo.pixels, t.style.style_images(t.params), regions, content_map(t.guide, self.size))
+            out.append(replace(job, id=number))
         return out
 
     def take(self, n: int) -> list[TransferJob]:

@@ -185,8 +185,9 @@ def test_a_new_mask_for_a_photo_done_before_is_new_work(service, settle):
 
 # --- faces ----------------------------------------------------------------------------
 
-def test_faces_are_found_and_kept_by_the_one_shot_command(tmp_path, models):
-    """The real detector on a real photo (NASA's portrait of Eileen Collins, public domain)."""
+def test_faces_at_strength_0_are_found_and_kept_by_the_one_shot_command(tmp_path, models):
+    """The real detector on a real photo (NASA's portrait of Eileen Collins, public domain);
+    strength 0 puts the photo's face back as it is."""
     from pathlib import Path
 
     from nstd.cli import main
@@ -197,9 +198,9 @@ def test_faces_are_found_and_kept_by_the_one_shot_command(tmp_path, models):
     out = tmp_path / "out"
     assert main(["stylize", str(photo), "--style", str(style), "-o", str(out), "--size", "64", "--iterations", "4",
                  "--model", "random", "--models-dir", str(models), "--format", "png", "--protect", "faces",
-                 "--style-weight", "1000"]) == 0
+                 "--style-weight", "1000", "--protect-strength", "0"]) == 0
     log = json.loads((out / "astronaut.style.json").read_text())
-    assert log["guide"] == {"source": "faces", "faces": 1}
+    assert log["guide"] == {"source": "faces", "faces": 1, "strength": 0.0}
     with Image.open(out / "astronaut.style.png") as im, Image.open(photo) as src:
         result = np.asarray(im, np.float32) / 255
         before = np.asarray(src.convert("RGB").resize(im.size, Image.BICUBIC), np.float32) / 255

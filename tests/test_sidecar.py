@@ -25,7 +25,8 @@ def test_nearest_wins_and_bad_keys_name_file_and_key(tmp_path):
     p = sidecar.apply(TransferParams(), found, {"caffe"})
     assert (p.style_weight, p.tv_weight) == (50, 1)
     (tmp_path / "a" / "p.jpg.nstd.yaml").write_text("style_wieght: 50\n")
-    with pytest.raises(ConfigError, match=r"^a/p.jpg.nstd.yaml.style_wieght: unknown key"):
+    with pytest.raises(ConfigError,
+                       match=r"^a/p.jpg.nstd.yaml.style_wieght: unknown key \(did you mean style_weight\?\)$"):
         sidecar.apply(TransferParams(), sidecar.overrides_for(tmp_path, "a/p.jpg"), {"caffe"})
 
 

@@ -101,11 +101,13 @@ def test_a_job_with_regions_never_joins_and_a_regions_batch_never_asks(tiny_mode
     from nstd.engine.types import Region
 
     masked = job(1, regions=(Region(torch.ones(32, 40), (STYLE,), "all"),))
-    with pytest.raises(ValueError, match="regions cannot take a place"):
-        run(tiny_model, Collect(queue=[replace(masked, id=1)]), [job(0)], BatchSettings(iterations=2))
-    session = Asked([job(2)])
-    run(tiny_model, session, [masked], BatchSettings(iterations=2))
-    assert session.asked == []
+    weighed = replace(job(1), content_map=torch.full((32, 40), 2.0))  # a content map alone, as well
+    for guided in (masked, weighed):
+        with pytest.raises(ValueError, match="regions or a content map cannot take a place"):
+            run(tiny_model, Collect(queue=[replace(guided, id=1)]), [job(0)], BatchSettings(iterations=2))
+        session = Asked([job(2)])
+        run(tiny_model, session, [guided], BatchSettings(iterations=2))
+        assert session.asked == []
 
 
 def test_engine_reruns_unfinished_newcomers_after_out_of_memory(tiny_model):

@@ -87,8 +87,15 @@ def _colours(keys: dict, styles: list[str], map_rel: str) -> tuple[tuple[str, st
     out = []
     for colour, target in mapping.items():
         rgb = masks.parse_colour(colour, f"{side}.regions")
-        if not isinstance(target, str) or (target != masks.KEEP and target not in styles):
+        if not isinstance(target, str):
             raise ConfigError(f"{side}.regions.{colour}: {shown(target)} is not a configured style or keep "
+                              f"(styles: {', '.join(styles)})")
+        try:
+            name, _ = masks.split_target(target)
+        except ValueError as e:
+            raise ConfigError(f"{side}.regions.{colour}: {e}") from None
+        if name != masks.KEEP and name not in styles:
+            raise ConfigError(f"{side}.regions.{colour}: {shown(name)} is not a configured style or keep "
                               f"(styles: {', '.join(styles)})")
         out.append(("#%02x%02x%02x" % rgb, str(target)))
     return tuple(out)

@@ -38,6 +38,8 @@ def check_job(j: TransferJob, shape: tuple[int, ...]) -> None:
         raise ValueError("a job with regions needs at least one region with a style")
     if any(r.mask.dim() != 2 for r in j.regions):
         raise ValueError("a region's mask must be (height, width)")
+    if j.content_map is not None and j.content_map.dim() != 2:
+        raise ValueError("a content map must be (height, width)")
     if j.init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, not {j.init!r}")
     if j.init_image is not None and j.init_image.shape != j.content.shape:

@@ -22,8 +22,15 @@ def fit(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A (h, w) mask at exactly `size`, its edges averaged rather than aliased."""
     if tuple(mask.shape) == tuple(size):
         return mask.float()
-    out = F.interpolate(mask.float()[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)
-    return out[0, 0].clamp(0, 1)
+    return resample(mask, size).clamp(0, 1)
+
+
+def resample(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A (h, w) map of any values at exactly `size`, averaged rather than aliased."""
+    if tuple(plane.shape) == tuple(size):
+        return plane.float()
+    return F.interpolate(plane.float()[None, None], size=size, mode="bilinear", antialias=True,
+                         align_corners=False)[0, 0]
 
 
 def pixel_guides(jobs: list[TransferJob], size: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -35,6 +42,18 @@ def pixel_guides(jobs: list[TransferJob], size: tuple[int, int], device: torch.d
             out[i, 0] = 1.0
         for k, region in enumerate(job.styled_regions):
             out[i, k] = fit(region.mask.to(device), size)
+    return out
+
+
+def content_maps(jobs: list[TransferJob], size: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+    """(N, 1, H, W): each job's content weight per pixel (1 where it has no map); None
+    where no job of the batch has one."""
+    if all(j.content_map is None for j in jobs):
+        return None
+    out = torch.ones(len(jobs), 1, *size, device=device)
+    for i, job in enumerate(jobs):
+        if job.content_map is not None:
+            out[i, 0] = resample(job.content_map.to(device), size).clamp_min(0)
     return out
 
 

@@ -75,10 +75,13 @@ def bf16_products(device: torch.device) -> bool:
         return False
 
 
-def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared feature difference per image."""
-    diff = features.float() - target.float()
-    return diff.pow(2).flatten(1).mean(1)
+def content_loss(features: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared feature difference per image; `weights` (N, 1, H, W), each position's
+    share (1: as unweighted)."""
+    diff = (features.float() - target.float()).pow(2)
+    if weights is not None:
+        diff = diff * weights
+    return diff.flatten(1).mean(1)
 
 
 def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:

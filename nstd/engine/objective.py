@@ -21,24 +21,30 @@ def mean_square(t: torch.Tensor) -> torch.Tensor:
 
 
 class ContentLoss(nn.Module):
-    """Normalised feature distance to the photo at one layer."""
+    """Normalised feature distance to the photo at one layer, weighted per position where
+    `weights` (N, 1, H, W) at the image's size is given."""
 
-    def __init__(self, layer: str, target: torch.Tensor):
+    def __init__(self, layer: str, target: torch.Tensor, weights: torch.Tensor | None = None):
         super().__init__()
         self.layer = layer
         self.register_buffer("target", target)
         self.register_buffer("norm", mean_square(target))
+        # Pooled once to the layer's size, as the guides are: a cell weighs as its pixels do.
+        self.register_buffer("weights", None if weights is None else at_layer(weights, tuple(target.shape[-2:])))
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return content_loss(feats[self.layer], self.target) / self.norm
+        return content_loss(feats[self.layer], self.target, self.weights) / self.norm
 
     def load(self, k: int, other: "ContentLoss") -> None:
+        if self.weights is not None or other.weights is not None:
+            raise ValueError("only jobs without a content map take a slot in a running batch")
         self.target[k] = other.target[0]
         self.norm[k] = other.norm[0]
 
     def select(self, rows: torch.Tensor) -> "ContentLoss":
         out = ContentLoss(self.layer, self.target[rows])
         out.norm = self.norm[rows]
+        out.weights = None if self.weights is None else self.weights[rows]
         return out
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from nstd.engine import color, transfer
-from nstd.engine.guides import blend_keep, fit
+from nstd.engine.guides import blend_keep, fit, resample
 from nstd.engine.resize import POOLED
 from nstd.engine.session import Collect, Drop, Outcome, Verdict
 from nstd.engine.types import TransferJob, TransferResult
@@ -106,6 +106,7 @@ class Round:
         h, w = job.content.shape[-2:]
         self.corners = tiling.corners(h, w, round_)
         self.masks = [fit(r.mask, (h, w)) for r in job.regions]
+        self.content_map = None if job.content_map is None else resample(job.content_map, (h, w))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,8 +119,9 @@ class Round:
         out = []
         for k, (y, x) in enumerate(self.corners):
             regions = tuple(replace(r, mask=m[y:y + th, x:x + tw]) for r, m in zip(self.job.regions, self.masks))
+            cmap = None if self.content_map is None else self.content_map[y:y + th, x:x + tw]
             out.append(replace(self.job, content=self.job.content[:, y:y + th, x:x + tw],
-                               init_image=self.image[:, y:y + th, x:x + tw], regions=regions,
+                               init_image=self.image[:, y:y + th, x:x + tw], regions=regions, content_map=cmap,
                                preserve_color="none", style_side=long_side, id=k))
         return out
 

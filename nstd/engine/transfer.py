@@ -18,7 +18,7 @@ from nstd.engine.loop import Ended, histories, optimise
 from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
 from nstd.engine.memory import Footprint, batch_bytes, regions_of
 from nstd.engine.resize import crop, pad, pool_padding
-from nstd.engine.guides import blend_keep, fit, pixel_guides
+from nstd.engine.guides import blend_keep, content_maps, fit, pixel_guides, resample
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
 from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
@@ -69,7 +69,8 @@ def _padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
     size = tuple(job.content.shape[-2:])
     regions = tuple(replace(g, mask=pad(fit(g.mask, size), margin)) for g in job.regions)
     init = None if job.init_image is None else pad(job.init_image, margin)
-    return replace(job, content=pad(job.content, margin), init_image=init, regions=regions)
+    cmap = None if job.content_map is None else pad(resample(job.content_map, size), margin)
+    return replace(job, content=pad(job.content, margin), init_image=init, regions=regions, content_map=cmap)
 
 
 def _run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings: BatchSettings,
@@ -140,7 +141,7 @@ class _Occupants:
         self.session, self.batch, self.fitting = session, batch, fitting
         self.held = jobs  # slot k holds held[k]
         self.shape = tuple(jobs[0].content.shape)
-        self.refillable = not any(j.regions for j in jobs)
+        self.refillable = not any(j.guided for j in jobs)
         self.leaving: list[int] = []  # slots whose jobs were dropped
 
     def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
@@ -162,8 +163,8 @@ class _Occupants:
         new = self.session.take(len(free)) if self.refillable else []
         for k, job in zip(free, new):
             check_job(job, self.shape)
-            if job.regions:
-                raise ValueError("a job with regions cannot take a place in a running batch")
+            if job.guided:
+                raise ValueError("a job with regions or a content map cannot take a place in a running batch")
             self.fitting.enter(self.batch, k, job)
             self.held[k] = job
         return free[:len(new)]
@@ -350,7 +351,8 @@ def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: 
         style = GuidedStyleLoss(region_targets(jobs, s_targets, guides.shape[1]), guides, layer_w)
     else:
         style = StyleLoss(s_targets)
-    return Objective([ContentLoss(n, t) for n, t in c_targets.items()], style, layer_w, weights)
+    cmaps = content_maps(jobs, tuple(content.shape[-2:]), r.device)
+    return Objective([ContentLoss(n, t, cmaps) for n, t in c_targets.items()], style, layer_w, weights)
 
 
 def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:

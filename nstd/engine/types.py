@@ -113,10 +113,20 @@ class TransferJob:
     # The long side the style's scale follows: the whole photo's for one of its tiles;
     # None: this job's own.
     style_side: int | None = None
+    # (h, w) >= 0 at any size of the content's aspect: the content loss's weight at each
+    # pixel, times content_weight; raised where the photo's features must survive (a
+    # protected face's eyes and mouth). None: 1 everywhere.
+    content_map: torch.Tensor | None = None
 
     @property
     def styled_regions(self) -> tuple[Region, ...]:
         return tuple(r for r in self.regions if not r.keep)
+
+    @property
+    def guided(self) -> bool:
+        """Whether the job's losses vary over its pixels: such a job has a batch's slot from
+        the start, never a freed one (its terms differ in shape from its neighbours')."""
+        return bool(self.regions) or self.content_map is not None
 
 
 @dataclass(frozen=True)
