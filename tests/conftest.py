@@ -32,21 +32,17 @@ def tiny_model(vgg_sd):
 
 
 @pytest.fixture
-def service(tmp_path):
+def service(tmp_path, session_models):
     """A prepared daemon in-process, on a random-weight model, with a worker not started:
-    tests drive it step by step."""
+    tests drive it step by step. The models folder is the session's (nothing writes to it
+    once made); each test has its own folders and journal."""
     from nstd import config
-    from nstd.cli import main
     from nstd.daemon.service import Service
     from nstd.daemon.worker import Worker
 
     from harness.daemon import write_config
 
-    models = tmp_path / "models"
-    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
-    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(models)]) == 0
-    cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"}},
+    cfg = config.load(write_config(tmp_path, session_models, styles={"ink": {"image": "style.png"}},
                                    worker={"max_attempts": 2, "retry_backoff": 0, "max_batch": 4,
                                            "batch_window": 0}))
     svc = Service(cfg)

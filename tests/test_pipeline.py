@@ -23,7 +23,7 @@ def test_stylize_and_the_daemon_give_bit_identical_pixels(service, tmp_path):
     # The daemon's settings (daemon_harness.write_config), named on the command line.
     assert main(["stylize", str(photo), "--style", str(tmp_path / "style.png"), "-o", str(out),
                  "--size", "32", "--iterations", "4", "--model", "random",
-                 "--models-dir", str(tmp_path / "models")]) == 0
+                 "--models-dir", str(service.cfg.models_dir)]) == 0
     one_shot = out / "a.style.jpg"
 
     with Image.open(daemon_image) as d, Image.open(one_shot) as o:
