@@ -59,16 +59,10 @@ def settle(service):
 
 
 @pytest.fixture
-def models(tmp_path, vgg_sd):
-    """A models folder holding the random-weight VGG19 as "random"."""
-    from nstd.cli import main
-
-    pth = tmp_path / "random.pth"
-    torch.save(vgg_sd, pth)
-    d = tmp_path / "models"
-    assert main(["weights", "import", str(pth), "--name", "random", "--preprocessing", "torchvision",
-                 "--models-dir", str(d)]) == 0
-    return d
+def models(session_models):
+    """A models folder holding the random-weight VGG19 as "random": the session's, made
+    once (the same weights as vgg_sd; nothing writes to a models folder once made)."""
+    return session_models
 
 
 @pytest.fixture(scope="session")
