@@ -96,13 +96,13 @@ def journal_target(request, tmp_path):
 
 
 @pytest.fixture
-def hosts(tmp_path, pg_server):
+def hosts(tmp_path, pg_server, session_models):
     """Two prepared daemons on one PostgreSQL journal (test_hosts.make_hosts). Without
     refills, driven one after the other: the schedulers alone decide which host takes
     what (with them, the first host's batch would take every queued photo)."""
     from test_hosts import make_hosts
 
-    services = make_hosts(tmp_path, pg_server.new_database(), refill=False)
+    services = make_hosts(tmp_path, pg_server.new_database(), refill=False, models=session_models)
     yield services
     for svc in services:
         svc.close()

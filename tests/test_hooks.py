@@ -6,25 +6,18 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
 from structlog.testing import capture_logs
 
 from nstd import config
-from nstd.cli import main
 from nstd.daemon.hooks import Hooks, HookConfig, Notice
 from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
 from nstd.errors import ConfigError
 
 from harness.daemon import files, run_once, take, wait_for, write_config
-from harness.synthetic import random_vgg_state_dict
 
 
-def make_service(tmp_path, on_done: dict) -> Service:
-    models = tmp_path / "models"
-    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
-    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(models)]) == 0
+def make_service(tmp_path, models, on_done: dict) -> Service:
     cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"}}, on_done=on_done,
                                    worker={"max_batch": 4, "batch_window": 0, "retry_backoff": 0}))
     svc = Service(cfg)
@@ -40,12 +33,12 @@ def script(tmp_path, name: str, body: str):
     return path
 
 
-def test_the_command_hears_each_input_in_its_environment(tmp_path):
+def test_the_command_hears_each_input_in_its_environment(tmp_path, session_models):
     seen = tmp_path / "seen"
     seen.mkdir()
     hook = script(tmp_path, "hook.sh", 'env | grep ^NSTD_ | sort > "$0.d/$(basename "$NSTD_INPUT")"\n'.replace(
         "$0.d", str(seen)))
-    svc = make_service(tmp_path, {"command": str(hook)})
+    svc = make_service(tmp_path, session_models, {"command": str(hook)})
     try:
         take(svc, "a.jpg")
         (svc.cfg.inbox / "bad.jpg").write_bytes(b"not an image")
@@ -65,14 +58,14 @@ def test_the_command_hears_each_input_in_its_environment(tmp_path):
     assert bad["NSTD_INPUT_PATH"] == str(svc.cfg.failed / "bad.jpg")
 
 
-def test_a_hook_that_hangs_fails_or_floods_never_holds_or_fails_the_work(tmp_path):
+def test_a_hook_that_hangs_fails_or_floods_never_holds_or_fails_the_work(tmp_path, session_models):
     release = tmp_path / "release"
     ran = tmp_path / "ran"
     # It waits for the test to let it go, then floods its output and fails.
     hook = script(tmp_path, "hook.sh", f'echo "$NSTD_INPUT" >> {ran}\n'
                                        f'while [ ! -e {release} ]; do sleep 0.05; done\n'
                                        'head -c 20000000 /dev/zero\necho the last words\nexit 3\n')
-    svc = make_service(tmp_path, {"command": str(hook), "timeout": 120})
+    svc = make_service(tmp_path, session_models, {"command": str(hook), "timeout": 120})
     try:
         with capture_logs() as logs:
             take(svc, "a.jpg")

@@ -20,13 +20,15 @@ from harness.daemon import files, photo_bytes, write_config
 from harness.synthetic import random_vgg_state_dict
 
 
-def make_hosts(tmp_path, url: str, names=("a", "b"), refill: bool = True) -> list[Service]:
+def make_hosts(tmp_path, url: str, names=("a", "b"), refill: bool = True, models=None) -> list[Service]:
     """Prepared daemons, one per name, each with its own state folder, sharing the folders,
-    the spool and the database at `url`; their workers are driven by the test."""
-    models = tmp_path / "models"
-    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
-    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(models)]) == 0
+    the spool and the database at `url`; their workers are driven by the test. `models`:
+    a models folder holding "random" (the session's), or one is made here."""
+    if models is None:
+        models = tmp_path / "models"
+        torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
+        assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
+                     "torchvision", "--models-dir", str(models)]) == 0
     share = tmp_path / "share"
     share.mkdir()
     (share / "spool").mkdir()
