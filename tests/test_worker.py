@@ -14,10 +14,8 @@ from nstd.daemon import outbox, outcomes as outcomes_mod, worker as worker_mod
 from nstd.engine import runner
 from nstd.daemon.service import Service
 from nstd.daemon.worker import Worker
-from nstd.cli import main
 
 from harness.daemon import photo_bytes, run_once, take, write_config
-from harness.synthetic import random_vgg_state_dict
 
 
 def states(svc):
@@ -205,11 +203,8 @@ def test_outputs_carry_the_photos_exif_and_say_what_made_them(service):
     assert tags[0x0131].startswith("nstd ") and "ink" in tags[0x010E]
 
 
-def test_a_blend_folder_gets_a_blended_output(tmp_path):
-    models = tmp_path / "models"
-    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
-    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(models)]) == 0
+def test_a_blend_folder_gets_a_blended_output(tmp_path, session_models):
+    models = session_models
     (tmp_path / "other.png").write_bytes(photo_bytes(48, 48, 77, "PNG"))
     cfg = config.load(write_config(tmp_path, models, styles={"ink": {"image": "style.png"},
                                                              "wash": {"image": "other.png"}},
@@ -231,11 +226,9 @@ def test_a_blend_folder_gets_a_blended_output(tmp_path):
         svc.close()
 
 
-def test_each_photo_is_decoded_once_for_all_its_styles_and_photos_side_by_side(tmp_path, monkeypatch):
-    models = tmp_path / "models"
-    torch.save(random_vgg_state_dict(), tmp_path / "r.pth")
-    assert main(["weights", "import", str(tmp_path / "r.pth"), "--name", "random", "--preprocessing",
-                 "torchvision", "--models-dir", str(models)]) == 0
+def test_each_photo_is_decoded_once_for_all_its_styles_and_photos_side_by_side(tmp_path, monkeypatch,
+                                                                              session_models):
+    models = session_models
     cfg = config.load(write_config(tmp_path, models, worker={"max_batch": 4, "batch_window": 0}))  # ink, wash
     svc = Service(cfg)
     svc.prepare()
