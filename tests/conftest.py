@@ -106,3 +106,23 @@ def hosts(tmp_path, pg_server, session_models):
     yield services
     for svc in services:
         svc.close()
+
+
+@pytest.fixture(scope="session")
+def caffe_models():
+    """The models folder holding the real Caffe VGG19, fetched as `make run` fetches it,
+    for the tests where the real network is the point; in CI its absence is a failure."""
+    from nstd import weights
+    from nstd.errors import WeightsError
+
+    models = weights.default_models_dir()
+    try:
+        weights.verify(models, "caffe")
+    except WeightsError:
+        try:
+            weights.fetch(models)
+        except WeightsError as e:
+            if os.environ.get("CI"):
+                pytest.fail(f"real weights are required in CI: {e}")
+            pytest.skip(f"real weights not available here: {e}")
+    return models

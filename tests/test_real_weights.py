@@ -1,7 +1,7 @@
-"""The one test on the real Caffe VGG19: it fetches the weights as `make run` does."""
+"""The real Caffe VGG19 stylizes (its weights fetched as `make run` fetches them, by the
+`caffe_models` fixture, which tests/test_portraits.py shares)."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -11,7 +11,6 @@ from nstd.engine.resize import resize_long_side
 from nstd.engine.transfer import run_batch
 from nstd.engine.types import StyleImage
 from nstd.engine.vgg import VGGFeatures
-from nstd.errors import WeightsError
 from nstd.params import TransferParams
 
 pytestmark = pytest.mark.slow
@@ -41,16 +40,8 @@ def swirls(h: int, w: int) -> torch.Tensor:
     return torch.stack([0.5 + 0.4 * t, 0.4 + 0.3 * torch.sin(9 * x), 0.6 - 0.3 * t]).clamp(0, 1)
 
 
-def test_real_vgg19_stylizes_a_128px_image():
-    models = weights.default_models_dir()
-    try:
-        sd, info = weights.load(models, "caffe") if _intact(models) else (None, weights.fetch(models))
-    except WeightsError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"real weights are required in CI: {e}")
-        pytest.skip(f"real weights not available here: {e}")
-    if sd is None:
-        sd, info = weights.load(models, "caffe")
+def test_real_vgg19_stylizes_a_128px_image(caffe_models):
+    sd, info = weights.load(caffe_models, "caffe")
     assert info.source_sha256 == weights.CAFFE_H5_SHA256
 
     # From noise, at 128 px and 50 iterations, a lighter style weight lets both losses show.
@@ -66,11 +57,3 @@ def test_real_vgg19_stylizes_a_128px_image():
     # The picture has moved from the noise it started from towards the scene.
     start = torch.rand(content.shape, generator=torch.Generator().manual_seed(params.seed))
     assert (result.image - content).abs().mean() < 0.75 * (start - content).abs().mean()
-
-
-def _intact(models) -> bool:
-    try:
-        weights.verify(models, "caffe")
-        return True
-    except WeightsError:
-        return False
