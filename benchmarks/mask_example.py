@@ -2,10 +2,10 @@
 then a region map with the river in The Shipwreck as well. Masks are made from the photo
 (the sky by its colour), the outputs by `nstd stylize`, and both laid side by side.
 
-    python benchmarks/mask_example.py --images ../shared/images --out /tmp/masks [--faces PORTRAIT]
+    python benchmarks/mask_example.py --images ../shared/images --out /tmp/masks
 
-Its pictures: 384 px, 300 iterations, on the CPU; the portrait is scikit-image's
-`astronaut.png` (NASA, public domain).
+Its pictures: 384 px, 300 iterations, on the CPU. Portraits with `protect: faces` are
+benchmarks/portraits.py's.
 """
 
 from __future__ import annotations
@@ -62,19 +62,6 @@ def sheet(cells: list[tuple[Path, str]], dst: Path, width: int = 300) -> None:
     out.save(dst, quality=90)
 
 
-def faces_example(photo: Path, style: Path, out: Path, docs: Path, common: list[str]) -> None:
-    """The photo, the faces nstd keeps (as the mask it makes of them) and the result."""
-    from nstd import faces, images
-
-    pixels = images.decode(photo).pixels
-    kept = faces.mask(faces.FaceFinder().detect(pixels), tuple(pixels.shape[-2:]))
-    picture = out / f"{photo.stem}.faces.png"
-    images.to_pil(kept.expand(3, -1, -1)).save(picture)
-    stylize([str(photo), "--style", str(style), "--protect", "faces", *common])
-    sheet([(photo, "photo"), (picture, "faces found (white: kept)"),
-           (out / "out" / f"{photo.stem}.{style.stem}.jpg", "result: protect: faces")], docs / "faces.jpg")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=Path("../shared/images"))
@@ -82,7 +69,6 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--docs", type=Path, default=Path("docs/masks"))
-    ap.add_argument("--faces", type=Path, help="also a photo with people, stylized with protect: faces")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     photo = args.out / "tubingen.jpg"
@@ -101,8 +87,6 @@ def main() -> int:
     sheet([(regions, "tubingen.jpg.regions.png"),
            (args.out / "out" / "tubingen.regions.jpg", "result: red Starry Night, blue Shipwreck, black kept")],
           args.docs / "regions.jpg")
-    if args.faces:
-        faces_example(args.faces, starry, args.out, args.docs, common)
     print(f"wrote the pictures in {args.docs}")
     return 0
 
