@@ -113,6 +113,8 @@ def child(spec: dict) -> None:
         torch.set_num_threads(spec["threads"])
     if spec["overlap"] is not None:
         tiles.OVERLAP = spec["overlap"]
+    if spec.get("blend_power") is not None:
+        tiles.BLEND_POWER = spec["blend_power"]
     if spec["rounds"] is not None:
         tiles.plan = partial(tiles.plan, rounds=spec["rounds"])  # its default is bound at definition
     model = model_for(spec["model"], device)
@@ -283,6 +285,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, help=f"grid positions per tiled scale (default tiles.ROUNDS, {tiles.ROUNDS})")
     ap.add_argument("--overlap", type=float,
                     help=f"share of a tile's side overlapping each neighbour (default tiles.OVERLAP, {tiles.OVERLAP})")
+    ap.add_argument("--blend-power", type=float,
+                    help=f"the stitching weights' power (default tiles.BLEND_POWER, {tiles.BLEND_POWER})")
     ap.add_argument("--model", default="auto", help="stored weights' name, 'random', or 'auto': caffe where installed")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--checkpoint", action="store_true", help="recompute VGG's blocks (both runs)")
@@ -309,6 +313,7 @@ def main() -> None:
         "pair": pair, "model": model.model_id, "iterations": args.iterations, "lbfgs_history": args.history,
         "precision": resolve(switches, device).precision, "checkpoint": args.checkpoint, "limit_bytes": limit,
         "rounds": args.rounds or tiles.ROUNDS, "overlap": args.overlap if args.overlap is not None else tiles.OVERLAP,
+        "blend_power": args.blend_power if args.blend_power is not None else tiles.BLEND_POWER,
         "style_weight": TransferParams().style_weight, "tv_weight": TransferParams().tv_weight, "sizes": []}
     print(f"{out['device']}, {pair}, model {model.model_id}, {args.iterations} iterations, "
           f"cap {limit / 2**20:.0f} MiB", flush=True)
@@ -321,6 +326,7 @@ def main() -> None:
                         "content": args.content, "style": args.style, "size": size, "iterations": args.iterations,
                         "history": args.history, "precision": args.precision, "checkpoint": args.checkpoint,
                         "limit": cap, "threads": args.threads, "rounds": args.rounds, "overlap": args.overlap,
+                        "blend_power": args.blend_power,
                         "image_out": f"{tmp}/{name}-{size}.pt", "result_out": f"{tmp}/{name}-{size}.json"}
                 Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
                 subprocess.run([sys.executable, "-m", "benchmarks.tiles", "--child", f"{tmp}/spec.json"], cwd=ROOT,

@@ -30,6 +30,10 @@ from nstd.engine.types import TransferJob, TransferResult
 
 ROUNDS = 3  # grid positions per tiled scale
 OVERLAP = 0.25  # of a tile's side, shared with each neighbour
+# Each tile's stitching weight is its distance from its own edge (over the overlap) to this
+# power: above 1, the seam narrows to the middle of each overlap, where both tiles are
+# farthest from their borders, rather than averaging two textures across all of it.
+BLEND_POWER = 1.0
 LEAST_SIDE = 4 * POOLED  # a tile smaller than this sees too little of the painting's texture
 
 
@@ -89,13 +93,13 @@ def _largest(fits: Fits) -> int:
     return low
 
 
-def feather(h: int, w: int, overlap: int) -> torch.Tensor:
+def feather(h: int, w: int, overlap: int, power: float | None = None) -> torch.Tensor:
     """(h, w) weights rising from the edges over the overlap: neighbours cross-fade."""
     def ramp(n: int) -> torch.Tensor:
         i = torch.arange(n, dtype=torch.float32) + 0.5
         return torch.clamp(torch.minimum(i, n - i) / max(overlap, 1), max=1.0)
 
-    return ramp(h)[:, None] * ramp(w)[None, :]
+    return (ramp(h)[:, None] * ramp(w)[None, :]) ** (BLEND_POWER if power is None else power)
 
 
 class Round:
