@@ -150,3 +150,27 @@ def test_a_gallery_write_an_outage_cut_short_leaves_nothing_once_the_outbox_is_b
     assert service.worker.littered and litter.exists()
     service.worker._tidy()
     assert not litter.exists() and not service.worker.littered
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_what_a_stop_cut_short_of_its_own_writes_is_cleared_as_it_stops(tmp_path, session_models, isolation):
+    """A probe or a write of the stopping daemon that the stop (or an outage just before
+    it) left half done: cleared on the way out, for the main process and a worker
+    process alike; another process's is left to its owner."""
+    from harness.daemon import Daemon, write_config
+    from nstd.fsutil import host_tag
+
+    d = Daemon(write_config(tmp_path, session_models, worker={"isolation": isolation})).start()
+    try:
+        children = [int(p) for p in os.popen(f"pgrep -P {d.proc.pid}").read().split()]
+        workers = [p for p in children  # not multiprocessing's resource tracker
+                   if b"resource_tracker" not in open(f"/proc/{p}/cmdline", "rb").read()]
+        assert len(workers) == (1 if isolation == "process" else 0)
+        pids = [d.proc.pid] + workers
+        left = [tmp_path / "outbox" / f".nstd-probe.@{host_tag()}@{pid}.7.tmp" for pid in pids]
+        other = tmp_path / "outbox" / f".nstd-probe.@{host_tag()}@{os.getpid()}.7.tmp"
+        for path in left + [other]:
+            path.write_bytes(b"")
+    finally:
+        assert d.stop() == 0
+    assert [p.exists() for p in left] == [False] * len(left) and other.exists()

@@ -20,6 +20,7 @@ from nstd.daemon.folders import Folders
 from nstd.daemon.journal import ANY, Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
+from nstd.fsutil import clear_own_litter
 from nstd.daemon.outage import Outage
 from nstd.daemon.rounds import IntakeLoop, guarded
 from nstd.daemon.runtime import Runtime
@@ -228,6 +229,9 @@ class Service:
         notify("STOPPING=1")
         self.pool.stop(time.time() + self.cfg.worker.stop_timeout)
         self.watcher.stop()
+        # A probe or a write of this process that a share's outage, or the stop itself,
+        # cut short: nothing of it writes any more.
+        clear_own_litter(self.cfg.outbox)
         recovery.give_back_at_stop(self.cfg, self.journal)
         self.close()
         log.info("stopped")

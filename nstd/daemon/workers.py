@@ -20,6 +20,7 @@ from nstd.daemon.runtime import Runtime
 from nstd.daemon.lease import owner_id
 from nstd.daemon.worker import Worker
 from nstd.errors import ConfigError, NstdError
+from nstd.fsutil import clear_own_litter
 from nstd.log import get
 
 log = get("nstd.workers")
@@ -146,6 +147,7 @@ def _child_main(config_path: str, device: str, stop, deadline, generation) -> No
     worker = Worker(cfg, styles, load_weights, torch.device(device), stop,
                     deadline=lambda: deadline.value or None)
     worker.run()  # in this process's main thread
+    clear_own_litter(cfg.outbox)  # what an outage or the stop cut short: this process writes no more
     raise SystemExit(0 if worker.error is None else 1)
 
 
