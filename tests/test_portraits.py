@@ -14,6 +14,7 @@ from nstd.cli import main
 from nstd.guide import CONTENT_GAIN, FEATURE_GAIN, Guide, GuideSpec, Part, content_map, load, protect_faces
 
 from harness.daemon import photo_bytes
+from test_service import drive
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
 
@@ -183,3 +184,23 @@ def test_the_astronauts_face_keeps_its_landmarks_painted_not_pasted(tmp_path, ca
     inner = (slice(round((top + 0.2 * (bottom - top)) * h), round((bottom - 0.2 * (bottom - top)) * h)),
              slice(round((left + 0.2 * (right - left)) * w), round((right - 0.2 * (right - left)) * w)))
     assert np.abs(out[inner] - before[inner]).mean() > 0.01  # painted: not a copy of the photo's face
+
+
+def test_the_daemon_paints_a_protected_face_at_its_sidecars_strength(service, settle):
+    """protect and protect_strength from a photo's sidecar, through intake, the loader's
+    face detection and the batch: the loss log says what was found and at what strength,
+    and the face is painted, not the photo's pixels."""
+    inbox = service.cfg.inbox
+    (inbox / "astronaut.jpg").write_bytes(ASTRONAUT.read_bytes())
+    (inbox / "astronaut.jpg.nstd.yaml").write_text("protect: faces\nprotect_strength: 0.5\nsize: 64\n"
+                                                   "style_weight: 1000\n")
+    service.inputs.step(0.0)
+    drive(service, settle * 2)
+    log = json.loads((service.cfg.outbox / "ink" / "astronaut.json").read_text())
+    assert log["guide"] == {"source": "faces", "faces": 1, "strength": 0.5}
+    assert set(log["history"][-1]["style_by_region"]) == {"ink"}  # one styled part: nothing pasted
+    out = pixels(service.cfg.outbox / "ink" / "astronaut.jpg")
+    with Image.open(ASTRONAUT) as src:
+        before = np.asarray(src.convert("RGB").resize(out.shape[1::-1], Image.BICUBIC), np.float32) / 255
+    face = (slice(14, 20), slice(26, 32))  # inside the face at 64 px
+    assert np.abs(out[face] - before[face]).mean() > 0.025  # strength 0 (the paste) measured 0.009, 0.5 0.045
