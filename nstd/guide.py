@@ -132,14 +132,11 @@ def protect_faces(guide: Guide | None, pixels: torch.Tensor, finder: faces.FaceF
     if guide is None:
         guide = Guide((Part(OWN, torch.ones_like(f), OWN),), {"source": "faces"})
     log = guide.log | {"faces": len(found), "strength": strength}
-    held = 1 - f if strength == 0 else 1 - f * (1 - strength)
+    held = 1 - f * (1 - strength)
     parts = tuple(p if p.style is None else replace(p, mask=fit(p.mask, f.shape) * held) for p in guide.parts)
     if strength == 0:  # the photo's own faces, put back
         return Guide(parts + (Part("faces", f, None),), log)
-    features = faces.features(found, f.shape)
-    if guide.features is not None:
-        features = torch.maximum(features, fit(guide.features, f.shape))
-    return Guide(parts, log, features)
+    return Guide(parts, log, faces.features(found, f.shape))
 
 
 def picture(guide: Guide, size: tuple[int, int]) -> torch.Tensor:
