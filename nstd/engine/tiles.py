@@ -93,13 +93,13 @@ def _largest(fits: Fits) -> int:
     return low
 
 
-def feather(h: int, w: int, overlap: int, power: float | None = None) -> torch.Tensor:
+def feather(h: int, w: int, overlap: int) -> torch.Tensor:
     """(h, w) weights rising from the edges over the overlap: neighbours cross-fade."""
     def ramp(n: int) -> torch.Tensor:
         i = torch.arange(n, dtype=torch.float32) + 0.5
         return torch.clamp(torch.minimum(i, n - i) / max(overlap, 1), max=1.0)
 
-    return (ramp(h)[:, None] * ramp(w)[None, :]) ** (BLEND_POWER if power is None else power)
+    return (ramp(h)[:, None] * ramp(w)[None, :]) ** BLEND_POWER
 
 
 class Round:
