@@ -77,12 +77,8 @@ def luminance(image: torch.Tensor) -> torch.Tensor:
 def polar(face: faces.Face, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each pixel's radius in the face's ellipse (1 where its soft edge ends, as faces.mask
     draws it) and its angle around the ellipse's centre."""
-    h, w = size
-    left, top, right, bottom = face.box
-    rx, ry = (right - left) / 2 * faces.GROW[0], (bottom - top) / 2 * faces.GROW[1]
-    y = ((torch.arange(h) + 0.5)[:, None] / h - (top + bottom) / 2) / ry
-    x = ((torch.arange(w) + 0.5)[None, :] / w - (left + right) / 2) / rx
-    return (x * x + y * y).sqrt(), torch.atan2(y, x).expand(h, w)
+    x, y = faces.around(face, size)
+    return (x * x + y * y).sqrt(), torch.atan2(y, x).expand(*size)
 
 
 EDGE = 1 - faces.SOFT / 2  # the middle of the ellipse's fading band, in its radius

@@ -119,17 +119,23 @@ def _grid(size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
             (torch.arange(w, dtype=torch.float32) + 0.5)[None, :] / w)
 
 
+def around(face: Face, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's offset from the centre of the face's ellipse, across (1, W) and down
+    (H, 1), in units of the ellipse's radii: the ellipse's edge is where x² + y² = 1."""
+    y, x = _grid(size)
+    left, top, right, bottom = face.box
+    rx, ry = (right - left) / 2 * GROW[0], (bottom - top) / 2 * GROW[1]
+    return (x - (left + right) / 2) / max(rx, 1e-6), (y - (top + bottom) / 2) / max(ry, 1e-6)
+
+
 def mask(found: list[Face], size: tuple[int, int]) -> torch.Tensor:
     """(H, W) in [0, 1]: one at the faces, falling smoothly to zero around them."""
     import torch
 
-    y, x = _grid(size)
     out = torch.zeros(size)
-    for left, top, right, bottom in (f.box for f in found):
-        cx, cy = (left + right) / 2, (top + bottom) / 2
-        rx, ry = (right - left) / 2 * GROW[0], (bottom - top) / 2 * GROW[1]
-        r = (((x - cx) / max(rx, 1e-6)) ** 2 + ((y - cy) / max(ry, 1e-6)) ** 2).sqrt()
-        t = ((1 - r) / SOFT).clamp(0, 1)
+    for face in found:
+        x, y = around(face, size)
+        t = ((1 - (x * x + y * y).sqrt()) / SOFT).clamp(0, 1)
         out = torch.maximum(out, t * t * (3 - 2 * t))  # smoothstep: no visible seam
     return out
 

@@ -20,7 +20,6 @@ from nstd.daemon.folders import Folders
 from nstd.daemon.journal import ANY, Journal
 from nstd.daemon.lock import InboxClaim, StateLock
 from nstd.daemon.notify import notify, watchdog_interval
-from nstd.fsutil import clear_own_litter
 from nstd.daemon.outage import Outage
 from nstd.daemon.rounds import IntakeLoop, guarded
 from nstd.daemon.runtime import Runtime
@@ -28,6 +27,7 @@ from nstd.daemon.styles import StyleBook
 from nstd.daemon.workers import WorkerPool, isolation_for
 from nstd.engine.device import describe, resolve_devices
 from nstd.errors import ConfigError, NstdError
+from nstd.fsutil import clear_own_litter
 from nstd.log import get
 from nstd.web import daemon as web
 
