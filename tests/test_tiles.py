@@ -6,12 +6,14 @@ import json
 import pytest
 import torch
 
-from nstd.engine import color, tiles
+from dataclasses import replace
+
+from nstd.engine import color, tilegrams, tiles, transfer
 from nstd.engine.memory import Footprint, MemoryPlanner, batch_bytes
 from nstd.engine.runner import Engine
 from nstd.engine.session import Collect
 from nstd.engine.sizes import Scale
-from nstd.engine.switches import Switches
+from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings, Region, StyleImage, TransferJob
 
 from harness.synthetic import rand_image
@@ -79,6 +81,51 @@ def test_neighbours_cross_fade_over_their_overlap_where_a_pasted_tile_would_step
     steps = (row[1:] - row[:-1]).abs()
     assert row[0] == 0.0 and row[-1] == 1.0 and steps.max() < 0.1
     assert steps.sum() == pytest.approx(1.0)
+
+
+def halves_round(job: TransferJob) -> tiles.Round:
+    """A 128 x 128 image, dark on the left and bright on the right, cut into four 64 px
+    tiles that share no pixel: each owns its own wholly."""
+    image = rand_image(128, 128, seed=3) * 0.3
+    image[:, :, 64:] += 0.6
+    rnd = tiles.Round(replace(job, content=image), image, tiles.Tiling(64, 1, 1, 2), 0)
+    rnd.corners = [(0, 0), (0, 64), (64, 0), (64, 64)]
+    return rnd
+
+
+def test_the_tiles_gram_targets_differ_by_their_own_character_and_average_to_the_paintings(tiny_model):
+    rnd = halves_round(photo_job())
+    r = resolve(SWITCHES, torch.device("cpu"))
+    shares = tilegrams.offsets(tiny_model, rnd.jobs(), rnd.owners(), SETTINGS.style_names, r, 2)
+    assert all(torch.equal(o, torch.ones(64, 64)) for o in rnd.owners())
+    for name in SETTINGS.style_names:
+        # Equal areas, each position counted once: the offsets cancel over the photo, so the
+        # tiles' targets average to the painting's Gram.
+        total = sum(s[name] for s in shares)
+        assert total.abs().max() <= 1e-4 * max(s[name].abs().max() for s in shares)
+        # The dark tiles differ from the bright ones, and alike from alike.
+        left, right, left2 = shares[0][name], shares[1][name], shares[2][name]
+        assert (left - right).abs().max() > 10 * (left - left2).abs().max()
+    # One tile that is the whole photo is the whole: no offset.
+    whole = tiles.Round(rnd.job, rnd.image, tiles.Tiling(128, 16, 1, 1), 0)
+    [alone] = tilegrams.offsets(tiny_model, whole.jobs(), whole.owners(), SETTINGS.style_names, r, 1)
+    assert all(alone[n].abs().max() == 0 for n in SETTINGS.style_names)
+
+
+def test_each_tile_starts_with_the_whole_photos_style_loss_not_its_own(tiny_model):
+    rnd = halves_round(photo_job())
+    r = resolve(SWITCHES, torch.device("cpu"))
+    shares = tilegrams.offsets(tiny_model, rnd.jobs(), rnd.owners(), SETTINGS.style_names, r, 2)
+
+    def first_style(jobs):
+        results = transfer.run_batch(tiny_model, jobs, replace(SETTINGS, iterations=1, log_every=1))
+        return torch.tensor([res.history[0]["style"] for res in results])
+
+    alone, shared = first_style(rnd.jobs()), first_style(rnd.jobs(shares))
+    # Against the painting alone a dark tile and a bright one are far apart; aiming off it by
+    # their difference from the photo, every tile's style loss is the photo's own.
+    assert alone.max() > 1.5 * alone.min()
+    assert shared.max() - shared.min() < 0.02 * shared.mean()
 
 
 def test_a_photo_over_the_limit_tiles_and_ends_at_its_size_with_one_history(tiny_model):

@@ -91,3 +91,24 @@ def region_targets(jobs: list[TransferJob], targets: dict[str, torch.Tensor], co
 def style_sets(jobs: list[TransferJob]) -> list[tuple[StyleImage, ...]]:
     """Each job's styles, or each styled region's, in order: what the targets are made of."""
     return [s for j in jobs for s in ([r.styles for r in j.styled_regions] if j.regions else [j.styles])]
+
+
+def offset_targets(jobs: list[TransferJob], targets: dict[str, torch.Tensor],
+                   count: int | None) -> dict[str, torch.Tensor] | None:
+    """Each job's `gram_offset` laid out as `targets` are: (N, C, C) for the plain style
+    loss (`count` None), (N, count, C, C) for the guided one; zeros for a job without
+    one; None where no job has one."""
+    if all(j.gram_offset is None for j in jobs):
+        return None
+    out = {}
+    for n, target in targets.items():
+        grid = torch.zeros_like(target)
+        for i, job in enumerate(jobs):
+            if job.gram_offset is not None:
+                shift = job.gram_offset[n].to(grid)
+                if count is None:
+                    grid[i] = shift[0]
+                else:
+                    grid[i, :shift.shape[0]] = shift
+        out[n] = grid
+    return out

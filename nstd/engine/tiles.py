@@ -22,10 +22,11 @@ from typing import Callable
 
 import torch
 
-from nstd.engine import color, transfer
+from nstd.engine import color, tilegrams, transfer
 from nstd.engine.guides import blend_keep, fit, resample
 from nstd.engine.resize import POOLED
 from nstd.engine.session import Collect, Drop, Outcome, Verdict
+from nstd.engine.switches import resolve
 from nstd.engine.types import TransferJob, TransferResult
 
 ROUNDS = 3  # grid positions per tiled scale
@@ -103,10 +104,16 @@ def feather(h: int, w: int, overlap: int) -> torch.Tensor:
 
 
 class Round:
-    """One round's tiles of one photo, as jobs for the engine and back into the image."""
+    """One round's tiles of one photo, as jobs for the engine and back into the image.
+
+    The tiles go in groups of which no two overlap, one group after another: each group
+    starts from the image with the groups before it stitched in, so where two tiles
+    overlap the later one carries on from the earlier one's texture rather than painting
+    its own beside it, and the cross-fade joins one texture to itself."""
 
     def __init__(self, job: TransferJob, image: torch.Tensor, tiling: Tiling, round_: int):
-        self.job, self.image, self.tiling = job, image, tiling
+        self.job, self.tiling = job, tiling
+        self.start = self.image = image  # the round's start; the image with the groups done so far
         h, w = job.content.shape[-2:]
         self.corners = tiling.corners(h, w, round_)
         self.masks = [fit(r.mask, (h, w)) for r in job.regions]
@@ -118,7 +125,22 @@ class Round:
         h, w = self.job.content.shape[-2:]
         return min(self.tiling.side, h), min(self.tiling.side, w)
 
-    def jobs(self) -> list[TransferJob]:
+    def groups(self) -> list[list[int]]:
+        """The tiles in groups of which no two overlap, first come first placed."""
+        th, tw = self.shape
+        groups: list[list[int]] = []
+        for k, (y, x) in enumerate(self.corners):
+            for group in groups:
+                if all(abs(y - self.corners[j][0]) >= th or abs(x - self.corners[j][1]) >= tw for j in group):
+                    group.append(k)
+                    break
+            else:
+                groups.append([k])
+        return groups
+
+    def jobs(self, offsets: list[dict[str, torch.Tensor]] | None = None) -> list[TransferJob]:
+        """Every tile as a job starting from the image now; `offsets`, each tile's Gram
+        offset (engine/tilegrams.py)."""
         (th, tw), long_side = self.shape, max(self.job.content.shape[-2:])
         out = []
         for k, (y, x) in enumerate(self.corners):
@@ -126,38 +148,57 @@ class Round:
             cmap = None if self.content_map is None else self.content_map[y:y + th, x:x + tw]
             out.append(replace(self.job, content=self.job.content[:, y:y + th, x:x + tw],
                                init_image=self.image[:, y:y + th, x:x + tw], regions=regions, content_map=cmap,
-                               preserve_color="none", style_side=long_side, id=k))
+                               preserve_color="none", style_side=long_side, id=k,
+                               gram_offset=None if offsets is None else offsets[k]))
         return out
 
-    def stitch(self, results: dict[int, TransferResult]) -> torch.Tensor:
-        """The tiles' results put back, each weighted by its feather; pixels no tile
-        finished (a cancel mid-round) keep the image as it was."""
+    def owners(self) -> list[torch.Tensor]:
+        """Each tile's (h, w) share of the stitched image under it: the shares of a pixel
+        sum to 1."""
         th, tw = self.shape
         weight = feather(th, tw, self.tiling.overlap)
-        total = torch.zeros_like(self.image)
-        weights = torch.zeros(self.image.shape[-2:])
+        weights = torch.zeros(self.start.shape[-2:])
+        for y, x in self.corners:
+            weights[y:y + th, x:x + tw] += weight
+        return [weight / weights[y:y + th, x:x + tw] for y, x in self.corners]
+
+    def stitch(self, results: dict[int, TransferResult]) -> torch.Tensor:
+        """The results so far put back, each weighted by its feather, as the image now;
+        pixels no tile has finished keep the round's start."""
+        th, tw = self.shape
+        weight = feather(th, tw, self.tiling.overlap)
+        total = torch.zeros_like(self.start)
+        weights = torch.zeros(self.start.shape[-2:])
         for k, (y, x) in enumerate(self.corners):
             if k in results:
                 total[:, y:y + th, x:x + tw] += results[k].image * weight
                 weights[y:y + th, x:x + tw] += weight
         covered = weights > 0
-        out = self.image.clone()
+        out = self.start.clone()
         out[:, covered] = total[:, covered] / weights[covered]
+        self.image = out
         return out
 
 
 class TileSession(Collect):
-    """A round's tiles as a session: their results kept, the progress of the photo's
-    scale passed on to the caller's session, counted from `offset`."""
+    """A round's tiles as a session: their results kept, and the photo's progress passed
+    on to the caller's session as the scale's iterations. A round of `its` iterations
+    runs its tiles a part at a time, so a part's iterations count for its share of the
+    round's tiles, after the parts before it (see `part`)."""
 
     def __init__(self, outer, photo_id: int, offset: int):
         super().__init__()
         self.outer, self.photo_id, self.offset = outer, photo_id, offset
+        self.share = 1.0
         self.dropped = False
 
+    def part(self, offset: float, share: float) -> None:
+        """The next part starts at scale iteration `offset` and is `share` of the round."""
+        self.offset, self.share = offset, share
+
     def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
-        answer = self.outer.progress(self.offset + iteration, None if losses is None else
-                                     [r | {"iteration": self.offset + r["iteration"]} for r in losses])
+        at = round(self.offset + iteration * self.share)
+        answer = self.outer.progress(at, None if losses is None else [r | {"iteration": at} for r in losses])
         if isinstance(answer, Drop):
             if self.photo_id not in answer.ids:
                 return Verdict.GO
@@ -231,6 +272,7 @@ def run_scale(model, session, job: TransferJob, settings, cache, switches, free,
     the tiles and marked "tiled"."""
     whole = prepared(job)
     image = start_image(whole)
+    resolved = resolve(switches, model.mean.device)
     per_round = max(1, settings.iterations // tiling.rounds)
     history: list[dict] = []
     runs = []
@@ -239,20 +281,36 @@ def run_scale(model, session, job: TransferJob, settings, cache, switches, free,
         its = per_round if r < tiling.rounds - 1 else max(1, settings.iterations - per_round * r)
         rnd = Round(whole, image, tiling, r)
         tiles_session = TileSession(session, job.id, done)
-        for part in chunks(rnd.jobs(), tiling.per_batch):
-            outcome = transfer.run(model, tiles_session, part, replace(settings, iterations=its), cache, switches,
-                                   free)
-            if tiles_session.dropped:
-                return Tiled(None, dropped=True)
-            if outcome is Outcome.STOPPED:
-                return Tiled(None, stopped=True)
-        image = rnd.stitch(tiles_session.results)
+        ended = _round(model, tiles_session, rnd, replace(settings, iterations=its), cache, switches, free, resolved)
+        if ended is not None:
+            return ended
+        image = rnd.image
         history += round_history(tiles_session.results, done, r)
         runs += [res.runs[-1] for res in tiles_session.results.values()]
         done += its
     result = finished(job, image, history)
     result.runs = [_summary(runs, tuple(job.content.shape[-2:]), done - offset, tiling)]
     return Tiled(result)
+
+
+def _round(model, session: TileSession, rnd: Round, settings, cache, switches, free, resolved) -> Tiled | None:
+    """A round's groups of tiles, each stitched in before the next starts; a Tiled only
+    where the caller's session stopped or dropped the photo."""
+    start, count = session.offset, len(rnd.corners)
+    for group in rnd.groups():
+        # The whole photo's Grams as the groups before this one left it.
+        shares = tilegrams.offsets(model, rnd.jobs(), rnd.owners(), settings.style_names, resolved,
+                                   rnd.tiling.per_batch)
+        jobs = rnd.jobs(shares)
+        for part in chunks([jobs[k] for k in group], rnd.tiling.per_batch):
+            session.part(start + settings.iterations * len(session.results) / count, len(part) / count)
+            outcome = transfer.run(model, session, part, settings, cache, switches, free)
+            if session.dropped:
+                return Tiled(None, dropped=True)
+            if outcome is Outcome.STOPPED:
+                return Tiled(None, stopped=True)
+        rnd.stitch(session.results)
+    return None
 
 
 def _summary(runs, size: tuple[int, int], iterations: int, tiling: Tiling):

@@ -21,7 +21,8 @@ from nstd.engine.resize import crop, pad, pool_padding
 from nstd.engine.guides import blend_keep, content_maps, fit, pixel_guides, resample
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
-from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
+from nstd.engine.targets import (GramCache, content_targets, offset_targets, region_targets, style_sets,
+                                style_targets)
 from nstd.engine.checks import check_batch, check_job
 from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -348,9 +349,10 @@ def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: 
     weights = torch.tensor([[j.content_weight, j.style_weight, j.tv_weight] for j in jobs], device=r.device)
     if any(j.regions for j in jobs):
         guides = pixel_guides(jobs, tuple(content.shape[-2:]), r.device)
-        style = GuidedStyleLoss(region_targets(jobs, s_targets, guides.shape[1]), guides, layer_w)
+        targets = region_targets(jobs, s_targets, guides.shape[1])
+        style = GuidedStyleLoss(targets, guides, layer_w, offset_targets(jobs, targets, guides.shape[1]))
     else:
-        style = StyleLoss(s_targets)
+        style = StyleLoss(s_targets, offset_targets(jobs, s_targets, None))
     cmaps = content_maps(jobs, tuple(content.shape[-2:]), r.device)
     return Objective([ContentLoss(n, t, cmaps) for n, t in c_targets.items()], style, layer_w, weights)
 

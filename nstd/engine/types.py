@@ -117,6 +117,9 @@ class TransferJob:
     # pixel, times content_weight; raised where the photo's features must survive (a
     # protected face's eyes and mouth). None: 1 everywhere.
     content_map: torch.Tensor | None = None
+    # Per style layer, (R, C, C) added to each styled region's Gram target: a tile's
+    # present difference from its whole photo (engine/tilegrams.py). None: the painting's.
+    gram_offset: dict[str, torch.Tensor] | None = None
 
     @property
     def styled_regions(self) -> tuple[Region, ...]:
@@ -126,7 +129,7 @@ class TransferJob:
     def guided(self) -> bool:
         """Whether the job's losses vary over its pixels: such a job has a batch's slot from
         the start, never a freed one (its terms differ in shape from its neighbours')."""
-        return bool(self.regions) or self.content_map is not None
+        return bool(self.regions) or self.content_map is not None or self.gram_offset is not None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,91 @@
+"""A tiled photo's style statistics: the whole image's Grams, and each tile's offset from them.
+
+A tile optimised against the painting's Grams alone must hold every texture of the
+painting by itself: a tile of sky is pushed to grow the village's statistics too, and
+the stitched photo scores worse than its tiles did (docs/performance.md). The whole
+photo's Gram is the mean of its tiles' Grams, each position weighted by the share of it
+its tile owns in the stitch. So each tile aims at the painting's Gram plus its own
+present difference from the whole: the tiles together move the whole to the painting's
+statistics, while each keeps what sets it apart, and at a round's start a tile's style
+gradient is the whole photo's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from nstd.engine.guides import at_layer, fit, pixel_guides
+from nstd.engine.layers import feature_size
+from nstd.engine.resize import pad, pool_padding
+from nstd.engine.switches import Resolved, autocast
+from nstd.engine.types import TransferJob
+from nstd.engine.vgg import VGGFeatures
+
+
+def offsets(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tensor], names: list[str],
+            r: Resolved, per_batch: int) -> list[dict[str, torch.Tensor]]:
+    """Per tile, per style layer, (R, C, C): each styled region's Gram in the tile now
+    (its `init_image`) minus the whole photo's. `owners`: each tile's (h, w) share of the
+    stitched image (the shares of a pixel sum to 1)."""
+    sums = [_sums(model, tiles[i:i + per_batch], owners[i:i + per_batch], names, r)
+            for i in range(0, len(tiles), per_batch)]
+    own = {n: sum(s[n][1].sum(0) for s in sums) for n in names}  # (R, C, C) and (R,) over the photo
+    mass = {n: sum(s[n][3].sum(0) for s in sums) for n in names}
+    whole = {n: own[n] / mass[n].clamp_min(1e-6)[:, None, None] for n in names}
+    out = []
+    for part in sums:
+        for k in range(part[names[0]][0].shape[0]):
+            out.append({n: _offset(part[n][0][k], part[n][2][k], whole[n]) for n in names})
+    return out
+
+
+def _offset(tile: torch.Tensor, area: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """A tile's Grams minus the whole's, per region; none where a region is not in it."""
+    present = (area > 1e-6)[:, None, None]
+    return torch.where(present, tile / area.clamp_min(1e-6)[:, None, None] - whole, torch.zeros_like(whole))
+
+
+@torch.no_grad()
+def _sums(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tensor], names: list[str],
+          r: Resolved) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per layer, for these same-size tiles: the region-weighted sums of the activations'
+    outer products and the weights' sums, within the tile (N, R, C, C), (N, R) and as the
+    stitch owns them, at each tile's pixels as the tile's own objective sees them (mirrored
+    out to the pools' multiple, as the engine pads a job)."""
+    h, w = tiles[0].content.shape[-2:]
+    margin = pool_padding(h, w)
+    x = torch.stack([pad(t.init_image, margin) for t in tiles]).to(r.device, torch.float32)
+    size = tuple(x.shape[-2:])
+    padded = [t if not t.regions else _padded_regions(t, margin) for t in tiles]
+    guides = pixel_guides(padded, size, r.device)  # (N, R, H, W)
+    share = torch.stack([torch.nn.functional.pad(o, margin) for o in owners])[:, None].to(r.device)
+    with autocast(r):
+        feats = model(x, channels_last=r.channels_last)
+    out = {}
+    for n in names:
+        at = feature_size(n, *size)
+        g = at_layer(guides, at)
+        both = torch.cat([g, g * at_layer(share, at)], 1)
+        products = _weighted_products(feats[n], both)
+        count = g.shape[1]
+        areas = both.flatten(2).sum(2)
+        out[n] = (products[:, :count], products[:, count:], areas[:, :count], areas[:, count:])
+    return out
+
+
+def _padded_regions(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
+    """The job's masks cut to its tile and mirrored out with it."""
+    size = tuple(job.content.shape[-2:])
+    return replace(job, regions=tuple(replace(g, mask=pad(fit(g.mask, size), margin)) for g in job.regions))
+
+
+def _weighted_products(features: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) activations, (N, K, H, W) weights -> (N, K, C, C): per weight map, the
+    weighted sum of the activations' outer products, in fp32."""
+    n, c, h, w = features.shape
+    k = guides.shape[1]
+    f = features.float().reshape(n, 1, c, h * w)
+    weighted = (f * guides.reshape(n, k, 1, h * w)).reshape(n, k * c, h * w)
+    return torch.bmm(weighted, f[:, 0].transpose(1, 2)).reshape(n, k, c, c)
