@@ -37,8 +37,8 @@ def run(model, job: TransferJob, limit: int | None):
 
 
 def photo_job(**kw) -> TransferJob:
-    return TransferJob(rand_image(H, W, seed=1), (StyleImage(rand_image(64, 64, seed=2), key="s"),),
-                       style_weight=50.0, **kw)
+    kw.setdefault("content", rand_image(H, W, seed=1))
+    return TransferJob(styles=(StyleImage(rand_image(64, 64, seed=2), key="s"),), style_weight=50.0, **kw)
 
 
 def test_the_plan_tiles_only_what_does_not_fit_and_its_grid_covers_everything_and_moves():
@@ -57,6 +57,14 @@ def test_the_plan_tiles_only_what_does_not_fit_and_its_grid_covers_everything_an
             covered[y:y + 128, x:x + 128] = True
         assert covered.all()
         grids.append(set(corners))
+        # A round's tiles go in groups of which no two overlap, every tile in one of them.
+        groups = tiles.Round(photo_job(content=torch.zeros(3, 300, 500)), torch.zeros(3, 300, 500), plan, r).groups()
+        assert sorted(k for g in groups for k in g) == list(range(len(corners))) and 1 < len(groups) <= 4
+        for g in groups:
+            for i in g:
+                for j in g:
+                    (yi, xi), (yj, xj) = corners[i], corners[j]
+                    assert i == j or abs(yi - yj) >= 128 or abs(xi - xj) >= 128
     assert grids[0] != grids[1] != grids[2]  # no boundary stays in one place
     assert tiles.plan(300, 500, lambda h, w, n: n * h * w <= 32 * 32) is None  # no useful tile fits: run whole
 
@@ -141,6 +149,19 @@ def test_a_photo_over_the_limit_tiles_and_ends_at_its_size_with_one_history(tiny
     # one did (each round restarts L-BFGS, so a short run gets less far; benchmarks/tiles.py
     # measures the losses).
     assert (tiled.image - job.content).abs().mean() > 0.5 * (whole.image - job.content).abs().mean()
+
+
+def test_a_tiled_photos_progress_counts_the_scales_iterations_forward_through_every_tile(tiny_model):
+    job = photo_job()
+    seen = []
+    engine = Engine(MemoryPlanner(torch.device("cpu"), SWITCHES, lambda: None, limit=limit_for(H, W)), SWITCHES)
+    session = Collect(on_progress=lambda it, losses: seen.append(it))
+    engine.run(tiny_model, session, [job], [Scale(W, SETTINGS.iterations, 100)], SETTINGS)
+    assert session.results[job.id].runs[0].tiles["rounds"] == tiles.ROUNDS
+    # Several tiles a round, one at a time, yet the photo's count only goes forward, from
+    # the first tile's iteration to the scale's last.
+    assert seen == sorted(seen) and seen[0] <= 1 and seen[-1] == SETTINGS.iterations
+    assert len(set(seen)) > SETTINGS.iterations // 2
 
 
 def test_colour_preservation_and_a_kept_region_hold_across_tiles(tiny_model):

@@ -81,11 +81,22 @@ def _padded_regions(job: TransferJob, margin: tuple[int, int, int, int]) -> Tran
     return replace(job, regions=tuple(replace(g, mask=pad(fit(g.mask, size), margin)) for g in job.regions))
 
 
+# Positions weighed at once: a print-size tile's first layer has tens of millions, and a
+# weighted fp32 copy of all of them would cost as much as the tile's own optimisation.
+SLICE = 1 << 18
+
+
 def _weighted_products(features: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) activations, (N, K, H, W) weights -> (N, K, C, C): per weight map, the
-    weighted sum of the activations' outer products, in fp32."""
+    weighted sum of the activations' outer products, in fp32, a slice of positions at a
+    time."""
     n, c, h, w = features.shape
     k = guides.shape[1]
-    f = features.float().reshape(n, 1, c, h * w)
-    weighted = (f * guides.reshape(n, k, 1, h * w)).reshape(n, k * c, h * w)
-    return torch.bmm(weighted, f[:, 0].transpose(1, 2)).reshape(n, k, c, c)
+    f = features.reshape(n, c, h * w)
+    g = guides.reshape(n, k, 1, h * w)
+    out = torch.zeros(n, k * c, c, device=features.device, dtype=torch.float32)
+    for lo in range(0, h * w, SLICE):
+        part = f[:, :, lo:lo + SLICE].float()
+        weighted = (part[:, None] * g[..., lo:lo + SLICE]).reshape(n, k * c, -1)
+        out += torch.bmm(weighted, part.transpose(1, 2))
+    return out.reshape(n, k, c, c)

@@ -2,17 +2,20 @@
 
 Each round cuts the image into tiles of one size on a grid that moves from round to
 round, so that no boundary stays in one place (the shifted tiles sketched in
-crowsonkb/style_transfer's issue 10). The tiles of a round are a batch for the ordinary
-engine: each has the photo's content under it and the whole painting's style targets,
-sized to the photo rather than the tile, so every tile aims at the same statistics.
-Their results are put back with weights that fall towards a tile's edges, so
-neighbours cross-fade over their overlap.
+crowsonkb/style_transfer's issue 10). The tiles of a round are jobs for the ordinary
+engine, with the photo's content under them and the painting's style targets sized to
+the photo rather than the tile, each moved by the tile's difference from the whole
+photo (engine/tilegrams.py), so that the tiles together give the whole photo the
+painting's statistics. They go in groups of which no two overlap, each group starting
+from the image the groups before it left, and each result is put back with weights that
+fall towards the tile's edges, so neighbours cross-fade over their overlap.
 
 L-BFGS keeps curvature pairs of one tile's pixels; when the grid moves, a tile holds
-other pixels and those pairs no longer describe it. Each round therefore starts its
-optimisers afresh, from the stitched image, and the scale's iterations are shared
-among the rounds: a few long rounds rather than many short ones, since every start
-spends its first iterations rebuilding curvature (see docs/performance.md).
+other pixels and those pairs no longer describe it, and keeping every tile's pairs
+between rounds would hold memory in proportion to the photo. Each round therefore
+starts its optimisers afresh, from the stitched image, and the scale's iterations are
+shared among the rounds: a few long rounds rather than many short ones, since every
+start spends its first iterations rebuilding curvature (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ from nstd.engine.switches import resolve
 from nstd.engine.types import TransferJob, TransferResult
 
 ROUNDS = 3  # grid positions per tiled scale
-OVERLAP = 0.25  # of a tile's side, shared with each neighbour
+OVERLAP = 0.25  # of a tile's side, shared with each neighbour...
+# ...up to this: what a tile's edge does to VGG's features reaches a fixed distance in
+# pixels, not a share of the tile, and a print-size tile thousands of pixels wide would
+# otherwise spend a third of its pixels on overlaps.
+MOST_OVERLAP = 128
 # Each tile's stitching weight is its distance from its own edge (over the overlap) to this
 # power: above 1, the seam narrows to the middle of each overlap, where both tiles are
 # farthest from their borders, rather than averaging two textures across all of it.
@@ -51,15 +58,16 @@ class Tiling:
         return [(y, x) for y in self._starts(h, round_) for x in self._starts(w, round_)]
 
     def _starts(self, n: int, round_: int) -> list[int]:
-        """Starts along an axis of n pixels: evenly spaced, the first at 0 and the last at
-        the end; the inner ones shift together by up to the room their overlap leaves
-        (down to half of it), a different shift each round. Clamping a shifted grid at
-        both ends instead would add a row and a column of near-duplicate tiles."""
+        """Starts along an axis of n pixels: as few tiles as cover it, evenly spaced, the
+        first at 0 and the last at the end; the inner ones shift together by up to the
+        room their overlap leaves (down to half of it), a different shift each round.
+        Clamping a shifted grid at both ends instead would add a row and a column of
+        near-duplicate tiles. An axis of two tiles has no inner start, and its one
+        boundary stays: a third tile to move it would cost half as much again."""
         side = self.side
         if side >= n:
             return [0]
-        # At least one inner start, so that the boundaries have something to move.
-        count = max(3, -(-(n - side) // (side - self.overlap)) + 1)
+        count = -(-(n - side) // (side - self.overlap)) + 1
         gap = (n - side) / (count - 1)
         room = max(0.0, side - self.overlap / 2 - gap)  # how far an inner start may move
         shift = 0.0 if self.rounds == 1 else room * (2 * round_ / (self.rounds - 1) - 1)
@@ -78,7 +86,7 @@ def plan(h: int, w: int, fits: Fits, rounds: int | None = None) -> Tiling | None
     side = min(_largest(fits), max(h, w))
     if side < LEAST_SIDE:
         return None  # no useful tile fits: run whole, and out of memory says so
-    overlap = max(POOLED, int(side * OVERLAP) // POOLED * POOLED)
+    overlap = max(POOLED, min(MOST_OVERLAP, int(side * OVERLAP)) // POOLED * POOLED)
     tiling = Tiling(side, overlap, rounds or ROUNDS, 1)  # ROUNDS read now: a benchmark may change it
     count = len(tiling.corners(h, w, 0))
     per_batch = max(n for n in range(1, count + 1) if n == 1 or fits(side, side, n))
