@@ -16,6 +16,7 @@ is loaded), beside the planner's estimate for what ran.
     .venv/bin/python -m benchmarks.tiles --out benchmarks/results-tiles-cpu.json \
         --sheet docs/tiles.jpg --corner docs/tiles-corner.png
     .venv/bin/python -m benchmarks.tiles --size 256 --rounds 6 --out benchmarks/results-tiles-rounds6-cpu.json
+    .venv/bin/python -m benchmarks.tiles --reach 512,1024,2048 --iterations 3 --out benchmarks/results-tiles-reach-cpu.json
 """
 
 from __future__ import annotations
@@ -297,10 +298,15 @@ def main() -> None:
     ap.add_argument("--sheet", type=Path, help="untiled and tiled outputs side by side (a .jpg), at the largest size")
     ap.add_argument("--corner", type=Path, help="a 100%% crop at a tile corner of each (a .png)")
     ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--reach", help="instead: only tiled runs at these long sides (comma-separated), with no whole "
+                                    "run and no scoring: the peak as the photo grows under one cap")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child.read_text()))
+        return
+    if args.reach:
+        reach(args)
         return
     device = torch.device(args.device)
     sizes = [int(s) for s in args.size.split(",")]
@@ -378,6 +384,36 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
     print(table(out))
+
+
+def reach(args) -> None:
+    """Tiled runs only, growing photos under one cap: each run's peak, time and tiles."""
+    device = torch.device(args.device)
+    settings = BatchSettings(iterations=args.iterations, lbfgs_history=args.history)
+    switches = switches_for(args)
+    limit = size_in_bytes(args.limit) if args.limit else limit_for_tile(args.tile, settings, switches, device)
+    out = measure.machine(device) | {"pair": f"{args.content} x {args.style}", "iterations": args.iterations,
+                                     "limit_bytes": limit, "precision": resolve(switches, device).precision,
+                                     "runs": []}
+    print(f"{out['device']}, cap {limit / 2**20:.0f} MiB, {args.iterations} iterations, tiled only", flush=True)
+    with tempfile.TemporaryDirectory(prefix="nstd-reach-") as tmp:
+        for size in (int(s) for s in args.reach.split(",")):
+            spec = {"device": args.device, "model": args.model, "images": str(args.images) if args.images else None,
+                    "content": args.content, "style": args.style, "size": size, "iterations": args.iterations,
+                    "history": args.history, "precision": args.precision, "checkpoint": args.checkpoint,
+                    "limit": limit, "threads": args.threads, "rounds": args.rounds, "overlap": args.overlap,
+                    "blend_power": args.blend_power, "image_out": f"{tmp}/out.pt", "result_out": f"{tmp}/out.json"}
+            Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
+            subprocess.run([sys.executable, "-m", "benchmarks.tiles", "--child", f"{tmp}/spec.json"], cwd=ROOT,
+                           check=True)
+            r = json.loads(Path(spec["result_out"]).read_text())
+            r.pop("final_record", None)
+            out["runs"].append(r)
+            peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f} MiB"
+            print(f"| {r['width']}x{r['height']} | {r['width'] * r['height'] / 1e6:.2f} MP | {r['tiles']} | {peak} "
+                  f"| {r['seconds']:.1f} s |", flush=True)
+            if args.out:
+                args.out.write_text(json.dumps(out, indent=1))
 
 
 def table(out: dict) -> str:

@@ -6,9 +6,8 @@ crowsonkb/style_transfer's issue 10). The tiles of a round are jobs for the ordi
 engine, with the photo's content under them and the painting's style targets sized to
 the photo rather than the tile, each moved by the tile's difference from the whole
 photo (engine/tilegrams.py), so that the tiles together give the whole photo the
-painting's statistics. They go in groups of which no two overlap, each group starting
-from the image the groups before it left, and each result is put back with weights that
-fall towards the tile's edges, so neighbours cross-fade over their overlap.
+painting's statistics. Their results are put back with weights that fall towards a
+tile's edges, so neighbours cross-fade over their overlap.
 
 L-BFGS keeps curvature pairs of one tile's pixels; when the grid moves, a tile holds
 other pixels and those pairs no longer describe it, and keeping every tile's pairs
@@ -112,16 +111,10 @@ def feather(h: int, w: int, overlap: int) -> torch.Tensor:
 
 
 class Round:
-    """One round's tiles of one photo, as jobs for the engine and back into the image.
-
-    The tiles go in groups of which no two overlap, one group after another: each group
-    starts from the image with the groups before it stitched in, so where two tiles
-    overlap the later one carries on from the earlier one's texture rather than painting
-    its own beside it, and the cross-fade joins one texture to itself."""
+    """One round's tiles of one photo, as jobs for the engine and back into the image."""
 
     def __init__(self, job: TransferJob, image: torch.Tensor, tiling: Tiling, round_: int):
-        self.job, self.tiling = job, tiling
-        self.start = self.image = image  # the round's start; the image with the groups done so far
+        self.job, self.image, self.tiling = job, image, tiling
         h, w = job.content.shape[-2:]
         self.corners = tiling.corners(h, w, round_)
         self.masks = [fit(r.mask, (h, w)) for r in job.regions]
@@ -133,22 +126,8 @@ class Round:
         h, w = self.job.content.shape[-2:]
         return min(self.tiling.side, h), min(self.tiling.side, w)
 
-    def groups(self) -> list[list[int]]:
-        """The tiles in groups of which no two overlap, first come first placed."""
-        th, tw = self.shape
-        groups: list[list[int]] = []
-        for k, (y, x) in enumerate(self.corners):
-            for group in groups:
-                if all(abs(y - self.corners[j][0]) >= th or abs(x - self.corners[j][1]) >= tw for j in group):
-                    group.append(k)
-                    break
-            else:
-                groups.append([k])
-        return groups
-
     def jobs(self, offsets: list[dict[str, torch.Tensor]] | None = None) -> list[TransferJob]:
-        """Every tile as a job starting from the image now; `offsets`, each tile's Gram
-        offset (engine/tilegrams.py)."""
+        """The round's tiles as jobs; `offsets`, each tile's Gram offset (tilegrams)."""
         (th, tw), long_side = self.shape, max(self.job.content.shape[-2:])
         out = []
         for k, (y, x) in enumerate(self.corners):
@@ -165,26 +144,25 @@ class Round:
         sum to 1."""
         th, tw = self.shape
         weight = feather(th, tw, self.tiling.overlap)
-        weights = torch.zeros(self.start.shape[-2:])
+        weights = torch.zeros(self.image.shape[-2:])
         for y, x in self.corners:
             weights[y:y + th, x:x + tw] += weight
         return [weight / weights[y:y + th, x:x + tw] for y, x in self.corners]
 
     def stitch(self, results: dict[int, TransferResult]) -> torch.Tensor:
-        """The results so far put back, each weighted by its feather, as the image now;
-        pixels no tile has finished keep the round's start."""
+        """The tiles' results put back, each weighted by its feather; pixels no tile
+        finished (a cancel mid-round) keep the image as it was."""
         th, tw = self.shape
         weight = feather(th, tw, self.tiling.overlap)
-        total = torch.zeros_like(self.start)
-        weights = torch.zeros(self.start.shape[-2:])
+        total = torch.zeros_like(self.image)
+        weights = torch.zeros(self.image.shape[-2:])
         for k, (y, x) in enumerate(self.corners):
             if k in results:
                 total[:, y:y + th, x:x + tw] += results[k].image * weight
                 weights[y:y + th, x:x + tw] += weight
         covered = weights > 0
-        out = self.start.clone()
+        out = self.image.clone()
         out[:, covered] = total[:, covered] / weights[covered]
-        self.image = out
         return out
 
 
@@ -289,10 +267,9 @@ def run_scale(model, session, job: TransferJob, settings, cache, switches, free,
         its = per_round if r < tiling.rounds - 1 else max(1, settings.iterations - per_round * r)
         rnd = Round(whole, image, tiling, r)
         tiles_session = TileSession(session, job.id, done)
-        ended = _round(model, tiles_session, rnd, replace(settings, iterations=its), cache, switches, free, resolved)
-        if ended is not None:
-            return ended
-        image = rnd.image
+        image = _round(model, tiles_session, rnd, replace(settings, iterations=its), cache, switches, free, resolved)
+        if isinstance(image, Tiled):
+            return image
         history += round_history(tiles_session.results, done, r)
         runs += [res.runs[-1] for res in tiles_session.results.values()]
         done += its
@@ -301,24 +278,20 @@ def run_scale(model, session, job: TransferJob, settings, cache, switches, free,
     return Tiled(result)
 
 
-def _round(model, session: TileSession, rnd: Round, settings, cache, switches, free, resolved) -> Tiled | None:
-    """A round's groups of tiles, each stitched in before the next starts; a Tiled only
-    where the caller's session stopped or dropped the photo."""
+def _round(model, session: TileSession, rnd: Round, settings, cache, switches, free,
+           resolved) -> torch.Tensor | Tiled:
+    """A round's tiles, as many at once as fit: the stitched image, or a Tiled where the
+    caller's session stopped or dropped the photo."""
     start, count = session.offset, len(rnd.corners)
-    for group in rnd.groups():
-        # The whole photo's Grams as the groups before this one left it.
-        shares = tilegrams.offsets(model, rnd.jobs(), rnd.owners(), settings.style_names, resolved,
-                                   rnd.tiling.per_batch)
-        jobs = rnd.jobs(shares)
-        for part in chunks([jobs[k] for k in group], rnd.tiling.per_batch):
-            session.part(start + settings.iterations * len(session.results) / count, len(part) / count)
-            outcome = transfer.run(model, session, part, settings, cache, switches, free)
-            if session.dropped:
-                return Tiled(None, dropped=True)
-            if outcome is Outcome.STOPPED:
-                return Tiled(None, stopped=True)
-        rnd.stitch(session.results)
-    return None
+    shares = tilegrams.offsets(model, rnd.jobs(), rnd.owners(), settings.style_names, resolved, rnd.tiling.per_batch)
+    for part in chunks(rnd.jobs(shares), rnd.tiling.per_batch):
+        session.part(start + settings.iterations * len(session.results) / count, len(part) / count)
+        outcome = transfer.run(model, session, part, settings, cache, switches, free)
+        if session.dropped:
+            return Tiled(None, dropped=True)
+        if outcome is Outcome.STOPPED:
+            return Tiled(None, stopped=True)
+    return rnd.stitch(session.results)
 
 
 def _summary(runs, size: tuple[int, int], iterations: int, tiling: Tiling):
