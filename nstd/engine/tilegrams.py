@@ -12,7 +12,7 @@ gradient is the whole photo's.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,36 +24,44 @@ from nstd.engine.types import TransferJob
 from nstd.engine.vgg import VGGFeatures
 
 
+@dataclass
+class _Sums:
+    """One layer's weighted sums for a batch of tiles: the activations' outer products
+    and the weights, per styled region, over each tile and as the stitch owns them."""
+
+    tile: torch.Tensor  # (N, R, C, C)
+    tile_weight: torch.Tensor  # (N, R)
+    owned: torch.Tensor  # (N, R, C, C)
+    owned_weight: torch.Tensor  # (N, R)
+
+
 def offsets(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tensor], names: list[str],
             r: Resolved, per_batch: int) -> list[dict[str, torch.Tensor]]:
     """Per tile, per style layer, (R, C, C): each styled region's Gram in the tile now
     (its `init_image`) minus the whole photo's. `owners`: each tile's (h, w) share of the
     stitched image (the shares of a pixel sum to 1)."""
-    sums = [_sums(model, tiles[i:i + per_batch], owners[i:i + per_batch], names, r)
-            for i in range(0, len(tiles), per_batch)]
-    own = {n: sum(s[n][1].sum(0) for s in sums) for n in names}  # (R, C, C) and (R,) over the photo
-    mass = {n: sum(s[n][3].sum(0) for s in sums) for n in names}
-    whole = {n: own[n] / mass[n].clamp_min(1e-6)[:, None, None] for n in names}
-    out = []
-    for part in sums:
-        for k in range(part[names[0]][0].shape[0]):
-            out.append({n: _offset(part[n][0][k], part[n][2][k], whole[n]) for n in names})
-    return out
+    parts = [_sums(model, tiles[i:i + per_batch], owners[i:i + per_batch], names, r)
+             for i in range(0, len(tiles), per_batch)]
+    whole = {}
+    for n in names:
+        products = sum(p[n].owned.sum(0) for p in parts)  # (R, C, C) over the photo
+        weights = sum(p[n].owned_weight.sum(0) for p in parts)  # (R,)
+        whole[n] = products / weights.clamp_min(1e-6)[:, None, None]
+    return [{n: _offset(p[n].tile[k], p[n].tile_weight[k], whole[n]) for n in names}
+            for p in parts for k in range(len(p[names[0]].tile))]
 
 
-def _offset(tile: torch.Tensor, area: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+def _offset(tile: torch.Tensor, weight: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     """A tile's Grams minus the whole's, per region; none where a region is not in it."""
-    present = (area > 1e-6)[:, None, None]
-    return torch.where(present, tile / area.clamp_min(1e-6)[:, None, None] - whole, torch.zeros_like(whole))
+    present = (weight > 1e-6)[:, None, None]
+    return torch.where(present, tile / weight.clamp_min(1e-6)[:, None, None] - whole, torch.zeros_like(whole))
 
 
 @torch.no_grad()
 def _sums(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tensor], names: list[str],
-          r: Resolved) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per layer, for these same-size tiles: the region-weighted sums of the activations'
-    outer products and the weights' sums, within the tile (N, R, C, C), (N, R) and as the
-    stitch owns them, at each tile's pixels as the tile's own objective sees them (mirrored
-    out to the pools' multiple, as the engine pads a job)."""
+          r: Resolved) -> dict[str, _Sums]:
+    """Per layer, the sums of these same-size tiles, at each tile's pixels as its own
+    objective sees them (mirrored out to the pools' multiple, as the engine pads a job)."""
     h, w = tiles[0].content.shape[-2:]
     margin = pool_padding(h, w)
     x = torch.stack([pad(t.init_image, margin) for t in tiles]).to(r.device, torch.float32)
@@ -69,9 +77,9 @@ def _sums(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tenso
         g = at_layer(guides, at)
         both = torch.cat([g, g * at_layer(share, at)], 1)
         products = _weighted_products(feats[n], both)
-        count = g.shape[1]
-        areas = both.flatten(2).sum(2)
-        out[n] = (products[:, :count], products[:, count:], areas[:, :count], areas[:, count:])
+        weights = both.flatten(2).sum(2)
+        k = g.shape[1]
+        out[n] = _Sums(products[:, :k], weights[:, :k], products[:, k:], weights[:, k:])
     return out
 
 

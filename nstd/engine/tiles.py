@@ -31,7 +31,7 @@ from nstd.engine.session import Collect, Drop, Outcome, Verdict
 from nstd.engine.switches import resolve
 from nstd.engine.types import TransferJob, TransferResult
 
-ROUNDS = 3  # grid positions per tiled scale
+ROUNDS = 5  # grid positions per tiled scale
 OVERLAP = 0.25  # of a tile's side, shared with each neighbour...
 # ...up to this: what a tile's edge does to VGG's features reaches a fixed distance in
 # pixels, not a share of the tile, and a print-size tile thousands of pixels wide would
