@@ -12,7 +12,7 @@ gradient is the whole photo's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -24,43 +24,43 @@ from nstd.engine.types import TransferJob
 from nstd.engine.vgg import VGGFeatures
 
 
-@dataclass
-class _Sums:
-    """One layer's weighted sums for a batch of tiles: the activations' outer products
-    and the weights, per styled region, over each tile and as the stitch owns them."""
-
-    tile: torch.Tensor  # (N, R, C, C)
-    tile_weight: torch.Tensor  # (N, R)
-    owned: torch.Tensor  # (N, R, C, C)
-    owned_weight: torch.Tensor  # (N, R)
-
-
-def offsets(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tensor], names: list[str],
-            r: Resolved, per_batch: int) -> list[dict[str, torch.Tensor]]:
-    """Per tile, per style layer, (R, C, C): each styled region's Gram in the tile now
-    (its `init_image`) minus the whole photo's. `owners`: each tile's (h, w) share of the
-    stitched image (the shares of a pixel sum to 1)."""
-    parts = [_sums(model, tiles[i:i + per_batch], owners[i:i + per_batch], names, r)
-             for i in range(0, len(tiles), per_batch)]
-    whole = {}
-    for n in names:
-        products = sum(p[n].owned.sum(0) for p in parts)  # (R, C, C) over the photo
-        weights = sum(p[n].owned_weight.sum(0) for p in parts)  # (R,)
-        whole[n] = products / weights.clamp_min(1e-6)[:, None, None]
-    return [{n: _offset(p[n].tile[k], p[n].tile_weight[k], whole[n]) for n in names}
-            for p in parts for k in range(len(p[names[0]].tile))]
+def whole(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tensor], names: list[str],
+          r: Resolved, per_batch: int) -> dict[str, torch.Tensor]:
+    """Per style layer, (R, C, C): each styled region's Gram over the whole photo now (the
+    tiles' `init_image`), each pixel weighted by its tile's share of it in the stitch
+    (`owners`: each tile's (h, w) share; the shares of a pixel sum to 1). One pass over the
+    tiles, `per_batch` at a time, keeping only running sums."""
+    products: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
+    for i in range(0, len(tiles), per_batch):
+        share = owners[i:i + per_batch]
+        for n, (p, w) in _sums(model, tiles[i:i + per_batch], names, r, share).items():
+            products[n] = p.sum(0) + products.get(n, 0)
+            weights[n] = w.sum(0) + weights.get(n, 0)
+    return {n: products[n] / weights[n].clamp_min(1e-6)[:, None, None] for n in names}
 
 
-def _offset(tile: torch.Tensor, weight: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+def offsets(model: VGGFeatures, tiles: list[TransferJob], whole_: dict[str, torch.Tensor], names: list[str],
+            r: Resolved) -> list[dict[str, torch.Tensor]]:
+    """Per tile of these same-size tiles, per style layer, (R, C, C): each styled region's
+    Gram in the tile now minus the whole photo's (`whole`). Taken just before the tiles
+    run, a batch at a time: a Gram offset is megabytes, and a photo has hundreds of tiles."""
+    sums = _sums(model, tiles, names, r)
+    return [{n: _offset(sums[n][0][k], sums[n][1][k], whole_[n]) for n in names} for k in range(len(tiles))]
+
+
+def _offset(tile: torch.Tensor, weight: torch.Tensor, whole_: torch.Tensor) -> torch.Tensor:
     """A tile's Grams minus the whole's, per region; none where a region is not in it."""
     present = (weight > 1e-6)[:, None, None]
-    return torch.where(present, tile / weight.clamp_min(1e-6)[:, None, None] - whole, torch.zeros_like(whole))
+    return torch.where(present, tile / weight.clamp_min(1e-6)[:, None, None] - whole_, torch.zeros_like(whole_))
 
 
 @torch.no_grad()
-def _sums(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tensor], names: list[str],
-          r: Resolved) -> dict[str, _Sums]:
-    """Per layer, the sums of these same-size tiles, at each tile's pixels as its own
+def _sums(model: VGGFeatures, tiles: list[TransferJob], names: list[str], r: Resolved,
+          owners: list[torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, for these same-size tiles: each styled region's weighted sum of the
+    activations' outer products (N, R, C, C) and of its weights (N, R), over the tile, or
+    as the stitch owns it where `owners` are given; at each tile's pixels as its own
     objective sees them (mirrored out to the pools' multiple, as the engine pads a job)."""
     h, w = tiles[0].content.shape[-2:]
     margin = pool_padding(h, w)
@@ -68,18 +68,14 @@ def _sums(model: VGGFeatures, tiles: list[TransferJob], owners: list[torch.Tenso
     size = tuple(x.shape[-2:])
     padded = [t if not t.regions else _padded_regions(t, margin) for t in tiles]
     guides = pixel_guides(padded, size, r.device)  # (N, R, H, W)
-    share = torch.stack([torch.nn.functional.pad(o, margin) for o in owners])[:, None].to(r.device)
+    if owners is not None:
+        guides = guides * torch.stack([torch.nn.functional.pad(o, margin) for o in owners])[:, None].to(r.device)
     with autocast(r):
         feats = model(x, channels_last=r.channels_last)
     out = {}
     for n in names:
-        at = feature_size(n, *size)
-        g = at_layer(guides, at)
-        both = torch.cat([g, g * at_layer(share, at)], 1)
-        products = _weighted_products(feats[n], both)
-        weights = both.flatten(2).sum(2)
-        k = g.shape[1]
-        out[n] = _Sums(products[:, :k], weights[:, :k], products[:, k:], weights[:, k:])
+        g = at_layer(guides, feature_size(n, *size))
+        out[n] = (_weighted_products(feats[n], g), g.flatten(2).sum(2))
     return out
 
 

@@ -31,7 +31,8 @@ from nstd.engine.session import Collect, Drop, Outcome, Verdict
 from nstd.engine.switches import resolve
 from nstd.engine.types import TransferJob, TransferResult
 
-ROUNDS = 5  # grid positions per tiled scale
+ROUNDS = 5  # grid positions per tiled scale...
+LEAST_ROUND = 10  # ...of at least this many iterations: each round restarts L-BFGS
 OVERLAP = 0.25  # of a tile's side, shared with each neighbour...
 # ...up to this: what a tile's edge does to VGG's features reaches a fixed distance in
 # pixels, not a share of the tile, and a print-size tile thousands of pixels wide would
@@ -126,8 +127,7 @@ class Round:
         h, w = self.job.content.shape[-2:]
         return min(self.tiling.side, h), min(self.tiling.side, w)
 
-    def jobs(self, offsets: list[dict[str, torch.Tensor]] | None = None) -> list[TransferJob]:
-        """The round's tiles as jobs; `offsets`, each tile's Gram offset (tilegrams)."""
+    def jobs(self) -> list[TransferJob]:
         (th, tw), long_side = self.shape, max(self.job.content.shape[-2:])
         out = []
         for k, (y, x) in enumerate(self.corners):
@@ -135,8 +135,7 @@ class Round:
             cmap = None if self.content_map is None else self.content_map[y:y + th, x:x + tw]
             out.append(replace(self.job, content=self.job.content[:, y:y + th, x:x + tw],
                                init_image=self.image[:, y:y + th, x:x + tw], regions=regions, content_map=cmap,
-                               preserve_color="none", style_side=long_side, id=k,
-                               gram_offset=None if offsets is None else offsets[k]))
+                               preserve_color="none", style_side=long_side, id=k))
         return out
 
     def owners(self) -> list[torch.Tensor]:
@@ -259,6 +258,7 @@ def run_scale(model, session, job: TransferJob, settings, cache, switches, free,
     whole = prepared(job)
     image = start_image(whole)
     resolved = resolve(switches, model.mean.device)
+    tiling = replace(tiling, rounds=rounds_for(tiling.rounds, settings.iterations))
     per_round = max(1, settings.iterations // tiling.rounds)
     history: list[dict] = []
     runs = []
@@ -278,13 +278,22 @@ def run_scale(model, session, job: TransferJob, settings, cache, switches, free,
     return Tiled(result)
 
 
+def rounds_for(rounds: int, iterations: int) -> int:
+    """The rounds a tiled scale of `iterations` runs: no more than give each LEAST_ROUND."""
+    return max(1, min(rounds, iterations // LEAST_ROUND))
+
+
 def _round(model, session: TileSession, rnd: Round, settings, cache, switches, free,
            resolved) -> torch.Tensor | Tiled:
     """A round's tiles, as many at once as fit: the stitched image, or a Tiled where the
     caller's session stopped or dropped the photo."""
     start, count = session.offset, len(rnd.corners)
-    shares = tilegrams.offsets(model, rnd.jobs(), rnd.owners(), settings.style_names, resolved, rnd.tiling.per_batch)
-    for part in chunks(rnd.jobs(shares), rnd.tiling.per_batch):
+    names, per_batch = settings.style_names, rnd.tiling.per_batch
+    jobs = rnd.jobs()
+    photo = tilegrams.whole(model, jobs, rnd.owners(), names, resolved, per_batch)
+    for part in chunks(jobs, per_batch):
+        shares = tilegrams.offsets(model, part, photo, names, resolved)
+        part = [replace(job, gram_offset=share) for job, share in zip(part, shares)]
         session.part(start + settings.iterations * len(session.results) / count, len(part) / count)
         outcome = transfer.run(model, session, part, settings, cache, switches, free)
         if session.dropped:
