@@ -239,3 +239,23 @@ def test_a_daemon_killed_mid_tiled_photo_recomputes_it_and_publishes_it_once(tmp
                                                                                   "ink/a.loss.svg"]
     log = json.loads((tmp_path / "outbox" / "ink" / "a.json").read_text())
     assert log["runs"][-1]["tiles"]["side"] < 96
+
+
+def test_a_painting_larger_than_a_tile_gives_its_grams_a_window_at_a_time(tiny_model):
+    from functools import partial
+
+    from nstd.engine import targets
+    from nstd.engine.switches import running
+
+    r = resolve(SWITCHES, torch.device("cpu"))
+    features = partial(transfer._features, tiny_model, r=r)
+    painting = rand_image(200, 264, seed=7)  # not a multiple of 16: the last cores are ragged
+    with torch.no_grad(), running(r):
+        whole = targets.painting_grams(features, painting, SETTINGS.style_names, None)
+        windowed = targets.painting_grams(features, painting, SETTINGS.style_names, 128)
+    # Each position counted once, with 32 px of context (a quarter of the window): the early
+    # layers' Grams are the whole image's to rounding, the deepest (whose field reaches past
+    # the halo) close.
+    for name in SETTINGS.style_names:
+        error = (windowed[name] - whole[name]).abs().max() / whole[name].abs().max()
+        assert error < (1e-4 if name in ("relu1_1", "relu2_1", "relu3_1") else 0.05), name

@@ -7,8 +7,9 @@ from typing import Callable
 
 import torch
 
+from nstd.engine.layers import LAYER_INDEX, LAYERS
 from nstd.engine.losses import gram
-from nstd.engine.resize import resize_long_side
+from nstd.engine.resize import POOLED, resize_long_side
 from nstd.engine.sizes import least_long_side
 from nstd.engine.types import StyleImage, TransferJob
 
@@ -44,10 +45,12 @@ def content_targets(features: Features, content: torch.Tensor, layers: tuple[str
 
 
 def style_targets(features: Features, device: torch.device, sets: list[tuple[StyleImage, ...]], names: list[str],
-                  long_side: int, cache: GramCache, cache_key: tuple) -> dict[str, torch.Tensor]:
+                  long_side: int, cache: GramCache, cache_key: tuple,
+                  window: int | None = None) -> dict[str, torch.Tensor]:
     """Per layer, a (K, C, C) stack with one (weighted, blended) Gram target per style set.
 
-    `cache_key` names what else shapes a Gram (model, pooling, layers, precision)."""
+    `cache_key` names what else shapes a Gram (model, pooling, layers, precision);
+    `window`, the largest side a painting goes through the network at (see `painting_grams`)."""
     per_set = []
     for styles in sets:
         total_w = sum(s.weight for s in styles)
@@ -58,9 +61,7 @@ def style_targets(features: Features, device: torch.device, sets: list[tuple[Sty
             size = max(least_long_side(*style.image.shape[-2:]), round(long_side * style.scale))
 
             def compute(style=style, size=size):
-                img = resize_long_side(style.image.to(device, torch.float32), size)
-                f = features(img[None])
-                return {n: gram(f[n])[0] for n in names}
+                return painting_grams(features, resize_long_side(style.image.to(device, torch.float32), size), names, window)
 
             grams = cache.get((style.key, size) + cache_key, compute) if style.key is not None else compute()
             # A weighted mean of Grams has the same gradient as the weighted sum of the
@@ -70,6 +71,39 @@ def style_targets(features: Features, device: torch.device, sets: list[tuple[Sty
                 blended[n] = part if n not in blended else blended[n] + part
         per_set.append(blended)
     return {n: torch.stack([b[n] for b in per_set]) for n in names}
+
+
+# Px of context around each window's core: relu5_1's Gram is exact with 64 (that layer sees
+# furthest past the core's edge) and 7% off at its largest entry with 32; a small window
+# takes a quarter of its side, so that its core is at least half of it.
+HALO = 64
+
+
+def painting_grams(features: Features, image: torch.Tensor, names: list[str], window: int | None) -> dict[str, torch.Tensor]:
+    """The Grams of a (3, h, w) image. Where it is larger than `window`, it goes through the
+    network a window at a time (a tiled photo's painting is sized to the whole photo, and
+    whole it would need more than a tile): each window's core, with HALO pixels of
+    context, gives its positions' outer products, summed over the cores, which share the
+    image out exactly."""
+    h, w = image.shape[-2:]
+    if window is None or max(h, w) <= window:
+        f = features(image[None])
+        return {n: gram(f[n])[0] for n in names}
+    halo = min(HALO, window // 4 // POOLED * POOLED)
+    core = max(POOLED, (window - 2 * halo) // POOLED * POOLED)
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(names, 0)
+    for y0 in range(0, h, core):
+        for x0 in range(0, w, core):
+            y1, x1, wy, wx = min(y0 + core, h), min(x0 + core, w), max(0, y0 - halo), max(0, x0 - halo)
+            f = features(image[None, :, wy:min(h, y1 + halo), wx:min(w, x1 + halo)])
+            for n in names:
+                stride = LAYERS[LAYER_INDEX[n]].scale  # window and core edges are its multiples
+                part = f[n][0, :, (y0 - wy) // stride:(y1 - wy) // stride, (x0 - wx) // stride:(x1 - wx) // stride]
+                part = part.float().reshape(part.shape[0], -1)
+                sums[n] = part @ part.T + sums.get(n, 0)
+                counts[n] += part.shape[1]
+    return {n: sums[n] / max(counts[n], 1) for n in names}
 
 
 def region_targets(jobs: list[TransferJob], targets: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:

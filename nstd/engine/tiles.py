@@ -135,7 +135,7 @@ class Round:
             cmap = None if self.content_map is None else self.content_map[y:y + th, x:x + tw]
             out.append(replace(self.job, content=self.job.content[:, y:y + th, x:x + tw],
                                init_image=self.image[:, y:y + th, x:x + tw], regions=regions, content_map=cmap,
-                               preserve_color="none", style_side=long_side, id=k))
+                               preserve_color="none", style_side=long_side, style_window=self.tiling.side, id=k))
         return out
 
     def owners(self) -> list[torch.Tensor]:

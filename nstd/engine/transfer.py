@@ -344,7 +344,7 @@ def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: 
     names = settings.style_names
     c_targets = content_targets(features, content, settings.content_layers)
     s_targets = style_targets(features, r.device, style_sets(jobs), names, long_side, cache,
-                              (model.model_id, model.pooling, tuple(names), r.precision))
+                              (model.model_id, model.pooling, tuple(names), r.precision), jobs[0].style_window)
     layer_w = torch.tensor([w for _, w in settings.style_layers], device=r.device)
     weights = torch.tensor([[j.content_weight, j.style_weight, j.tv_weight] for j in jobs], device=r.device)
     if any(j.regions for j in jobs):

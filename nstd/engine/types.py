@@ -120,6 +120,9 @@ class TransferJob:
     # Per style layer, (R, C, C) added to each styled region's Gram target: a tile's
     # present difference from its whole photo (engine/tilegrams.py). None: the painting's.
     gram_offset: dict[str, torch.Tensor] | None = None
+    # The largest side the painting goes through the network at: a tile's, whose painting
+    # is sized to the whole photo (targets.painting_grams). None: whole.
+    style_window: int | None = None
 
     @property
     def styled_regions(self) -> tuple[Region, ...]:
