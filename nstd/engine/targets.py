@@ -61,7 +61,8 @@ def style_targets(features: Features, device: torch.device, sets: list[tuple[Sty
             size = max(least_long_side(*style.image.shape[-2:]), round(long_side * style.scale))
 
             def compute(style=style, size=size):
-                return painting_grams(features, resize_long_side(style.image.to(device, torch.float32), size), names, window)
+                image = resize_long_side(style.image.to(device, torch.float32), size)
+                return painting_grams(features, image, names, window)
 
             grams = cache.get((style.key, size) + cache_key, compute) if style.key is not None else compute()
             # A weighted mean of Grams has the same gradient as the weighted sum of the
@@ -79,7 +80,8 @@ def style_targets(features: Features, device: torch.device, sets: list[tuple[Sty
 HALO = 64
 
 
-def painting_grams(features: Features, image: torch.Tensor, names: list[str], window: int | None) -> dict[str, torch.Tensor]:
+def painting_grams(features: Features, image: torch.Tensor, names: list[str],
+                   window: int | None) -> dict[str, torch.Tensor]:
     """The Grams of a (3, h, w) image. Where it is larger than `window`, it goes through the
     network a window at a time (a tiled photo's painting is sized to the whole photo, and
     whole it would need more than a tile): each window's core, with HALO pixels of
