@@ -169,6 +169,20 @@ def test_a_tiled_photos_progress_counts_the_scales_iterations_forward_through_ev
     assert len(set(seen)) > SETTINGS.iterations // 2
 
 
+def test_a_tiled_photo_keeps_snapshots_at_its_round_ends(tiny_model):
+    job = photo_job()
+    settings = replace(SETTINGS, iterations=20, snapshot_every=10)  # two rounds of ten
+    engine = Engine(MemoryPlanner(torch.device("cpu"), SWITCHES, lambda: None, limit=limit_for(H, W)), SWITCHES)
+    session = Collect()
+    engine.run(tiny_model, session, [job], [Scale(W, settings.iterations, 100)], settings)
+    result = session.results[job.id]
+    assert result.runs[0].tiles["rounds"] == 2
+    [(at, snap)] = result.snapshots
+    assert at == 10 and snap.shape == (3, H, W)
+    # Half way: moved from the photo, not yet where it ended.
+    assert (snap - job.content).abs().mean() > 1e-3 and (snap - result.image).abs().mean() > 1e-3
+
+
 def test_colour_preservation_and_a_kept_region_hold_across_tiles(tiny_model):
     keep = torch.zeros(H, W)
     keep[:, :32] = 1.0  # the left quarter keeps the photo

@@ -198,12 +198,22 @@ def prepared(job: TransferJob) -> TransferJob:
     return color.prepare(job)
 
 
-def finished(job: TransferJob, image: torch.Tensor, history: list[dict]) -> TransferResult:
-    """The stitched image as the photo's result: its colour and kept regions restored."""
-    result = TransferResult(image.clamp(0, 1), history)
+def finished(job: TransferJob, image: torch.Tensor, history: list[dict],
+             snapshots: list[tuple[int, torch.Tensor]]) -> TransferResult:
+    """The stitched image as the photo's result, and its snapshots: their colour and kept
+    regions restored."""
+    result = TransferResult(image.clamp(0, 1), history, snapshots)
     color.finish(job, result)
     result.image = blend_keep(job, result.image)
+    result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
     return result
+
+
+def snapshot_due(every: int, before: int, after: int) -> bool:
+    """Whether a round that took the scale from iteration `before` to `after` passed a
+    multiple of `every`: a tiled scale's snapshot is the stitched image at that round's
+    end (its tiles, each in its own batch, take none)."""
+    return every > 0 and after // every > before // every
 
 
 def round_history(results: dict[int, TransferResult], start: int, round_: int) -> list[dict]:
@@ -261,19 +271,23 @@ def run_scale(model, session, job: TransferJob, settings, cache, switches, free,
     tiling = replace(tiling, rounds=rounds_for(tiling.rounds, settings.iterations))
     per_round = max(1, settings.iterations // tiling.rounds)
     history: list[dict] = []
+    snapshots: list[tuple[int, torch.Tensor]] = []
     runs = []
     done = offset
     for r in range(tiling.rounds):
         its = per_round if r < tiling.rounds - 1 else max(1, settings.iterations - per_round * r)
         rnd = Round(whole, image, tiling, r)
         tiles_session = TileSession(session, job.id, done)
-        image = _round(model, tiles_session, rnd, replace(settings, iterations=its), cache, switches, free, resolved)
+        image = _round(model, tiles_session, rnd, replace(settings, iterations=its, snapshot_every=0), cache,
+                       switches, free, resolved)
         if isinstance(image, Tiled):
             return image
         history += round_history(tiles_session.results, done, r)
         runs += [res.runs[-1] for res in tiles_session.results.values()]
         done += its
-    result = finished(job, image, history)
+        if r < tiling.rounds - 1 and snapshot_due(settings.snapshot_every, done - its - offset, done - offset):
+            snapshots.append((done - offset, image.clamp(0, 1).clone()))
+    result = finished(job, image, history, snapshots)
     result.runs = [_summary(runs, tuple(job.content.shape[-2:]), done - offset, tiling)]
     return Tiled(result)
 
