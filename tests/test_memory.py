@@ -118,6 +118,13 @@ def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
         [OomStep.SPLIT, OomStep.CHECKPOINT, OomStep.GIVE_UP]
     # A masked batch is another kind: the plain batch's peak does not size it.
     assert planner.max_batch(200, 200, settings, 100, regions=2) == auto_batch(8 << 30, 200, 200, fp(regions=2))
+    # A tiled photo's peak is its tiles': 4000 x 3000 in 500 px tiles peaking at 20 kB a
+    # tile pixel is 20 kB a pixel for the next batch, not the 0.4 kB a photo pixel it would be.
+    tiled = RunStats((3000, 4000), 1, 10, 1.0, "fp32", True, False, False, peak_bytes=500 * 500 * 20_000,
+                     tiles={"side": 500, "overlap": 64, "rounds": 5, "at_once": 1})
+    planner.observe(settings, 100, [tiled])
+    per = int(20_000 * 200 * 200 * MeasuredMemory.MARGIN)
+    assert planner.max_batch(200, 200, settings, 100) == int((8 << 30) * 0.8 // per)
 
 
 def test_a_masked_batch_counts_its_region_products():

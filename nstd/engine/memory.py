@@ -219,7 +219,11 @@ class MemoryPlanner:
         if peaks:
             finest = runs[-1]
             fp = replace(self._footprint(settings, finest_history, regions), checkpoint=finest.checkpoint)
-            self.measured.record(fp, max(peaks), finest.batch, *finest.size)
+            # A tiled scale's peak is its tiles': per pixel of the photo it would tell the
+            # next batch that a pixel costs a small part of what it does.
+            count, h, w = ((finest.tiles["at_once"], finest.tiles["side"], finest.tiles["side"]) if finest.tiles
+                           else (finest.batch, *finest.size))
+            self.measured.record(fp, max(peaks), count, h, w)
 
     def after_oom(self, batch: int, checkpoint: bool | None) -> OomStep:
         """Halve a batch; checkpoint a lone image where auto had decided against it; else
