@@ -183,6 +183,26 @@ def test_a_tiled_photo_keeps_snapshots_at_its_round_ends(tiny_model):
     assert (snap - job.content).abs().mean() > 1e-3 and (snap - result.image).abs().mean() > 1e-3
 
 
+def test_the_planner_tiles_a_photo_its_measured_peaks_say_will_not_fit_whole(tiny_model):
+    from nstd.engine.memory import MeasuredMemory
+    from nstd.engine.types import RunStats
+
+    job = photo_job()
+    limit = 2 * limit_for(H, W)  # the estimate says the photo fits whole, with room to spare
+    planner = MemoryPlanner(torch.device("cpu"), SWITCHES, lambda: None, limit=limit)
+    session = Collect()
+    Engine(planner, SWITCHES).run(tiny_model, session, [job], [Scale(W, SETTINGS.iterations, 100)], SETTINGS)
+    assert "tiles" not in session.results[job.id].runs[0].as_dict()
+    # Batches of its kind were measured far above the estimate: now it does not fit whole.
+    per_pixel = 1.5 * limit / (H * W)  # an image of H x W: one and a half times the limit
+    planner.observe(SETTINGS, 100, [RunStats((H, W), 1, 6, 1.0, "fp32", False, False, True,
+                                             peak_bytes=int(per_pixel * H * W / MeasuredMemory.MARGIN))])
+    session = Collect()
+    Engine(planner, SWITCHES).run(tiny_model, session, [replace(job, id=2)], [Scale(W, SETTINGS.iterations, 100)],
+                                  SETTINGS)
+    assert session.results[2].runs[0].tiles["side"] < W
+
+
 def test_colour_preservation_and_a_kept_region_hold_across_tiles(tiny_model):
     keep = torch.zeros(H, W)
     keep[:, :32] = 1.0  # the left quarter keeps the photo

@@ -36,7 +36,7 @@ def run_scales(model: VGGFeatures, jobs: list[TransferJob], scales: list[Scale],
 
 def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: list[Scale],
         settings: BatchSettings, cache: GramCache | None = None, switches: Switches | None = None,
-        free: Callable[[], int | None] | None = None) -> Outcome:
+        free: Callable[[], int | None] | None = None, measured: Measured | None = None) -> Outcome:
     """Run every scale of `scales` on same-size jobs (contents at any one size).
 
     Histories run on across scales: each record gains a "scale" (its long side) and
@@ -45,7 +45,7 @@ def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: l
     so several scales take none, and each result reaches the session after the last scale.
     """
     cache = cache if cache is not None else GramCache()
-    tilings = [_tiling(model, jobs, scale, settings, switches, free) for scale in scales]
+    tilings = [_tiling(model, jobs, scale, settings, switches, free, measured) for scale in scales]
     if len(scales) == 1 and tilings[0] is None:
         scale = scales[0]
         return transfer.run(model, _OneScale(session, scale), _sized(jobs, scale), _settings(settings, scale),
@@ -53,10 +53,17 @@ def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], scales: l
     return _scales(model, session, jobs, list(zip(scales, tilings)), settings, cache, switches, free)
 
 
+# The peak an image of h x w of a footprint was measured to take (MemoryPlanner's), or None.
+Measured = Callable[[Footprint, int, int], "int | None"]
+
+
 def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings: BatchSettings,
-            switches: Switches | None, free: Callable[[], int | None] | None) -> tiles.Tiling | None:
+            switches: Switches | None, free: Callable[[], int | None] | None,
+            measured: Measured | None = None) -> tiles.Tiling | None:
     """How a scale's images run where even one does not fit the memory the device (or
-    worker.max_memory) leaves: as tiles; None where they run whole, or nothing is known."""
+    worker.max_memory) leaves: as tiles; None where they run whole, or nothing is known.
+    An image's need is its measured peak where batches of its kind have run, else the
+    estimate."""
     room = None if free is None else free()
     if room is None:
         return None
@@ -68,7 +75,10 @@ def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings:
 
     def fits(th: int, tw: int, count: int) -> bool:
         margin = pool_padding(th, tw)
-        return batch_bytes(count, th + margin[2] + margin[3], tw + margin[0] + margin[1], fp) <= room * s.memory_budget
+        ph, pw = th + margin[2] + margin[3], tw + margin[0] + margin[1]
+        per = None if measured is None else measured(fp, ph, pw)
+        need = batch_bytes(count, ph, pw, fp) if per is None else count * per  # a measured peak has the workspace
+        return need <= room * s.memory_budget
 
     return tiles.plan(h, w, fits)
 

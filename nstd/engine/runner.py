@@ -42,7 +42,8 @@ class Engine:
         mark = len(guard.taken)
         try:
             outcome = multiscale.run(model, guard, jobs, scales, settings, self.cache,
-                                     replace(self.switches, checkpoint=checkpoint), self.planner.free)
+                                     replace(self.switches, checkpoint=checkpoint), self.planner.free,
+                                     self.planner.measured.bytes_per_image)
         except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
             if not is_oom(e):
                 raise
