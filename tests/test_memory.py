@@ -114,8 +114,11 @@ def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
     planner.observe(settings, 100, [run])
     per = int(10_000 * 200 * 200 * MeasuredMemory.MARGIN)
     assert planner.max_batch(200, 200, settings, 100) == int((8 << 30) * 0.8 // per)
-    assert [planner.after_oom(4, None), planner.after_oom(1, None), planner.after_oom(1, True)] == \
-        [OomStep.SPLIT, OomStep.CHECKPOINT, OomStep.GIVE_UP]
+    assert [planner.after_oom(4, None), planner.after_oom(1, None), planner.after_oom(1, True),
+            planner.after_oom(1, True, 3)] == [OomStep.SPLIT, OomStep.CHECKPOINT, OomStep.SHRINK, OomStep.GIVE_UP]
+    # Where nothing is known of the device's memory there is nothing to plan smaller for.
+    blind = MemoryPlanner(torch.device("cpu"), Switches("fp32", checkpoint=True), lambda: None)
+    assert blind.after_oom(1, True) is OomStep.GIVE_UP
     # A masked batch is another kind: the plain batch's peak does not size it.
     assert planner.max_batch(200, 200, settings, 100, regions=2) == auto_batch(8 << 30, 200, 200, fp(regions=2))
     # A tiled photo's peak is its tiles': 4000 x 3000 in 500 px tiles peaking at 20 kB a

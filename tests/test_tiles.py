@@ -203,6 +203,23 @@ def test_the_planner_tiles_a_photo_its_measured_peaks_say_will_not_fit_whole(tin
     assert session.results[2].runs[0].tiles["side"] < W
 
 
+def test_a_photo_the_estimate_let_run_whole_that_ran_out_of_memory_runs_as_tiles(tiny_model, monkeypatch):
+    real, sizes = transfer.run, []
+
+    def whole_too_big(model, session, jobs, *rest):
+        sizes.append(tuple(jobs[0].content.shape[-2:]))
+        if sizes[-1] == (H, W):  # the device holds less than the estimate said
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(model, session, jobs, *rest)
+
+    monkeypatch.setattr(transfer, "run", whole_too_big)
+    job = photo_job()
+    result = run(tiny_model, job, 2 * limit_for(H, W))  # the estimate: it fits whole
+    # Planned for half the memory on the retry, it tiles, from its start.
+    assert sizes[0] == (H, W) and all(max(s) < W for s in sizes[1:])
+    assert result.runs[0].tiles["side"] < W and result.image.shape == (3, H, W)
+
+
 def test_colour_preservation_and_a_kept_region_hold_across_tiles(tiny_model):
     keep = torch.zeros(H, W)
     keep[:, :32] = 1.0  # the left quarter keeps the photo

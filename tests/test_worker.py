@@ -110,7 +110,9 @@ def test_out_of_memory_alone_retries_with_checkpointing_then_fails_the_job(servi
 
     monkeypatch.setattr(runner.multiscale, "run", never)
     run_once(service)
-    assert tried == [None, True]  # auto first, then activations recomputed
+    # Auto first, then activations recomputed, then planned for half, a quarter and an eighth
+    # of the memory (where it would tile, smaller each time).
+    assert tried == [None, True, True, True, True]
     [job] = service.journal.get_jobs([1])
     assert job.state == "failed" and "out of memory even alone" in job.error
 

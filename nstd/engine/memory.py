@@ -180,7 +180,11 @@ class OomStep(Enum):
 
     SPLIT = "split"  # run it in halves
     CHECKPOINT = "checkpoint"  # a lone image, with activations recomputed
+    SHRINK = "shrink"  # a lone image planned for half the memory: it tiles, or tiles smaller
     GIVE_UP = "give up"
+
+
+SHRINKS = 3  # halvings of the memory a lone image is planned for before it is refused
 
 
 class MemoryPlanner:
@@ -225,13 +229,16 @@ class MemoryPlanner:
                            else (finest.batch, *finest.size))
             self.measured.record(fp, max(peaks), count, h, w)
 
-    def after_oom(self, batch: int, checkpoint: bool | None) -> OomStep:
-        """Halve a batch; checkpoint a lone image where auto had decided against it; else
-        give up."""
+    def after_oom(self, batch: int, checkpoint: bool | None, shrunk: int = 0) -> OomStep:
+        """Halve a batch; checkpoint a lone image where auto had decided against it; plan
+        a lone image for half the memory (`shrunk` times so far), so that the estimate's
+        error is taken by smaller tiles; else give up."""
         if batch > 1:
             return OomStep.SPLIT
         if checkpoint is None and self.switches.checkpoint is None:
             return OomStep.CHECKPOINT
+        if shrunk < SHRINKS and self.free() is not None:
+            return OomStep.SHRINK
         return OomStep.GIVE_UP
 
     def _footprint(self, settings: BatchSettings, history: int, regions: int) -> Footprint:

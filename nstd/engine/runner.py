@@ -37,12 +37,17 @@ class Engine:
         return self._run(model, _Guard(session), jobs, scales, settings, self.switches.checkpoint)
 
     def _run(self, model: VGGFeatures, guard: "_Guard", jobs: list[TransferJob], scales: list[Scale],
-             settings: BatchSettings, checkpoint: bool | None) -> Outcome:
+             settings: BatchSettings, checkpoint: bool | None, shrunk: int = 0) -> Outcome:
         guard.given(jobs)
         mark = len(guard.taken)
+
+        def free() -> int | None:
+            room = self.planner.free()
+            return room if room is None else room >> shrunk
+
         try:
             outcome = multiscale.run(model, guard, jobs, scales, settings, self.cache,
-                                     replace(self.switches, checkpoint=checkpoint), self.planner.free,
+                                     replace(self.switches, checkpoint=checkpoint), free,
                                      self.planner.measured.bytes_per_image)
         except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
             if not is_oom(e):
@@ -51,14 +56,15 @@ class Engine:
             # What had not come back runs again, without newcomers: this batch was too large.
             guard.refilling = False
             rest = guard.outstanding(jobs + guard.taken[mark:])
-            return self._after_oom(model, guard, rest, scales, settings, checkpoint) if rest else Outcome.COMPLETE
+            return self._after_oom(model, guard, rest, scales, settings, checkpoint, shrunk) if rest \
+                else Outcome.COMPLETE
         if outcome is Outcome.COMPLETE and guard.last is not None:
             self.planner.observe(settings, scales[-1].lbfgs_history, guard.last.runs, regions_of(jobs))
         return outcome
 
     def _after_oom(self, model: VGGFeatures, guard: "_Guard", jobs: list[TransferJob], scales: list[Scale],
-                   settings: BatchSettings, checkpoint: bool | None) -> Outcome:
-        step = self.planner.after_oom(len(jobs), checkpoint)
+                   settings: BatchSettings, checkpoint: bool | None, shrunk: int) -> Outcome:
+        step = self.planner.after_oom(len(jobs), checkpoint, shrunk)
         if step is OomStep.SPLIT:
             half = len(jobs) // 2
             for part in (jobs[:half], jobs[half:]):
@@ -68,6 +74,10 @@ class Engine:
         if step is OomStep.CHECKPOINT:
             # The estimate said it fits and it did not: recompute activations instead.
             return self._run(model, guard, jobs, scales, settings, True)
+        if step is OomStep.SHRINK:
+            # Still too large: the estimate is out, so plan for half the room, and the image
+            # runs as tiles, or as smaller ones, from its start.
+            return self._run(model, guard, jobs, scales, settings, checkpoint, shrunk + 1)
         h, w = jobs[0].content.shape[-2:]
         for job in jobs:
             guard.refused(job, f"out of memory even alone at {w}x{h} on {describe(self.device)}; "
