@@ -2,11 +2,10 @@
 tiles on a moving grid, stitched without seams, with colour and masks as whole."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
-
-from dataclasses import replace
 
 from nstd.engine import color, tilegrams, tiles, transfer
 from nstd.engine.memory import Footprint, MemoryPlanner, batch_bytes
