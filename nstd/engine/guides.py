@@ -67,13 +67,29 @@ def at_layer(guides: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def guided_gram(features: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) features, (N, R, H, W) weights -> (N, R, C, C): per region, the
     weighted mean of the activations' outer products (a plain Gram for a full region)."""
+    return weighted_products(features, guides) / guides.flatten(2).sum(-1)[..., None, None].clamp_min(1e-6)
+
+
+# Positions weighed at once: a print-size image's first layer has tens of millions, and a
+# weighted fp32 copy of all of them for every region would cost more than its activations.
+SLICE = 1 << 18
+
+
+def weighted_products(features: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) activations, (N, K, H, W) weights -> (N, K, C, C): per weight map, the
+    weighted sum of the activations' outer products, in fp32, a slice of positions at a
+    time."""
     n, c, h, w = features.shape
-    r = guides.shape[1]
-    f = features.float().reshape(n, 1, c, h * w)
-    g = guides.reshape(n, r, 1, h * w)
-    weighted = (f * g).reshape(n, r * c, h * w)
-    grams = torch.bmm(weighted, f[:, 0].transpose(1, 2)).reshape(n, r, c, c)
-    return grams / g.sum(-1, keepdim=True).clamp_min(1e-6)
+    k = guides.shape[1]
+    f = features.reshape(n, c, h * w)
+    g = guides.reshape(n, k, 1, h * w)
+    out = None
+    for lo in range(0, h * w, SLICE):
+        part = f[:, :, lo:lo + SLICE].float()
+        weighted = (part[:, None] * g[..., lo:lo + SLICE]).reshape(n, k * c, -1)
+        step = torch.bmm(weighted, part.transpose(1, 2))
+        out = step if out is None else out + step
+    return out.reshape(n, k, c, c)
 
 
 def keep_alpha(job: TransferJob, size: tuple[int, int]) -> torch.Tensor | None:

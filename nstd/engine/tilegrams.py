@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import torch
 
-from nstd.engine.guides import at_layer, fit, pixel_guides
+from nstd.engine.guides import at_layer, fit, pixel_guides, weighted_products
 from nstd.engine.layers import feature_size
 from nstd.engine.resize import pad, pool_padding
 from nstd.engine.switches import Resolved, autocast
@@ -75,7 +75,7 @@ def _sums(model: VGGFeatures, tiles: list[TransferJob], names: list[str], r: Res
     out = {}
     for n in names:
         g = at_layer(guides, feature_size(n, *size))
-        out[n] = (_weighted_products(feats[n], g), g.flatten(2).sum(2))
+        out[n] = (weighted_products(feats[n], g), g.flatten(2).sum(2))
     return out
 
 
@@ -83,24 +83,3 @@ def _padded_regions(job: TransferJob, margin: tuple[int, int, int, int]) -> Tran
     """The job's masks cut to its tile and mirrored out with it."""
     size = tuple(job.content.shape[-2:])
     return replace(job, regions=tuple(replace(g, mask=pad(fit(g.mask, size), margin)) for g in job.regions))
-
-
-# Positions weighed at once: a print-size tile's first layer has tens of millions, and a
-# weighted fp32 copy of all of them would cost as much as the tile's own optimisation.
-SLICE = 1 << 18
-
-
-def _weighted_products(features: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) activations, (N, K, H, W) weights -> (N, K, C, C): per weight map, the
-    weighted sum of the activations' outer products, in fp32, a slice of positions at a
-    time."""
-    n, c, h, w = features.shape
-    k = guides.shape[1]
-    f = features.reshape(n, c, h * w)
-    g = guides.reshape(n, k, 1, h * w)
-    out = torch.zeros(n, k * c, c, device=features.device, dtype=torch.float32)
-    for lo in range(0, h * w, SLICE):
-        part = f[:, :, lo:lo + SLICE].float()
-        weighted = (part[:, None] * g[..., lo:lo + SLICE]).reshape(n, k * c, -1)
-        out += torch.bmm(weighted, part.transpose(1, 2))
-    return out.reshape(n, k, c, c)
