@@ -182,7 +182,7 @@ class Evaluator:
         self.features = partial(transfer._features, model, r=self.r)
         h, w = job.content.shape[-2:]
         self.margin = pool_padding(h, w)
-        padded = transfer._padded(job, self.margin)
+        padded = transfer.padded(job, self.margin)
         content = padded.content[None].to(device, torch.float32)
         with torch.no_grad(), running(self.r):
             self.objective = transfer._objective(model, self.features, [padded], settings, content, GramCache(),

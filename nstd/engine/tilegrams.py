@@ -12,13 +12,12 @@ gradient is the whole photo's.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from nstd.engine.guides import at_layer, fit, pixel_guides, weighted_products
+from nstd.engine import transfer
+from nstd.engine.guides import at_layer, pixel_guides, weighted_products
 from nstd.engine.layers import feature_size
-from nstd.engine.resize import pad, pool_padding
+from nstd.engine.resize import pool_padding
 from nstd.engine.switches import Resolved, autocast
 from nstd.engine.types import TransferJob
 from nstd.engine.vgg import VGGFeatures
@@ -64,9 +63,9 @@ def _sums(model: VGGFeatures, tiles: list[TransferJob], names: list[str], r: Res
     objective sees them (mirrored out to the pools' multiple, as the engine pads a job)."""
     h, w = tiles[0].content.shape[-2:]
     margin = pool_padding(h, w)
-    x = torch.stack([pad(t.init_image, margin) for t in tiles]).to(r.device, torch.float32)
+    padded = [transfer.padded(t, margin) for t in tiles]
+    x = torch.stack([t.init_image for t in padded]).to(r.device, torch.float32)
     size = tuple(x.shape[-2:])
-    padded = [t if not t.regions else _padded_regions(t, margin) for t in tiles]
     guides = pixel_guides(padded, size, r.device)  # (N, R, H, W)
     if owners is not None:
         guides = guides * torch.stack([torch.nn.functional.pad(o, margin) for o in owners])[:, None].to(r.device)
@@ -77,9 +76,3 @@ def _sums(model: VGGFeatures, tiles: list[TransferJob], names: list[str], r: Res
         g = at_layer(guides, feature_size(n, *size))
         out[n] = (weighted_products(feats[n], g), g.flatten(2).sum(2))
     return out
-
-
-def _padded_regions(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
-    """The job's masks cut to its tile and mirrored out with it."""
-    size = tuple(job.content.shape[-2:])
-    return replace(job, regions=tuple(replace(g, mask=pad(fit(g.mask, size), margin)) for g in job.regions))

@@ -63,7 +63,7 @@ def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings:
         return _run(model, session, jobs, settings, cache if cache is not None else GramCache(), r, margin, peak)
 
 
-def _padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
+def padded(job: TransferJob, margin: tuple[int, int, int, int]) -> TransferJob:
     """The job mirrored outward to a size VGG's pools divide evenly; its masks with it."""
     if not any(margin):
         return job
@@ -79,12 +79,12 @@ def _run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings
     if r.channels_last:
         model.to(memory_format=torch.channels_last)  # once per model; a no-op after
     h, w = jobs[0].content.shape[-2:]
-    padded = [_padded(color.prepare(j), margin) for j in jobs]
+    ready = [padded(color.prepare(j), margin) for j in jobs]
     features = partial(_features, model, r=r)
-    content = torch.stack([j.content for j in padded]).to(r.device, torch.float32)
+    content = torch.stack([j.content for j in ready]).to(r.device, torch.float32)
     long_side = jobs[0].style_side or max(h, w)  # a tile's style follows its whole photo
     build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
-    problems = [build([padded[i] for i in group], content=content[group])
+    problems = [build([ready[i] for i in group], content=content[group])
                 for group in _groups(len(jobs), r.reproducible)]
     eager = partial(_loss, model, r=r)
     loss = _Fused(partial(compiled_loss(), model, r=r), eager) if r.compile else eager
@@ -110,7 +110,7 @@ class _Fitting:
 
     def enter(self, batch: "_Batch", k: int, job: TransferJob) -> None:
         h, w = job.content.shape[-2:]
-        job = _padded(color.prepare(job), self.margin)
+        job = padded(color.prepare(job), self.margin)
         one = job.content[None].to(self.r.device, torch.float32)
         with torch.no_grad():
             objective = _objective(self.model, self.features, [job], self.settings, one, self.cache, self.r,
