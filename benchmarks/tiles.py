@@ -5,8 +5,9 @@ by side in one run, at two photo sizes under the same cap.
 For each: the peak memory, the time, the content and style losses of the output scored
 at full size by one evaluator (the whole photo's own objective, built once, the same for
 both outputs), and the seam figure: the mean gradient magnitude of the output along the
-tiles' boundaries (every round's grid) over that away from them, 1.0 meaning invisible;
-computed on the untiled output too, with the same boundaries, as the control.
+tiles' boundaries (where one tile's core meets the next) over that away from them, 1.0
+meaning invisible; computed on the untiled output too, with the same boundaries, as the
+control.
 
 Each case runs in a fresh process (the evaluator and the pictures in this one). Peak
 memory: on CUDA the allocator's peak (torch.cuda.max_memory_allocated) over the run; on
@@ -15,7 +16,6 @@ is loaded), beside the planner's estimate for what ran.
 
     .venv/bin/python -m benchmarks.tiles --out benchmarks/results-tiles-cpu.json \
         --sheet docs/tiles.jpg --corner docs/tiles-corner.png
-    .venv/bin/python -m benchmarks.tiles --size 256 --rounds 6 --out benchmarks/results-tiles-rounds6-cpu.json
     .venv/bin/python -m benchmarks.tiles --reach 512,1024,2048 --iterations 3 --out benchmarks/results-tiles-reach-cpu.json
 """
 
@@ -37,7 +37,7 @@ import torch
 
 from nstd.bench import measure
 from nstd.engine import tiles, transfer
-from nstd.engine.memory import Footprint, MemoryPlanner, batch_bytes
+from nstd.engine.memory import TILE, Footprint, MemoryPlanner, batch_bytes, photo_state_bytes
 from nstd.engine.resize import pad, pool_padding, resize_long_side
 from nstd.engine.runner import Engine
 from nstd.engine.session import Collect
@@ -85,9 +85,14 @@ def footprint(settings: BatchSettings, switches: Switches, device: torch.device)
                      precision=resolve(switches, device).precision, checkpoint=bool(switches.checkpoint))
 
 
-def limit_for_tile(side: int, settings: BatchSettings, switches: Switches, device: torch.device) -> int:
-    """The memory cap under which the planner's largest tile is `side` (a multiple of 16)."""
-    return math.ceil(batch_bytes(1, side, side, footprint(settings, switches, device)) / switches.memory_budget)
+def limit_for_tile(side: int, settings: BatchSettings, switches: Switches, device: torch.device,
+                   photo: tuple[int, int]) -> int:
+    """The memory cap under which the planner's largest tile is `side` (a multiple of 16) for
+    a photo of `photo` (h, w), whose own state the CPU holds beside the tiles."""
+    fp = footprint(settings, switches, device)
+    m = pool_padding(*photo)
+    state = photo_state_bytes(photo[0] + m[2] + m[3], photo[1] + m[0] + m[1], fp, settings.content_layers)
+    return math.ceil((batch_bytes(1, side, side, replace(fp, optimizer=TILE)) + state) / switches.memory_budget)
 
 
 # --- one case, in a child process -----------------------------------------------------
@@ -112,12 +117,6 @@ def child(spec: dict) -> None:
     torch.manual_seed(0)
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    if spec["overlap"] is not None:
-        tiles.OVERLAP = spec["overlap"]
-    if spec.get("blend_power") is not None:
-        tiles.BLEND_POWER = spec["blend_power"]
-    if spec["rounds"] is not None:
-        tiles.plan = partial(tiles.plan, rounds=spec["rounds"])  # its default is bound at definition
     model = model_for(spec["model"], device)
     photo, painting, _ = pictures(Path(spec["images"]) if spec["images"] else None, spec["content"], spec["style"])
     photo = resize_long_side(photo, spec["size"])
@@ -155,9 +154,7 @@ def child(spec: dict) -> None:
     spec_tiles = run.get("tiles")
     fp = footprint(settings, switches, device)
     if spec_tiles:
-        side = spec_tiles["side"]
-        m = pool_padding(min(side, h), min(side, w))
-        estimate = batch_bytes(spec_tiles["at_once"], min(side, h) + m[2] + m[3], min(side, w) + m[0] + m[1], fp)
+        estimate = batch_bytes(spec_tiles["at_once"], *spec_tiles["window"], replace(fp, optimizer=TILE))
     else:
         m = pool_padding(h, w)
         estimate = batch_bytes(1, h + m[2] + m[3], w + m[0] + m[1], fp)
@@ -179,7 +176,7 @@ class Evaluator:
     def __init__(self, model: VGGFeatures, job, settings: BatchSettings):
         device = model.mean.device
         self.r = resolve(Switches("fp32", checkpoint=False, cuda_graph=False, channels_last=False), device)
-        self.features = partial(transfer._features, model, r=self.r)
+        self.features = partial(transfer.activations, model, r=self.r)
         h, w = job.content.shape[-2:]
         self.margin = pool_padding(h, w)
         padded = transfer.padded(job, self.margin)
@@ -207,30 +204,38 @@ def gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
     return (dx.pow(2) + dy.pow(2)).sum(0).sqrt()
 
 
-def boundary_masks(h: int, w: int, tiling: tiles.Tiling, rounds: list[int], away: int = 3,
+def cores(h: int, w: int, tiling: tiles.Tiling) -> list[tuple[int, int, int, int]]:
+    """The tiles' cores (y0, y1, x0, x1) in the photo's pixels (the grid is laid on the
+    photo mirrored out to a multiple of 16)."""
+    left, _, top, _ = pool_padding(h, w)
+    m = pool_padding(h, w)
+    _, tiles_ = tiles.grid(h + m[2] + m[3], w + m[0] + m[1], tiling)
+    return [(max(0, y0 - top), min(h, y1 - top), max(0, x0 - left), min(w, x1 - left))
+            for y0, y1, x0, x1 in (t.core for t in tiles_)]
+
+
+def boundary_masks(h: int, w: int, tiling: tiles.Tiling, away: int = 3,
                    border: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels on the tiles' inner edges (the two pixel columns or rows a step between
-    tiles would fall on, along each tile's side), and those more than `away` px from any
+    tiles would fall on, along each core's side), and those more than `away` px from any
     such edge; neither within `border` px of the image's own edge."""
     on = torch.zeros(h, w, dtype=torch.bool)
-    th, tw = min(tiling.side, h), min(tiling.side, w)
-    for r in rounds:
-        for y, x in tiling.corners(h, w, r):
-            for col in (x, x + tw):  # the step between col - 1 and col
-                if 0 < col < w:
-                    on[y:y + th, col - 1:col + 1] = True
-            for row in (y, y + th):
-                if 0 < row < h:
-                    on[row - 1:row + 1, x:x + tw] = True
+    for y0, y1, x0, x1 in cores(h, w, tiling):
+        for col in (x0, x1):  # the step between col - 1 and col
+            if 0 < col < w:
+                on[y0:y1, col - 1:col + 1] = True
+        for row in (y0, y1):
+            if 0 < row < h:
+                on[row - 1:row + 1, x0:x1] = True
     near = torch.nn.functional.max_pool2d(on[None, None].float(), 2 * away + 1, stride=1, padding=away)[0, 0] > 0
     inner = torch.zeros(h, w, dtype=torch.bool)
     inner[border:h - border, border:w - border] = True
     return on & inner, ~near & inner
 
 
-def seam_figure(image: torch.Tensor, tiling: tiles.Tiling, rounds: list[int]) -> float:
+def seam_figure(image: torch.Tensor, tiling: tiles.Tiling) -> float:
     h, w = image.shape[-2:]
-    on, off = boundary_masks(h, w, tiling, rounds)
+    on, off = boundary_masks(h, w, tiling)
     g = gradient_magnitude(image.float())
     return float(g[on].mean() / g[off].mean())
 
@@ -260,10 +265,10 @@ def contact_sheet(images: list[torch.Tensor], path: Path, gap: int = 8, limit: i
 
 
 def corner_crop(h: int, w: int, tiling: tiles.Tiling, crop: int) -> tuple[int, int]:
-    """The top-left of a `crop` square centred on the last round's inner tile corner
+    """The top-left of a `crop` square centred on the inner corner of the tiles' cores
     nearest the image's centre."""
-    corners = [(y, x) for y, x in tiling.corners(h, w, tiling.rounds - 1) if y > 0 and x > 0] or \
-              [(y, x) for y, x in tiling.corners(h, w, tiling.rounds - 1)]
+    corners = [(y0, x0) for y0, _, x0, _ in cores(h, w, tiling) if y0 > 0 and x0 > 0] or \
+              [(y0, x0) for y0, _, x0, _ in cores(h, w, tiling)]
     y, x = min(corners, key=lambda c: (c[0] - h / 2) ** 2 + (c[1] - w / 2) ** 2)
     return min(max(0, y - crop // 2), h - crop), min(max(0, x - crop // 2), w - crop)
 
@@ -279,15 +284,11 @@ def main() -> None:
     ap.add_argument("--style", default="starry_night")
     ap.add_argument("--size", default="256,384", help="the photo's long sides, comma-separated, all under one cap")
     ap.add_argument("--iterations", type=int, default=150)
-    ap.add_argument("--history", type=int, default=100, help="L-BFGS history")
+    ap.add_argument("--history", type=int, default=5,
+                    help="L-BFGS history (default 5: what coarse to fine gives the fine scales that tile)")
     ap.add_argument("--tile", type=int, default=160,
                     help="set the cap so that the planner's largest tile is this side (ignored with --limit)")
     ap.add_argument("--limit", help="the memory cap, such as 600MiB (default: from --tile)")
-    ap.add_argument("--rounds", type=int, help=f"grid positions per tiled scale (default tiles.ROUNDS, {tiles.ROUNDS})")
-    ap.add_argument("--overlap", type=float,
-                    help=f"share of a tile's side overlapping each neighbour (default tiles.OVERLAP, {tiles.OVERLAP})")
-    ap.add_argument("--blend-power", type=float,
-                    help=f"the stitching weights' power (default tiles.BLEND_POWER, {tiles.BLEND_POWER})")
     ap.add_argument("--model", default="auto", help="stored weights' name, 'random', or 'auto': caffe where installed")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--checkpoint", action="store_true", help="recompute VGG's blocks (both runs)")
@@ -312,14 +313,13 @@ def main() -> None:
     sizes = [int(s) for s in args.size.split(",")]
     settings = BatchSettings(iterations=args.iterations, lbfgs_history=args.history)
     switches = switches_for(args)
-    limit = size_in_bytes(args.limit) if args.limit else limit_for_tile(args.tile, settings, switches, device)
     model = model_for(args.model, device)
     photo, painting, pair = pictures(args.images, args.content, args.style)
+    limit = size_in_bytes(args.limit) if args.limit else limit_for_tile(
+        args.tile, settings, switches, device, tuple(resize_long_side(photo, max(sizes)).shape[-2:]))
     out = measure.machine(device) | {
         "pair": pair, "model": model.model_id, "iterations": args.iterations, "lbfgs_history": args.history,
         "precision": resolve(switches, device).precision, "checkpoint": args.checkpoint, "limit_bytes": limit,
-        "rounds": args.rounds or tiles.ROUNDS, "overlap": args.overlap if args.overlap is not None else tiles.OVERLAP,
-        "blend_power": args.blend_power if args.blend_power is not None else tiles.BLEND_POWER,
         "style_weight": TransferParams().style_weight, "tv_weight": TransferParams().tv_weight, "sizes": []}
     print(f"{out['device']}, {pair}, model {model.model_id}, {args.iterations} iterations, "
           f"cap {limit / 2**20:.0f} MiB", flush=True)
@@ -331,8 +331,7 @@ def main() -> None:
                 spec = {"device": args.device, "model": args.model, "images": str(args.images) if args.images else None,
                         "content": args.content, "style": args.style, "size": size, "iterations": args.iterations,
                         "history": args.history, "precision": args.precision, "checkpoint": args.checkpoint,
-                        "limit": cap, "threads": args.threads, "rounds": args.rounds, "overlap": args.overlap,
-                        "blend_power": args.blend_power,
+                        "limit": cap, "threads": args.threads,
                         "image_out": f"{tmp}/{name}-{size}.pt", "result_out": f"{tmp}/{name}-{size}.json"}
                 Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
                 subprocess.run([sys.executable, "-m", "benchmarks.tiles", "--child", f"{tmp}/spec.json"], cwd=ROOT,
@@ -348,17 +347,14 @@ def main() -> None:
                 raise SystemExit(f"at {size} px the untiled run tiled")
             h, w = outputs["untiled", size].shape[-2:]
             t = row["tiled"]["tiles"]
-            tiling = tiles.Tiling(t["side"], t["overlap"], t["rounds"], t["at_once"])
+            tiling = _tiling(t)
             job = TransferParams().job(resize_long_side(photo, size), (StyleImage(painting, key=args.style),))
             score = Evaluator(model, job, settings)
-            every, last = list(range(tiling.rounds)), [tiling.rounds - 1]
             for name in ("untiled", "tiled"):
                 image = outputs[name, size]
                 row[name]["losses"] = score(image)
-                row[name]["seam"] = round(seam_figure(image, tiling, every), 4)
-                row[name]["seam_last_round"] = round(seam_figure(image, tiling, last), 4)
+                row[name]["seam"] = round(seam_figure(image, tiling), 4)
             u, ti = row["untiled"], row["tiled"]
-            row["tiles_per_round"] = [len(tiling.corners(h, w, r)) for r in every]
             row["ratios"] = {"time": ti["seconds"] / u["seconds"], "cpu_time": ti["cpu_seconds"] / u["cpu_seconds"],
                              "content": ti["losses"]["content"] / u["losses"]["content"],
                              "style": ti["losses"]["style"] / u["losses"]["style"],
@@ -368,8 +364,7 @@ def main() -> None:
                 args.out.write_text(json.dumps(out, indent=1))
     largest = sizes[-1]
     big = out["sizes"][-1]
-    t = big["tiled"]["tiles"]
-    tiling = tiles.Tiling(t["side"], t["overlap"], t["rounds"], t["at_once"])
+    tiling = _tiling(big["tiled"]["tiles"])
     if args.sheet:
         size_ = contact_sheet([outputs["untiled", largest], outputs["tiled", largest]], args.sheet)
         print(f"{args.sheet}: {size_ / 1000:.0f} KB (untiled, tiled at {largest} px)")
@@ -391,18 +386,21 @@ def reach(args) -> None:
     device = torch.device(args.device)
     settings = BatchSettings(iterations=args.iterations, lbfgs_history=args.history)
     switches = switches_for(args)
-    limit = size_in_bytes(args.limit) if args.limit else limit_for_tile(args.tile, settings, switches, device)
+    sizes = [int(s) for s in args.reach.split(",")]
+    photo, _, _ = pictures(args.images, args.content, args.style)
+    limit = size_in_bytes(args.limit) if args.limit else limit_for_tile(
+        args.tile, settings, switches, device, tuple(resize_long_side(photo, max(sizes)).shape[-2:]))
     out = measure.machine(device) | {"pair": f"{args.content} x {args.style}", "iterations": args.iterations,
                                      "limit_bytes": limit, "precision": resolve(switches, device).precision,
                                      "runs": []}
     print(f"{out['device']}, cap {limit / 2**20:.0f} MiB, {args.iterations} iterations, tiled only", flush=True)
     with tempfile.TemporaryDirectory(prefix="nstd-reach-") as tmp:
-        for size in (int(s) for s in args.reach.split(",")):
+        for size in sizes:
             spec = {"device": args.device, "model": args.model, "images": str(args.images) if args.images else None,
                     "content": args.content, "style": args.style, "size": size, "iterations": args.iterations,
                     "history": args.history, "precision": args.precision, "checkpoint": args.checkpoint,
-                    "limit": limit, "threads": args.threads, "rounds": args.rounds, "overlap": args.overlap,
-                    "blend_power": args.blend_power, "image_out": f"{tmp}/out.pt", "result_out": f"{tmp}/out.json"}
+                    "limit": limit, "threads": args.threads, "image_out": f"{tmp}/out.pt",
+                    "result_out": f"{tmp}/out.json"}
             Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
             subprocess.run([sys.executable, "-m", "benchmarks.tiles", "--child", f"{tmp}/spec.json"], cwd=ROOT,
                            check=True)
@@ -416,15 +414,21 @@ def reach(args) -> None:
                 args.out.write_text(json.dumps(out, indent=1))
 
 
+def _tiling(described: dict) -> tiles.Tiling:
+    """The tiling a run's loss log describes."""
+    return tiles.Tiling(described["side"], described["at_once"], described["halo"])
+
+
 def table(out: dict) -> str:
     mib = 2**20
-    lines = ["| size | run | tiles (side, per round) | peak measured | planner's estimate | seconds | CPU seconds "
+    lines = ["| size | run | tiles (window, count) | peak measured | planner's estimate | seconds | CPU seconds "
              "| content | style | total | seam (control) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in out["sizes"]:
         h, w = row["untiled"]["height"], row["untiled"]["width"]
         for name in ("untiled", "tiled"):
             r = row[name]
-            tiles_ = f"{r['tiles']['side']} px, {'/'.join(map(str, row['tiles_per_round']))}" if r["tiles"] else "-"
+            tiles_ = (f"{r['tiles']['window'][1]}x{r['tiles']['window'][0]} px, {r['tiles']['tiles']}"
+                      if r["tiles"] else "-")
             peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f} MiB"
             lo = r["losses"]
             lines.append(f"| {w}x{h} | {name} | {tiles_} | {peak} | {r['estimate_bytes'] / mib:.0f} MiB "

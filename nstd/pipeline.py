@@ -17,10 +17,11 @@ import torch
 
 from nstd import images, losslog
 from nstd.engine.device import describe
-from nstd.engine.memory import Footprint, least_bytes
+from nstd.engine.memory import TILE, Footprint, least_bytes
 from nstd.engine.resize import POOLED, long_side_size, resize_photo
 from nstd.engine.runner import Engine
-from nstd.engine.tiles import LEAST_SIDE
+from nstd.engine.layers import halo
+from nstd.engine.tiles import least_side
 from nstd.engine.session import Drop, Outcome, Verdict
 from nstd.engine.types import TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -64,19 +65,17 @@ def working_size(name: str, h: int, w: int, params: TransferParams, max_pixels: 
 
 
 def check_fits(name: str, size: tuple[int, int], params: TransferParams, memory: int | None,
-               regions: int = 0, history_precision: str = "fp32") -> None:
+               regions: int = 0) -> None:
     """An ImageError naming the photo when even its smallest useful tile, alone, in bf16
     with checkpointing, needs more than `memory` bytes (the largest device's); None says
-    nothing is known. A photo too large to hold whole runs as tiles (engine/tiles.py), so
-    this refuses only a device too small for any photo. `regions`: the styled regions of
-    its mask or region map; `history_precision`: how the workers store the L-BFGS history."""
+    nothing is known. A photo too large to hold whole runs as tiles (engine/tiles.py), its
+    own state in host memory where the device is small, so this refuses only a device too
+    small for any photo. `regions`: the styled regions of its mask or region map."""
     if memory is None:
         return
-    h, w = (min(side, LEAST_SIDE) for side in size)
     settings = params.settings()
-    history = params.scales(max(size))[-1].lbfgs_history
-    need = least_bytes(h, w, Footprint(settings.layers, settings.optimizer, history, regions=regions,
-                                       history_precision=history_precision))
+    h, w = (min(side, least_side(halo(settings.layers))) for side in size)
+    need = least_bytes(h, w, Footprint(settings.layers, TILE, regions=regions))
     if need > memory:
         raise ImageError(f"{name}: even a {w}x{h} tile of it needs about {need / 2**30:.1f} GiB, more than the "
                          f"largest device has ({memory / 2**30:.1f} GiB)")

@@ -1,4 +1,6 @@
-from nstd.engine.memory import (Footprint, MeasuredMemory, activation_elements, auto_batch, batch_bytes,
+from dataclasses import replace
+
+from nstd.engine.memory import (TILE, Footprint, MeasuredMemory, activation_elements, auto_batch, batch_bytes,
                                bytes_per_image, flops_per_iteration, least_bytes)
 from nstd.engine.types import BatchSettings
 
@@ -121,13 +123,15 @@ def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
     assert blind.after_oom(1, True) is OomStep.GIVE_UP
     # A masked batch is another kind: the plain batch's peak does not size it.
     assert planner.max_batch(200, 200, settings, 100, regions=2) == auto_batch(8 << 30, 200, 200, fp(regions=2))
-    # A tiled photo's peak is its tiles': 4000 x 3000 in 500 px tiles peaking at 20 kB a
-    # tile pixel is 20 kB a pixel for the next batch, not the 0.4 kB a photo pixel it would be.
-    tiled = RunStats((3000, 4000), 1, 10, 1.0, "fp32", True, False, False, peak_bytes=500 * 500 * 20_000,
-                     tiles={"side": 500, "overlap": 64, "rounds": 5, "at_once": 1})
+    # A tiled photo's peak is its tiles' passes': 4000 x 3000 in 480 x 512 px windows peaking at
+    # 20 kB a window pixel is 20 kB a pixel for the next tiles, not the 0.4 kB a photo pixel it
+    # would be; and a tile's kind, which holds no optimiser state, not the whole batches'.
+    tiled = RunStats((3000, 4000), 1, 10, 1.0, "fp32", True, False, False, peak_bytes=480 * 512 * 20_000,
+                     tiles={"side": 512, "window": [480, 512], "halo": 80, "tiles": 70, "at_once": 1})
     planner.observe(settings, 100, [tiled])
-    per = int(20_000 * 200 * 200 * MeasuredMemory.MARGIN)
-    assert planner.max_batch(200, 200, settings, 100) == int((8 << 30) * 0.8 // per)
+    assert planner.max_batch(200, 200, settings, 100) == int((8 << 30) * 0.8 // per)  # the 10 kB above
+    tile_kind = replace(Footprint.of(settings, 100, Switches("fp32"), "fp32"), optimizer=TILE)
+    assert planner.measured.bytes_per_image(tile_kind, 200, 200) == int(20_000 * 200 * 200 * MeasuredMemory.MARGIN)
 
 
 def test_a_masked_batch_counts_its_region_products():
@@ -143,17 +147,17 @@ def test_a_masked_batch_counts_its_region_products():
 def test_a_photo_too_big_to_hold_whole_is_taken_and_only_a_device_without_room_for_a_tile_refuses():
     import pytest
 
-    from nstd.engine.tiles import LEAST_SIDE
+    from nstd.engine.tiles import least_side
     from nstd.errors import ImageError
     from nstd.params import TransferParams
     from nstd.pipeline import check_fits
 
     params, size = TransferParams(size=4000), (3000, 4000)  # far more than `memory` holds whole
-    history = params.scales(4000)[-1].lbfgs_history  # the finest scale's, which sets the peak
-    tile = least_bytes(LEAST_SIDE, LEAST_SIDE, Footprint(LAYERS, lbfgs_history=history, regions=3))
-    assert least_bytes(*size, Footprint(LAYERS)) > tile * 10
+    side = least_side(80)  # relu5_1's halo on each side of a core as wide as it
+    tile = least_bytes(side, side, Footprint(LAYERS, TILE, regions=3))  # its state can wait in host memory
+    assert side == 240 and least_bytes(*size, Footprint(LAYERS)) > tile * 10
     check_fits("p.jpg", size, params, tile, regions=3)  # its tiles fit: it is taken
     check_fits("p.jpg", size, params, tile - 1)  # a plain tile needs less than a masked one
-    with pytest.raises(ImageError, match=r"^p.jpg: even a 64x64 tile of it needs about .* GiB, more than the "
+    with pytest.raises(ImageError, match=r"^p.jpg: even a 240x240 tile of it needs about .* GiB, more than the "
                                          r"largest device has \(.* GiB\)$"):
         check_fits("p.jpg", size, params, tile - 1, regions=3)

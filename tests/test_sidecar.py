@@ -96,15 +96,15 @@ def test_a_size_far_above_the_photo_is_refused_at_intake_not_run(service):
     assert service.journal.queued_jobs() == []
 
 
-def _least_tile(service, history_precision: str) -> int:
-    """The least a 64 px tile of a 4000 px photo needs, as intake reckons it."""
-    from nstd.engine.memory import Footprint, least_bytes
-    from nstd.engine.tiles import LEAST_SIDE
+def _least_tile(service) -> int:
+    """The least a tile of a 4000 px photo needs on the device, as intake reckons it."""
+    from nstd.engine.layers import halo
+    from nstd.engine.memory import TILE, Footprint, least_bytes
+    from nstd.engine.tiles import least_side
 
     settings = service.cfg.transfer.settings()
-    history = service.cfg.transfer.scales(4000)[-1].lbfgs_history
-    return least_bytes(LEAST_SIDE, LEAST_SIDE, Footprint(settings.layers, settings.optimizer, history,
-                                                         history_precision=history_precision))
+    side = least_side(halo(settings.layers))
+    return least_bytes(side, side, Footprint(settings.layers, TILE))
 
 
 def _drop_big(service, name: str, seed: int):
@@ -119,33 +119,16 @@ def test_a_size_no_device_can_hold_whole_is_taken_to_be_tiled_and_only_no_room_f
     from nstd.daemon.journal import WorkerInfo
 
     # The largest device that has said is too small even for a tile: refused, saying so.
-    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", _least_tile(service, "fp32") - 1), "idle",
+    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", _least_tile(service) - 1), "idle",
                          time.time())
     out = _drop_big(service, "small.jpg", 2)
     assert out.kind is Kind.FAILED
-    assert out.detail.startswith("small.jpg: even a 64x64 tile of it needs about ")
+    assert out.detail.startswith("small.jpg: even a 240x240 tile of it needs about ")
     assert out.detail.endswith(" GiB, more than the largest device has (0.3 GiB)")
     # A host with 8 GiB joins: far less than a 3000x4000 photo needs whole, but its tiles fit.
     service.journal.beat(WorkerInfo("g:1:cuda:0", "g", "cuda:0", 8 << 30), "idle", time.time())
     assert _drop_big(service, "big.jpg", 1).kind is Kind.QUEUED
     assert [(j.width, j.height) for j in service.journal.queued_jobs()] == [(3000, 4000)]
-
-
-def test_intake_sizes_a_photo_by_the_history_precision_the_workers_use(service):
-    from dataclasses import replace
-
-    from nstd.daemon.journal import WorkerInfo
-
-    # Between a tile's least with its L-BFGS history in fp32 and in bf16.
-    fp32, bf16 = _least_tile(service, "fp32"), _least_tile(service, "bf16")
-    assert bf16 < fp32
-    service.journal.beat(WorkerInfo("h:1:cuda:0", "h", "cuda:0", (fp32 + bf16) // 2), "idle", time.time())
-    assert _drop_big(service, "a.jpg", 1).kind is Kind.FAILED
-    # As a daemon started with worker.history_precision: bf16 would be.
-    cfg = service.runtime.cfg
-    worker = replace(cfg.worker, switches=replace(cfg.worker.switches, history_precision="bf16"))
-    service.runtime = replace(service.runtime, cfg=replace(cfg, worker=worker))
-    assert _drop_big(service, "b.jpg", 2).kind is Kind.QUEUED
 
 
 def _alias_bomb(key: str) -> str:

@@ -219,8 +219,7 @@ class Intake:
         guided = spec is not None or params.protect != "none"
         hh, ww = working_size(relpath, h, w, params, self.cfg.max_pixels)
         self.cfg.limits.check(relpath, params, max(hh, ww), base)  # base: the config's own, before sidecars
-        check_fits(relpath, (hh, ww), params, memory, styled_regions(spec, params.protect),
-                   self.cfg.worker.switches.history_precision)
+        check_fits(relpath, (hh, ww), params, memory, styled_regions(spec, params.protect))
         key = [ww, hh, repr(params.batch_key())] + (["guided"] if guided else [])
         return JobSpec(style=style, params_hash=_digest(stored), params=stored, width=ww, height=hh,
                        batch_key=_digest(key), priority=priority)

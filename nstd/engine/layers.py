@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nstd.engine.sizes import POOLED
+
 if TYPE_CHECKING:
     import torch
 
@@ -55,6 +57,24 @@ def feature_size(name: str, h: int, w: int) -> tuple[int, int]:
     for _ in range(LAYERS[LAYER_INDEX[name]].scale.bit_length() - 1):
         h, w = h // 2, w // 2
     return h, w
+
+
+def reach(name: str) -> int:
+    """How far, in input pixels, a layer's activation sees from its own position: half its
+    receptive field (a 3x3 convolution widens it by the layer's stride on each side, a
+    2x2 pool by half of one). relu5_1's field is 156 px wide."""
+    width = 1
+    for layer in LAYERS[: LAYER_INDEX[name] + 1]:
+        width += 2 * layer.scale if layer.kind == "conv" else layer.scale if layer.kind == "pool" else 0
+    return width // 2
+
+
+def halo(names) -> int:
+    """Px of context a window's core needs on each side for its activations at `names` to
+    be exactly the whole image's: the deepest layer's reach, in the pools' multiples of
+    16 so that a window's activations line up with the image's (80 for relu5_1)."""
+    deepest = max(reach(n) for n in names)
+    return -(-deepest // POOLED) * POOLED
 
 
 def weight_shapes() -> dict[str, tuple[int, ...]]:

@@ -62,12 +62,17 @@ ACTIVATION_BYTES = {("fp32", False): 8, ("fp32", True): 8, ("tf32", False): 8, (
                     ("bf16", False): 5, ("bf16", True): 3}
 
 
+# A Footprint's optimizer for a tile's pass (engine/tiles.py): its pixels' optimiser state
+# lives with the whole photo, counted apart (photo_state_bytes).
+TILE = "none (a tile)"
+
+
 @dataclass(frozen=True)
 class Footprint:
     """What a batch's memory depends on besides its images' size and count."""
 
     layers: frozenset[str]
-    optimizer: str = "lbfgs"
+    optimizer: str = "lbfgs"  # or TILE
     lbfgs_history: int = 100
     precision: str = "fp32"
     checkpoint: bool = False
@@ -97,9 +102,25 @@ def bytes_per_image(h: int, w: int, fp: Footprint) -> int:
     if fp.optimizer == "lbfgs":
         history = 2 if fp.history_precision == "bf16" else 4
         state = (2 * fp.lbfgs_history * history + 4 * 4) * pixels
+    elif fp.optimizer == TILE:
+        state = 0
     else:
         state = 4 * pixels * 4
     return int(act + state + 8 * pixels * 4 + _region_bytes(h, w, fp))
+
+
+def photo_state_bytes(h: int, w: int, fp: Footprint, content_layers: tuple[str, ...]) -> int:
+    """What a tiled photo keeps whole between its tiles' passes (engine/tiles.py): the
+    image and its gradient, the optimiser's state and its step's working copies, the
+    photo's activations at the content layers, and a masked photo's guides."""
+    pixels = 3 * h * w
+    if fp.optimizer == "lbfgs":
+        state = (2 * fp.lbfgs_history * (2 if fp.history_precision == "bf16" else 4) + 8 * 4) * pixels
+    else:
+        state = 4 * pixels * 4
+    content = sum(LAYERS[LAYER_INDEX[n]].channels_out * (h // LAYERS[LAYER_INDEX[n]].scale) *
+                  (w // LAYERS[LAYER_INDEX[n]].scale) * 4 for n in content_layers)
+    return int(state + 2 * pixels * 4 + content + 4 * fp.regions * h * w)
 
 
 def _region_bytes(h: int, w: int, fp: Footprint) -> int:
@@ -223,10 +244,13 @@ class MemoryPlanner:
         if peaks:
             finest = runs[-1]
             fp = replace(self._footprint(settings, finest_history, regions), checkpoint=finest.checkpoint)
-            # A tiled scale's peak is its tiles': per pixel of the photo it would tell the
-            # next batch that a pixel costs a small part of what it does.
-            count, h, w = ((finest.tiles["at_once"], finest.tiles["side"], finest.tiles["side"]) if finest.tiles
-                           else (finest.batch, *finest.size))
+            count, h, w = finest.batch, *finest.size
+            if finest.tiles:
+                # A tiled scale's peak is its tiles' passes', which hold no optimiser state:
+                # per pixel of a tile, as a tile's kind. (Where the photo's own state stayed
+                # on the device, it is counted in too: a margin.)
+                fp = replace(fp, optimizer=TILE)
+                count, h, w = finest.tiles["at_once"], *finest.tiles["window"]
             self.measured.record(fp, max(peaks), count, h, w)
 
     def after_oom(self, batch: int, checkpoint: bool | None, shrunk: int = 0) -> OomStep:

@@ -14,10 +14,11 @@ from typing import Callable
 import torch
 
 from nstd.engine.switches import Switches
+from nstd.engine.layers import halo
 from nstd.engine.sizes import Scale
 from nstd.engine.targets import GramCache
 from nstd.engine import tiles, transfer
-from nstd.engine.memory import Footprint, batch_bytes, regions_of
+from nstd.engine.memory import TILE, Footprint, batch_bytes, photo_state_bytes, regions_of
 from nstd.engine.resize import long_side_size, pool_padding, resize_long_side, upsample
 from nstd.engine.switches import resolve
 from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
@@ -73,14 +74,19 @@ def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings:
                    .precision, checkpoint=s.checkpoint is not False, history_precision=s.history_precision,
                    regions=regions_of(jobs))
 
-    def fits(th: int, tw: int, count: int) -> bool:
+    def fits(th: int, tw: int, count: int, reserved: int = 0, tile: bool = False) -> bool:
         margin = pool_padding(th, tw)
         ph, pw = th + margin[2] + margin[3], tw + margin[0] + margin[1]
-        per = None if measured is None else measured(fp, ph, pw)
-        need = batch_bytes(count, ph, pw, fp) if per is None else count * per  # a measured peak has the workspace
-        return need <= room * s.memory_budget
+        kind = replace(fp, optimizer=TILE) if tile else fp
+        # A tile's kind not yet measured: its whole kind's measured peak, state and all.
+        per = None if measured is None else measured(kind, ph, pw) or (measured(fp, ph, pw) if tile else None)
+        need = batch_bytes(count, ph, pw, kind) if per is None else count * per  # a measured peak has the workspace
+        return need + reserved <= room * s.memory_budget
 
-    return tiles.plan(h, w, fits)
+    margin = pool_padding(h, w)
+    state = photo_state_bytes(h + margin[2] + margin[3], w + margin[0] + margin[1], fp, settings.content_layers)
+    return tiles.plan(h, w, fits, halo(settings.layers), state, int(room * s.memory_budget),
+                      offload=model.mean.device.type != "cpu")
 
 
 def _settings(settings: BatchSettings, scale: Scale) -> BatchSettings:
@@ -176,11 +182,8 @@ def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scale
 
 def _tiled(model: VGGFeatures, step: "_Step", jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
            switches: Switches | None, free, tiling: tiles.Tiling) -> Outcome:
-    """A scale too large to run whole: each photo in turn, as rounds of tiles."""
+    """A scale too large to run whole: each photo in turn, a tile at a time."""
     for job in jobs:
-        tiled = tiles.run_scale(model, step, job, settings, cache, switches, free, tiling, 0)
-        if tiled.stopped:
+        if tiles.run(model, step, job, settings, cache, switches, free, tiling) is Outcome.STOPPED:
             return Outcome.STOPPED
-        if tiled.result is not None:
-            step.results[job.id] = tiled.result
     return Outcome.COMPLETE

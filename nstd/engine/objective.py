@@ -49,16 +49,13 @@ class ContentLoss(nn.Module):
 
 
 class StyleLoss(nn.Module):
-    """Normalised Gram distance to the style at each layer: (N, layers), unweighted.
+    """Normalised Gram distance to the style at each layer: (N, layers), unweighted."""
 
-    `offsets` (N, C, C) per layer move the targets but not the normaliser, which stays the
-    painting's: a tile aims off its painting's Gram by its difference from its photo."""
-
-    def __init__(self, targets: dict[str, torch.Tensor], offsets: dict[str, torch.Tensor] | None = None):
+    def __init__(self, targets: dict[str, torch.Tensor]):
         super().__init__()
         self.layers = list(targets)
-        self.register_buffer("norm", torch.stack([mean_square(targets[n]) for n in self.layers], 1))
-        self.targets = [targets[n] if offsets is None else targets[n] + offsets[n] for n in self.layers]
+        self.targets = [targets[n] for n in self.layers]
+        self.register_buffer("norm", torch.stack([mean_square(t) for t in self.targets], 1))
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack([style_loss(feats[n], t) for n, t in zip(self.layers, self.targets)], 1) / self.norm
@@ -80,17 +77,15 @@ class GuidedStyleLoss(nn.Module):
     Returns (N, layers), each region weighted by its share of the image (so a lone full
     region is exactly StyleLoss), and (N, R) layer-weighted region losses for the log."""
 
-    def __init__(self, targets: dict[str, torch.Tensor], guides: torch.Tensor, layer_weights: torch.Tensor,
-                 offsets: dict[str, torch.Tensor] | None = None):
+    def __init__(self, targets: dict[str, torch.Tensor], guides: torch.Tensor, layer_weights: torch.Tensor):
         super().__init__()
         self.layers = list(targets)
+        self.targets = [targets[n] for n in self.layers]  # (N, R, C, C)
         # Each layer's guides, pooled once to its activations' size: they never change.
         self.guides = [at_layer(guides, feature_size(n, *guides.shape[-2:])) for n in self.layers]
         self.register_buffer("area", guides.flatten(2).mean(2))
-        self.register_buffer("norm", torch.stack([targets[n].float().pow(2).flatten(2).mean(2).clamp_min(1e-12)
-                                                  for n in self.layers], 2))  # (N, R, layers)
-        # (N, R, C, C); offsets as StyleLoss's, per region
-        self.targets = [targets[n] if offsets is None else targets[n] + offsets[n] for n in self.layers]
+        self.register_buffer("norm", torch.stack([t.float().pow(2).flatten(2).mean(2).clamp_min(1e-12)
+                                                  for t in self.targets], 2))  # (N, R, layers)
         self.register_buffer("layer_weights", layer_weights)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from nstd.engine.layers import LAYER_INDEX, LAYERS
+from nstd.engine.layers import LAYER_INDEX, LAYERS, halo
 from nstd.engine.losses import gram
 from nstd.engine.resize import POOLED, resize_long_side
 from nstd.engine.sizes import least_long_side
@@ -74,31 +74,25 @@ def style_targets(features: Features, device: torch.device, sets: list[tuple[Sty
     return {n: torch.stack([b[n] for b in per_set]) for n in names}
 
 
-# Px of context around each window's core: relu5_1's Gram is exact with 64 (that layer sees
-# furthest past the core's edge) and 7% off at its largest entry with 32; a small window
-# takes a quarter of its side, so that its core is at least half of it.
-HALO = 64
-
-
 def painting_grams(features: Features, image: torch.Tensor, names: list[str],
                    window: int | None) -> dict[str, torch.Tensor]:
     """The Grams of a (3, h, w) image. Where it is larger than `window`, it goes through the
     network a window at a time (a tiled photo's painting is sized to the whole photo, and
-    whole it would need more than a tile): each window's core, with HALO pixels of
-    context, gives its positions' outer products, summed over the cores, which share the
-    image out exactly."""
+    whole it would need more than a tile): each window's core, with the context its
+    deepest layer sees (layers.halo), gives its positions' outer products, summed over the
+    cores, which share the image out exactly."""
     h, w = image.shape[-2:]
     if window is None or max(h, w) <= window:
         f = features(image[None])
         return {n: gram(f[n])[0] for n in names}
-    halo = min(HALO, window // 4 // POOLED * POOLED)
-    core = max(POOLED, (window - 2 * halo) // POOLED * POOLED)
+    margin = halo(names)
+    core = max(POOLED, (window - 2 * margin) // POOLED * POOLED)
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
     for y0 in range(0, h, core):
         for x0 in range(0, w, core):
-            y1, x1, wy, wx = min(y0 + core, h), min(x0 + core, w), max(0, y0 - halo), max(0, x0 - halo)
-            f = features(image[None, :, wy:min(h, y1 + halo), wx:min(w, x1 + halo)])
+            y1, x1, wy, wx = min(y0 + core, h), min(x0 + core, w), max(0, y0 - margin), max(0, x0 - margin)
+            f = features(image[None, :, wy:min(h, y1 + margin), wx:min(w, x1 + margin)])
             for n in names:
                 stride = LAYERS[LAYER_INDEX[n]].scale  # window and core edges are its multiples
                 part = f[n][0, :, (y0 - wy) // stride:(y1 - wy) // stride, (x0 - wx) // stride:(x1 - wx) // stride]
@@ -127,24 +121,3 @@ def region_targets(jobs: list[TransferJob], targets: dict[str, torch.Tensor], co
 def style_sets(jobs: list[TransferJob]) -> list[tuple[StyleImage, ...]]:
     """Each job's styles, or each styled region's, in order: what the targets are made of."""
     return [s for j in jobs for s in ([r.styles for r in j.styled_regions] if j.regions else [j.styles])]
-
-
-def offset_targets(jobs: list[TransferJob], targets: dict[str, torch.Tensor],
-                   count: int | None) -> dict[str, torch.Tensor] | None:
-    """Each job's `gram_offset` laid out as `targets` are: (N, C, C) for the plain style
-    loss (`count` None), (N, count, C, C) for the guided one; zeros for a job without
-    one; None where no job has one."""
-    if all(j.gram_offset is None for j in jobs):
-        return None
-    out = {}
-    for n, target in targets.items():
-        grid = torch.zeros_like(target)
-        for i, job in enumerate(jobs):
-            if job.gram_offset is not None:
-                shift = job.gram_offset[n].to(grid)
-                if count is None:
-                    grid[i] = shift[0]
-                else:
-                    grid[i, :shift.shape[0]] = shift
-        out[n] = grid
-    return out

@@ -1,95 +1,149 @@
-"""Print size on any device: a scale too large to optimise whole runs as overlapping tiles.
+"""Print size on any device: a scale too large to optimise whole, a tile at a time.
 
-Each round cuts the image into tiles of one size on a grid that moves from round to
-round, so that no boundary stays in one place (the shifted tiles sketched in
-crowsonkb/style_transfer's issue 10). The tiles of a round are jobs for the ordinary
-engine, with the photo's content under them and the painting's style targets sized to
-the photo rather than the tile, each moved by the tile's difference from the whole
-photo (engine/tilegrams.py), so that the tiles together give the whole photo the
-painting's statistics. Their results are put back with weights that fall towards a
-tile's edges, so neighbours cross-fade over their overlap.
+The photo keeps one optimiser over all of its pixels, and its objective is the whole
+photo's, exactly as an untiled run has it: the painting's Grams against the whole photo's
+Grams, the photo's features, total variation. Only the network's passes are cut up. Each
+tile is a window of the photo that answers for its core, the positions it owns, and
+reads `halo` pixels of context around it, so that the core's activations are the ones
+the whole image would give. One pass of the tiles sums the whole photo's Grams; a
+second pass hands each tile the gradient of the whole objective at its core's
+activations (the Gram's gradient is (G - A) f at each position, once G is known), and
+its backward pass gives the photo's gradient there. Then one optimiser step moves the
+whole photo.
 
-L-BFGS keeps curvature pairs of one tile's pixels; when the grid moves, a tile holds
-other pixels and those pairs no longer describe it, and keeping every tile's pairs
-between rounds would hold memory in proportion to the photo. Each round therefore
-starts its optimisers afresh, from the stitched image, and the scale's iterations are
-shared among the rounds: a few long rounds rather than many short ones, since every
-start spends its first iterations rebuilding curvature (see docs/performance.md).
+So nothing is stitched and nothing is seen by one tile only: the tiles' edges are where
+the passes were cut, not where the picture was. L-BFGS keeps its curvature pairs over
+the whole photo, as it would untiled; at the finest scales its history is a few pairs
+(engine/sizes.py), and where that does not fit the device beside the tiles it is kept in
+host memory. The price is one more forward pass of the network per iteration, and each
+tile's halo passed twice (docs/performance.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable
 
 import torch
 
-from nstd.engine import color, tilegrams, transfer
-from nstd.engine.guides import blend_keep, fit, resample
-from nstd.engine.resize import POOLED
-from nstd.engine.session import Collect, Drop, Outcome, Verdict
-from nstd.engine.switches import resolve
-from nstd.engine.types import TransferJob, TransferResult
+from nstd.engine import color, transfer
+from nstd.engine.checks import check_batch
+from nstd.engine.device import PeakMemory
+from nstd.engine.guides import at_layer, content_maps, pixel_guides, weighted_products
+from nstd.engine.layers import LAYER_INDEX, LAYERS
+from nstd.engine.loop import optimise
+from nstd.engine.losses import tv_loss
+from nstd.engine.memory import TILE, Footprint, batch_bytes, photo_state_bytes, regions_of
+from nstd.engine.optim import make_optimizer
+from nstd.engine.resize import POOLED, pool_padding
+from nstd.engine.session import Outcome
+from nstd.engine.switches import Switches, resolve, running
+from nstd.engine.targets import GramCache, region_targets, style_sets, style_targets
+from nstd.engine.types import BatchSettings, TransferJob
 
-ROUNDS = 5  # grid positions per tiled scale...
-LEAST_ROUND = 10  # ...of at least this many iterations: each round restarts L-BFGS
-OVERLAP = 0.25  # of a tile's side, shared with each neighbour...
-# ...up to this: what a tile's edge does to VGG's features reaches a fixed distance in
-# pixels, not a share of the tile, and a print-size tile thousands of pixels wide would
-# otherwise spend a third of its pixels on overlaps.
-MOST_OVERLAP = 128
-# Each tile's stitching weight is its distance from its own edge (over the overlap) to this
-# power: above 1, the seam narrows to the middle of each overlap, where both tiles are
-# farthest from their borders, rather than averaging two textures across all of it.
-BLEND_POWER = 1.0
-LEAST_SIDE = 4 * POOLED  # a tile smaller than this sees too little of the painting's texture
+LEAST_SIDE = 4 * POOLED  # no tile is smaller; nor is its core smaller than its halo
+
+
+def least_side(halo: int) -> int:
+    return max(LEAST_SIDE, 3 * halo)
 
 
 @dataclass(frozen=True)
 class Tiling:
-    side: int  # a tile's height and width
-    overlap: int  # pixels a tile shares with its neighbour
-    rounds: int  # grid positions
-    per_batch: int  # tiles optimised at once
+    """How a scale runs tiled, as the planner chose: the largest square that fits, and how
+    many of the tiles go through the network at once."""
 
-    def corners(self, h: int, w: int, round_: int) -> list[tuple[int, int]]:
-        """The tiles' top-left corners at one round: every pixel covered, as many tiles
-        every round, the inner boundaries moved from round to round."""
-        return [(y, x) for y in self._starts(h, round_) for x in self._starts(w, round_)]
-
-    def _starts(self, n: int, round_: int) -> list[int]:
-        """Starts along an axis of n pixels: as few tiles as cover it, evenly spaced, the
-        first at 0 and the last at the end; the inner ones shift together by up to the
-        room their overlap leaves (down to half of it), a different shift each round.
-        Clamping a shifted grid at both ends instead would add a row and a column of
-        near-duplicate tiles. An axis of two tiles has no inner start, and its one
-        boundary stays: a third tile to move it would cost half as much again."""
-        side = self.side
-        if side >= n:
-            return [0]
-        count = -(-(n - side) // (side - self.overlap)) + 1
-        gap = (n - side) / (count - 1)
-        room = max(0.0, side - self.overlap / 2 - gap)  # how far an inner start may move
-        shift = 0.0 if self.rounds == 1 else room * (2 * round_ / (self.rounds - 1) - 1)
-        starts = [0] + [round(i * gap + shift) for i in range(1, count - 1)] + [n - side]
-        return sorted({min(max(p, 0), n - side) for p in starts})
+    side: int  # the planner's largest tile; a tile's window is at most this on each side
+    per_batch: int  # tiles through the network at once
+    # Context around each core: layers.halo, so that the core's activations are exactly the
+    # whole image's. Less is no cheap approximation: the optimiser's curvature pairs are
+    # gradients a hundredth apart, and a halo short of relu5_1's reach changes them by a
+    # tenth (docs/performance.md), which sends L-BFGS's second step far uphill.
+    halo: int
+    state_on_device: bool = True  # the photo, its gradient and its optimiser; else host memory
 
 
-Fits = Callable[[int, int, int], bool]  # whether `count` images of h x w fit the device at once
+@dataclass(frozen=True)
+class Tile:
+    """A window of the (padded) photo and the core it answers for, in photo pixels; every
+    edge a multiple of 16, so the window's activations line up with the photo's."""
+
+    top: int
+    left: int
+    core: tuple[int, int, int, int]  # y0, y1, x0, x1
+
+    def cells(self, stride: int) -> tuple[slice, slice]:
+        """The core's positions in the window's activations at `stride`."""
+        y0, y1, x0, x1 = self.core
+        return (slice((y0 - self.top) // stride, (y1 - self.top) // stride),
+                slice((x0 - self.left) // stride, (x1 - self.left) // stride))
+
+    def photo_cells(self, stride: int) -> tuple[slice, slice]:
+        """The core's positions in the whole photo's activations at `stride`."""
+        y0, y1, x0, x1 = self.core
+        return slice(y0 // stride, y1 // stride), slice(x0 // stride, x1 // stride)
 
 
-def plan(h: int, w: int, fits: Fits, rounds: int | None = None) -> Tiling | None:
+def _axis(n: int, side: int, halo: int) -> tuple[int, list[tuple[int, int]]]:
+    """An axis of n px (a multiple of 16) cut for windows of at most `side`: the window's
+    length, and the cores, which share the axis out. Inner cores are the window less
+    a halo each side; the two outer ones reach the photo's edge and need one halo only."""
+    if n <= side:
+        return n, [(0, n)]
+    count = 2
+    while _round_up(-(-(n - 2 * halo) // count)) + 2 * halo > side:
+        count += 1
+    core = _round_up(-(-(n - 2 * halo) // count))
+    window = min(n, core + 2 * halo)
+    bounds = [0] + [min(n, core + halo + i * core) for i in range(count - 1)] + [n]
+    return window, [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _round_up(v: int) -> int:
+    return max(POOLED, -(-v // POOLED) * POOLED)
+
+
+def grid(h: int, w: int, tiling: Tiling) -> tuple[tuple[int, int], list[Tile]]:
+    """The window size and the tiles of an h x w photo (multiples of 16): the cores cover
+    it exactly once, each window holds its core with the halo around it where the photo
+    goes on."""
+    if tiling.side < least_side(tiling.halo):
+        raise ValueError(f"a tile of {tiling.side} px has too little room inside its {tiling.halo} px halo")
+    wh, rows = _axis(h, tiling.side, tiling.halo)
+    ww, cols = _axis(w, tiling.side, tiling.halo)
+    return (wh, ww), [Tile(min(max(0, y0 - tiling.halo), h - wh), min(max(0, x0 - tiling.halo), w - ww),
+                           (y0, y1, x0, x1)) for y0, y1 in rows for x0, x1 in cols]
+
+
+# fits(h, w, count, reserved=0, tile=False): whether `count` images of h x w fit the device at
+# once beside `reserved` bytes: whole images, or tiles (whose optimiser state is the photo's).
+Fits = Callable[..., bool]
+
+
+def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None = None,
+         offload: bool = False) -> Tiling | None:
     """How a scale of h x w runs: None where the whole image fits alone; else the largest
-    square tile that fits, and as many of them at once as fit (at most a round's)."""
+    square tile that fits, and as many tiles at once as fit (at most the photo's).
+
+    The photo's own state (`state` bytes) takes its share of the device's `room`, and the
+    tiles the rest; with `offload` (a device beside host memory) it goes to host memory
+    instead where it would take more than a quarter of the room, as a print-size photo's
+    does, so that the tiles stay large: every tile's halo is passed again."""
     if fits(h, w, 1):
         return None
-    side = min(_largest(fits), max(h, w))
-    if side < LEAST_SIDE:
+    on_device = not offload or (room is not None and 4 * state <= room)
+
+    def spare(th: int, tw: int, n: int) -> bool:
+        return fits(th, tw, n, state if on_device else 0, tile=True)
+
+    side = min(_largest(spare), _round_up(max(h, w)))
+    if side < least_side(halo):
         return None  # no useful tile fits: run whole, and out of memory says so
-    overlap = max(POOLED, min(MOST_OVERLAP, int(side * OVERLAP)) // POOLED * POOLED)
-    tiling = Tiling(side, overlap, rounds or ROUNDS, 1)  # ROUNDS read now: a benchmark may change it
-    count = len(tiling.corners(h, w, 0))
-    per_batch = max(n for n in range(1, count + 1) if n == 1 or fits(side, side, n))
+    tiling = Tiling(side, 1, halo, on_device)
+    margin_h, margin_w = -h % POOLED, -w % POOLED
+    (wh, ww), tiles_ = grid(h + margin_h, w + margin_w, tiling)
+    per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or spare(wh, ww, n))
     return replace(tiling, per_batch=per_batch)
 
 
@@ -102,227 +156,246 @@ def _largest(fits: Fits) -> int:
     return low
 
 
-def feather(h: int, w: int, overlap: int) -> torch.Tensor:
-    """(h, w) weights rising from the edges over the overlap: neighbours cross-fade."""
-    def ramp(n: int) -> torch.Tensor:
-        i = torch.arange(n, dtype=torch.float32) + 0.5
-        return torch.clamp(torch.minimum(i, n - i) / max(overlap, 1), max=1.0)
-
-    return (ramp(h)[:, None] * ramp(w)[None, :]) ** BLEND_POWER
+def _stride(name: str) -> int:
+    return LAYERS[LAYER_INDEX[name]].scale
 
 
-class Round:
-    """One round's tiles of one photo, as jobs for the engine and back into the image."""
+class Photo:
+    """One photo's whole objective, evaluated a tile at a time.
 
-    def __init__(self, job: TransferJob, image: torch.Tensor, tiling: Tiling, round_: int):
-        self.job, self.image, self.tiling = job, image, tiling
-        h, w = job.content.shape[-2:]
-        self.corners = tiling.corners(h, w, round_)
-        self.masks = [fit(r.mask, (h, w)) for r in job.regions]
-        self.content_map = None if job.content_map is None else resample(job.content_map, (h, w))
+    `job` is the photo as the engine runs it (colour prepared, mirrored out to a multiple
+    of 16); `features(x)` runs the network on a batch of windows on the compute device;
+    `home` is where the photo's state lives. The loss row is an untiled batch's: total,
+    content, style, tv, each style layer, then each styled region's style loss."""
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """A tile's (height, width): the side, or the image's where it is narrower."""
-        h, w = self.job.content.shape[-2:]
-        return min(self.tiling.side, h), min(self.tiling.side, w)
+    def __init__(self, job: TransferJob, features, settings: BatchSettings, tiling: Tiling, compute: torch.device,
+                 home: torch.device, style: dict[str, torch.Tensor]):
+        self.features, self.compute, self.home = features, compute, home
+        self.names, self.content_layers = settings.style_names, settings.content_layers
+        self.layer_weights = [w for _, w in settings.style_layers]
+        self.weights = (job.content_weight, job.style_weight, job.tv_weight)
+        self.size = tuple(job.content.shape[-2:])
+        self.window, self.tiles = grid(*self.size, tiling)
+        self.per_batch = tiling.per_batch
+        self.regions = bool(job.regions)
+        guides = pixel_guides([job], self.size, home)[0] if self.regions else None  # (R, H, W)
+        self.guides = {n: None if guides is None else at_layer(guides, self._cells(n)) for n in self.names}
+        self.area = torch.ones(1, device=compute) if guides is None else guides.flatten(1).mean(1).to(compute)
+        self.count = {n: (torch.full((1,), float(self._cells(n)[0] * self._cells(n)[1]), device=compute)
+                          if guides is None else self.guides[n].flatten(1).sum(1).clamp_min(1e-6).to(compute))
+                      for n in self.names}
+        self.targets = style  # per layer (R, C, C)
+        self.style_norm = {n: t.pow(2).flatten(1).mean(1).clamp_min(1e-12) for n, t in style.items()}
+        maps = content_maps([job], self.size, home)
+        self.content_weights = {n: None if maps is None else at_layer(maps, self._cells(n))[0, 0]
+                                for n in self.content_layers}
+        self.content = self._content_features(job.content)
+        self.content_norm = {n: (torch.linalg.vector_norm(t, dtype=torch.float32) ** 2 / t.numel()).clamp_min(1e-12)
+                             .to(compute) for n, t in self.content.items()}
 
-    def jobs(self) -> list[TransferJob]:
-        (th, tw), long_side = self.shape, max(self.job.content.shape[-2:])
-        out = []
-        for k, (y, x) in enumerate(self.corners):
-            regions = tuple(replace(r, mask=m[y:y + th, x:x + tw]) for r, m in zip(self.job.regions, self.masks))
-            cmap = None if self.content_map is None else self.content_map[y:y + th, x:x + tw]
-            out.append(replace(self.job, content=self.job.content[:, y:y + th, x:x + tw],
-                               init_image=self.image[:, y:y + th, x:x + tw], regions=regions, content_map=cmap,
-                               preserve_color="none", style_side=long_side, style_window=self.tiling.side, id=k))
+    def _cells(self, name: str) -> tuple[int, int]:
+        s = _stride(name)
+        return self.size[0] // s, self.size[1] // s
+
+    def _batches(self) -> list[list[Tile]]:
+        return [self.tiles[i:i + self.per_batch] for i in range(0, len(self.tiles), self.per_batch)]
+
+    def _windows(self, image: torch.Tensor, tiles: list[Tile]) -> torch.Tensor:
+        wh, ww = self.window
+        return torch.stack([image[:, t.top:t.top + wh, t.left:t.left + ww] for t in tiles]).to(
+            self.compute, torch.float32)
+
+    @torch.no_grad()
+    def _content_features(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The photo's activations at the content layers, assembled from the tiles' cores."""
+        out: dict[str, torch.Tensor] = {}
+        for tiles in self._batches():
+            feats = self.features(self._windows(content, tiles))
+            for n in self.content_layers:
+                f = feats[n]
+                if n not in out:
+                    out[n] = torch.empty(f.shape[1], *self._cells(n), dtype=f.dtype, device=self.home)
+                for k, t in enumerate(tiles):
+                    out[n][(slice(None),) + t.photo_cells(_stride(n))] = f[k][(slice(None),) + t.cells(_stride(n))]
         return out
 
-    def owners(self) -> list[torch.Tensor]:
-        """Each tile's (h, w) share of the stitched image under it: the shares of a pixel
-        sum to 1."""
-        th, tw = self.shape
-        weight = feather(th, tw, self.tiling.overlap)
-        weights = torch.zeros(self.image.shape[-2:])
-        for y, x in self.corners:
-            weights[y:y + th, x:x + tw] += weight
-        return [weight / weights[y:y + th, x:x + tw] for y, x in self.corners]
+    @torch.no_grad()
+    def _grams(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per style layer, (R, C, C): each styled region's Gram over the whole photo."""
+        sums: dict[str, torch.Tensor] = {}
+        for tiles in self._batches():
+            feats = self.features(self._windows(image, tiles))
+            for n in self.names:
+                for k, t in enumerate(tiles):
+                    core = feats[n][k:k + 1][(slice(None), slice(None)) + t.cells(_stride(n))]
+                    part = weighted_products(core, self._guide(n, t))[0]
+                    sums[n] = part + sums.get(n, 0)
+        return {n: sums[n] / self.count[n][:, None, None] for n in self.names}
 
-    def stitch(self, results: dict[int, TransferResult]) -> torch.Tensor:
-        """The tiles' results put back, each weighted by its feather; pixels no tile
-        finished (a cancel mid-round) keep the image as it was."""
-        th, tw = self.shape
-        weight = feather(th, tw, self.tiling.overlap)
-        total = torch.zeros_like(self.image)
-        weights = torch.zeros(self.image.shape[-2:])
-        for k, (y, x) in enumerate(self.corners):
-            if k in results:
-                total[:, y:y + th, x:x + tw] += results[k].image * weight
-                weights[y:y + th, x:x + tw] += weight
-        covered = weights > 0
-        out = self.image.clone()
-        out[:, covered] = total[:, covered] / weights[covered]
-        return out
+    def _guide(self, name: str, tile: Tile) -> torch.Tensor:
+        """(1, R, h, w): the regions' weights over a tile's core at a layer (ones: no regions)."""
+        cy, cx = tile.photo_cells(_stride(name))
+        if self.guides[name] is None:
+            return torch.ones(1, 1, cy.stop - cy.start, cx.stop - cx.start, device=self.compute)
+        return self.guides[name][None, :, cy, cx].to(self.compute)
+
+    def evaluate(self, x: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole objective at x (1, 3, H, W), a leaf on `home`: its total (1,) and loss
+        row (1, columns); with `grad`, x.grad holds its gradient."""
+        cw, sw, tw = self.weights
+        grams = self._grams(x.detach()[0])
+        per_region = {n: (grams[n] - self.targets[n]).pow(2).flatten(1).mean(1) / self.style_norm[n]
+                      for n in self.names}  # (R,) each
+        by_layer = torch.stack([(per_region[n] * self.area).sum() for n in self.names])
+        style = (by_layer * torch.tensor(self.layer_weights, device=self.compute)).sum()
+        # d(total)/dG per layer and region, over the region's weight: what a position's
+        # activations f are pushed by, 2 D f (see `_gradients`).
+        pull = {n: (sw * lw * 2 / grams[n].shape[-1] ** 2) * (self.area / self.count[n] / self.style_norm[n])[:, None, None]
+                * (grams[n] - self.targets[n]) for n, lw in zip(self.names, self.layer_weights)}
+        content = torch.zeros((), device=self.compute)
+        if grad:
+            x.grad = torch.zeros_like(x)
+        for tiles in self._batches():
+            content = content + self._tiles(x, tiles, pull, cw, grad)
+        with torch.set_grad_enabled(grad):
+            tv = tv_loss(x)
+            if grad:
+                (tw * tv).sum().backward()
+        tv = tv.detach().to(self.compute)[0]
+        total = cw * content + sw * style + tw * tv
+        regions = [sum(lw * per_region[n] for n, lw in zip(self.names, self.layer_weights))] if self.regions else []
+        row = torch.cat([torch.stack([total, content, style, tv]), by_layer] + regions)
+        return total.reshape(1).to(self.home), row[None]
+
+    def _tiles(self, x: torch.Tensor, tiles: list[Tile], pull: dict[str, torch.Tensor], cw: float,
+               grad: bool) -> torch.Tensor:
+        """One batch of tiles: their share of the content loss; with `grad`, their share of
+        the photo's gradient added to x.grad."""
+        windows = self._windows(x.detach()[0], tiles).requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            feats = self.features(windows)
+        content, grads = self._gradients(feats, tiles, pull, cw, grad)
+        if grad:
+            names = list(grads)
+            torch.autograd.backward([feats[n] for n in names], [grads[n].to(feats[n].dtype) for n in names])
+            wh, ww = self.window
+            with torch.no_grad():
+                for k, t in enumerate(tiles):
+                    x.grad[0, :, t.top:t.top + wh, t.left:t.left + ww] += windows.grad[k].to(self.home)
+        return content
+
+    @torch.no_grad()
+    def _gradients(self, feats: dict[str, torch.Tensor], tiles: list[Tile], pull: dict[str, torch.Tensor],
+                   cw: float, grad: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The tiles' content loss, and the whole objective's gradient at their activations,
+        zero outside each core (another tile answers for those positions)."""
+        content = torch.zeros((), device=self.compute)
+        grads: dict[str, torch.Tensor] = {}
+        for n in self.content_layers:
+            s, target, norm = _stride(n), self.content[n], self.content_norm[n]
+            g = torch.zeros(feats[n].shape, device=self.compute) if grad else None
+            for k, t in enumerate(tiles):
+                cy, cx = t.cells(s)
+                py, px = t.photo_cells(s)
+                diff = feats[n][k, :, cy, cx].float() - target[:, py, px].to(self.compute).float()
+                weight = None if self.content_weights[n] is None else self.content_weights[n][py, px].to(self.compute)
+                sq = diff.pow(2) if weight is None else diff.pow(2) * weight
+                content = content + sq.sum() / (target.numel() * norm)
+                if grad:
+                    g[k, :, cy, cx] = (2 * cw / (target.numel() * norm)) * (diff if weight is None else diff * weight)
+            if grad:
+                grads[n] = g
+        if not grad:
+            return content, grads
+        for n in self.names:
+            g = torch.zeros(feats[n].shape, device=self.compute)
+            for k, t in enumerate(tiles):
+                cy, cx = t.cells(_stride(n))
+                f = feats[n][k, :, cy, cx].float()
+                c, h, w = f.shape
+                guide = self._guide(n, t)[0].reshape(-1, 1, h * w)  # (R, 1, hw)
+                pushed = torch.einsum("rij,jp->rip", pull[n], f.reshape(c, h * w))  # (R, C, hw)
+                g[k, :, cy, cx] = 2 * (pushed * guide).sum(0).reshape(c, h, w)
+            grads[n] = g + grads[n] if n in grads else g
+        return content, grads
 
 
-class TileSession(Collect):
-    """A round's tiles as a session: their results kept, and the photo's progress passed
-    on to the caller's session as the scale's iterations. A round of `its` iterations
-    runs its tiles a part at a time, so a part's iterations count for its share of the
-    round's tiles, after the parts before it (see `part`)."""
-
-    def __init__(self, outer, photo_id: int, offset: int):
-        super().__init__()
-        self.outer, self.photo_id, self.offset = outer, photo_id, offset
-        self.share = 1.0
-        self.dropped = False
-
-    def part(self, offset: float, share: float) -> None:
-        """The next part starts at scale iteration `offset` and is `share` of the round."""
-        self.offset, self.share = offset, share
-
-    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
-        at = round(self.offset + iteration * self.share)
-        answer = self.outer.progress(at, None if losses is None else [r | {"iteration": at} for r in losses])
-        if isinstance(answer, Drop):
-            if self.photo_id not in answer.ids:
-                return Verdict.GO
-            self.dropped = True
-            return Verdict.STOP
-        return answer
+def style_grams(model, features, job: TransferJob, long_side: int, settings: BatchSettings, cache: GramCache, r,
+                tiling: Tiling) -> dict[str, torch.Tensor]:
+    """Per style layer, (R, C, C): each styled region's painting Gram at the size of a
+    photo of `long_side`,
+    the painting passed a tile-sized window at a time where it is larger."""
+    names = settings.style_names
+    grams = style_targets(features, r.device, style_sets([job]), names, long_side, cache,
+                          (model.model_id, model.pooling, tuple(names), r.precision), tiling.side)
+    count = max(len(job.styled_regions), 1) if job.regions else 1
+    return {n: t[0] for n, t in region_targets([job], grams, count).items()}
 
 
 def prepared(job: TransferJob) -> TransferJob:
-    """The photo as its tiles see it: colour preservation applied to the whole photo, so
-    every tile's luminance is matched to the same statistics."""
+    """The photo as its tiles see it: colour preservation applied to the whole photo."""
     return color.prepare(job)
 
 
-def finished(job: TransferJob, image: torch.Tensor, history: list[dict],
-             snapshots: list[tuple[int, torch.Tensor]]) -> TransferResult:
-    """The stitched image as the photo's result, and its snapshots: their colour and kept
-    regions restored."""
-    result = TransferResult(image.clamp(0, 1), history, snapshots)
-    color.finish(job, result)
-    result.image = blend_keep(job, result.image)
-    result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
-    return result
+class _Whole:
+    """The photo as the loop's batch of one image: each iteration the whole objective's
+    gradient, tile by tile, and one step of the photo's optimiser."""
+
+    size = 1
+
+    def __init__(self, photo: Photo, x: torch.Tensor, opt):
+        self.photo, self.x, self.opt = photo, x, opt
+
+    def iteration(self) -> torch.Tensor:
+        total, row = self.photo.evaluate(self.x, grad=True)
+        self.opt.step(total)
+        return row
+
+    def pixels(self) -> torch.Tensor:
+        return self.x.detach()
+
+    def rows_now(self, slots: list[int]) -> list[torch.Tensor]:
+        return [self.photo.evaluate(self.x, grad=False)[1][0]]
+
+    def park(self, slots: list[int]) -> bool:
+        return False
 
 
-def snapshot_due(every: int, before: int, after: int) -> bool:
-    """Whether a round that took the scale from iteration `before` to `after` passed a
-    multiple of `every`: a tiled scale's snapshot is the stitched image at that round's
-    end (its tiles, each in its own batch, take none)."""
-    return every > 0 and after // every > before // every
+def run(model, session, job: TransferJob, settings: BatchSettings, cache: GramCache, switches, free,
+        tiling: Tiling) -> Outcome:
+    """One photo's scale, tiled: its result reaches `session` as any batch's does, its
+    history marked "tiled" and its run describing the tiles."""
+    check_batch(model, [job], settings)
+    h, w = job.content.shape[-2:]
+    margin = pool_padding(h, w)
+    size = (h + margin[2] + margin[3], w + margin[0] + margin[1])
+    (wh, ww), tiles_ = grid(*size, tiling)
+    fp = Footprint(settings.layers, settings.optimizer, settings.lbfgs_history,
+                   history_precision=(switches or Switches()).history_precision, regions=regions_of([job]))
 
+    def need(precision: str, checkpoint: bool) -> int:
+        return batch_bytes(tiling.per_batch, wh, ww, replace(fp, optimizer=TILE, precision=precision,
+                                                             checkpoint=checkpoint))
 
-def round_history(results: dict[int, TransferResult], start: int, round_: int) -> list[dict]:
-    """A round's loss records for the photo: each logged iteration's losses averaged over
-    the tiles (every tile logs at the same iterations), counted from `start`."""
-    histories = [r.history for r in results.values()]
-    if not histories:
-        return []
-    out = []
-    for records in zip(*histories):
-        first = records[0]
-        rec = {k: sum(r[k] for r in records) / len(records) for k in ("total", "content", "style", "tv")}
-        for part in ("style_by_layer", "style_by_region"):
-            if part in first:
-                rec[part] = {name: sum(r[part][name] for r in records) / len(records) for name in first[part]}
-        out.append({"iteration": start + first["iteration"], **rec, "tiled": True, "round": round_})
-    return out
-
-
-def chunks(jobs: list[TransferJob], size: int) -> list[list[TransferJob]]:
-    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
-
-
-def start_image(job: TransferJob) -> torch.Tensor:
-    """Where a tiled scale starts: the coarser scale's result, or the job's own start."""
-    if job.init_image is not None:
-        return job.init_image.float()
-    if job.init == "content":
-        return job.content.float().clone()
-    if job.init == "noise":
-        gen = torch.Generator().manual_seed(job.seed)
-        return torch.rand(job.content.shape, generator=gen)
-    style = job.styles[0].image.float()
-    return torch.nn.functional.interpolate(style[None], size=tuple(job.content.shape[-2:]), mode="bicubic",
-                                           align_corners=False)[0].clamp(0, 1)
-
-
-@dataclass
-class Tiled:
-    """What a tiled scale gave: the photo's result, or why there is none."""
-
-    result: TransferResult | None
-    stopped: bool = False  # the caller's session said stop
-    dropped: bool = False  # the photo was dropped (cancelled)
-
-
-def run_scale(model, session, job: TransferJob, settings, cache, switches, free, tiling: Tiling,
-              offset: int) -> Tiled:
-    """One scale of one photo as rounds of tiles; progress reaches `session` counted from
-    `offset`. The result's history has one record per logged iteration, averaged over
-    the tiles and marked "tiled"."""
-    whole = prepared(job)
-    image = start_image(whole)
-    resolved = resolve(switches, model.mean.device)
-    tiling = replace(tiling, rounds=rounds_for(tiling.rounds, settings.iterations))
-    per_round = max(1, settings.iterations // tiling.rounds)
-    history: list[dict] = []
-    snapshots: list[tuple[int, torch.Tensor]] = []
-    runs = []
-    done = offset
-    for r in range(tiling.rounds):
-        its = per_round if r < tiling.rounds - 1 else max(1, settings.iterations - per_round * r)
-        rnd = Round(whole, image, tiling, r)
-        tiles_session = TileSession(session, job.id, done)
-        image = _round(model, tiles_session, rnd, replace(settings, iterations=its, snapshot_every=0), cache,
-                       switches, free, resolved)
-        if isinstance(image, Tiled):
-            return image
-        history += round_history(tiles_session.results, done, r)
-        runs += [res.runs[-1] for res in tiles_session.results.values()]
-        done += its
-        if r < tiling.rounds - 1 and snapshot_due(settings.snapshot_every, done - its - offset, done - offset):
-            snapshots.append((done - offset, image.clamp(0, 1).clone()))
-    result = finished(job, image, history, snapshots)
-    result.runs = [_summary(runs, tuple(job.content.shape[-2:]), done - offset, tiling)]
-    return Tiled(result)
-
-
-def rounds_for(rounds: int, iterations: int) -> int:
-    """The rounds a tiled scale of `iterations` runs: no more than give each LEAST_ROUND."""
-    return max(1, min(rounds, iterations // LEAST_ROUND))
-
-
-def _round(model, session: TileSession, rnd: Round, settings, cache, switches, free,
-           resolved) -> torch.Tensor | Tiled:
-    """A round's tiles, as many at once as fit: the stitched image, or a Tiled where the
-    caller's session stopped or dropped the photo."""
-    start, count = session.offset, len(rnd.corners)
-    names, per_batch = settings.style_names, rnd.tiling.per_batch
-    jobs = rnd.jobs()
-    photo = tilegrams.whole(model, jobs, rnd.owners(), names, resolved, per_batch)
-    for part in chunks(jobs, per_batch):
-        shares = tilegrams.offsets(model, part, photo, names, resolved)
-        part = [replace(job, gram_offset=share) for job, share in zip(part, shares)]
-        session.part(start + settings.iterations * len(session.results) / count, len(part) / count)
-        outcome = transfer.run(model, session, part, settings, cache, switches, free)
-        if session.dropped:
-            return Tiled(None, dropped=True)
-        if outcome is Outcome.STOPPED:
-            return Tiled(None, stopped=True)
-    return rnd.stitch(session.results)
-
-
-def _summary(runs, size: tuple[int, int], iterations: int, tiling: Tiling):
-    """The scale's one entry in the loss log's runs: its tiles' runs, summed."""
-    first = runs[0]
-    peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
-    return replace(first, size=size, batch=1, iterations=iterations,
-                   seconds=round(sum(r.seconds for r in runs) / max(1, tiling.per_batch), 3),
-                   peak_bytes=max(peaks) if peaks else None, slot=0,
-                   tiles={"side": tiling.side, "overlap": tiling.overlap, "rounds": tiling.rounds,
-                          "at_once": tiling.per_batch})
+    room = None if free is None else free()
+    if room is not None and tiling.state_on_device:
+        room -= photo_state_bytes(*size, fp, settings.content_layers)
+    # Host loops between the passes: no graph to capture, nothing to compile.
+    r = replace(resolve(switches, model.mean.device, need, room), cuda_graph=False, compile=False)
+    peak = PeakMemory(r.device)
+    home = r.device if tiling.state_on_device else torch.device("cpu")
+    described = {"side": tiling.side, "window": [wh, ww], "halo": tiling.halo, "tiles": len(tiles_),
+                 "at_once": tiling.per_batch, "state": "device" if home == r.device else "host"}
+    with running(r):
+        if r.channels_last:
+            model.to(memory_format=torch.channels_last)
+        ready = transfer.padded(prepared(job), margin)
+        features = partial(transfer.activations, model, r=r)
+        with torch.no_grad():
+            photo = Photo(ready, features, settings, tiling, r.device, home,
+                          style_grams(model, features, ready, max(h, w), settings, cache, r, tiling))
+        x = transfer.starts([ready], ready.content[None].to(home, torch.float32)).requires_grad_(True)
+        opt = make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history, r.history_dtype)
+        fitting = transfer.Fitting(model, features, settings, cache, r, margin, 1, peak, tiles=described)
+        batch = _Whole(photo, x, opt)
+        return optimise(batch, settings, False, transfer.Occupants(session, batch, [job], fitting, refill=False))

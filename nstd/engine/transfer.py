@@ -21,8 +21,7 @@ from nstd.engine.resize import crop, pad, pool_padding
 from nstd.engine.guides import blend_keep, content_maps, fit, pixel_guides, resample
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
-from nstd.engine.targets import (GramCache, content_targets, offset_targets, region_targets, style_sets,
-                                style_targets)
+from nstd.engine.targets import GramCache, content_targets, region_targets, style_sets, style_targets
 from nstd.engine.checks import check_batch, check_job
 from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
 from nstd.engine.vgg import VGGFeatures
@@ -80,9 +79,9 @@ def _run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings
         model.to(memory_format=torch.channels_last)  # once per model; a no-op after
     h, w = jobs[0].content.shape[-2:]
     ready = [padded(color.prepare(j), margin) for j in jobs]
-    features = partial(_features, model, r=r)
+    features = partial(activations, model, r=r)
     content = torch.stack([j.content for j in ready]).to(r.device, torch.float32)
-    long_side = jobs[0].style_side or max(h, w)  # a tile's style follows its whole photo
+    long_side = max(h, w)
     build = partial(_Problem.build, model, features, settings=settings, cache=cache, r=r, long_side=long_side)
     problems = [build([ready[i] for i in group], content=content[group])
                 for group in _groups(len(jobs), r.reproducible)]
@@ -90,12 +89,12 @@ def _run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings
     loss = _Fused(partial(compiled_loss(), model, r=r), eager) if r.compile else eager
     # Not while compiling: each narrower batch would be a new shape to compile.
     batch = _Batch(problems, features, loss, skip_parked=not r.cuda_graph, narrow=not r.compile)
-    fitting = _Fitting(model, features, settings, cache, r, margin, len(jobs), peak)
-    return optimise(batch, settings, r.cuda_graph, _Occupants(session, batch, list(jobs), fitting))
+    fitting = Fitting(model, features, settings, cache, r, margin, len(jobs), peak)
+    return optimise(batch, settings, r.cuda_graph, Occupants(session, batch, list(jobs), fitting))
 
 
 @dataclass
-class _Fitting:
+class Fitting:
     """What a job needs to enter the batch, and its image to leave it: the batch's margin,
     device, targets and the run's description."""
 
@@ -107,6 +106,7 @@ class _Fitting:
     margin: tuple[int, int, int, int]
     size: int  # the batch's places
     peak: PeakMemory  # since the batch began
+    tiles: dict | None = None  # a tiled scale's tiles (engine/tiles.py), as the loss log describes them
 
     def enter(self, batch: "_Batch", k: int, job: TransferJob) -> None:
         h, w = job.content.shape[-2:]
@@ -114,14 +114,16 @@ class _Fitting:
         one = job.content[None].to(self.r.device, torch.float32)
         with torch.no_grad():
             objective = _objective(self.model, self.features, [job], self.settings, one, self.cache, self.r,
-                                   job.style_side or max(h, w))
-        batch.load(k, objective, _init([job], one))
+                                   max(h, w))
+        batch.load(k, objective, starts([job], one))
 
     def leave(self, job: TransferJob, end: Ended) -> TransferResult:
         """The image out of the batch: cropped, its colour and kept regions restored, its
         losses named and its run described."""
         history = histories(end.records, self.settings.style_names)
         _name_regions(job, history)
+        if self.tiles is not None:
+            history = [rec | {"tiled": True} for rec in history]
         m = self.margin
         image = crop(end.image.clamp(0, 1).cpu(), m)
         h, w = image.shape[-2:]
@@ -130,19 +132,19 @@ class _Fitting:
         result.image = blend_keep(job, result.image)
         result.snapshots = [(k, blend_keep(job, snap)) for k, snap in result.snapshots]
         result.runs = [RunStats((h, w), self.size, end.iterations, end.seconds, **self.r.describe(),
-                                **self.peak.read(), slot=end.slot)]
+                                **self.peak.read(), slot=end.slot, tiles=self.tiles)]
         return result
 
 
-class _Occupants:
+class Occupants:
     """Which job each slot holds: the only book of positions between the caller and the
     loop. Images leave to the session, newcomers come from it."""
 
-    def __init__(self, session: Session, batch: "_Batch", jobs: list[TransferJob], fitting: _Fitting):
+    def __init__(self, session: Session, batch, jobs: list[TransferJob], fitting: Fitting, refill: bool = True):
         self.session, self.batch, self.fitting = session, batch, fitting
         self.held = jobs  # slot k holds held[k]
         self.shape = tuple(jobs[0].content.shape)
-        self.refillable = not any(j.guided for j in jobs)
+        self.refillable = refill and not any(j.guided for j in jobs)
         self.leaving: list[int] = []  # slots whose jobs were dropped
 
     def progress(self, iteration: int, losses: list[dict] | None) -> Verdict:
@@ -288,7 +290,7 @@ class _Problem:
               content: torch.Tensor, cache: GramCache, r: Resolved, long_side: int) -> "_Problem":
         with torch.no_grad():
             objective = _objective(model, features, jobs, settings, content, cache, r, long_side)
-        x = _init(jobs, content).requires_grad_(True)
+        x = starts(jobs, content).requires_grad_(True)
         opt = make_optimizer(settings.optimizer, x, settings.lr, settings.lbfgs_history, r.history_dtype)
         return cls(x, objective, opt)
 
@@ -300,7 +302,7 @@ class _Problem:
         return row
 
 
-def _features(model: VGGFeatures, x: torch.Tensor, r: Resolved) -> dict[str, torch.Tensor]:
+def activations(model: VGGFeatures, x: torch.Tensor, r: Resolved) -> dict[str, torch.Tensor]:
     with autocast(r):
         return model(x, channels_last=r.channels_last, checkpoint=r.checkpoint)
 
@@ -308,7 +310,7 @@ def _features(model: VGGFeatures, x: torch.Tensor, r: Resolved) -> dict[str, tor
 def _loss(model: VGGFeatures, objective: Objective, x: torch.Tensor, r: Resolved) -> tuple[torch.Tensor, torch.Tensor]:
     """One evaluation of the objective: eagerly, or compiled whole (compiled batches never
     checkpoint, see `resolve`)."""
-    return objective(x, _features(model, x, r))
+    return objective(x, activations(model, x, r))
 
 
 class _Fused:
@@ -344,20 +346,20 @@ def _objective(model: VGGFeatures, features, jobs: list[TransferJob], settings: 
     names = settings.style_names
     c_targets = content_targets(features, content, settings.content_layers)
     s_targets = style_targets(features, r.device, style_sets(jobs), names, long_side, cache,
-                              (model.model_id, model.pooling, tuple(names), r.precision), jobs[0].style_window)
+                              (model.model_id, model.pooling, tuple(names), r.precision))
     layer_w = torch.tensor([w for _, w in settings.style_layers], device=r.device)
     weights = torch.tensor([[j.content_weight, j.style_weight, j.tv_weight] for j in jobs], device=r.device)
     if any(j.regions for j in jobs):
         guides = pixel_guides(jobs, tuple(content.shape[-2:]), r.device)
         targets = region_targets(jobs, s_targets, guides.shape[1])
-        style = GuidedStyleLoss(targets, guides, layer_w, offset_targets(jobs, targets, guides.shape[1]))
+        style = GuidedStyleLoss(targets, guides, layer_w)
     else:
-        style = StyleLoss(s_targets, offset_targets(jobs, s_targets, None))
+        style = StyleLoss(s_targets)
     cmaps = content_maps(jobs, tuple(content.shape[-2:]), r.device)
     return Objective([ContentLoss(n, t, cmaps) for n, t in c_targets.items()], style, layer_w, weights)
 
 
-def _init(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:
+def starts(jobs: list[TransferJob], content: torch.Tensor) -> torch.Tensor:
     """Each image's starting pixels: the photo, seeded noise, the style, or a given image."""
     starts = []
     _, h, w = content.shape[1:]

@@ -110,19 +110,10 @@ class TransferJob:
     init_image: torch.Tensor | None = None  # (3, H, W): start here instead of `init`
     regions: tuple[Region, ...] = ()  # none: `styles` everywhere; else each region its own
     id: int = 0  # the caller's name for it: its result comes back under this (see session.py)
-    # The long side the style's scale follows: the whole photo's for one of its tiles;
-    # None: this job's own.
-    style_side: int | None = None
     # (h, w) >= 0 at any size of the content's aspect: the content loss's weight at each
     # pixel, times content_weight; raised where the photo's features must survive (a
     # protected face's eyes and mouth). None: 1 everywhere.
     content_map: torch.Tensor | None = None
-    # Per style layer, (R, C, C) added to each styled region's Gram target: a tile's
-    # present difference from its whole photo (engine/tilegrams.py). None: the painting's.
-    gram_offset: dict[str, torch.Tensor] | None = None
-    # The largest side the painting goes through the network at: a tile's, whose painting
-    # is sized to the whole photo (targets.painting_grams). None: whole.
-    style_window: int | None = None
 
     @property
     def styled_regions(self) -> tuple[Region, ...]:
@@ -132,7 +123,7 @@ class TransferJob:
     def guided(self) -> bool:
         """Whether the job's losses vary over its pixels: such a job has a batch's slot from
         the start, never a freed one (its terms differ in shape from its neighbours')."""
-        return bool(self.regions) or self.content_map is not None or self.gram_offset is not None
+        return bool(self.regions) or self.content_map is not None
 
 
 @dataclass(frozen=True)
