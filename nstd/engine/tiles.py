@@ -228,7 +228,11 @@ class Photo:
             for n in self.names:
                 for k, t in enumerate(tiles):
                     core = feats[n][k:k + 1][(slice(None), slice(None)) + t.cells(_stride(n))]
-                    part = weighted_products(core, self._guide(n, t))[0]
+                    if self.regions:
+                        part = weighted_products(core, self._guide(n, t))[0]
+                    else:
+                        f = core[0].reshape(core.shape[1], -1).float()
+                        part = (f @ f.T)[None]
                     sums[n] = part + sums.get(n, 0)
         return {n: sums[n] / self.count[n][:, None, None] for n in self.names}
 
@@ -248,13 +252,10 @@ class Photo:
                       for n in self.names}  # (R,) each
         by_layer = torch.stack([(per_region[n] * self.area).sum() for n in self.names])
         style = (by_layer * torch.tensor(self.layer_weights, device=self.compute)).sum()
-        # d(total)/dG per layer and region, over the region's weight: what a position's
-        # activations f are pushed by, 2 D f (see `_gradients`).
-        pull = {n: (sw * lw * 2 / grams[n].shape[-1] ** 2) * (self.area / self.count[n] / self.style_norm[n])[:, None, None]
-                * (grams[n] - self.targets[n]) for n, lw in zip(self.names, self.layer_weights)}
         content = torch.zeros((), device=self.compute)
         if grad:
             x.grad = torch.zeros_like(x)
+        pull = self._pull(grams)
         for tiles in self._batches():
             content = content + self._tiles(x, tiles, pull, cw, grad)
         with torch.set_grad_enabled(grad):
@@ -266,6 +267,17 @@ class Photo:
         regions = [sum(lw * per_region[n] for n, lw in zip(self.names, self.layer_weights))] if self.regions else []
         row = torch.cat([torch.stack([total, content, style, tv]), by_layer] + regions)
         return total.reshape(1).to(self.home), row[None]
+
+    def _pull(self, grams: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per style layer, (R, C, C): the total's derivative by each region's Gram, over
+        the region's weight. A position's activations f, weighed g in a region, take
+        2 g D f of the gradient from it (see `_gradients`)."""
+        sw = self.weights[1]
+        out = {}
+        for n, lw in zip(self.names, self.layer_weights):
+            scale = sw * lw * 2 / grams[n].shape[-1] ** 2 * self.area / self.count[n] / self.style_norm[n]
+            out[n] = scale[:, None, None] * (grams[n] - self.targets[n])
+        return out
 
     def _tiles(self, x: torch.Tensor, tiles: list[Tile], pull: dict[str, torch.Tensor], cw: float,
                grad: bool) -> torch.Tensor:
@@ -313,9 +325,10 @@ class Photo:
                 cy, cx = t.cells(_stride(n))
                 f = feats[n][k, :, cy, cx].float()
                 c, h, w = f.shape
-                guide = self._guide(n, t)[0].reshape(-1, 1, h * w)  # (R, 1, hw)
                 pushed = torch.einsum("rij,jp->rip", pull[n], f.reshape(c, h * w))  # (R, C, hw)
-                g[k, :, cy, cx] = 2 * (pushed * guide).sum(0).reshape(c, h, w)
+                if self.regions:
+                    pushed = pushed * self._guide(n, t)[0].reshape(-1, 1, h * w)
+                g[k, :, cy, cx] = 2 * pushed.sum(0).reshape(c, h, w)
             grads[n] = g + grads[n] if n in grads else g
         return content, grads
 
@@ -323,8 +336,8 @@ class Photo:
 def style_grams(model, features, job: TransferJob, long_side: int, settings: BatchSettings, cache: GramCache, r,
                 tiling: Tiling) -> dict[str, torch.Tensor]:
     """Per style layer, (R, C, C): each styled region's painting Gram at the size of a
-    photo of `long_side`,
-    the painting passed a tile-sized window at a time where it is larger."""
+    photo of `long_side`, the painting passed a tile-sized window at a time where it is
+    larger."""
     names = settings.style_names
     grams = style_targets(features, r.device, style_sets([job]), names, long_side, cache,
                           (model.model_id, model.pooling, tuple(names), r.precision), tiling.side)
