@@ -7,7 +7,7 @@
 # KIT: a folder made by `python benchmarks/gpu_kit.py pack` (wheels, weights, pictures), for
 # a host that can fetch nothing; it is unpacked on every call, since such hosts start bare.
 # Stages, in the order worth running them; on a host that allows ten minutes a command,
-# one call each for `ttq`, `compiled`, `bench`, `history length finish` and `stopping narrowing memory`
+# one call each for `ttq`, `compiled`, `bench`, `history length finish`, `stopping narrowing memory`, `tiles` and `print`
 # (and `bench` again with BENCH_FLAGS="--precision tf32 --no-baseline --no-latency" and
 # another OUT, for TF32's stream and sweep):
 #   ttq        time to quality: every eager contender and neural-style-pt, side by side
@@ -20,6 +20,9 @@
 #   stopping   where the stopping rule stops at SIZE, in fp32
 #   narrowing  a batch whose photos stop at different iterations, narrowed or not
 #   memory     a masked batch's peak against the planner's estimate
+#   tiles      a photo tiled under a cap beside it whole, at 3000 and 4500 px, bf16 with
+#              checkpointing: peaks, times, losses, the seam figure (benchmarks/tiles.py)
+#   print      a 12000x9000 photo (108 MP) tiled under a 24 GiB cap: its peak and time
 # `python benchmarks/goals.py OUT [OUT-tf32]` then reads issue 13's goals off the results.
 # The environment may change DEVICE (cuda), SIZE (512), ITERATIONS (500), SWEEP (100:
 # the sweeps' iterations, scaled to ITERATIONS), STAGE_LIMIT (seconds a stage may run,
@@ -28,7 +31,7 @@
 #   DEVICE=cpu SIZE=64 ITERATIONS=10 SWEEP=5 \
 #   BENCH_FLAGS="--no-latency --sizes 64 --max-batch 4" sh benchmarks/gpu_campaign.sh .gpukit out ttq bench
 set -eu
-STAGES="ttq compiled bench history length finish stopping narrowing memory"
+STAGES="ttq compiled bench history length finish stopping narrowing memory tiles print"
 [ $# -ge 3 ] || { echo "usage: $0 KIT OUT STAGE... (stages: $STAGES)" >&2; exit 2; }
 KIT=$(cd "$1" && pwd); OUT=$2; shift 2
 for s in "$@"; do
@@ -98,5 +101,13 @@ for s in "$@"; do
     memory)
         stage memory "$PYTHON" "$ROOT/benchmarks/masked_memory.py" --device "$DEVICE" --repeats 1 \
             --out "$OUT/masked-memory.json" ;;
+    tiles)
+        stage tiles "$PYTHON" -m benchmarks.tiles --images "$IMAGES" --device "$DEVICE" \
+            --size 3000,4500 --tile 2048 --iterations 50 --precision bf16 --checkpoint \
+            --out "$OUT/tiles.json" --sheet "$OUT/tiles.jpg" --corner "$OUT/tiles-corner.png" ;;
+    print)
+        stage print "$PYTHON" -m benchmarks.tiles --images "$IMAGES" --device "$DEVICE" \
+            --reach 12000 --limit 24GiB --iterations 3 --precision bf16 --checkpoint \
+            --out "$OUT/tiles-print.json" ;;
     esac
 done

@@ -345,3 +345,25 @@ def test_a_painting_larger_than_a_tile_gives_its_grams_a_window_at_a_time(tiny_m
     for name in SETTINGS.style_names:
         error = (windowed[name] - whole[name]).abs().max() / whole[name].abs().max()
         assert error < (1e-4 if name in ("relu1_1", "relu2_1", "relu3_1") else 0.05), name
+
+
+def test_nstd_stylize_tiles_a_photo_over_its_max_memory(tmp_path, models):
+    from PIL import Image
+
+    from nstd.cli import main
+
+    for name, (h, w, seed) in {"p.png": (240, 320, 1), "s.png": (96, 96, 2)}.items():
+        Image.fromarray((rand_image(h, w, seed).permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / name)
+    # Just under what the photo needs whole at the full network's defaults: its 240 px tiles fit.
+    precision = resolve(Switches(), torch.device("cpu")).precision
+    whole = batch_bytes(1, 240, 320, Footprint(BatchSettings().layers, "lbfgs", 100, precision=precision,
+                                               checkpoint=True))
+    limit = int(whole / Switches().memory_budget) - 1
+    assert main(["stylize", str(tmp_path / "p.png"), "-s", str(tmp_path / "s.png"), "-o", str(tmp_path / "out"),
+                 "--size", "320", "--multiscale-start", "320", "--iterations", "2", "--model", "random",
+                 "--models-dir", str(models), "--format", "png", "--max-memory", f"{limit // 1024}KiB"]) == 0
+    log = json.loads((tmp_path / "out" / "p.s.json").read_text())
+    assert log["runs"][-1]["tiles"]["tiles"] >= 2 and log["runs"][-1]["tiles"]["halo"] == 80
+    assert all(rec["tiled"] for rec in log["history"])
+    with Image.open(tmp_path / "out" / "p.s.png") as im:
+        assert im.size == (320, 240)

@@ -345,11 +345,6 @@ def style_grams(model, features, job: TransferJob, long_side: int, settings: Bat
     return {n: t[0] for n, t in region_targets([job], grams, count).items()}
 
 
-def prepared(job: TransferJob) -> TransferJob:
-    """The photo as its tiles see it: colour preservation applied to the whole photo."""
-    return color.prepare(job)
-
-
 class _Whole:
     """The photo as the loop's batch of one image: each iteration the whole objective's
     gradient, tile by tile, and one step of the photo's optimiser."""
@@ -402,7 +397,7 @@ def run(model, session, job: TransferJob, settings: BatchSettings, cache: GramCa
     with running(r):
         if r.channels_last:
             model.to(memory_format=torch.channels_last)
-        ready = transfer.padded(prepared(job), margin)
+        ready = transfer.padded(color.prepare(job), margin)  # colour matched over the whole photo
         features = partial(transfer.activations, model, r=r)
         with torch.no_grad():
             photo = Photo(ready, features, settings, tiling, r.device, home,

@@ -144,7 +144,7 @@ class RunStats:
     peak_bytes: int | None = None  # CUDA: allocated beyond what was held before
     peak_reserved_bytes: int | None = None
     slot: int = 0  # the image's place in the batch
-    tiles: dict | None = None  # a tiled scale: tile side, overlap, rounds, tiles at once
+    tiles: dict | None = None  # a tiled scale: largest side, window, halo, tiles, at once, state
 
     def as_dict(self) -> dict:
         """The loss log's `runs` entry."""
