@@ -154,7 +154,10 @@ def child(spec: dict) -> None:
     spec_tiles = run.get("tiles")
     fp = footprint(settings, switches, device)
     if spec_tiles:
-        estimate = batch_bytes(spec_tiles["at_once"], *spec_tiles["window"], replace(fp, optimizer=TILE))
+        m = pool_padding(h, w)
+        state = photo_state_bytes(h + m[2] + m[3], w + m[0] + m[1], fp, settings.content_layers)
+        estimate = batch_bytes(spec_tiles["at_once"], *spec_tiles["window"], replace(fp, optimizer=TILE)) + \
+            (state if spec_tiles["state"] == "device" else 0)
     else:
         m = pool_padding(h, w)
         estimate = batch_bytes(1, h + m[2] + m[3], w + m[0] + m[1], fp)
