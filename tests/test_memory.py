@@ -1,6 +1,6 @@
 from dataclasses import replace
 
-from nstd.engine.memory import (TILE, Footprint, MeasuredMemory, activation_elements, auto_batch, batch_bytes,
+from nstd.engine.memory import (TILE, Footprint, photo_state_bytes, MeasuredMemory, activation_elements, auto_batch, batch_bytes,
                                bytes_per_image, flops_per_iteration, least_bytes)
 from nstd.engine.types import BatchSettings
 
@@ -132,6 +132,13 @@ def test_the_planner_sizes_batches_from_its_probe_and_learns_from_what_ran():
     assert planner.max_batch(200, 200, settings, 100) == int((8 << 30) * 0.8 // per)  # the 10 kB above
     tile_kind = replace(Footprint.of(settings, 100, Switches("fp32"), "fp32"), optimizer=TILE)
     assert planner.measured.bytes_per_image(tile_kind, 200, 200) == int(20_000 * 200 * 200 * MeasuredMemory.MARGIN)
+    # Where the photo's own state stayed on the device its peak has that too, and a plan
+    # reserves it apart: the tiles' kind is learned without it.
+    fresh = MemoryPlanner(torch.device("cuda"), Switches("fp32"), lambda: 80 << 30, cap=1000)
+    state = photo_state_bytes(3008, 4000, Footprint.of(settings, 100, Switches("fp32"), "fp32"), settings.content_layers)
+    fresh.observe(settings, 100, [replace(tiled, peak_bytes=480 * 512 * 20_000 + state,
+                                          tiles=tiled.tiles | {"state": "device"})])
+    assert fresh.measured.bytes_per_image(tile_kind, 200, 200) == int(20_000 * 200 * 200 * MeasuredMemory.MARGIN)
 
 
 def test_a_masked_batch_counts_its_region_products():

@@ -75,6 +75,12 @@ def test_the_photos_own_state_stays_on_the_device_only_where_it_leaves_the_tiles
     assert small.state_on_device and small.side * small.side * 1000 <= 2**30 - 2**28
     large = tiles.plan(2000, 3000, fits, 80, state=2**28 + 1, room=2**30, offload=True)
     assert not large.state_on_device and large.side > small.side  # in host memory: the tiles get it all
+    # A state that fits the quarter, but leaves no useful tile beside it, waits in host memory.
+    def small_device(h, w, n, reserved=0, tile=False):
+        return n * h * w * 1000 + reserved <= 64 * 10**6
+
+    tight = tiles.plan(2000, 3000, small_device, 80, state=16 * 10**6, room=64 * 10**6, offload=True)
+    assert not tight.state_on_device and tight.side == tiles.least_side(80) == 240
     # Where the device is the host (the CPU), the state is always counted in.
     cpu = tiles.plan(2000, 3000, fits, 80, state=2**28 + 1, room=2**30)
     assert cpu.state_on_device and cpu.side <= small.side
@@ -347,18 +353,37 @@ def test_nstd_stylize_tiles_a_photo_over_its_max_memory(tmp_path, models):
 
     from nstd.cli import main
 
-    for name, (h, w, seed) in {"p.png": (240, 320, 1), "s.png": (96, 96, 2)}.items():
+    for name, (h, w, seed) in {"p.png": (300, 400, 1), "s.png": (96, 96, 2)}.items():
         Image.fromarray((rand_image(h, w, seed).permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / name)
     # Just under what the photo needs whole at the full network's defaults: its 240 px tiles fit.
     precision = resolve(Switches(), torch.device("cpu")).precision
-    whole = batch_bytes(1, 240, 320, Footprint(BatchSettings().layers, "lbfgs", 100, precision=precision,
+    whole = batch_bytes(1, 304, 400, Footprint(BatchSettings().layers, "lbfgs", 100, precision=precision,
                                                checkpoint=True))
     limit = int(whole / Switches().memory_budget) - 1
     assert main(["stylize", str(tmp_path / "p.png"), "-s", str(tmp_path / "s.png"), "-o", str(tmp_path / "out"),
-                 "--size", "320", "--multiscale-start", "320", "--iterations", "2", "--model", "random",
+                 "--size", "400", "--multiscale-start", "400", "--iterations", "2", "--model", "random",
                  "--models-dir", str(models), "--format", "png", "--max-memory", f"{limit // 1024}KiB"]) == 0
     log = json.loads((tmp_path / "out" / "p.s.json").read_text())
     assert log["runs"][-1]["tiles"]["tiles"] >= 2 and log["runs"][-1]["tiles"]["halo"] == 80
     assert all(rec["tiled"] for rec in log["history"])
     with Image.open(tmp_path / "out" / "p.s.png") as im:
-        assert im.size == (320, 240)
+        assert im.size == (400, 300)
+
+
+def test_photos_tiled_in_turn_count_progress_forward_and_a_photo_cancelled_while_waiting_never_runs(shallow_model):
+    from nstd.engine.session import Drop, Verdict
+
+    class Cancelling(Collect):
+        def progress(self, iteration, losses):
+            self.seen.append(iteration)
+            return Drop(frozenset({3})) if iteration == 2 else Verdict.GO
+
+    jobs = [photo_job(content=rand_image(H, W, seed=s), id=s) for s in (1, 2, 3)]
+    engine = Engine(MemoryPlanner(torch.device("cpu"), SWITCHES, lambda: None, limit=limit_for(H, W)), SWITCHES)
+    session = Cancelling()
+    session.seen = []
+    engine.run(shallow_model, session, jobs, [Scale(W, SETTINGS.iterations, 100)], SETTINGS)
+    # Photo 3 was cancelled while photo 1 ran: photos 1 and 2 came out, tiled, one after
+    # the other, and the scale's count went forward through both to its end.
+    assert sorted(session.results) == [1, 2] and all(r.runs[0].tiles for r in session.results.values())
+    assert session.seen == sorted(session.seen) and session.seen[-1] == round(2 * SETTINGS.iterations / 3)

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from nstd.engine.layers import LAYER_INDEX, LAYER_NAMES, LAYERS
+from nstd.engine.resize import pool_padding
 from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings, RunStats, TransferJob
 
@@ -103,10 +104,18 @@ def bytes_per_image(h: int, w: int, fp: Footprint) -> int:
         history = 2 if fp.history_precision == "bf16" else 4
         state = (2 * fp.lbfgs_history * history + 4 * 4) * pixels
     elif fp.optimizer == TILE:
-        state = 0
+        # No optimiser state; but the whole objective's gradient at every captured layer is
+        # held for the window's backward pass, in the activations' dtype.
+        state = captured_elements(h, w, fp.layers) * (2 if fp.precision == "bf16" else 4)
     else:
         state = 4 * pixels * 4
     return int(act + state + 8 * pixels * 4 + _region_bytes(h, w, fp))
+
+
+def captured_elements(h: int, w: int, layers: frozenset[str]) -> int:
+    """Elements of one image's activations at the captured layers."""
+    shapes = _layer_shapes(h, w, max(LAYER_INDEX[n] for n in layers))
+    return sum(cout * oh * ow for (_, _, cout, oh, ow), name in zip(shapes, LAYER_NAMES) if name in layers)
 
 
 def photo_state_bytes(h: int, w: int, fp: Footprint, content_layers: tuple[str, ...]) -> int:
@@ -244,14 +253,18 @@ class MemoryPlanner:
         if peaks:
             finest = runs[-1]
             fp = replace(self._footprint(settings, finest_history, regions), checkpoint=finest.checkpoint)
-            count, h, w = finest.batch, *finest.size
+            count, h, w, peak = finest.batch, *finest.size, max(peaks)
             if finest.tiles:
                 # A tiled scale's peak is its tiles' passes', which hold no optimiser state:
-                # per pixel of a tile, as a tile's kind. (Where the photo's own state stayed
-                # on the device, it is counted in too: a margin.)
+                # per pixel of a tile, as a tile's kind. Where the photo's own state stayed
+                # on the device it is in the peak too, and the plan reserves it apart.
+                if finest.tiles.get("state") == "device":
+                    margin = pool_padding(h, w)
+                    peak -= photo_state_bytes(h + margin[2] + margin[3], w + margin[0] + margin[1], fp,
+                                              settings.content_layers)
                 fp = replace(fp, optimizer=TILE)
                 count, h, w = finest.tiles["at_once"], *finest.tiles["window"]
-            self.measured.record(fp, max(peaks), count, h, w)
+            self.measured.record(fp, max(peak, 1), count, h, w)
 
     def after_oom(self, batch: int, checkpoint: bool | None, shrunk: int = 0) -> OomStep:
         """Halve a batch; checkpoint a lone image where auto had decided against it; plan

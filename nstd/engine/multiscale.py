@@ -183,7 +183,38 @@ def _scales(model: VGGFeatures, session: Session, jobs: list[TransferJob], scale
 def _tiled(model: VGGFeatures, step: "_Step", jobs: list[TransferJob], settings: BatchSettings, cache: GramCache,
            switches: Switches | None, free, tiling: tiles.Tiling) -> Outcome:
     """A scale too large to run whole: each photo in turn, a tile at a time."""
-    for job in jobs:
-        if tiles.run(model, step, job, settings, cache, switches, free, tiling) is Outcome.STOPPED:
+    turn = _InTurn(step, len(jobs), settings.iterations)
+    for k, job in enumerate(jobs):
+        if job.id in turn.dropped:
+            continue  # cancelled while it waited its turn
+        turn.before = k
+        if tiles.run(model, turn, job, settings, cache, switches, free, tiling) is Outcome.STOPPED:
             return Outcome.STOPPED
     return Outcome.COMPLETE
+
+
+class _InTurn:
+    """A scale's photos run one after another: each photo's iterations count for its share
+    of the scale, after the photos before it, so progress only goes forward; a cancel of
+    a photo still waiting its turn is remembered, so that it never runs."""
+
+    def __init__(self, step: _Step, count: int, iterations: int):
+        self.step, self.count, self.iterations = step, count, iterations
+        self.before = 0  # photos done before this one
+        self.dropped: set[int] = set()
+
+    def take(self, n: int) -> list[TransferJob]:
+        return []
+
+    def progress(self, iteration: int, losses: list[dict] | None) -> Verdict | Drop:
+        at = round((self.before * self.iterations + iteration) / self.count)
+        answer = self.step.progress(at, None if losses is None else [r | {"iteration": at} for r in losses])
+        if isinstance(answer, Drop):
+            self.dropped |= answer.ids
+        return answer
+
+    def finished(self, job: TransferJob, result: TransferResult) -> None:
+        self.step.finished(job, result)
+
+    def refused(self, job: TransferJob, reason: str) -> None:
+        self.step.refused(job, reason)

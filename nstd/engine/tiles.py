@@ -30,7 +30,7 @@ import torch
 from nstd.engine import color, transfer
 from nstd.engine.checks import check_batch
 from nstd.engine.device import PeakMemory
-from nstd.engine.guides import at_layer, content_maps, pixel_guides, weighted_products
+from nstd.engine.guides import SLICE, at_layer, content_maps, pixel_guides, weighted_products
 from nstd.engine.layers import LAYER_INDEX, LAYERS
 from nstd.engine.loop import optimise
 from nstd.engine.losses import tv_loss
@@ -129,22 +129,26 @@ def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None
     The photo's own state (`state` bytes) takes its share of the device's `room`, and the
     tiles the rest; with `offload` (a device beside host memory) it goes to host memory
     instead where it would take more than a quarter of the room, as a print-size photo's
-    does, so that the tiles stay large: every tile's halo is passed again."""
+    does, so that the tiles stay large: every tile's halo is passed again; and there as
+    well where beside it no useful tile would fit."""
     if fits(h, w, 1):
         return None
     on_device = not offload or (room is not None and 4 * state <= room)
-
-    def spare(th: int, tw: int, n: int) -> bool:
-        return fits(th, tw, n, state if on_device else 0, tile=True)
-
-    side = min(_largest(spare), _round_up(max(h, w)))
+    side = _side(h, w, fits, state if on_device else 0)
+    if on_device and offload and side < least_side(halo):
+        on_device, side = False, _side(h, w, fits, 0)
     if side < least_side(halo):
         return None  # no useful tile fits: run whole, and out of memory says so
     tiling = Tiling(side, 1, halo, on_device)
-    margin_h, margin_w = -h % POOLED, -w % POOLED
-    (wh, ww), tiles_ = grid(h + margin_h, w + margin_w, tiling)
-    per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or spare(wh, ww, n))
+    (wh, ww), tiles_ = grid(h + -h % POOLED, w + -w % POOLED, tiling)
+    reserved = state if on_device else 0
+    per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or fits(wh, ww, n, reserved, tile=True))
     return replace(tiling, per_batch=per_batch)
+
+
+def _side(h: int, w: int, fits: Fits, reserved: int) -> int:
+    """The largest square tile that fits beside `reserved` bytes, no larger than the photo."""
+    return min(_largest(lambda th, tw, n: fits(th, tw, n, reserved, tile=True)), _round_up(max(h, w)))
 
 
 def _largest(fits: Fits) -> int:
@@ -289,7 +293,7 @@ class Photo:
         content, grads = self._gradients(feats, tiles, pull, cw, grad)
         if grad:
             names = list(grads)
-            torch.autograd.backward([feats[n] for n in names], [grads[n].to(feats[n].dtype) for n in names])
+            torch.autograd.backward([feats[n] for n in names], [grads[n] for n in names])
             wh, ww = self.window
             with torch.no_grad():
                 for k, t in enumerate(tiles):
@@ -299,38 +303,44 @@ class Photo:
     @torch.no_grad()
     def _gradients(self, feats: dict[str, torch.Tensor], tiles: list[Tile], pull: dict[str, torch.Tensor],
                    cw: float, grad: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The tiles' content loss, and the whole objective's gradient at their activations,
-        zero outside each core (another tile answers for those positions)."""
+        """The tiles' content loss, and the whole objective's gradient at their activations
+        (in their dtype), zero outside each core: another tile answers for those positions."""
         content = torch.zeros((), device=self.compute)
-        grads: dict[str, torch.Tensor] = {}
+        grads = {n: torch.zeros_like(feats[n]) for n in dict.fromkeys(self.content_layers + tuple(self.names))} \
+            if grad else {}
         for n in self.content_layers:
-            s, target, norm = _stride(n), self.content[n], self.content_norm[n]
-            g = torch.zeros(feats[n].shape, device=self.compute) if grad else None
             for k, t in enumerate(tiles):
-                cy, cx = t.cells(s)
-                py, px = t.photo_cells(s)
-                diff = feats[n][k, :, cy, cx].float() - target[:, py, px].to(self.compute).float()
-                weight = None if self.content_weights[n] is None else self.content_weights[n][py, px].to(self.compute)
-                sq = diff.pow(2) if weight is None else diff.pow(2) * weight
-                content = content + sq.sum() / (target.numel() * norm)
-                if grad:
-                    g[k, :, cy, cx] = (2 * cw / (target.numel() * norm)) * (diff if weight is None else diff * weight)
-            if grad:
-                grads[n] = g
-        if not grad:
-            return content, grads
-        for n in self.names:
-            g = torch.zeros(feats[n].shape, device=self.compute)
+                content = content + self._content(n, feats[n][k], t, cw, grads[n][k] if grad else None)
+        for n in self.names if grad else ():
             for k, t in enumerate(tiles):
-                cy, cx = t.cells(_stride(n))
-                f = feats[n][k, :, cy, cx].float()
-                c, h, w = f.shape
-                pushed = torch.einsum("rij,jp->rip", pull[n], f.reshape(c, h * w))  # (R, C, hw)
-                if self.regions:
-                    pushed = pushed * self._guide(n, t)[0].reshape(-1, 1, h * w)
-                g[k, :, cy, cx] = 2 * pushed.sum(0).reshape(c, h, w)
-            grads[n] = g + grads[n] if n in grads else g
+                self._style(n, feats[n][k], t, pull[n], grads[n][k])
         return content, grads
+
+    def _content(self, name: str, f: torch.Tensor, tile: Tile, cw: float, out: torch.Tensor | None) -> torch.Tensor:
+        """One tile's content loss at a layer; its gradient added to `out` (C, h, w) where given."""
+        s, target, norm = _stride(name), self.content[name], self.content_norm[name]
+        (cy, cx), (py, px) = tile.cells(s), tile.photo_cells(s)
+        diff = f[:, cy, cx].float() - target[:, py, px].to(self.compute).float()
+        weight = None if self.content_weights[name] is None else self.content_weights[name][py, px].to(self.compute)
+        weighted = diff if weight is None else diff * weight
+        if out is not None:
+            out[:, cy, cx] += ((2 * cw / (target.numel() * norm)) * weighted).to(out.dtype)
+        return (weighted * diff).sum() / (target.numel() * norm)
+
+    def _style(self, name: str, f: torch.Tensor, tile: Tile, pull: torch.Tensor, out: torch.Tensor) -> None:
+        """One tile's style gradient at a layer, 2 g D f at each core position, added to `out`
+        (C, h, w): in fp32 a few rows at a time, so no fp32 copy of a whole layer is made."""
+        cy, cx = tile.cells(_stride(name))
+        core, target = f[:, cy, cx], out[:, cy, cx]
+        c, h, w = core.shape
+        guide = self._guide(name, tile)[0] if self.regions else None  # (R, h, w)
+        rows = max(1, SLICE // max(w, 1))
+        for r0 in range(0, h, rows):
+            part = core[:, r0:r0 + rows].float().reshape(c, -1)
+            pushed = torch.einsum("rij,jp->rip", pull, part)  # (R, C, positions)
+            if guide is not None:
+                pushed = pushed * guide[:, None, r0:r0 + rows].reshape(guide.shape[0], 1, -1)
+            target[:, r0:r0 + rows] += (2 * pushed.sum(0)).reshape(c, -1, w).to(target.dtype)
 
 
 def style_grams(model, features, job: TransferJob, long_side: int, settings: BatchSettings, cache: GramCache, r,
