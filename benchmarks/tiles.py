@@ -16,7 +16,7 @@ is loaded), beside the planner's estimate for what ran.
 
     .venv/bin/python -m benchmarks.tiles --threads 2 --out benchmarks/results-tiles-whole-cpu.json \
         --sheet docs/tiles.jpg --corner docs/tiles-corner.png
-    .venv/bin/python -m benchmarks.tiles --reach 1024,1536 --iterations 2 --threads 2 --out benchmarks/results-tiles-whole-reach-cpu.json
+    .venv/bin/python -m benchmarks.tiles --reach 1024,1536 --limit 1449MiB --iterations 2 --threads 2 --out benchmarks/results-tiles-whole-reach-cpu.json
 """
 
 from __future__ import annotations
@@ -285,11 +285,11 @@ def main() -> None:
                     help="photos and paintings (default ../shared/images where it exists, else made-up images)")
     ap.add_argument("--content", default="tubingen")
     ap.add_argument("--style", default="starry_night")
-    ap.add_argument("--size", default="512,768", help="the photo's long sides, comma-separated, all under one cap")
+    ap.add_argument("--size", default="640,896", help="the photo's long sides, comma-separated, all under one cap")
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--history", type=int, default=5,
                     help="L-BFGS history (default 5: what coarse to fine gives the fine scales that tile)")
-    ap.add_argument("--tile", type=int, default=384,
+    ap.add_argument("--tile", type=int, default=416,
                     help="set the cap so that the planner's largest tile is this side (ignored with --limit)")
     ap.add_argument("--limit", help="the memory cap, such as 600MiB (default: from --tile)")
     ap.add_argument("--model", default="auto", help="stored weights' name, 'random', or 'auto': caffe where installed")
