@@ -38,7 +38,7 @@ import torch
 from nstd.bench import measure
 from nstd.engine import tiles, transfer
 from nstd.engine.memory import TILE, Footprint, MemoryPlanner, batch_bytes, photo_state_bytes
-from nstd.engine.resize import pad, pool_padding, resize_long_side
+from nstd.engine.resize import pad, padded_size, pool_padding, resize_long_side
 from nstd.engine.runner import Engine
 from nstd.engine.session import Collect
 from nstd.engine.sizes import Scale
@@ -90,8 +90,7 @@ def limit_for_tile(side: int, settings: BatchSettings, switches: Switches, devic
     """The memory cap under which the planner's largest tile is `side` (a multiple of 16) for
     a photo of `photo` (h, w), whose own state the CPU holds beside the tiles."""
     fp = footprint(settings, switches, device)
-    m = pool_padding(*photo)
-    state = photo_state_bytes(photo[0] + m[2] + m[3], photo[1] + m[0] + m[1], fp, settings.content_layers)
+    state = photo_state_bytes(*padded_size(*photo), fp, settings.content_layers)
     return math.ceil((batch_bytes(1, side, side, replace(fp, optimizer=TILE)) + state) / switches.memory_budget)
 
 
@@ -154,13 +153,11 @@ def child(spec: dict) -> None:
     spec_tiles = run.get("tiles")
     fp = footprint(settings, switches, device)
     if spec_tiles:
-        m = pool_padding(h, w)
-        state = photo_state_bytes(h + m[2] + m[3], w + m[0] + m[1], fp, settings.content_layers)
+        state = photo_state_bytes(*padded_size(h, w), fp, settings.content_layers)
         estimate = batch_bytes(spec_tiles["at_once"], *spec_tiles["window"], replace(fp, optimizer=TILE)) + \
             (state if spec_tiles["state"] == "device" else 0)
     else:
-        m = pool_padding(h, w)
-        estimate = batch_bytes(1, h + m[2] + m[3], w + m[0] + m[1], fp)
+        estimate = batch_bytes(1, *padded_size(h, w), fp)
     torch.save(result.image, spec["image_out"])
     Path(spec["result_out"]).write_text(json.dumps({
         "seconds": seconds, "cpu_seconds": cpu, "threads": torch.get_num_threads(), "peak_bytes": peak,
@@ -211,8 +208,7 @@ def cores(h: int, w: int, tiling: tiles.Tiling) -> list[tuple[int, int, int, int
     """The tiles' cores (y0, y1, x0, x1) in the photo's pixels (the grid is laid on the
     photo mirrored out to a multiple of 16)."""
     left, _, top, _ = pool_padding(h, w)
-    m = pool_padding(h, w)
-    _, tiles_ = tiles.grid(h + m[2] + m[3], w + m[0] + m[1], tiling)
+    _, tiles_ = tiles.grid(*padded_size(h, w), tiling)
     return [(max(0, y0 - top), min(h, y1 - top), max(0, x0 - left), min(w, x1 - left))
             for y0, y1, x0, x1 in (t.core for t in tiles_)]
 

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from nstd.engine.layers import LAYER_INDEX, LAYER_NAMES, LAYERS
-from nstd.engine.resize import pool_padding
+from nstd.engine.resize import padded_size
 from nstd.engine.switches import Switches, resolve
 from nstd.engine.types import BatchSettings, RunStats, TransferJob
 
@@ -259,9 +259,7 @@ class MemoryPlanner:
                 # per pixel of a tile, as a tile's kind. Where the photo's own state stayed
                 # on the device it is in the peak too, and the plan reserves it apart.
                 if finest.tiles.get("state") == "device":
-                    margin = pool_padding(h, w)
-                    peak -= photo_state_bytes(h + margin[2] + margin[3], w + margin[0] + margin[1], fp,
-                                              settings.content_layers)
+                    peak -= photo_state_bytes(*padded_size(h, w), fp, settings.content_layers)
                 fp = replace(fp, optimizer=TILE)
                 count, h, w = finest.tiles["at_once"], *finest.tiles["window"]
             self.measured.record(fp, max(peak, 1), count, h, w)

@@ -19,7 +19,7 @@ from nstd.engine.sizes import Scale
 from nstd.engine.targets import GramCache
 from nstd.engine import tiles, transfer
 from nstd.engine.memory import TILE, Footprint, batch_bytes, photo_state_bytes, regions_of
-from nstd.engine.resize import long_side_size, pool_padding, resize_long_side, upsample
+from nstd.engine.resize import long_side_size, padded_size, resize_long_side, upsample
 from nstd.engine.switches import resolve
 from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
 from nstd.engine.types import BatchSettings, Progress, RunStats, TransferJob, TransferResult
@@ -75,16 +75,14 @@ def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings:
                    regions=regions_of(jobs))
 
     def fits(th: int, tw: int, count: int, reserved: int = 0, tile: bool = False) -> bool:
-        margin = pool_padding(th, tw)
-        ph, pw = th + margin[2] + margin[3], tw + margin[0] + margin[1]
+        ph, pw = padded_size(th, tw)
         kind = replace(fp, optimizer=TILE) if tile else fp
         # A tile's kind not yet measured: its whole kind's measured peak, state and all.
         per = None if measured is None else measured(kind, ph, pw) or (measured(fp, ph, pw) if tile else None)
         need = batch_bytes(count, ph, pw, kind) if per is None else count * per  # a measured peak has the workspace
         return need + reserved <= room * s.memory_budget
 
-    margin = pool_padding(h, w)
-    state = photo_state_bytes(h + margin[2] + margin[3], w + margin[0] + margin[1], fp, settings.content_layers)
+    state = photo_state_bytes(*padded_size(h, w), fp, settings.content_layers)
     return tiles.plan(h, w, fits, halo(settings.layers), state, int(room * s.memory_budget),
                       offload=model.mean.device.type != "cpu")
 

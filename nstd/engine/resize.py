@@ -44,6 +44,11 @@ def pool_padding(h: int, w: int) -> tuple[int, int, int, int]:
     return dw // 2, dw - dw // 2, dh // 2, dh - dh // 2
 
 
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """The (height, width) h x w runs at once `pool_padding` has mirrored it out."""
+    return h + -h % POOLED, w + -w % POOLED
+
+
 def pad(image: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
     """(C, H, W) or (H, W) mirrored outward by `padding`, so the margin has the image's texture."""
     if not any(padding):

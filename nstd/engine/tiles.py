@@ -36,7 +36,7 @@ from nstd.engine.loop import optimise
 from nstd.engine.losses import tv_loss
 from nstd.engine.memory import TILE, Footprint, batch_bytes, photo_state_bytes, regions_of
 from nstd.engine.optim import make_optimizer
-from nstd.engine.resize import POOLED, pool_padding
+from nstd.engine.resize import POOLED, padded_size, pool_padding
 from nstd.engine.session import Outcome
 from nstd.engine.switches import Switches, resolve, running
 from nstd.engine.targets import GramCache, region_targets, style_sets, style_targets
@@ -140,7 +140,7 @@ def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None
     if side < least_side(halo):
         return None  # no useful tile fits: run whole, and out of memory says so
     tiling = Tiling(side, 1, halo, on_device)
-    (wh, ww), tiles_ = grid(h + -h % POOLED, w + -w % POOLED, tiling)
+    (wh, ww), tiles_ = grid(*padded_size(h, w), tiling)
     reserved = state if on_device else 0
     per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or fits(wh, ww, n, reserved, tile=True))
     return replace(tiling, per_batch=per_batch)
@@ -385,8 +385,7 @@ def run(model, session, job: TransferJob, settings: BatchSettings, cache: GramCa
     history marked "tiled" and its run describing the tiles."""
     check_batch(model, [job], settings)
     h, w = job.content.shape[-2:]
-    margin = pool_padding(h, w)
-    size = (h + margin[2] + margin[3], w + margin[0] + margin[1])
+    margin, size = pool_padding(h, w), padded_size(h, w)
     (wh, ww), tiles_ = grid(*size, tiling)
     fp = Footprint(settings.layers, settings.optimizer, settings.lbfgs_history,
                    history_precision=(switches or Switches()).history_precision, regions=regions_of([job]))

@@ -17,7 +17,7 @@ from nstd.engine.switches import Switches, Resolved, autocast, resolve, running
 from nstd.engine.loop import Ended, histories, optimise
 from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
 from nstd.engine.memory import Footprint, batch_bytes, regions_of
-from nstd.engine.resize import crop, pad, pool_padding
+from nstd.engine.resize import crop, pad, padded_size, pool_padding
 from nstd.engine.guides import blend_keep, content_maps, fit, pixel_guides, resample
 from nstd.engine.objective import ContentLoss, GuidedStyleLoss, Objective, StyleLoss
 from nstd.engine.optim import make_optimizer
@@ -49,7 +49,7 @@ def run(model: VGGFeatures, session: Session, jobs: list[TransferJob], settings:
     check_batch(model, jobs, settings)
     h, w = jobs[0].content.shape[-2:]
     margin = pool_padding(h, w)
-    ph, pw = h + margin[2] + margin[3], w + margin[0] + margin[1]
+    ph, pw = padded_size(h, w)
     footprint = Footprint(settings.layers, settings.optimizer, settings.lbfgs_history,
                           history_precision=(switches or Switches()).history_precision, regions=regions_of(jobs))
 
