@@ -210,11 +210,16 @@ class Photo:
             self.compute, torch.float32)
 
     @torch.no_grad()
+    def _passes(self, image: torch.Tensor):
+        """Each batch of tiles of `image` with its activations, without a gradient."""
+        for tiles in self._batches():
+            yield tiles, self.features(self._windows(image, tiles))
+
+    @torch.no_grad()
     def _content_features(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """The photo's activations at the content layers, assembled from the tiles' cores."""
         out: dict[str, torch.Tensor] = {}
-        for tiles in self._batches():
-            feats = self.features(self._windows(content, tiles))
+        for tiles, feats in self._passes(content):
             for n in self.content_layers:
                 f = feats[n]
                 if n not in out:
@@ -227,8 +232,7 @@ class Photo:
     def _grams(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per style layer, (R, C, C): each styled region's Gram over the whole photo."""
         sums: dict[str, torch.Tensor] = {}
-        for tiles in self._batches():
-            feats = self.features(self._windows(image, tiles))
+        for tiles, feats in self._passes(image):
             for n in self.names:
                 for k, t in enumerate(tiles):
                     core = feats[n][k:k + 1][(slice(None), slice(None)) + t.cells(_stride(n))]
