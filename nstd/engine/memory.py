@@ -127,8 +127,7 @@ def photo_state_bytes(h: int, w: int, fp: Footprint, content_layers: tuple[str, 
         state = (2 * fp.lbfgs_history * (2 if fp.history_precision == "bf16" else 4) + 8 * 4) * pixels
     else:
         state = 4 * pixels * 4
-    content = sum(LAYERS[LAYER_INDEX[n]].channels_out * (h // LAYERS[LAYER_INDEX[n]].scale) *
-                  (w // LAYERS[LAYER_INDEX[n]].scale) * 4 for n in content_layers)
+    content = captured_elements(h, w, frozenset(content_layers)) * 4
     return int(state + 2 * pixels * 4 + content + 4 * fp.regions * h * w)
 
 

@@ -31,10 +31,11 @@ from nstd.engine import color, transfer
 from nstd.engine.checks import check_batch
 from nstd.engine.device import PeakMemory
 from nstd.engine.guides import SLICE, at_layer, content_maps, pixel_guides, weighted_products
-from nstd.engine.layers import LAYER_INDEX, LAYERS
+from nstd.engine.layers import LAYER_INDEX, LAYERS, feature_size
 from nstd.engine.loop import optimise
 from nstd.engine.losses import tv_loss
 from nstd.engine.memory import TILE, Footprint, batch_bytes, photo_state_bytes, regions_of
+from nstd.engine.objective import mean_square
 from nstd.engine.optim import make_optimizer
 from nstd.engine.resize import POOLED, padded_size, pool_padding
 from nstd.engine.session import Outcome
@@ -189,7 +190,7 @@ class Photo:
                           if guides is None else self.guides[n].flatten(1).sum(1).clamp_min(1e-6).to(compute))
                       for n in self.names}
         self.targets = style  # per layer (R, C, C)
-        self.style_norm = {n: t.pow(2).flatten(1).mean(1).clamp_min(1e-12) for n, t in style.items()}
+        self.style_norm = {n: mean_square(t) for n, t in style.items()}
         maps = content_maps([job], self.size, home)
         self.content_weights = {n: None if maps is None else at_layer(maps, self._cells(n))[0, 0]
                                 for n in self.content_layers}
@@ -198,8 +199,7 @@ class Photo:
                              .to(compute) for n, t in self.content.items()}
 
     def _cells(self, name: str) -> tuple[int, int]:
-        s = _stride(name)
-        return self.size[0] // s, self.size[1] // s
+        return feature_size(name, *self.size)
 
     def _batches(self) -> list[list[Tile]]:
         return [self.tiles[i:i + self.per_batch] for i in range(0, len(self.tiles), self.per_batch)]
