@@ -174,13 +174,17 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        # The share's mount may go between the temporary file and its rename: that is the
+        # share's trouble, said once by the supervisor, and not this file's.
+        if isinstance(e, FileNotFoundError) and not path.parent.is_dir():
+            raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(path.parent)) from e
         raise
-    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, data: dict) -> None:

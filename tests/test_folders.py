@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nstd.daemon import dispose, outbox
+from nstd import fsutil
 from nstd.daemon.folders import Folders
 from nstd.fsutil import FolderGone, is_share_error
 
@@ -44,6 +45,22 @@ def test_nothing_is_written_below_a_mount_point_whose_share_went(nas, tmp_path):
         dispose.to_failed(local_inbox, cfg.failed, "p.jpg", "a reason", None)
     assert not share.exists()  # no outbox, processed/ or failed/ made on the local disk
     assert (local_inbox / "p.jpg").read_bytes() == b"photo"  # and the photo waits where it was
+
+
+def test_a_share_that_goes_while_a_file_is_written_is_the_shares_trouble(nas, monkeypatch):
+    """Its mount went after the temporary file was made and before the rename (seen on a
+    real SMB share): the rename's 'no such file' is the share's, not the page's."""
+    share, cfg, unmount, _ = nas
+    real_fsync = os.fsync
+
+    def unmounting(fd):
+        real_fsync(fd)
+        unmount()
+
+    monkeypatch.setattr(fsutil.os, "fsync", unmounting)
+    with pytest.raises(FolderGone) as e:
+        fsutil.atomic_write(cfg.outbox / "index.html", b"<html>")
+    assert is_share_error(e.value) and str(cfg.outbox) in str(e.value)
 
 
 def test_a_share_away_pauses_once_and_resumes_once(nas):
