@@ -420,14 +420,15 @@ def _tiling(described: dict) -> tiles.Tiling:
 
 def table(out: dict) -> str:
     mib = 2**20
-    lines = ["| size | run | tiles (window, count) | peak measured | planner's estimate | seconds | CPU seconds "
+    lines = ["| size | run | tiles (window, count; reads) | peak measured | planner's estimate | seconds | CPU seconds "
              "| content | style | total | seam (control) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in out["sizes"]:
         h, w = row["untiled"]["height"], row["untiled"]["width"]
         for name in ("untiled", "tiled"):
             r = row[name]
-            tiles_ = (f"{r['tiles']['window'][1]}x{r['tiles']['window'][0]} px, {r['tiles']['tiles']}"
-                      if r["tiles"] else "-")
+            t = r["tiles"]
+            tiles_ = (f"{t['window'][1]}x{t['window'][0]} px, {t['tiles']}; reads "
+                      f"{t['read_window'][1]}x{t['read_window'][0]} px, {t['reads']}" if t else "-")
             peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f} MiB"
             lo = r["losses"]
             lines.append(f"| {w}x{h} | {name} | {tiles_} | {peak} | {r['estimate_bytes'] / mib:.0f} MiB "

@@ -168,3 +168,16 @@ def test_a_photo_too_big_to_hold_whole_is_taken_and_only_a_device_without_room_f
     with pytest.raises(ImageError, match=r"^p.jpg: even a 240x240 tile of it needs about .* GiB, more than the "
                                          r"largest device has \(.* GiB\)$"):
         check_fits("p.jpg", size, params, tile - 1, regions=3)
+
+
+def test_a_pass_without_a_gradient_is_counted_by_hand_and_holds_more_pixels_than_a_tiles():
+    from nstd.engine.memory import forward_bytes, read_scale
+
+    fp = Footprint(BatchSettings().layers)
+    # 16 x 16 px in fp32: the image (3 x 256), conv1_2 taking relu1_1 in and 64 channels out
+    # (128 x 256, the widest step), the six captured layers handed back (64 x 256 + 128 x 64
+    # + 256 x 16 + 2 x 512 x 4 + 512 x 1), 4 bytes each; and relu1_1 once more in fp32 for its Gram.
+    elements = 3 * 256 + 128 * 256 + (64 * 256 + 128 * 64 + 256 * 16 + 2 * 512 * 4 + 512)
+    assert forward_bytes(16, 16, fp) == 4 * elements + 4 * 64 * 256
+    # Nothing is kept for a backward pass, so the same memory holds a larger window.
+    assert read_scale(fp) > 2 and read_scale(replace(fp, precision="bf16", checkpoint=True)) > 1.5

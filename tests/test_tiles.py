@@ -65,6 +65,11 @@ def test_the_plan_tiles_only_what_does_not_fit_and_its_cores_share_the_photo_out
         owned[y0:y1, x0:x1] += 1
     assert (owned == 1).all()  # every pixel answered for by exactly one tile
     assert tiles.plan(600, 1000, lambda h, w, n, reserved=0, tile=False: n * h * w <= 224 * 224, 80) is None  # all halo
+    # The reads take no more than the tiles: `read_scale` times their pixels, the whole photo at most.
+    assert plan.read_side == plan.side  # by default, the tiles' windows
+    read = tiles.plan(600, 1000, fits, 80, read_scale=4.0)
+    assert read.read_side ** 2 <= 4 * wh * ww < (read.read_side + 16) ** 2
+    assert tiles.plan(600, 1000, fits, 80, read_scale=100.0).read_side == 1008
 
 
 def test_the_photos_own_state_stays_on_the_device_only_where_it_leaves_the_tiles_most_of_it():
@@ -101,8 +106,10 @@ def masked_job(h: int, w: int) -> TransferJob:
                               Region(1 - mask, (StyleImage(rand_image(64, 64, seed=2), key="s"),), "b")))
 
 
-def row_and_gradient(model, job: TransferJob, settings: BatchSettings, side: int | None, halo_: int | None = None):
-    """The loss row and the gradient at a random image: untiled (`side` None), or by tiles."""
+def row_and_gradient(model, job: TransferJob, settings: BatchSettings, side: int | None, halo_: int | None = None,
+                     read_side: int = 0):
+    """The loss row and the gradient at a random image: untiled (`side` None), or by tiles
+    (and reads of `read_side`)."""
     from functools import partial
 
     from nstd.engine.resize import pool_padding
@@ -122,12 +129,12 @@ def row_and_gradient(model, job: TransferJob, settings: BatchSettings, side: int
             total, row = objective(x, features(x))
             total.sum().backward()
             return row.detach(), x.grad, 1
-        tiling = tiles.Tiling(side, 2, halo_ or halo(settings.layers))
+        tiling = tiles.Tiling(side, 2, halo_ or halo(settings.layers), read_side=read_side)
         with torch.no_grad():
             photo = tiles.Photo(ready, features, settings, tiling, r.device, r.device,
                                 tiles.style_grams(model, features, ready, max(h, w), settings, GramCache(), r, tiling))
         _, row = photo.evaluate(x, grad=True)
-        return row, x.grad, len(photo.tiles)
+        return row, x.grad, (len(photo.tiles), len(photo.reads))
 
 
 def test_with_the_deepest_layers_reach_around_each_core_the_tiles_objective_is_the_whole_photos(tiny_model):
@@ -138,7 +145,7 @@ def test_with_the_deepest_layers_reach_around_each_core_the_tiles_objective_is_t
     job = photo_job(content=rand_image(250, 300, seed=1))
     row, grad, _ = row_and_gradient(tiny_model, job, BatchSettings(), None)
     tiled_row, tiled_grad, count = row_and_gradient(tiny_model, job, BatchSettings(), 240)
-    assert count == 4 and row.shape[1] == 9
+    assert count == (4, 4) and row.shape[1] == 9
     assert torch.allclose(tiled_row, row, rtol=1e-5) and (tiled_grad - grad).norm() <= 1e-5 * grad.norm()
     # What the halo is for: with 32 px, short of relu5_1's reach, the gradient is off.
     _, short, _ = row_and_gradient(tiny_model, job, BatchSettings(), 240, halo_=32)
@@ -146,11 +153,16 @@ def test_with_the_deepest_layers_reach_around_each_core_the_tiles_objective_is_t
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_many_small_tiles_give_the_whole_photos_objective_and_gradient_masks_and_all(shallow_model, masked):
+@pytest.mark.parametrize("read_side", [0, 112, 208])
+def test_many_small_tiles_give_the_whole_photos_objective_and_gradient_masks_and_all(shallow_model, masked,
+                                                                                  read_side):
+    # The reads (the passes without a gradient) in the tiles' windows, in larger ones, and
+    # in one window holding the whole photo.
     job = masked_job(150, 200) if masked else photo_job(content=rand_image(150, 200, seed=1))
     row, grad, _ = row_and_gradient(shallow_model, job, SETTINGS, None)
-    tiled_row, tiled_grad, count = row_and_gradient(shallow_model, job, SETTINGS, 64)
+    tiled_row, tiled_grad, (count, reads) = row_and_gradient(shallow_model, job, SETTINGS, 64, read_side=read_side)
     assert count >= 9 and row.shape[1] == (8 if masked else 6)
+    assert reads == {0: count, 112: 2 * 3, 208: 1}[read_side]  # the photo runs at 160 x 208
     assert torch.allclose(tiled_row, row, rtol=1e-5) and (tiled_grad - grad).norm() <= 1e-5 * grad.norm()
 
 

@@ -118,6 +118,27 @@ def captured_elements(h: int, w: int, layers: frozenset[str]) -> int:
     return sum(cout * oh * ow for (_, _, cout, oh, ow), name in zip(shapes, LAYER_NAMES) if name in layers)
 
 
+def forward_bytes(h: int, w: int, fp: Footprint) -> int:
+    """A conservative estimate of one image's peak in a pass without a gradient (a tiled
+    photo's reads, engine/tiles.py): the captured layers it hands back, the widest layer's
+    input and output at once, an fp32 copy of a layer for its Gram, and a masked photo's
+    products."""
+    shapes = _layer_shapes(h, w, max(LAYER_INDEX[n] for n in fp.layers))
+    passing = max((cin + cout) * oh * ow if kind == "conv" else 5 * cout * oh * ow if kind == "pool" else 0
+                  for kind, cin, cout, oh, ow in shapes)
+    widest = max(cout * oh * ow for (_, _, cout, oh, ow), name in zip(shapes, LAYER_NAMES) if name in fp.layers)
+    size = 2 if fp.precision == "bf16" else 4
+    return int((3 * h * w + passing + captured_elements(h, w, fp.layers)) * size + 4 * widest
+               + _region_bytes(h, w, fp))
+
+
+def read_scale(fp: Footprint) -> float:
+    """How many times the pixels of a tile's pass (with its gradient) a pass without one
+    holds in the same memory, by the estimates (the ratio hardly moves with the size)."""
+    side = 512
+    return bytes_per_image(side, side, replace(fp, optimizer=TILE)) / forward_bytes(side, side, fp)
+
+
 def photo_state_bytes(h: int, w: int, fp: Footprint, content_layers: tuple[str, ...]) -> int:
     """What a tiled photo keeps whole between its tiles' passes (engine/tiles.py): the
     image and its gradient, the optimiser's state and its step's working copies, the

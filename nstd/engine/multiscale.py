@@ -18,7 +18,7 @@ from nstd.engine.layers import halo
 from nstd.engine.sizes import Scale
 from nstd.engine.targets import GramCache
 from nstd.engine import tiles, transfer
-from nstd.engine.memory import TILE, Footprint, batch_bytes, photo_state_bytes, regions_of
+from nstd.engine.memory import TILE, Footprint, batch_bytes, photo_state_bytes, read_scale, regions_of
 from nstd.engine.resize import long_side_size, padded_size, resize_long_side, upsample
 from nstd.engine.switches import resolve
 from nstd.engine.session import Collect, Drop, Outcome, Session, Verdict
@@ -84,7 +84,7 @@ def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings:
 
     state = photo_state_bytes(*padded_size(h, w), fp, settings.content_layers)
     return tiles.plan(h, w, fits, halo(settings.layers), state, int(room * s.memory_budget),
-                      offload=model.mean.device.type != "cpu")
+                      offload=model.mean.device.type != "cpu", read_scale=read_scale(fp))
 
 
 def _settings(settings: BatchSettings, scale: Scale) -> BatchSettings:

@@ -15,12 +15,14 @@ So nothing is stitched and nothing is seen by one tile only: the tiles' edges ar
 the passes were cut, not where the picture was. L-BFGS keeps its curvature pairs over
 the whole photo, as it would untiled; at the finest scales its history is a few pairs
 (engine/sizes.py), and where that does not fit the device beside the tiles it is kept in
-host memory. The price is one more forward pass of the network per iteration, and each
-tile's halo passed twice (docs/performance.md).
+host memory. The price is one more forward pass of the network per iteration, without a
+gradient and so in larger windows (the reads), and each tile's halo passed twice
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
@@ -63,6 +65,14 @@ class Tiling:
     # tenth (docs/performance.md), which sends L-BFGS's second step far uphill.
     halo: int
     state_on_device: bool = True  # the photo, its gradient and its optimiser; else host memory
+    # The passes without a gradient (the photo's Grams and content, the painting's Grams)
+    # keep nothing for a backward pass: in the memory a batch of tiles takes, their windows
+    # are larger, a whole photo where it fits, and fewer halos are passed. 0: the tiles' side.
+    read_side: int = 0
+
+    def reads(self) -> "Tiling":
+        """The tiling of the passes without a gradient: a window at a time."""
+        return replace(self, side=max(self.side, self.read_side), per_batch=1)
 
 
 @dataclass(frozen=True)
@@ -123,9 +133,11 @@ Fits = Callable[..., bool]
 
 
 def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None = None,
-         offload: bool = False) -> Tiling | None:
+         offload: bool = False, read_scale: float = 1.0) -> Tiling | None:
     """How a scale of h x w runs: None where the whole image fits alone; else the largest
-    square tile that fits, and as many tiles at once as fit (at most the photo's).
+    square tile that fits, and as many tiles at once as fit (at most the photo's); and
+    the reads' windows, `read_scale` times the pixels of a batch of tiles
+    (memory.read_scale), so that they take no more than it.
 
     The photo's own state (`state` bytes) takes its share of the device's `room`, and the
     tiles the rest; with `offload` (a device beside host memory) it goes to host memory
@@ -144,7 +156,8 @@ def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None
     (wh, ww), tiles_ = grid(*padded_size(h, w), tiling)
     reserved = state if on_device else 0
     per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or fits(wh, ww, n, reserved, tile=True))
-    return replace(tiling, per_batch=per_batch)
+    read_side = math.isqrt(int(read_scale * per_batch * wh * ww)) // POOLED * POOLED
+    return replace(tiling, per_batch=per_batch, read_side=min(max(read_side, side), _round_up(max(h, w))))
 
 
 def _side(h: int, w: int, fits: Fits, reserved: int) -> int:
@@ -182,6 +195,7 @@ class Photo:
         self.size = tuple(job.content.shape[-2:])
         self.window, self.tiles = grid(*self.size, tiling)
         self.per_batch = tiling.per_batch
+        self.read_window, self.reads = grid(*self.size, tiling.reads())
         self.regions = bool(job.regions)
         guides = pixel_guides([job], self.size, home)[0] if self.regions else None  # (R, H, W)
         self.guides = {n: None if guides is None else at_layer(guides, self._cells(n)) for n in self.names}
@@ -204,16 +218,16 @@ class Photo:
     def _batches(self) -> list[list[Tile]]:
         return [self.tiles[i:i + self.per_batch] for i in range(0, len(self.tiles), self.per_batch)]
 
-    def _windows(self, image: torch.Tensor, tiles: list[Tile]) -> torch.Tensor:
-        wh, ww = self.window
+    def _windows(self, image: torch.Tensor, tiles: list[Tile], window: tuple[int, int]) -> torch.Tensor:
+        wh, ww = window
         return torch.stack([image[:, t.top:t.top + wh, t.left:t.left + ww] for t in tiles]).to(
             self.compute, torch.float32)
 
     @torch.no_grad()
     def _passes(self, image: torch.Tensor):
-        """Each batch of tiles of `image` with its activations, without a gradient."""
-        for tiles in self._batches():
-            yield tiles, self.features(self._windows(image, tiles))
+        """Each read of `image`, as a batch of one window, with its activations: no gradient."""
+        for read in self.reads:
+            yield [read], self.features(self._windows(image, [read], self.read_window))
 
     @torch.no_grad()
     def _content_features(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -291,7 +305,7 @@ class Photo:
                grad: bool) -> torch.Tensor:
         """One batch of tiles: their share of the content loss; with `grad`, their share of
         the photo's gradient added to x.grad."""
-        windows = self._windows(x.detach()[0], tiles).requires_grad_(grad)
+        windows = self._windows(x.detach()[0], tiles, self.window).requires_grad_(grad)
         with torch.set_grad_enabled(grad):
             feats = self.features(windows)
         content, grads = self._gradients(feats, tiles, pull, cw, grad)
@@ -354,7 +368,7 @@ def style_grams(model, features, job: TransferJob, long_side: int, settings: Bat
     larger."""
     names = settings.style_names
     grams = style_targets(features, r.device, style_sets([job]), names, long_side, cache,
-                          (model.model_id, model.pooling, tuple(names), r.precision), tiling.side)
+                          (model.model_id, model.pooling, tuple(names), r.precision), tiling.reads().side)
     count = max(len(job.styled_regions), 1) if job.regions else 1
     return {n: t[0] for n, t in region_targets([job], grams, count).items()}
 
@@ -391,6 +405,7 @@ def run(model, session, job: TransferJob, settings: BatchSettings, cache: GramCa
     h, w = job.content.shape[-2:]
     margin, size = pool_padding(h, w), padded_size(h, w)
     (wh, ww), tiles_ = grid(*size, tiling)
+    read_window, reads = grid(*size, tiling.reads())
     fp = Footprint(settings.layers, settings.optimizer, settings.lbfgs_history,
                    history_precision=(switches or Switches()).history_precision, regions=regions_of([job]))
 
@@ -406,7 +421,8 @@ def run(model, session, job: TransferJob, settings: BatchSettings, cache: GramCa
     peak = PeakMemory(r.device)
     home = r.device if tiling.state_on_device else torch.device("cpu")
     described = {"side": tiling.side, "window": [wh, ww], "halo": tiling.halo, "tiles": len(tiles_),
-                 "at_once": tiling.per_batch, "state": "device" if home == r.device else "host"}
+                 "at_once": tiling.per_batch, "state": "device" if home == r.device else "host",
+                 "read_window": list(read_window), "reads": len(reads)}
     with running(r):
         if r.channels_last:
             model.to(memory_format=torch.channels_last)
