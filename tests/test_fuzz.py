@@ -11,7 +11,6 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from nstd import masks
 from nstd.daemon import companions, sidecar
 from nstd.errors import ConfigError, ImageError
 from nstd.guide import GuideSpec, load
