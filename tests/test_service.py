@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,77 @@ def test_the_same_photo_again_is_recognised_and_an_edit_is_new_work(service, set
     assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)]
     drop("one.jpg", photo_bytes(40, 40, 7))  # an edit: new work
     assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)] * 2
+
+
+def dropper(svc, settle):
+    """drop(name, content): a file dropped into the inbox, taken in and run to the end."""
+    clock = [0.0]
+
+    def drop(name, content):
+        (svc.cfg.inbox / name).write_bytes(content)
+        svc.inputs.next_rescan = clock[0]  # the next step rescans, as the timer would
+        svc.inputs.step(clock[0])
+        clock[0] += settle * 2
+        drive(svc, clock[0])
+
+    return drop
+
+
+def images_in(svc) -> list[str]:
+    return [name for name in files(svc.cfg.outbox / "ink") if name.endswith(".jpg")]
+
+
+def clear_outbox(svc) -> None:
+    for path in (svc.cfg.outbox / "ink").iterdir():
+        path.unlink()
+
+
+def test_a_photo_whose_outputs_left_the_outbox_comes_out_again_when_dropped_again(service, settle):
+    # A studio clears the outbox once it has delivered, or deletes a result to have it made
+    # again; the photo dropped again must come out, not be recognised and moved on.
+    drop, data = dropper(service, settle), photo_bytes(40, 40, 6)
+    drop("one.jpg", data)
+    first = (service.cfg.outbox / "ink" / "one.jpg").read_bytes()
+    clear_outbox(service)
+    drop("again.jpg", data)  # under a new name: its output under that name
+    assert images_in(service) == ["again.jpg"]
+    assert (service.cfg.outbox / "ink" / "again.jpg").read_bytes() == first  # the same work, made again
+    drop("third.jpg", data)  # its output is there: recognised, not made again
+    assert images_in(service) == ["again.jpg"]
+    clear_outbox(service)
+    drop("one.jpg", data)  # its first name again, back after it was moved to processed/
+    assert images_in(service) == ["one.jpg"] and (service.cfg.outbox / "ink" / "one.json").exists()
+    assert files(service.cfg.processed) == ["again.jpg", "one.jpg", "third.jpg"]  # the same file kept once
+    assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)]
+
+
+def test_a_photo_kept_in_the_inbox_is_not_made_again_when_its_outputs_leave(tmp_path, session_models, settle):
+    # With on_success: keep the photo stays, and a rescan (or a restart) sees the same drop
+    # again: a hook that moves the outputs away must not have it made over and over.
+    from nstd import config
+    from nstd.daemon.service import Service
+    from nstd.daemon.worker import Worker
+
+    from harness.daemon import write_config
+
+    (tmp_path / "kept").mkdir()
+    cfg = config.load(write_config(tmp_path / "kept", session_models, styles={"ink": {"image": "style.png"}},
+                                   on_success="keep", worker={"max_batch": 4, "batch_window": 0}))
+    svc = Service(cfg)
+    svc.prepare()
+    svc.worker = Worker(cfg, lambda: svc.styles, svc.load_weights, svc.devices[0], threading.Event())
+    try:
+        drop = dropper(svc, settle)
+        drop("one.jpg", photo_bytes(40, 40, 6))
+        clear_outbox(svc)
+        svc.inputs.accepted.clear()  # as after a restart: every file is looked at afresh
+        svc.inputs.next_rescan = 0.0
+        svc.inputs.step(settle * 10)
+        drive(svc, settle * 12)
+        assert images_in(svc) == [] and files(cfg.inbox) == ["one.jpg"]
+        assert [(j.state, j.attempts) for j in svc.journal.get_jobs([1])] == [(State.DONE, 1)]
+    finally:
+        svc.close()
 
 
 def test_bad_inputs_land_in_failed_with_reasons_and_good_ones_still_run(service, settle):

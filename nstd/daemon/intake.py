@@ -104,11 +104,13 @@ class Intake:
             return data
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
-        if known is not None and not (known.state is State.FAILED and self.journal.had_jobs(known.id)):
+        gone = self._outputs_gone(sha, known)
+        if known is not None and not gone and not (known.state is State.FAILED and self.journal.had_jobs(known.id)):
             changed = self._mask_changed(relpath, known)
             if changed is not True:
                 return changed or Outcome(Kind.KNOWN, known.state, known)
-        # New, or its jobs failed before (a full disk, say): dropped again, it is new work.
+        # New, or its jobs failed before (a full disk, say), or its outputs have left the
+        # outbox: dropped again, it is new work.
         where = route(relpath, self.styles.names())
         if where.error:
             return self._refuse(relpath, sha, where.error)
@@ -135,10 +137,23 @@ class Intake:
             atomic_write(spool, data)
         if found.spec is not None:
             atomic_write(companions.spool_path(spool, sha, found.spec), found.data)
-        inp = self.journal.add_input(relpath, sha, str(spool), specs)
+        inp = self.journal.add_input(relpath, sha, str(spool), specs, again=gone)
         h, w = decoded.pixels.shape[-2:]
         log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
         return Outcome(Kind.QUEUED, str(inp.id))
+
+    def _outputs_gone(self, sha: str, known: Input | None) -> frozenset[int]:
+        """The photo's done jobs whose image is no longer in the outbox, where the file is a
+        drop (a new name, or back after it was moved or deleted; a file kept in the inbox
+        is the same drop seen again): a studio that clears what it delivered, or deletes a
+        result to have it made again, gets it again. Nothing is judged gone while the
+        outbox itself is not there (a share away)."""
+        if known is not None and (known.state is not State.DONE or self.cfg.on_success == "keep"):
+            return frozenset()
+        if not self.cfg.outbox.is_dir():
+            return frozenset()
+        return frozenset(j.id for j in self.journal.done_jobs_of(sha)
+                         if j.output and not os.path.lexists(self.cfg.outbox / j.output))
 
     def _read(self, relpath: str, key: tuple[int, int, int]) -> bytes | Outcome:
         """The settled file's bytes, or what became of it instead."""

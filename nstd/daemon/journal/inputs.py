@@ -19,9 +19,10 @@ class InputRecords(Store):
         return input_from(row) if row else None
 
     def add_input(self, relpath: str, sha256: str, spool: str | None, specs: list[JobSpec],
-                  now: float | None = None) -> Input:
+                  now: float | None = None, again: frozenset[int] = frozenset()) -> Input:
         """Record an accepted input and queue its jobs. Jobs that exist are linked, and
-        failed ones start again: dropping a photo again is asking for another try."""
+        failed ones start again: dropping a photo again is asking for another try; so do
+        the done ones in `again` (whose outputs have left the outbox, intake found)."""
         now = time.time() if now is None else now
         with self._tx():
             self.db.execute("INSERT INTO inputs (relpath, sha256, spool, state, created) "
@@ -31,14 +32,16 @@ class InputRecords(Store):
                             "WHERE relpath = ? AND sha256 = ?", (State.QUEUED, spool, relpath, sha256))
             input_id = self._value("SELECT id FROM inputs WHERE relpath = ? AND sha256 = ?", (relpath, sha256))
             for spec in specs:
-                job_id = self._queue_job(relpath, sha256, spool, spec, now)
+                job_id = self._queue_job(relpath, sha256, spool, spec, now, again)
                 self.db.execute("INSERT INTO input_jobs VALUES (?, ?) ON CONFLICT DO NOTHING", (input_id, job_id))
         found = self.find_input(relpath, sha256)
         assert found is not None  # just written
         return found
 
-    def _queue_job(self, relpath: str, sha256: str, spool: str | None, s: JobSpec, now: float) -> int:
-        """A job queued, or found; a failed or cancelled one queued again afresh. Returns its id."""
+    def _queue_job(self, relpath: str, sha256: str, spool: str | None, s: JobSpec, now: float,
+                   again: frozenset[int]) -> int:
+        """A job queued, or found; a failed or cancelled one queued again afresh, and a done
+        one in `again`, under the name it was dropped with this time. Returns its id."""
         self.db.execute(
             "INSERT INTO jobs (input_sha256, style, params_hash, relpath, spool, width, "
             "height, batch_key, params, state, priority, created, queued) "
@@ -47,11 +50,16 @@ class InputRecords(Store):
              json.dumps(s.params, sort_keys=True), State.QUEUED, s.priority, now, now))
         job_id = self._value("SELECT id FROM jobs WHERE input_sha256 = ? AND style = ? AND params_hash = ?",
                              (sha256, s.style, s.params_hash))
+        ended = ENDED_BADLY + ((State.DONE,) if job_id in again else ())
         self.db.execute("UPDATE jobs SET state = ?, attempts = 0, crashes = 0, error = NULL, not_before = 0, "
-                        "queued = ?, spool = ?, priority = ?, cancelled_by = NULL, cancelled_at = NULL "
-                        "WHERE id = ? AND state IN (?, ?)",
-                        (State.QUEUED, now, spool, s.priority, job_id, *ENDED_BADLY))
+                        "queued = ?, spool = ?, priority = ?, cancelled_by = NULL, cancelled_at = NULL, "
+                        f"output = NULL, relpath = ? WHERE id = ? AND state IN ({', '.join('?' * len(ended))})",
+                        (State.QUEUED, now, spool, s.priority, relpath, job_id, *ended))
         return job_id
+
+    def done_jobs_of(self, sha256: str) -> list[Job]:
+        """The done jobs of a photo (by content), under whatever name it came."""
+        return self._jobs("WHERE input_sha256 = ? AND state = ? ORDER BY id", (sha256, State.DONE))
 
     def fail_input(self, relpath: str, sha256: str, error: str, now: float | None = None) -> None:
         """An input refused at intake (undecodable, unknown style folder): no jobs."""
