@@ -21,6 +21,10 @@ SHARE_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.EBUSY, 
 class FolderGone(FileNotFoundError):
     """A configured folder is not there: a share's mount that went, leaving its mount point."""
 
+    @classmethod
+    def at(cls, folder: Path) -> "FolderGone":
+        return cls(errno.ENOENT, "not there (its share unmounted?)", str(folder))
+
 
 def is_share_error(e: BaseException) -> bool:
     return isinstance(e, FolderGone) or (isinstance(e, OSError) and e.errno in SHARE_ERRNOS)
@@ -143,14 +147,14 @@ def make_folders(root: Path, folder: Path) -> None:
     configured folder that is not there is a share whose mount went, and making it would
     put files on the disk below the empty mount point, where nobody looks."""
     if not root.is_dir():
-        raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(root))
+        raise FolderGone.at(root)
     path = root
     for part in folder.relative_to(root).parts:  # one level at a time: if root goes meanwhile,
         path = path / part                       # the next level fails rather than re-make it
         try:
             path.mkdir(exist_ok=True)
         except FileNotFoundError:
-            raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(root)) from None
+            raise FolderGone.at(root) from None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -166,7 +170,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{fit_name(path.name, 40)[:40]}.@{host_tag()}@{os.getpid()}.",
                                    suffix=".tmp")
     except FileNotFoundError:
-        raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(path.parent)) from None
+        raise FolderGone.at(path.parent) from None
     try:
         os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
@@ -183,7 +187,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         # The share's mount may go between the temporary file and its rename: that is the
         # share's trouble, said once by the supervisor, and not this file's.
         if isinstance(e, FileNotFoundError) and not path.parent.is_dir():
-            raise FolderGone(errno.ENOENT, "not there (its share unmounted?)", str(path.parent)) from e
+            raise FolderGone.at(path.parent) from e
         raise
 
 

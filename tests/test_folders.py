@@ -63,6 +63,28 @@ def test_a_share_that_goes_while_a_file_is_written_is_the_shares_trouble(nas, mo
     assert is_share_error(e.value) and str(cfg.outbox) in str(e.value)
 
 
+def test_a_share_that_goes_while_a_photo_is_moved_is_the_shares_trouble(nas, monkeypatch):
+    share, cfg, unmount, mount = nas
+    (cfg.inbox / "p.jpg").write_bytes(b"photo")
+    real_rename = os.rename
+
+    def unmounting(src, dst):
+        monkeypatch.undo()  # os.rename is the process's: the unmount below renames too
+        unmount()
+        real_rename(src, dst)
+
+    monkeypatch.setattr(dispose.os, "rename", unmounting)
+    with pytest.raises(FolderGone) as e:
+        dispose.on_success(cfg.inbox, cfg.processed, "p.jpg", "move")
+    assert is_share_error(e.value)
+    mount()
+    assert (cfg.inbox / "p.jpg").read_bytes() == b"photo"  # it waits where it was
+    (cfg.inbox / "p.jpg").unlink()  # a photo taken away by hand, its folder there: its own trouble
+    with pytest.raises(FileNotFoundError) as e:
+        dispose.durable_move(cfg.inbox / "p.jpg", cfg.processed / "p.jpg")
+    assert not is_share_error(e.value)
+
+
 def test_a_share_away_pauses_once_and_resumes_once(nas):
     from structlog.testing import capture_logs
 

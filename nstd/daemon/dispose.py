@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 from nstd import faults, losslog, masks
 from nstd.daemon.sidecar import PHOTO_SUFFIX
-from nstd.fsutil import (atomic_write_json, contained, contained_name, fit_name, fsync_dir, make_folders, printable,
-                         sha256_file)
+from nstd.fsutil import (FolderGone, atomic_write_json, contained, contained_name, fit_name, fsync_dir, make_folders,
+                         printable, sha256_file)
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
@@ -51,7 +51,18 @@ def finished_before(src: Path, folder: Path, relpath: str, sha256: str | None) -
 
 
 def durable_move(src: Path, dst: Path) -> None:
-    """Rename when on one filesystem; otherwise copy, fsync, and only then unlink."""
+    """Rename when on one filesystem; otherwise copy, fsync, and only then unlink. A folder
+    of either end that went meanwhile (a share's mount) is the share's trouble: FolderGone."""
+    try:
+        _move(src, dst)
+    except FileNotFoundError as e:
+        for folder in (src.parent, dst.parent):
+            if not folder.is_dir():
+                raise FolderGone.at(folder) from e
+        raise
+
+
+def _move(src: Path, dst: Path) -> None:
     try:
         os.rename(src, dst)
         faults.point("mid_move")  # moved, but neither the folder fsynced nor the journal told
