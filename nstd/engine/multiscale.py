@@ -70,21 +70,36 @@ def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings:
         return None
     s = _at(switches, scale) or Switches()
     h, w = long_side_size(*jobs[0].content.shape[-2:], scale.long_side)
-    fp = Footprint(settings.layers, settings.optimizer, scale.lbfgs_history, precision=resolve(s, model.mean.device)
-                   .precision, checkpoint=s.checkpoint is not False, history_precision=s.history_precision,
-                   regions=regions_of(jobs))
+    # The whole image may recompute its blocks before it tiles; the tiles, as is cheaper.
+    whole = _footprint(settings, scale, s, model, jobs, checkpoint=s.checkpoint is not False)
+    choices = [s.checkpoint] if s.checkpoint is not None else [False, True]
+    plans = {c: _plan(h, w, whole, replace(whole, checkpoint=c), settings, s, room, model, measured) for c in choices}
+    return tiles.cheaper(h, w, plans) if s.checkpoint is None else plans[s.checkpoint]
+
+
+def _footprint(settings: BatchSettings, scale: Scale, s: Switches, model: VGGFeatures, jobs: list[TransferJob],
+               checkpoint: bool) -> Footprint:
+    return Footprint(settings.layers, settings.optimizer, scale.lbfgs_history,
+                     precision=resolve(s, model.mean.device).precision, checkpoint=checkpoint,
+                     history_precision=s.history_precision, regions=regions_of(jobs))
+
+
+def _plan(h: int, w: int, whole: Footprint, tiled: Footprint, settings: BatchSettings, s: Switches, room: int,
+          model: VGGFeatures, measured: Measured | None) -> tiles.Tiling | None:
+    """The tiles of an h x w scale whose image (of footprint `whole`) does not fit alone,
+    their passes of footprint `tiled`."""
 
     def fits(th: int, tw: int, count: int, reserved: int = 0, tile: bool = False) -> bool:
         ph, pw = padded_size(th, tw)
-        kind = replace(fp, optimizer=TILE) if tile else fp
+        kind = replace(tiled, optimizer=TILE) if tile else whole
         # A tile's kind not yet measured: its whole kind's measured peak, state and all.
-        per = None if measured is None else measured(kind, ph, pw) or (measured(fp, ph, pw) if tile else None)
+        per = None if measured is None else measured(kind, ph, pw) or (measured(tiled, ph, pw) if tile else None)
         need = batch_bytes(count, ph, pw, kind) if per is None else count * per  # a measured peak has the workspace
         return need + reserved <= room * s.memory_budget
 
-    state = photo_state_bytes(*padded_size(h, w), fp, settings.content_layers)
+    state = photo_state_bytes(*padded_size(h, w), whole, settings.content_layers)
     return tiles.plan(h, w, fits, halo(settings.layers), state, int(room * s.memory_budget),
-                      offload=model.mean.device.type != "cpu", read_scale=read_scale(fp))
+                      offload=model.mean.device.type != "cpu", read_scale=read_scale(tiled))
 
 
 def _settings(settings: BatchSettings, scale: Scale) -> BatchSettings:

@@ -69,6 +69,9 @@ class Tiling:
     # keep nothing for a backward pass: in the memory a batch of tiles takes, their windows
     # are larger, a whole photo where it fits, and fewer halos are passed. 0: the tiles' side.
     read_side: int = 0
+    # Whether the tiles' passes recompute VGG's blocks: None, as the switches and the
+    # memory decide; else the plan's choice (`cheaper`).
+    checkpoint: bool | None = None
 
     def reads(self) -> "Tiling":
         """The tiling of the passes without a gradient: a window at a time."""
@@ -158,6 +161,27 @@ def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None
     per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or fits(wh, ww, n, reserved, tile=True))
     read_side = math.isqrt(int(read_scale * per_batch * wh * ww)) // POOLED * POOLED
     return replace(tiling, per_batch=per_batch, read_side=min(max(read_side, side), _round_up(max(h, w))))
+
+
+def passes(h: int, w: int, tiling: Tiling, checkpoint: bool) -> float:
+    """A tiled iteration's work, in passes of the whole photo through the network: the
+    reads', and the tiles' forward and backward passes (a backward pass without the
+    weights' gradients costs about a forward one), with a forward pass more where their
+    blocks are recomputed."""
+    size = padded_size(h, w)
+    (wh, ww), tiles_ = grid(*size, tiling)
+    (rh, rw), reads = grid(*size, tiling.reads())
+    return (len(reads) * rh * rw + (3 if checkpoint else 2) * len(tiles_) * wh * ww) / (size[0] * size[1])
+
+
+def cheaper(h: int, w: int, plans: dict[bool, Tiling | None]) -> Tiling | None:
+    """Of the plans with and without recomputing the blocks, the one that passes the
+    network least: recomputing buys larger tiles, and so fewer halos, for a third more
+    work; at print size the halos are the cheaper (docs/performance.md)."""
+    found = {checkpoint: replace(t, checkpoint=checkpoint) for checkpoint, t in plans.items() if t is not None}
+    if not found:
+        return None
+    return min(found.values(), key=lambda t: passes(h, w, t, bool(t.checkpoint)))
 
 
 def _side(h: int, w: int, fits: Fits, reserved: int) -> int:
@@ -417,6 +441,8 @@ def run(model, session, job: TransferJob, settings: BatchSettings, cache: GramCa
     if room is not None and tiling.state_on_device:
         room -= photo_state_bytes(*size, fp, settings.content_layers)
     # Host loops between the passes: no graph to capture, nothing to compile.
+    if tiling.checkpoint is not None:
+        switches = replace(switches or Switches(), checkpoint=tiling.checkpoint)
     r = replace(resolve(switches, model.mean.device, need, room), cuda_graph=False, compile=False)
     peak = PeakMemory(r.device)
     home = r.device if tiling.state_on_device else torch.device("cpu")
