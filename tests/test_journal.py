@@ -23,6 +23,28 @@ def test_same_photo_twice_shares_jobs(journal_target):
     assert j.counts()["queued"] == 2
 
 
+def test_a_done_job_is_made_again_only_by_a_drop_that_saw_its_last_finish(journal_target):
+    # Two hosts take the same drop in; each saw the job done with its image gone. The first
+    # queues it again; it is made and done again; the second, acting on what it saw before,
+    # must not queue it a third time.
+    j = Journal(journal_target)
+    j.add_input("a.jpg", "sha1", "/s/sha1.jpg", [spec("x")], now=1)
+    (claimed,) = j.claim("k1", 8, "b1", now=2)
+    assert j.finish(claimed.id, "x/a.jpg", "b1")
+    (done,) = j.photo_jobs("sha1")
+    assert (done.state.value, done.output) == ("done", "x/a.jpg") and j.photo_jobs("other") == []
+    seen = {done.id: done.finished}
+    j.add_input("again.jpg", "sha1", "/s/sha1.jpg", [spec("x")], now=3, again=seen)
+    (queued,) = j.photo_jobs("sha1")
+    assert (queued.state.value, queued.relpath, queued.output) == ("queued", "again.jpg", None)
+    (claimed,) = j.claim("k1", 8, "b2", now=4)
+    assert j.finish(claimed.id, "x/again.jpg", "b2")
+    j.add_input("again.jpg", "sha1", "/s/sha1.jpg", [spec("x")], now=5, again=seen)  # the second host, late
+    assert [(x.state.value, x.output) for x in j.photo_jobs("sha1")] == [("done", "x/again.jpg")]
+    j.add_input("b.jpg", "sha1", "/s/sha1.jpg", [spec("x")], now=6)  # without `again`, a done job stays done
+    assert [x.state.value for x in j.photo_jobs("sha1")] == ["done"]
+
+
 def test_claim_recover_and_finish(journal_target):
     j = Journal(journal_target)
     j.add_input("a.jpg", "s1", "/s", [spec("x")], now=1)

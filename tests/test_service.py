@@ -172,6 +172,19 @@ def test_a_photo_whose_outputs_left_the_outbox_comes_out_again_when_dropped_agai
     assert images_in(service) == ["one.jpg"] and (service.cfg.outbox / "ink" / "one.json").exists()
     assert files(service.cfg.processed) == ["again.jpg", "one.jpg", "third.jpg"]  # the same file kept once
     assert [(j.state, j.attempts) for j in service.journal.get_jobs([1, 2])] == [(State.DONE, 1)]
+    # Two names at once, both known: the one taken in second waits for the output the first
+    # asked for, rather than leave the inbox before it exists.
+    clear_outbox(service)
+    for name in ("again.jpg", "third.jpg"):
+        (service.cfg.inbox / name).write_bytes(data)
+    service.inputs.next_rescan = 100.0
+    service.inputs.step(100.0)
+    service.inputs.step(100.0 + settle * 2)  # both settled and taken in; nothing has run yet
+    assert sorted(r[0] for r in service.journal.db.execute("SELECT relpath FROM inputs WHERE state = 'queued'")) \
+        == ["again.jpg", "third.jpg"]
+    assert files(service.cfg.inbox) == ["again.jpg", "third.jpg"] and images_in(service) == []
+    drive(service, 100.0 + settle * 3)
+    assert files(service.cfg.inbox) == [] and len(images_in(service)) == 1
 
 
 def test_a_photo_kept_in_the_inbox_is_not_made_again_when_its_outputs_leave(tmp_path, session_models, settle):

@@ -70,6 +70,9 @@ def test_the_plan_tiles_only_what_does_not_fit_and_its_cores_share_the_photo_out
     read = tiles.plan(600, 1000, fits, 80, read_scale=4.0)
     assert read.read_side ** 2 <= 4 * wh * ww < (read.read_side + 16) ** 2
     assert tiles.plan(600, 1000, fits, 80, read_scale=100.0).read_side == 1008
+    # A budget that holds the whole photo (608 x 1008 once padded, 9.35 windows of 256 x 256)
+    # reads it whole, though no square of as many pixels would cover it.
+    assert tiles.plan(600, 1000, fits, 80, read_scale=9.36).read_side == 1008
 
 
 def test_tiles_recompute_their_blocks_only_where_the_halos_would_cost_more():

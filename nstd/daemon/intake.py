@@ -104,8 +104,9 @@ class Intake:
             return data
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
-        gone = self._outputs_gone(sha, known)
-        if known is not None and not gone and not (known.state is State.FAILED and self.journal.had_jobs(known.id)):
+        again = self._again(relpath, sha, known)
+        if known is not None and again is None and \
+                not (known.state is State.FAILED and self.journal.had_jobs(known.id)):
             changed = self._mask_changed(relpath, known)
             if changed is not True:
                 return changed or Outcome(Kind.KNOWN, known.state, known)
@@ -137,23 +138,46 @@ class Intake:
             atomic_write(spool, data)
         if found.spec is not None:
             atomic_write(companions.spool_path(spool, sha, found.spec), found.data)
-        inp = self.journal.add_input(relpath, sha, str(spool), specs, again=gone)
+        inp = self.journal.add_input(relpath, sha, str(spool), specs, again=again)
         h, w = decoded.pixels.shape[-2:]
         log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
         return Outcome(Kind.QUEUED, str(inp.id))
 
-    def _outputs_gone(self, sha: str, known: Input | None) -> frozenset[int]:
-        """The photo's done jobs whose image is no longer in the outbox, where the file is a
-        drop (a new name, or back after it was moved or deleted; a file kept in the inbox
-        is the same drop seen again): a studio that clears what it delivered, or deletes a
-        result to have it made again, gets it again. Nothing is judged gone while the
-        outbox itself is not there (a share away)."""
-        if known is not None and (known.state is not State.DONE or self.cfg.on_success == "keep"):
-            return frozenset()
+    def _again(self, relpath: str, sha: str, known: Input | None) -> dict[int, float | None] | None:
+        """A photo dropped again (under a new name, or back in the inbox since it was
+        done) whose results have left the outbox (cleared once delivered, or deleted to be
+        made again) is made again: its done jobs of the styles this drop asks for whose
+        image is gone, each with when it finished (journal.add_input). None where a known
+        file is not such a drop (a photo kept in the inbox, seen again by a rescan or a
+        restart) or has nothing to be made or waited for: it is settled as before.
+        Nothing is judged gone while the outbox itself is not there (a share away)."""
+        if known is not None and (known.state is not State.DONE or not self._dropped_since(relpath, known)):
+            return None
         if not self.cfg.outbox.is_dir():
-            return frozenset()
-        return frozenset(j.id for j in self.journal.done_jobs_of(sha)
-                         if j.output and not os.path.lexists(self.cfg.outbox / j.output))
+            return None if known is not None else {}
+        styles = set(route(relpath, self.styles.names()).styles)
+        jobs = [j for j in self.journal.photo_jobs(sha) if j.style in styles]
+        gone = {j.id: j.finished for j in jobs if j.state is State.DONE and j.output and self._missing(j.output)}
+        # Its jobs made again for another name dropped with it: it waits for them too.
+        waiting = any(j.state in (State.QUEUED, State.RUNNING) for j in jobs)
+        return gone if known is None or gone or waiting else None
+
+    def _dropped_since(self, relpath: str, known: Input) -> bool:
+        """Whether the file was put in the inbox after its input was done: a copy or a move
+        sets its change time; a photo kept in the inbox keeps the one it came with."""
+        try:
+            return known.finished is not None and os.lstat(self.cfg.inbox / relpath).st_ctime > known.finished
+        except FileNotFoundError:
+            return False
+
+    def _missing(self, output: str) -> bool:
+        """Whether an output has left the outbox. Only its absence counts: a share's error
+        (EIO, a stale handle) is raised, and intake looks again at the next scan."""
+        try:
+            os.lstat(self.cfg.outbox / output)
+        except FileNotFoundError:
+            return True
+        return False
 
     def _read(self, relpath: str, key: tuple[int, int, int]) -> bytes | Outcome:
         """The settled file's bytes, or what became of it instead."""

@@ -159,7 +159,9 @@ def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None
     (wh, ww), tiles_ = grid(*padded_size(h, w), tiling)
     reserved = state if on_device else 0
     per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or fits(wh, ww, n, reserved, tile=True))
-    read_side = math.isqrt(int(read_scale * per_batch * wh * ww)) // POOLED * POOLED
+    budget = read_scale * per_batch * wh * ww  # the reads' pixels at once
+    ph, pw = padded_size(h, w)
+    read_side = _round_up(max(h, w)) if ph * pw <= budget else math.isqrt(int(budget)) // POOLED * POOLED
     return replace(tiling, per_batch=per_batch, read_side=min(max(read_side, side), _round_up(max(h, w))))
 
 

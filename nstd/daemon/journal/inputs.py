@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 
 from nstd.daemon.journal.records import (ENDED_BADLY, INPUT_COLUMNS, LEASE_SECONDS, WAITING, Input, Job, JobSpec,
                                          State, input_from)
@@ -19,10 +20,13 @@ class InputRecords(Store):
         return input_from(row) if row else None
 
     def add_input(self, relpath: str, sha256: str, spool: str | None, specs: list[JobSpec],
-                  now: float | None = None, again: frozenset[int] = frozenset()) -> Input:
+                  now: float | None = None, again: Mapping[int, float | None] | None = None) -> Input:
         """Record an accepted input and queue its jobs. Jobs that exist are linked, and
         failed ones start again: dropping a photo again is asking for another try; so do
-        the done ones in `again` (whose outputs have left the outbox, intake found)."""
+        the done ones in `again` (whose outputs have left the outbox, intake found), each
+        only if it is still the run that finished when intake looked: another host that
+        took the same drop in has not made it again meanwhile."""
+        again = again or {}
         now = time.time() if now is None else now
         with self._tx():
             self.db.execute("INSERT INTO inputs (relpath, sha256, spool, state, created) "
@@ -39,7 +43,7 @@ class InputRecords(Store):
         return found
 
     def _queue_job(self, relpath: str, sha256: str, spool: str | None, s: JobSpec, now: float,
-                   again: frozenset[int]) -> int:
+                   again: Mapping[int, float | None]) -> int:
         """A job queued, or found; a failed or cancelled one queued again afresh, and a done
         one in `again`, under the name it was dropped with this time. Returns its id."""
         self.db.execute(
@@ -50,16 +54,17 @@ class InputRecords(Store):
              json.dumps(s.params, sort_keys=True), State.QUEUED, s.priority, now, now))
         job_id = self._value("SELECT id FROM jobs WHERE input_sha256 = ? AND style = ? AND params_hash = ?",
                              (sha256, s.style, s.params_hash))
-        ended = ENDED_BADLY + ((State.DONE,) if job_id in again else ())
+        # A job not in `again` compares its finish with NULL, which matches nothing.
         self.db.execute("UPDATE jobs SET state = ?, attempts = 0, crashes = 0, error = NULL, not_before = 0, "
                         "queued = ?, spool = ?, priority = ?, cancelled_by = NULL, cancelled_at = NULL, "
-                        f"output = NULL, relpath = ? WHERE id = ? AND state IN ({', '.join('?' * len(ended))})",
-                        (State.QUEUED, now, spool, s.priority, relpath, job_id, *ended))
+                        "output = NULL, relpath = ? WHERE id = ? AND (state IN (?, ?) OR (state = ? AND finished = ?))",
+                        (State.QUEUED, now, spool, s.priority, relpath, job_id, *ENDED_BADLY, State.DONE,
+                         again.get(job_id)))
         return job_id
 
-    def done_jobs_of(self, sha256: str) -> list[Job]:
-        """The done jobs of a photo (by content), under whatever name it came."""
-        return self._jobs("WHERE input_sha256 = ? AND state = ? ORDER BY id", (sha256, State.DONE))
+    def photo_jobs(self, sha256: str) -> list[Job]:
+        """Every job of a photo (by content), whatever name it came under."""
+        return self._jobs("WHERE input_sha256 = ? ORDER BY id", (sha256,))
 
     def fail_input(self, relpath: str, sha256: str, error: str, now: float | None = None) -> None:
         """An input refused at intake (undecodable, unknown style folder): no jobs."""

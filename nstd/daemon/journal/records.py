@@ -94,6 +94,7 @@ class Input:
     spool: str | None
     state: State
     error: str | None
+    finished: float | None = None  # when it was closed, done or failed
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     input_sha256 TEXT NOT NULL,
     style TEXT NOT NULL,
     params_hash TEXT NOT NULL,
-    relpath TEXT NOT NULL,          -- of the input that first brought it: names the output
+    relpath TEXT NOT NULL,          -- of the input that last queued it: names the output
     spool TEXT NOT NULL,
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
