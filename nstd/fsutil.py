@@ -26,6 +26,15 @@ class FolderGone(FileNotFoundError):
         return cls(errno.ENOENT, "not there (its share unmounted?)", str(folder))
 
 
+def raise_if_folder_gone(error: BaseException, *folders: Path) -> None:
+    """A file that was not found where one of `folders` is no longer there either: the
+    share's mount went meanwhile, the share's trouble and not the file's (FolderGone)."""
+    if isinstance(error, FileNotFoundError):
+        for folder in folders:
+            if not folder.is_dir():
+                raise FolderGone.at(folder) from error
+
+
 def is_share_error(e: BaseException) -> bool:
     return isinstance(e, FolderGone) or (isinstance(e, OSError) and e.errno in SHARE_ERRNOS)
 
@@ -184,10 +193,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        # The share's mount may go between the temporary file and its rename: that is the
-        # share's trouble, said once by the supervisor, and not this file's.
-        if isinstance(e, FileNotFoundError) and not path.parent.is_dir():
-            raise FolderGone.at(path.parent) from e
+        # The share's mount may go between the temporary file and its rename.
+        raise_if_folder_gone(e, path.parent)
         raise
 
 

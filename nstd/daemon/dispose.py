@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 from nstd import faults, losslog, masks
 from nstd.daemon.sidecar import PHOTO_SUFFIX
-from nstd.fsutil import (FolderGone, atomic_write_json, contained, contained_name, fit_name, fsync_dir, make_folders,
-                         printable, sha256_file)
+from nstd.fsutil import (atomic_write_json, contained, contained_name, fit_name, fsync_dir, make_folders, printable,
+                         raise_if_folder_gone, sha256_file)
 
 
 MOVE_SUFFIX = ".nstd.tmp"  # a cross-filesystem move in progress
@@ -56,9 +56,7 @@ def durable_move(src: Path, dst: Path) -> None:
     try:
         _move(src, dst)
     except FileNotFoundError as e:
-        for folder in (src.parent, dst.parent):
-            if not folder.is_dir():
-                raise FolderGone.at(folder) from e
+        raise_if_folder_gone(e, src.parent, dst.parent)
         raise
 
 

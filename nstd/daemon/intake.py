@@ -104,7 +104,8 @@ class Intake:
             return data
         sha = hashlib.sha256(data).hexdigest()
         known = self.journal.find_input(relpath, sha)
-        again = self._again(relpath, sha, known)
+        where = route(relpath, self.styles.names())
+        again = self._again(relpath, sha, known, where.styles)
         if known is not None and again is None and \
                 not (known.state is State.FAILED and self.journal.had_jobs(known.id)):
             changed = self._mask_changed(relpath, known)
@@ -112,7 +113,6 @@ class Intake:
                 return changed or Outcome(Kind.KNOWN, known.state, known)
         # New, or its jobs failed before (a full disk, say), or its outputs have left the
         # outbox: dropped again, it is new work.
-        where = route(relpath, self.styles.names())
         if where.error:
             return self._refuse(relpath, sha, where.error)
         try:
@@ -143,7 +143,8 @@ class Intake:
         log.info("queued", input=relpath, sha256=sha[:12], styles=list(where.styles), size=f"{w}x{h}")
         return Outcome(Kind.QUEUED, str(inp.id))
 
-    def _again(self, relpath: str, sha: str, known: Input | None) -> dict[int, float | None] | None:
+    def _again(self, relpath: str, sha: str, known: Input | None,
+               styles: tuple[str, ...]) -> dict[int, float | None] | None:
         """A photo dropped again (under a new name, or back in the inbox since it was
         done) whose results have left the outbox (cleared once delivered, or deleted to be
         made again) is made again: its done jobs of the styles this drop asks for whose
@@ -155,7 +156,6 @@ class Intake:
             return None
         if not self.cfg.outbox.is_dir():
             return None if known is not None else {}
-        styles = set(route(relpath, self.styles.names()).styles)
         jobs = [j for j in self.journal.photo_jobs(sha) if j.style in styles]
         gone = {j.id: j.finished for j in jobs if j.state is State.DONE and j.output and self._missing(j.output)}
         # Its jobs made again for another name dropped with it: it waits for them too.

@@ -74,7 +74,7 @@ def _tiling(model: VGGFeatures, jobs: list[TransferJob], scale: Scale, settings:
     whole = _footprint(settings, scale, s, model, jobs, checkpoint=s.checkpoint is not False)
     choices = [s.checkpoint] if s.checkpoint is not None else [False, True]
     plans = {c: _plan(h, w, whole, replace(whole, checkpoint=c), settings, s, room, model, measured) for c in choices}
-    return tiles.cheaper(h, w, plans) if s.checkpoint is None else plans[s.checkpoint]
+    return tiles.cheaper(h, w, plans)
 
 
 def _footprint(settings: BatchSettings, scale: Scale, s: Switches, model: VGGFeatures, jobs: list[TransferJob],

@@ -156,13 +156,14 @@ def plan(h: int, w: int, fits: Fits, halo: int, state: int = 0, room: int | None
     if side < least_side(halo):
         return None  # no useful tile fits: run whole, and out of memory says so
     tiling = Tiling(side, 1, halo, on_device)
-    (wh, ww), tiles_ = grid(*padded_size(h, w), tiling)
+    ph, pw = padded_size(h, w)
+    (wh, ww), tiles_ = grid(ph, pw, tiling)
     reserved = state if on_device else 0
     per_batch = max(n for n in range(1, len(tiles_) + 1) if n == 1 or fits(wh, ww, n, reserved, tile=True))
     budget = read_scale * per_batch * wh * ww  # the reads' pixels at once
-    ph, pw = padded_size(h, w)
-    read_side = _round_up(max(h, w)) if ph * pw <= budget else math.isqrt(int(budget)) // POOLED * POOLED
-    return replace(tiling, per_batch=per_batch, read_side=min(max(read_side, side), _round_up(max(h, w))))
+    read_side = max(ph, pw) if ph * pw <= budget else min(max(math.isqrt(int(budget)) // POOLED * POOLED, side),
+                                                          max(ph, pw))
+    return replace(tiling, per_batch=per_batch, read_side=read_side)
 
 
 def passes(h: int, w: int, tiling: Tiling, checkpoint: bool) -> float:
